@@ -1,0 +1,1 @@
+"""Code every ClassifyCloud component shares: settings, messages, AWS clients, names, catalogue."""

@@ -1,0 +1,201 @@
+"""Queue message schemas (version 1): request, reply, terminate. See DESIGN.md."""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+VERSION = 1
+_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_S3_RE = re.compile(r"^s3://[a-z0-9.\-]{3,63}/.+$")
+
+
+class MessageError(ValueError):
+    """A message that does not follow the protocol; `code` goes into the error reply."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def now_ms() -> int:
+    """Wall-clock epoch milliseconds (the protocol's time unit)."""
+    return int(time.time() * 1000)
+
+
+def new_id() -> str:
+    """A fresh request id."""
+    return str(uuid.uuid4())
+
+
+def valid_id(value: Any) -> bool:
+    """True when value can be used as a request id (also as an S3 key part)."""
+    return isinstance(value, str) and bool(_ID_RE.match(value))
+
+
+def _load(body: str | bytes | dict) -> dict:
+    if isinstance(body, dict):
+        return body
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError) as exc:
+        raise MessageError("malformed_message", f"message is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MessageError("malformed_message", "message must be a JSON object")
+    return data
+
+
+def _require(data: dict, key: str, kind: type | tuple, what: str) -> Any:
+    if key not in data:
+        raise MessageError("malformed_message", f"{what}: missing field {key!r}")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise MessageError("malformed_message", f"{what}: field {key!r} has the wrong type")
+    return value
+
+
+@dataclass(frozen=True)
+class Request:
+    """A classification request, as put on `<prefix>-requests-<service>`."""
+
+    id: str
+    service: str
+    image: dict                      # {"url": str} or {"s3": "s3://bucket/key"}
+    reply_to: str | None             # reply queue URL; None for async jobs (result record only)
+    top_k: int = 5
+    submitted_at: int = field(default_factory=now_ms)
+    v: int = VERSION
+
+    def to_json(self) -> str:
+        """The message body."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, body: str | bytes | dict) -> "Request":
+        """Parse and validate; raises MessageError."""
+        data = _load(body)
+        what = "request"
+        if data.get("v") != VERSION:
+            raise MessageError("unsupported_version", f"request version {data.get('v')!r} is not {VERSION}")
+        rid = _require(data, "id", str, what)
+        if not valid_id(rid):
+            raise MessageError("malformed_message", "request: id must be 1-64 of [A-Za-z0-9_-]")
+        service = _require(data, "service", str, what)
+        image = _require(data, "image", dict, what)
+        if set(image) == {"url"} and isinstance(image["url"], str) and image["url"]:
+            pass
+        elif set(image) == {"s3"} and isinstance(image["s3"], str) and _S3_RE.match(image["s3"]):
+            pass
+        else:
+            raise MessageError("malformed_message", "request: image must be {'url': str} or {'s3': 's3://bucket/key'}")
+        reply_to = data.get("reply_to")
+        if reply_to is not None and not (isinstance(reply_to, str) and reply_to):
+            raise MessageError("malformed_message", "request: reply_to must be a queue URL or null")
+        top_k = data.get("top_k", 5)
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or not 1 <= top_k <= 100:
+            raise MessageError("malformed_message", "request: top_k must be an integer in 1..100")
+        submitted = data.get("submitted_at", now_ms())
+        if not isinstance(submitted, int) or isinstance(submitted, bool):
+            raise MessageError("malformed_message", "request: submitted_at must be epoch milliseconds")
+        return cls(id=rid, service=service, image=dict(image), reply_to=reply_to,
+                   top_k=top_k, submitted_at=submitted)
+
+
+def readable_reply_to(body: str | bytes) -> tuple[str | None, str | None]:
+    """Best effort (id, reply_to) from a message that failed validation, to answer it."""
+    try:
+        data = json.loads(body)
+    except (TypeError, ValueError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    rid = data.get("id") if valid_id(data.get("id")) else None
+    reply_to = data.get("reply_to") if isinstance(data.get("reply_to"), str) and data.get("reply_to") else None
+    return rid, reply_to
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A worker's answer, sent to the request's reply_to and stored as results/<id>.json."""
+
+    id: str
+    service: str
+    status: str                                   # "ok" | "error"
+    results: list = field(default_factory=list)   # [{"label", "index", "score"}]
+    error: dict | None = None                     # {"code", "message"}
+    timings_ms: dict = field(default_factory=dict)  # {"queue", "fetch", "inference", "total"}
+    worker: str = ""
+    model: dict = field(default_factory=dict)     # {"name", "version"}
+    v: int = VERSION
+
+    @classmethod
+    def ok(cls, req_id: str, service: str, results: list, **kw: Any) -> "Reply":
+        """A successful reply."""
+        return cls(id=req_id, service=service, status="ok", results=results, **kw)
+
+    @classmethod
+    def failure(cls, req_id: str, service: str, code: str, message: str, **kw: Any) -> "Reply":
+        """An error reply with a machine-readable code and a human reason."""
+        return cls(id=req_id, service=service, status="error", results=[],
+                   error={"code": code, "message": message}, **kw)
+
+    def to_dict(self) -> dict:
+        """Plain dict (the JSON shape)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The message body."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, body: str | bytes | dict) -> "Reply":
+        """Parse and validate; raises MessageError."""
+        data = _load(body)
+        what = "reply"
+        if data.get("v") != VERSION:
+            raise MessageError("unsupported_version", f"reply version {data.get('v')!r} is not {VERSION}")
+        rid = _require(data, "id", str, what)
+        service = _require(data, "service", str, what)
+        status = _require(data, "status", str, what)
+        if status not in ("ok", "error"):
+            raise MessageError("malformed_message", "reply: status must be 'ok' or 'error'")
+        results = data.get("results") or []
+        if not isinstance(results, list):
+            raise MessageError("malformed_message", "reply: results must be a list")
+        error = data.get("error")
+        if status == "error" and not (isinstance(error, dict) and "code" in error and "message" in error):
+            raise MessageError("malformed_message", "reply: an error reply needs error.code and error.message")
+        return cls(id=rid, service=service, status=status, results=results, error=error,
+                   timings_ms=data.get("timings_ms") or {}, worker=data.get("worker") or "",
+                   model=data.get("model") or {})
+
+
+@dataclass(frozen=True)
+class Terminate:
+    """One message asks one worker to stop; stale after the expiry."""
+
+    issued_at: int = field(default_factory=now_ms)
+    kind: str = "terminate"
+    v: int = VERSION
+
+    def to_json(self) -> str:
+        """The message body."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    def is_fresh(self, expiry_s: float, now: int | None = None) -> bool:
+        """True when issued within the last expiry_s seconds."""
+        now = now_ms() if now is None else now
+        return now - self.issued_at <= expiry_s * 1000
+
+    @classmethod
+    def from_json(cls, body: str | bytes | dict) -> "Terminate":
+        """Parse and validate; raises MessageError."""
+        data = _load(body)
+        if data.get("v") != VERSION or data.get("kind") != "terminate":
+            raise MessageError("malformed_message", "terminate: needs v=1 and kind='terminate'")
+        issued = _require(data, "issued_at", int, "terminate")
+        return cls(issued_at=issued)

@@ -1,0 +1,53 @@
+"""Queue and object names, derived in one place (Terraform mirrors these rules)."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def request_queue(prefix: str, service: str) -> str:
+    """Name of a service's request queue."""
+    return f"{prefix}-requests-{service}"
+
+
+def dead_letter_queue(prefix: str, service: str) -> str:
+    """Name of a service's dead-letter queue."""
+    return request_queue(prefix, service) + "-dlq"
+
+
+def terminate_queue(prefix: str) -> str:
+    """Name of the queue the autoscaler sends terminate messages to."""
+    return f"{prefix}-terminate"
+
+
+def reply_queue_prefix(prefix: str) -> str:
+    """Every web process's reply queue starts with this (IAM grants by this prefix)."""
+    return f"{prefix}-reply-"
+
+
+def reply_queue(prefix: str) -> str:
+    """A fresh, unique reply queue name for this process (max 80 chars)."""
+    host = _SAFE.sub("-", socket.gethostname())[:24]
+    return f"{reply_queue_prefix(prefix)}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:80]
+
+
+def service_from_queue(prefix: str, queue_name: str) -> str | None:
+    """Inverse of request_queue; None for other queues (DLQs included)."""
+    head = f"{prefix}-requests-"
+    if queue_name.startswith(head) and not queue_name.endswith("-dlq"):
+        return queue_name[len(head):]
+    return None
+
+
+def upload_key(request_id: str) -> str:
+    """S3 key for bytes a client uploaded (one per request id: no overwrites by name)."""
+    return f"uploads/{request_id}"
+
+
+def result_key(request_id: str) -> str:
+    """S3 key of a request's result record."""
+    return f"results/{request_id}.json"

@@ -1,0 +1,67 @@
+"""Create the queues and bucket the code expects (the local stack and tests; Terraform in AWS)."""
+from __future__ import annotations
+
+import json
+import logging
+
+from botocore.exceptions import ClientError
+
+from shared import naming
+from shared.aws import client, region
+from shared.catalogue import Catalogue
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_request_queue(sqs, settings: Settings, service: str) -> str:
+    """Create a service's request queue and its DLQ with a redrive policy; return the queue URL."""
+    dlq_url = sqs.create_queue(QueueName=naming.dead_letter_queue(settings.prefix, service),
+                               Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    attrs = {
+        "VisibilityTimeout": str(settings.visibility_timeout_s),
+        "MessageRetentionPeriod": str(settings.message_retention_s),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                     "maxReceiveCount": str(settings.max_receive_count)}),
+    }
+    try:
+        url = sqs.create_queue(QueueName=naming.request_queue(settings.prefix, service), Attributes=attrs)["QueueUrl"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+            raise
+        url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
+    return url
+
+
+def ensure_terminate_queue(sqs, settings: Settings) -> str:
+    """Create the terminate queue (short retention); return its URL."""
+    return sqs.create_queue(QueueName=naming.terminate_queue(settings.prefix),
+                            Attributes={"MessageRetentionPeriod": str(settings.terminate_retention_s)})["QueueUrl"]
+
+
+def ensure_bucket(s3, settings: Settings) -> str:
+    """Create the data bucket if missing; return its name."""
+    name = settings.bucket_name
+    try:
+        s3.head_bucket(Bucket=name)
+    except ClientError:
+        kw = {}
+        reg = region(settings)
+        if reg != "us-east-1":
+            kw["CreateBucketConfiguration"] = {"LocationConstraint": reg}
+        s3.create_bucket(Bucket=name, **kw)
+    return name
+
+
+def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
+    """Every request queue (with DLQ), the terminate queue and the bucket; {name: url}."""
+    sqs = client("sqs", settings)
+    s3 = client("s3", settings)
+    urls = {svc: ensure_request_queue(sqs, settings, svc) for svc in catalogue.names()}
+    urls["__terminate__"] = ensure_terminate_queue(sqs, settings)
+    ensure_bucket(s3, settings)
+    log.info("provisioned %d request queues, terminate queue and bucket %s",
+             len(catalogue.names()), settings.bucket_name)
+    return urls

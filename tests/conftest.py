@@ -1,0 +1,71 @@
+"""Shared fixtures: a moto server (the only AWS stand-in), fresh settings, provisioned queues."""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+from shared.catalogue import load_catalogue
+from shared.config import Settings
+
+SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "samples")
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A moto server for the whole session; AWS_* variables point boto3 (and children) at it."""
+    from moto.server import ThreadedMotoServer
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+                       "AWS_DEFAULT_REGION": "us-east-1"})
+    yield url
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def settings(moto_endpoint) -> Settings:
+    """Settings with a prefix of their own, so tests never share queues."""
+    return Settings.from_env({}, prefix="t" + uuid.uuid4().hex[:10], metrics_enabled=False)
+
+
+@pytest.fixture(scope="session")
+def catalogue():
+    """The packaged catalogue."""
+    return load_catalogue()
+
+
+@pytest.fixture
+def provisioned(settings, catalogue):
+    """Queues and bucket created for `settings`; yields {service: queue_url, '__terminate__': url}."""
+    from shared.provision import ensure_all
+    return ensure_all(settings, catalogue)
+
+
+@pytest.fixture(scope="session")
+def sample_bytes():
+    """Bytes of the bundled real photos (scikit-image's chelsea, coffee, astronaut, rocket)."""
+    out = {}
+    for name in ("chelsea", "coffee", "astronaut", "rocket"):
+        with open(os.path.join(SAMPLES, f"{name}.jpg"), "rb") as fh:
+            out[name] = fh.read()
+    return out

@@ -1,0 +1,75 @@
+"""Settings, message schemas, naming and the catalogue."""
+import json
+
+import pytest
+
+from shared import naming
+from shared.catalogue import CatalogueError, load_catalogue
+from shared.config import Settings, env_names
+from shared.messages import MessageError, Reply, Request, Terminate, now_ms
+
+
+def test_settings_read_from_environment_and_round_trip():
+    s = Settings.from_env({"CLASSIFYCLOUD_PREFIX": "x", "CLASSIFYCLOUD_SERVICES": "a, b",
+                           "CLASSIFYCLOUD_FETCH_ALLOW_LOOPBACK": "true", "CLASSIFYCLOUD_REPLY_TIMEOUT_S": "3.5"})
+    assert (s.prefix, s.services, s.fetch_allow_loopback, s.reply_timeout_s) == ("x", ("a", "b"), True, 3.5)
+    assert Settings.from_env(s.to_env()) == s
+    assert s.bucket_name == "x-data"
+    with pytest.raises(AttributeError):
+        s.prefix = "y"
+
+
+def test_settings_reject_a_bad_number_with_the_variable_name():
+    with pytest.raises(ValueError, match="CLASSIFYCLOUD_MAX_WORKERS"):
+        Settings.from_env({"CLASSIFYCLOUD_MAX_WORKERS": "many"})
+    assert "CLASSIFYCLOUD_PREFIX" in env_names()
+
+
+def test_request_round_trips_and_validates():
+    r = Request(id="abc", service="imagenet", image={"url": "http://e.com/a.jpg"}, reply_to="q", top_k=3)
+    assert Request.from_json(r.to_json()) == r
+    for bad in ["not json", "[]", json.dumps({"v": 2}),
+                json.dumps({"v": 1, "id": "a b", "service": "s", "image": {"url": "u"}}),
+                json.dumps({"v": 1, "id": "a", "service": "s", "image": {"file": "u"}}),
+                json.dumps({"v": 1, "id": "a", "service": "s", "image": {"url": "u"}, "top_k": 0})]:
+        with pytest.raises(MessageError):
+            Request.from_json(bad)
+
+
+def test_reply_and_terminate_schemas():
+    rep = Reply.failure("id1", "imagenet", "invalid_image", "not an image")
+    assert Reply.from_json(rep.to_json()) == rep
+    assert rep.to_dict()["error"] == {"code": "invalid_image", "message": "not an image"}
+    t = Terminate(issued_at=now_ms() - 10_000)
+    assert not Terminate.from_json(t.to_json()).is_fresh(5)
+    assert Terminate().is_fresh(5)
+
+
+def test_queue_names_follow_the_protocol():
+    assert naming.request_queue("cc", "imagenet") == "cc-requests-imagenet"
+    assert naming.dead_letter_queue("cc", "imagenet") == "cc-requests-imagenet-dlq"
+    assert naming.terminate_queue("cc") == "cc-terminate"
+    assert naming.reply_queue("cc").startswith("cc-reply-")
+    assert naming.reply_queue("cc") != naming.reply_queue("cc")
+    assert naming.service_from_queue("cc", "cc-requests-food") == "food"
+    assert naming.service_from_queue("cc", "cc-requests-food-dlq") is None
+
+
+def test_catalogue_loads_imagenet_and_rejects_bad_entries(tmp_path):
+    cat = load_catalogue()
+    assert cat["imagenet"].num_classes == 1000 and "imagenet" in cat.available()
+    bad = tmp_path / "c.yaml"
+    bad.write_text("services:\n  x:\n    architecture: resnet\n    num_classes: 2\n    colour: red\n")
+    with pytest.raises(CatalogueError, match="unknown keys"):
+        load_catalogue(str(bad))
+    missing = tmp_path / "m.yaml"
+    missing.write_text("services:\n  x:\n    architecture: torchvision:resnet18\n    num_classes: 2\n")
+    assert "not configured" in load_catalogue(str(missing))["x"].unavailable_reason()
+
+
+def test_provisioning_creates_queues_with_redrive(settings, provisioned):
+    from shared.aws import client
+    sqs = client("sqs", settings)
+    attrs = sqs.get_queue_attributes(QueueUrl=provisioned["imagenet"], AttributeNames=["All"])["Attributes"]
+    assert json.loads(attrs["RedrivePolicy"])["maxReceiveCount"] in (5, "5")
+    assert sqs.get_queue_url(QueueName=naming.terminate_queue(settings.prefix))["QueueUrl"]

@@ -1,0 +1,1 @@
+"""The GPU worker: polls request queues, classifies, replies."""

@@ -1,0 +1,1 @@
+"""Model handlers: load once, preprocess, infer, postprocess. Nothing here knows SQS or Flask."""
