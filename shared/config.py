@@ -51,6 +51,8 @@ class Settings:
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
     model_dir: str = ""                       # where catalogue weight paths are resolved from
     decode_threads: int = 4                   # preprocessing thread pool size
+    heartbeat_interval_s: float = 10.0        # worker writes heartbeats/<id>.json this often
+    heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
 
     # --- safe fetch ---------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024

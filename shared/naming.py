@@ -51,3 +51,18 @@ def upload_key(request_id: str) -> str:
 def result_key(request_id: str) -> str:
     """S3 key of a request's result record."""
     return f"results/{request_id}.json"
+
+
+def heartbeat_prefix() -> str:
+    """S3 prefix of worker heartbeat records."""
+    return "heartbeats/"
+
+
+def heartbeat_key(instance_id: str) -> str:
+    """S3 key of one worker's heartbeat: {instance_id, services, state, busy, at}."""
+    return f"{heartbeat_prefix()}{instance_id}.json"
+
+
+def job_key(request_id: str) -> str:
+    """S3 key of a submitted job's marker (lets GET /jobs/<id> tell pending from unknown)."""
+    return f"jobs/{request_id}.json"
