@@ -1,0 +1,1 @@
+"""The composition root: the `classifycloud` CLI and the embedded local stack."""

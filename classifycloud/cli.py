@@ -1,0 +1,177 @@
+"""`classifycloud` command line: up | web | worker | autoscaler | simulate | convert | metrics | provision."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+import requests
+
+from shared.config import Settings
+
+log = logging.getLogger("classifycloud")
+
+USAGE = """classifycloud <command> [options]
+
+commands:
+  up          the embedded stack on this machine: moto server, web, workers, autoscaler
+  web         the web front end under gunicorn (N processes, one reply queue each)
+  worker      a worker: polls the request queues, classifies, replies
+  autoscaler  the autoscaler loop (queue depth -> fleet size)
+  simulate    replay traces through the scaling policies (no AWS)
+  convert     export a service's model to ONNX / TensorRT
+  metrics     review CloudWatch metrics and result records: table, plots, HTML report
+  provision   create the queues and bucket at the configured AWS endpoint
+"""
+
+
+def _delegate(module: str, func: str = "main"):
+    def run(argv: list[str]) -> int:
+        mod = importlib.import_module(module)
+        return int(getattr(mod, func)(argv) or 0)
+    return run
+
+
+def cmd_web(argv: list[str]) -> int:
+    """Serve webserver.wsgi:app with gunicorn (threaded workers: requests wait for replies)."""
+    settings = Settings.from_env()
+    p = argparse.ArgumentParser(prog="classifycloud web")
+    p.add_argument("--processes", "-w", type=int, default=settings.web_processes)
+    p.add_argument("--threads", type=int, default=32)
+    p.add_argument("--host", default=settings.web_host)
+    p.add_argument("--port", type=int, default=settings.web_port)
+    args = p.parse_args(argv)
+    gargs = [sys.executable, "-m", "gunicorn", "-w", str(args.processes), "-k", "gthread",
+             "--threads", str(args.threads), "-b", f"{args.host}:{args.port}",
+             "--timeout", str(int(settings.reply_timeout_s) + 30), "--graceful-timeout", "30"]
+    if importlib.util.find_spec("webserver.gunicorn_conf") is not None:
+        gargs += ["-c", "python:webserver.gunicorn_conf"]
+    gargs.append("webserver.wsgi:app")
+    os.execv(sys.executable, gargs)
+    return 0  # not reached
+
+
+def cmd_provision(argv: list[str]) -> int:
+    """Create the request queues (with DLQs), the terminate queue and the bucket."""
+    from shared.catalogue import catalogue_for
+    from shared.provision import ensure_all
+    argparse.ArgumentParser(prog="classifycloud provision").parse_args(argv)
+    settings = Settings.from_env()
+    for name, url in ensure_all(settings, catalogue_for(settings)).items():
+        print(f"{name:12s} {url}")
+    print(f"bucket       {settings.bucket_name}")
+    return 0
+
+
+def _classify_samples(stack, out=print) -> bool:
+    """Classify each bundled photo once through the public API; print a table. True if all succeeded."""
+    from classifycloud.local import SAMPLES
+    ok = True
+    out(f"\n{'photo':10s} {'top-1':28s} {'score':>6s} {'class':>5s} {'ms':>6s}")
+    for name in SAMPLES:
+        t0 = time.perf_counter()
+        try:
+            r = requests.get(stack.base_url + "/classify", params={"url": stack.sample_url(name)}, timeout=180)
+            body = r.json()
+        except (requests.RequestException, ValueError) as exc:
+            out(f"{name:10s} request failed: {exc}")
+            ok = False
+            continue
+        ms = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200 or not body.get("results"):
+            out(f"{name:10s} HTTP {r.status_code}: {body.get('error')}")
+            ok = False
+            continue
+        top = body["results"][0]
+        out(f"{name:10s} {top['label'][:28]:28s} {top['score']:6.3f} {top['index']:5d} {ms:6.0f}")
+    return ok
+
+
+def cmd_up(argv: list[str]) -> int:
+    """Run the whole system on this machine until Ctrl-C."""
+    from classifycloud.local import LocalStack
+    p = argparse.ArgumentParser(prog="classifycloud up", description=cmd_up.__doc__)
+    p.add_argument("--port", type=int, default=8080, help="web port (0 = any free port)")
+    p.add_argument("--web-processes", type=int, default=2)
+    p.add_argument("--workers", type=int, default=None,
+                   help="a fixed number of workers instead of the autoscaler")
+    p.add_argument("--min-workers", type=int, default=None)
+    p.add_argument("--max-workers", type=int, default=None)
+    p.add_argument("--once", action="store_true", help="classify the samples, then stop (for CI)")
+    args = p.parse_args(argv)
+    overrides = {"metrics_enabled": Settings.from_env().metrics_enabled}
+    if args.min_workers is not None:
+        overrides["min_workers"] = args.min_workers
+    if args.max_workers is not None:
+        overrides["max_workers"] = args.max_workers
+    settings = Settings.from_env(**overrides)
+    autoscale = args.workers is None and importlib.util.find_spec("autoscaler.local") is not None
+    stack = LocalStack(settings, web_port=args.port, web_processes=args.web_processes,
+                       workers=args.workers or 1, autoscale=autoscale)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("starting ClassifyCloud locally: moto server, queues, web, "
+          + (f"autoscaled workers ({settings.min_workers}..{settings.max_workers})" if autoscale
+             else f"{args.workers or 1} worker(s)"), flush=True)
+    try:
+        stack.start()
+        print(f"logs: {stack.log_dir}", flush=True)
+        stack.wait_ready(progress=lambda m: print("  " + m, flush=True))
+        print(f"\nClassifyCloud is up at {stack.base_url}   (AWS endpoint {stack.endpoint})")
+        print("try:\n  curl '%s/classify?url=%s'" % (stack.base_url, stack.sample_url("chelsea")))
+        print("  curl -F image=@%s/chelsea.jpg %s/classify" % (_samples_path(), stack.base_url))
+        ok = _classify_samples(stack)
+        if args.once:
+            return 0 if ok else 1
+        print("\nCtrl-C stops everything.", flush=True)
+        stop.wait()
+        return 0
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        stack.stop()
+        print("stopped.", flush=True)
+
+
+def _samples_path() -> str:
+    from classifycloud.local import samples_dir
+    return samples_dir()
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "web": cmd_web,
+    "worker": _delegate("worker.__main__"),
+    "autoscaler": _delegate("autoscaler.__main__"),
+    "simulate": _delegate("autoscaler.__main__", "simulate_main"),
+    "convert": _delegate("classifycloud.convert"),
+    "metrics": _delegate("classifycloud.review"),
+    "provision": cmd_provision,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `classifycloud` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] not in COMMANDS:
+        print(f"classifycloud: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    level = os.environ.get("CLASSIFYCLOUD_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
