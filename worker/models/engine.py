@@ -5,15 +5,18 @@ import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from worker.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class ImageDecodeError(ValueError):
@@ -28,48 +31,89 @@ class BatchResult:
 
     results: list          # per item: list of {"label","index","score"} or an ImageDecodeError
     inference_ms: float
+    preprocess_ms: float = 0.0                       # decode + preprocess wall time of the batch
+    decoders: list[str] = field(default_factory=list)  # per item: "jpeg" (torchvision.io), "pil" or "error"
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """Pillow's lazy open: reads the header only, and raises on decompression bombs by their dimensions."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(f"image too large: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a decodable image: {exc}") from None
+    limit = Image.MAX_IMAGE_PIXELS
+    # Pillow only warns between 1x and 2x its limit; a service refuses there too.
+    if limit and img.width * img.height > limit:
+        raise ImageDecodeError(f"image too large: {img.width}x{img.height} pixels exceeds {limit}")
+    return img
 
 
 def decode_image(data: bytes) -> Image.Image:
-    """Fully decode bytes to an RGB image (Pillow's decompression-bomb limit applies)."""
+    """Fully decode bytes to an RGB image with EXIF orientation applied (Pillow path)."""
+    img = _open_header(data)
     try:
-        img = Image.open(io.BytesIO(data))
         img.load()
+        img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageDecodeError(f"not a decodable image: {exc}") from None
 
 
-class InferenceEngine:
-    """Runs batches for the registry's services."""
+def decode_jpeg_tensor(data: bytes) -> torch.Tensor:
+    """A JPEG as uint8 [3, H, W] via torchvision.io (libjpeg-turbo), dimensions checked first."""
+    _open_header(data)  # size check before allocating the decoded pixels
+    try:
+        return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                           mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except RuntimeError as exc:
+        raise ImageDecodeError(f"not a decodable JPEG: {exc}") from None
 
-    def __init__(self, registry: ModelRegistry, decode_threads: int = 4):
+
+class InferenceEngine:
+    """Runs batches for the registry's services; safe to call from several threads at once."""
+
+    def __init__(self, registry: ModelRegistry, decode_threads: int = 4, jpeg_fast_path: bool = True):
         self.registry = registry
+        self.jpeg_fast_path = jpeg_fast_path
         self.pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="decode")
 
-    def _prepare(self, service: str, data: bytes):
-        handler = self.registry.get(service)
+    def _prepare(self, handler, data: bytes) -> tuple[torch.Tensor | ImageDecodeError, str]:
         try:
-            return handler.preprocess(decode_image(data))
+            if self.jpeg_fast_path and data[:3] == JPEG_MAGIC:
+                try:
+                    return handler.preprocess_tensor(decode_jpeg_tensor(data)), "jpeg"
+                except ImageDecodeError as exc:
+                    # libjpeg refuses some files Pillow reads (odd markers); Pillow has the last word.
+                    log.debug("torchvision.io could not decode a JPEG (%s); trying Pillow", exc)
+            return handler.preprocess(decode_image(data)), "pil"
         except ImageDecodeError as exc:
-            return exc
+            return exc, "error"
+        except Exception as exc:  # a hostile image must fail only its own item
+            return ImageDecodeError(f"cannot preprocess image: {type(exc).__name__}: {exc}"), "error"
 
     def run(self, service: str, images: Sequence[bytes], top_ks: Sequence[int]) -> BatchResult:
         """Classify images (bytes) of one service; a bad image fails only its own item."""
         handler = self.registry.get(service)
         if handler is None:
             raise KeyError(f"service {service!r} is not hosted here")
-        prepared = list(self.pool.map(lambda b: self._prepare(service, b), images))
-        good = [i for i, p in enumerate(prepared) if isinstance(p, torch.Tensor)]
-        results: list = [p for p in prepared]  # errors stay in place
+        if len(top_ks) != len(images):
+            raise ValueError(f"{len(images)} images but {len(top_ks)} top_k values")
         t0 = time.perf_counter()
+        prepared = list(self.pool.map(lambda b: self._prepare(handler, b), images))
+        preprocess_ms = (time.perf_counter() - t0) * 1000
+        results: list = [p for p, _ in prepared]  # errors stay in place
+        good = [i for i, (p, _) in enumerate(prepared) if isinstance(p, torch.Tensor)]
+        t1 = time.perf_counter()
         if good:
-            probs = handler.infer(torch.stack([prepared[i] for i in good]))
+            probs = handler.infer(torch.stack([results[i] for i in good]))
             kmax = max(top_ks[i] for i in good)
             ranked = handler.postprocess(probs, kmax)
             for j, i in enumerate(good):
-                results[i] = ranked[j][: top_ks[i]]
-        return BatchResult(results=results, inference_ms=(time.perf_counter() - t0) * 1000)
+                results[i] = ranked[j][: max(1, top_ks[i])]
+        return BatchResult(results=results, inference_ms=(time.perf_counter() - t1) * 1000,
+                           preprocess_ms=preprocess_ms, decoders=[d for _, d in prepared])
 
     def close(self) -> None:
         """Stop the decode pool."""

@@ -42,6 +42,9 @@ class ModelRegistry:
             except (WeightsError, ValueError, OSError) as exc:
                 self.unavailable[name] = str(exc)
                 log.error("service %s failed to load: %s", name, exc)
+            except Exception as exc:  # one broken service must not take the others down
+                self.unavailable[name] = f"{type(exc).__name__}: {exc}"
+                log.exception("service %s failed to load", name)
         return self
 
     def get(self, name: str) -> ImageClassifier | None:
@@ -51,3 +54,9 @@ class ModelRegistry:
     def hosted(self) -> list[str]:
         """Names of the loaded services."""
         return list(self.handlers)
+
+    def close(self) -> None:
+        """Release every loaded model."""
+        for handler in self.handlers.values():
+            handler.close()
+        self.handlers.clear()
