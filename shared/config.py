@@ -80,11 +80,21 @@ class Settings:
     pool_tag: str = ""                        # "" -> "<prefix>-workers"
     fleet: str = "local"                      # local | ec2
     boot_delay_s: float = 0.0                 # local fleet: mimic EC2 start-up
+    qos: float = 0.9                          # classifycloud policy: QUALITY_OF_SERVICE (messages per worker)
+    scaling_factor: float = 1.0               # classifycloud policy: SCALING_FACTOR
+    target_utilization: float = 0.75          # backlog policy: keep busy workers <= this share of the fleet
+    scale_in_step_s: float = 10.0             # backlog policy: pause between scale-in steps (terminates take effect)
+    service_time_refresh_s: float = 60.0      # refine seconds_per_request from worker metrics this often
+    service_time_alpha: float = 0.3           # EWMA weight of a new service-time observation
+    pending_timeout_s: float = 600.0          # ec2 fleet: replace an instance pending longer than this
+    impaired_timeout_s: float = 300.0         # ec2 fleet: replace an instance failing status checks this long
 
     # --- metrics ------------------------------------------------------------
     metrics_enabled: bool = True
     metrics_namespace: str = "ClassifyCloud"
     metrics_interval_s: float = 10.0
+    metrics_sink: str = "api"                 # api (put_metric_data) | emf (embedded metric format log lines) | both
+    metrics_emf_path: str = ""                # emf sink: file the CloudWatch agent tails; "" -> stdout
 
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"

@@ -3,11 +3,15 @@
 Every emitter, the review command and the Terraform dashboard read DEFINITIONS;
 there is no second list. Publishing never happens on a request's hot path:
 record() appends to an in-memory buffer and a background thread sends one
-put_metric_data batch per interval. A failing endpoint loses metrics, never requests.
+put_metric_data batch per interval (and/or writes embedded-metric-format log
+lines, settings.metrics_sink). A failing endpoint loses metrics, never requests.
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -55,79 +59,158 @@ DEFINITIONS: tuple[MetricDef, ...] = (
 )
 BY_NAME: dict[str, MetricDef] = {d.name: d for d in DEFINITIONS}
 
+SINKS = ("api", "emf", "both")
+MISSING_DIM = "none"             # the value of a dimension the caller did not give
+
 _MAX_VALUES_PER_DATUM = 150      # CloudWatch limit for Values/Counts
-_MAX_DATA_PER_CALL = 500         # stay under the 1 MB / 1000-datum limits
-_MAX_BUFFERED_KEYS = 5000        # bound memory if the endpoint is down for long
+_MAX_DATA_PER_CALL = 500         # CloudWatch allows 1000 data per call ...
+_MAX_VALUES_PER_CALL = 3000      # ... and 1 MB per request: bound the values too
+_MAX_BUFFERED_KEYS = 5000        # bound memory if callers invent many dimension values
+_MAX_BACKLOG = 2000              # data kept for one retry after a failed call
+_MAX_DIM_LEN = 255               # CloudWatch allows 1024; shorter keeps dashboards readable
+_EMF_MAX_VALUES = 100            # EMF allows at most 100 values per metric per document
+_SIGNIFICANT = 4                 # values are kept to 4 significant digits (<= 0.05 % error)
+
+
+def quantize(value: float) -> float:
+    """Round to _SIGNIFICANT significant digits, so a busy interval has few distinct values."""
+    if value == 0:
+        return 0.0
+    digits = _SIGNIFICANT - 1 - int(math.floor(math.log10(abs(value))))
+    return round(value, digits)
+
+
+def _dim_value(raw: object) -> str:
+    text = str(raw) if raw is not None else ""
+    return text[:_MAX_DIM_LEN] if text.strip() else MISSING_DIM
 
 
 class MetricsPublisher:
-    """Buffered put_metric_data: record() is O(1) and never raises; a thread flushes."""
+    """Buffered put_metric_data: record() is O(1), never raises and never touches the network."""
 
     def __init__(self, settings: Settings, component: str, client=None, static_dims: dict | None = None):
         self.settings = settings
         self.component = component
         self.enabled = settings.metrics_enabled
         self.namespace = settings.metrics_namespace
-        self.interval = settings.metrics_interval_s
-        self.static_dims = dict(static_dims or {})
+        self.interval = max(0.05, float(settings.metrics_interval_s))
+        sink = settings.metrics_sink if settings.metrics_sink in SINKS else "api"
+        if sink != settings.metrics_sink:
+            log.warning("metrics: unknown sink %r, using 'api' (one of %s)", settings.metrics_sink, SINKS)
+        self.sink = sink
+        self.static_dims = {k: _dim_value(v) for k, v in (static_dims or {}).items()}
         self._client = client
         self._lock = threading.Lock()
         self._buf: dict[tuple, dict[float, int]] = defaultdict(lambda: defaultdict(int))
+        self._backlog: list[dict] = []
+        self._warned: set[tuple] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.recorded = 0
         self.dropped = 0
         self.sent_calls = 0
         self.failed_calls = 0
+        self.sent_values = 0
+
+    # -- the hot path ------------------------------------------------------
 
     def record(self, name: str, value: float = 1.0, **dims: str) -> None:
-        """Buffer one value (values are aggregated as Values/Counts)."""
+        """Buffer one value under its defined dimensions (missing ones read 'none'); never raises."""
         if not self.enabled:
             return
         try:
-            d = BY_NAME[name]
-            key = (name, tuple((k, str(dims.get(k, "none"))) for k in d.dimensions))
+            d = BY_NAME.get(name)
+            if d is None:
+                self._warn_once(("name", name), "metrics: %r is not in DEFINITIONS; not recorded", name)
+                return
+            value = float(value)
+            if not math.isfinite(value):
+                # one NaN would make CloudWatch reject the whole batch
+                self._warn_once(("nan", name), "metrics: %s value %r is not finite; not recorded", name, value)
+                return
+            extra = set(dims) - set(d.dimensions)
+            if extra:
+                self._warn_once(("dims", name, tuple(sorted(extra))),
+                                "metrics: %s has no dimension(s) %s; ignored", name, sorted(extra))
+            key = (name, tuple((k, _dim_value(dims.get(k))) for k in d.dimensions))
+            q = quantize(value)
             with self._lock:
                 if key not in self._buf and len(self._buf) >= _MAX_BUFFERED_KEYS:
                     self.dropped += 1
                     return
-                self._buf[key][round(float(value), 3)] += 1
+                self._buf[key][q] += 1
+                self.recorded += 1
         except Exception:  # metrics must never fail the caller
-            log.exception("metric %s not recorded", name)
+            log.exception("metrics: %s not recorded", name)
+
+    def _warn_once(self, key: tuple, msg: str, *args) -> None:
+        if key not in self._warned and len(self._warned) < 1000:
+            self._warned.add(key)
+            log.warning(msg, *args)
+
+    # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> "MetricsPublisher":
-        """Start the background flusher (no-op when disabled)."""
+        """Start the background flusher (no-op when disabled or already started)."""
         if self.enabled and self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"metrics-{self.component}", daemon=True)
             self._thread.start()
         return self
 
-    def close(self, flush: bool = True) -> None:
-        """Stop the flusher; send what is buffered once more."""
+    def close(self, flush: bool = True, timeout: float = 10.0) -> None:
+        """Stop the flusher and send what is buffered once more (bounded by the client's timeouts)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.interval + 5)
-            self._thread = None
-        if flush:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=timeout)
+            if thread.is_alive():
+                # the flusher is stuck on a dead endpoint: do not queue behind it
+                log.warning("metrics: flusher still busy after %.0f s; final flush skipped", timeout)
+                return
+        if flush and self.enabled:
             self.flush()
 
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except Exception:  # keep flushing whatever went wrong once
+                log.exception("metrics: flush failed")
+
+    # -- sending -----------------------------------------------------------
+
     def flush(self) -> int:
-        """Send the buffer now; returns the number of data sent (0 on failure, which is logged)."""
+        """Send the buffer (and the last failed batch) now; returns the number of data sent."""
         with self._lock:
             buf, self._buf = self._buf, defaultdict(lambda: defaultdict(int))
-        data = list(self._datums(buf))
+            backlog, self._backlog = self._backlog, []
+        fresh = list(self._datums(buf))
+        if self.sink in ("emf", "both") and fresh:
+            self._write_emf(fresh)
+        if self.sink == "emf":
+            return len(fresh)
+        data = backlog + fresh
         if not data:
             return 0
         sent = 0
         try:
             cw = self._cw()
-            for i in range(0, len(data), _MAX_DATA_PER_CALL):
-                cw.put_metric_data(Namespace=self.namespace, MetricData=data[i:i + _MAX_DATA_PER_CALL])
+            for chunk in _calls(data):
+                cw.put_metric_data(Namespace=self.namespace, MetricData=chunk)
                 self.sent_calls += 1
-                sent += len(data[i:i + _MAX_DATA_PER_CALL])
+                sent += len(chunk)
+                self.sent_values += sum(len(x["Values"]) for x in chunk)
         except Exception as exc:
             self.failed_calls += 1
-            self.dropped += len(data) - sent
-            log.warning("metrics: put_metric_data failed, %d data dropped: %s", len(data) - sent, exc)
+            # retry the fresh part once next interval; data that already failed once is dropped
+            retry = data[max(sent, len(backlog)):][:_MAX_BACKLOG]
+            lost = len(data) - sent - len(retry)
+            with self._lock:
+                self._backlog = retry + self._backlog
+                self.dropped += lost
+            log.warning("metrics: put_metric_data to %s failed (%d data kept for retry, %d dropped): %s",
+                        self.namespace, len(retry), lost, exc)
         return sent
 
     def _datums(self, buf: dict) -> Iterable[dict]:
@@ -136,7 +219,7 @@ class MetricsPublisher:
             d = BY_NAME[name]
             dimensions = [{"Name": k, "Value": v} for k, v in dims]
             dimensions += [{"Name": k, "Value": v} for k, v in self.static_dims.items()]
-            items = list(hist.items())
+            items = sorted(hist.items())
             for i in range(0, len(items), _MAX_VALUES_PER_DATUM):
                 chunk = items[i:i + _MAX_VALUES_PER_DATUM]
                 yield {"MetricName": name, "Dimensions": dimensions, "Timestamp": now, "Unit": d.unit,
@@ -144,14 +227,59 @@ class MetricsPublisher:
 
     def _cw(self):
         if self._client is None:
-            from shared.aws import client
-            # short timeouts and few retries: a dead endpoint must not hold the flusher for long
-            self._client = client("cloudwatch", self.settings, connect_timeout=2, read_timeout=5)
+            from botocore.config import Config
+
+            from shared.aws import region
+            import boto3
+            # short timeouts and one retry: a dead endpoint must not hold the flusher for long
+            cfg = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=5)
+            self._client = boto3.session.Session().client("cloudwatch", region_name=region(self.settings),
+                                                          config=cfg)
         return self._client
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.flush()
+    def _write_emf(self, data: list[dict]) -> None:
+        """Write embedded-metric-format documents (CloudWatch Logs extracts the metrics)."""
+        try:
+            lines = [json.dumps(doc, separators=(",", ":")) for x in data for doc in emf_documents(self.namespace, x)]
+            text = "\n".join(lines) + "\n"
+            if self.settings.metrics_emf_path:
+                with open(self.settings.metrics_emf_path, "a", encoding="utf-8") as fh:
+                    fh.write(text)
+            else:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        except Exception as exc:
+            with self._lock:
+                self.dropped += len(data)
+            log.warning("metrics: EMF write failed, %d data dropped: %s", len(data), exc)
+
+
+def _calls(data: list[dict]) -> Iterable[list[dict]]:
+    """Split data into put_metric_data calls under the per-call data and size limits."""
+    chunk: list[dict] = []
+    values = 0
+    for x in data:
+        n = len(x["Values"])
+        if chunk and (len(chunk) >= _MAX_DATA_PER_CALL or values + n > _MAX_VALUES_PER_CALL):
+            yield chunk
+            chunk, values = [], 0
+        chunk.append(x)
+        values += n
+    if chunk:
+        yield chunk
+
+
+def emf_documents(namespace: str, datum: dict) -> Iterable[dict]:
+    """One datum as EMF documents (EMF has no Counts: values repeat, at most 100 per document)."""
+    expanded = [v for v, c in zip(datum["Values"], datum["Counts"]) for _ in range(int(c))]
+    dims = {d["Name"]: d["Value"] for d in datum["Dimensions"]}
+    for i in range(0, len(expanded), _EMF_MAX_VALUES):
+        doc = {"_aws": {"Timestamp": int(datum["Timestamp"] * 1000),
+                        "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": [list(dims)],
+                                               "Metrics": [{"Name": datum["MetricName"], "Unit": datum["Unit"]}]}]}}
+        doc.update(dims)
+        doc[datum["MetricName"]] = expanded[i:i + _EMF_MAX_VALUES]
+        yield doc
 
 
 class NullMetrics(MetricsPublisher):
