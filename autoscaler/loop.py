@@ -1,0 +1,142 @@
+"""The autoscaler loop: every tick read queues and fleet, ask the policy, act, log and publish."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from autoscaler.fleet import Fleet
+from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
+                               QueueStats, get_policy)
+from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
+from shared import naming
+from shared.aws import client
+from shared.catalogue import Catalogue, catalogue_for
+from shared.config import Settings
+from shared.messages import Terminate, now_ms
+from shared.metrics import MetricsPublisher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What one tick saw and did (tests and the simulator inspect it)."""
+
+    queues: tuple[QueueStats, ...]
+    fleet: FleetState
+    decision: Decision
+    acted: int                  # instances launched or terminate messages sent
+
+
+class Autoscaler:
+    """One tick = read, decide, act. run(stop_event) ticks until the event is set."""
+
+    def __init__(self, settings: Settings, fleet: Fleet, catalogue: Catalogue | None = None,
+                 sqs=None, s3=None, cloudwatch=None, metrics: MetricsPublisher | None = None,
+                 clock=time.time):
+        self.settings = settings
+        self.fleet = fleet
+        self.catalogue = catalogue or catalogue_for(settings)
+        self.policy_name = settings.policy
+        self.policy = get_policy(settings.policy)
+        self.sqs = sqs or client("sqs", settings)
+        self.s3 = s3 or client("s3", settings)
+        self.clock = clock
+        self.queues = QueueReader(settings, self.catalogue, self.sqs)
+        self.heartbeats = HeartbeatReader(settings, self.s3, clock=clock)
+        cw = cloudwatch if cloudwatch is not None else (
+            client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
+        self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
+        self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
+        self.state = PolicyState()
+        self.ticks = 0
+        self.errors = 0
+        self.last: TickResult | None = None
+        self._terminate_url: str | None = None
+
+    def observe(self) -> tuple[list[QueueStats], FleetState]:
+        """Queue counts and fleet state (heartbeats refine idle/stopping; their failure is tolerated)."""
+        queues = self.queues.read()
+        self.fleet.maintain()
+        count = self.fleet.count()
+        idle, stopping = None, 0
+        try:
+            hb = self.heartbeats.read()
+            idle, stopping = hb.idle, min(hb.stopping, count.running)
+        except Exception as exc:   # without heartbeats the policy falls back to queue counts
+            log.warning("autoscaler: heartbeats unreadable (%s); idle workers inferred from queues", exc)
+        return queues, FleetState(running=count.running, pending=count.pending, idle=idle, stopping=stopping)
+
+    def tick(self) -> TickResult | None:
+        """One decision; an AWS (or any) error skips the tick and returns None."""
+        self.ticks += 1
+        try:
+            queues, fleet = self.observe()
+            cfg = PolicyConfig.from_settings(self.settings, self.service_times.current())
+            decision = self.policy(queues, fleet, cfg, self.clock(), self.state)
+            acted = self.act(decision)
+        except Exception as exc:
+            self.errors += 1
+            log.error("autoscaler: tick %d skipped: %s: %s", self.ticks, type(exc).__name__, exc)
+            return None
+        self.state = decision.state
+        log.info("autoscaler[%s]: %s %d -> desired %d: %s", self.policy_name, decision.action,
+                 decision.count, decision.desired, decision.reason)
+        self._publish(queues, fleet, decision)
+        self.last = TickResult(tuple(queues), fleet, decision, acted)
+        return self.last
+
+    def act(self, decision: Decision) -> int:
+        """Launch instances or send terminate messages; returns how many."""
+        if decision.action == LAUNCH and decision.count > 0:
+            return len(self.fleet.launch(decision.count))
+        if decision.action == TERMINATE and decision.count > 0:
+            return self.send_terminates(decision.count)
+        return 0
+
+    def send_terminates(self, n: int) -> int:
+        """n terminate messages stamped now (one message stops one worker; stale ones are ignored)."""
+        if self._terminate_url is None:
+            self._terminate_url = self.sqs.get_queue_url(
+                QueueName=naming.terminate_queue(self.settings.prefix))["QueueUrl"]
+        issued = now_ms()
+        sent = 0
+        for start in range(0, n, 10):
+            entries = [{"Id": str(i), "MessageBody": Terminate(issued_at=issued).to_json()}
+                       for i in range(start, min(n, start + 10))]
+            resp = self.sqs.send_message_batch(QueueUrl=self._terminate_url, Entries=entries)
+            sent += len(resp.get("Successful", []))
+            for failed in resp.get("Failed", []):
+                log.warning("autoscaler: terminate message not sent: %s", failed.get("Message"))
+        return sent
+
+    def _publish(self, queues: list[QueueStats], fleet: FleetState, decision: Decision) -> None:
+        m = self.metrics
+        for q in queues:
+            m.record("QueueVisible", q.visible, Service=q.service)
+            m.record("QueueInFlight", q.in_flight, Service=q.service)
+            m.record("QueueDelayed", q.delayed, Service=q.service)
+        m.record("FleetRunning", fleet.running)
+        m.record("FleetPending", fleet.pending)
+        m.record("FleetDesired", decision.desired)
+        m.record("ScalingDecision", 1, Action=decision.action)
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Tick every settings.tick_s until stop_event is set (ticks keep their cadence)."""
+        self.metrics.start()
+        log.info("autoscaler: policy %s, fleet %s, workers %d..%d, tick %.1fs", self.policy_name,
+                 type(self.fleet).__name__, self.settings.min_workers, self.settings.max_workers,
+                 self.settings.tick_s)
+        try:
+            while not stop_event.is_set():
+                started = time.monotonic()
+                self.tick()
+                stop_event.wait(max(0.0, self.settings.tick_s - (time.monotonic() - started)))
+        finally:
+            self.metrics.close()
+            log.info("autoscaler: stopped after %d ticks (%d skipped)", self.ticks, self.errors)
+
+
+__all__ = ["Autoscaler", "TickResult", "HOLD", "LAUNCH", "TERMINATE"]

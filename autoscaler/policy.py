@@ -1,0 +1,186 @@
+"""Scaling policies: pure functions of (queues, fleet, config, clock, state) -> Decision.
+
+No I/O, no hidden globals: whatever must be remembered between ticks (how long the
+fleet has been larger than needed, when the last scale-in step was) lives in
+PolicyState, passed in and returned in the Decision. The loop and the simulator
+call the same functions.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Mapping, Sequence
+
+from shared.config import Settings
+
+LAUNCH, TERMINATE, HOLD = "launch", "terminate", "hold"
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """One request queue's approximate counts (SQS attributes)."""
+
+    service: str
+    visible: int = 0          # ApproximateNumberOfMessages
+    in_flight: int = 0        # ApproximateNumberOfMessagesNotVisible
+    delayed: int = 0          # ApproximateNumberOfMessagesDelayed
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What the fleet looks like: instances running and starting, and what heartbeats say."""
+
+    running: int = 0
+    pending: int = 0
+    idle: int | None = None   # running workers holding no message (fresh heartbeats); None = unknown
+    stopping: int = 0         # workers that accepted a terminate and are finishing their batch
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The numbers a policy needs, taken from Settings (+ per-service time estimates)."""
+
+    min_workers: int = 1
+    max_workers: int = 10
+    latency_budget_s: float = 10.0
+    seconds_per_request: Mapping[str, float] = field(default_factory=dict)
+    default_seconds_per_request: float = 0.2
+    scale_in_window_s: float = 60.0
+    scale_in_fraction: float = 0.5
+    scale_in_step_s: float = 10.0
+    target_utilization: float = 0.75
+    qos: float = 0.9
+    scaling_factor: float = 1.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, seconds_per_request: Mapping[str, float] | None = None,
+                      **overrides) -> "PolicyConfig":
+        """Config from settings; seconds_per_request maps service -> current estimate."""
+        kw = dict(min_workers=settings.min_workers, max_workers=settings.max_workers,
+                  latency_budget_s=settings.latency_budget_s,
+                  seconds_per_request=dict(seconds_per_request or {}),
+                  default_seconds_per_request=settings.seconds_per_request,
+                  scale_in_window_s=settings.scale_in_window_s, scale_in_fraction=settings.scale_in_fraction,
+                  scale_in_step_s=settings.scale_in_step_s, target_utilization=settings.target_utilization,
+                  qos=settings.qos, scaling_factor=settings.scaling_factor)
+        kw.update(overrides)
+        return cls(**kw)
+
+    def spr(self, service: str) -> float:
+        """Seconds of worker time one request of this service needs."""
+        return self.seconds_per_request.get(service, self.default_seconds_per_request)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What a policy remembers between ticks."""
+
+    below_since: float | None = None      # since when the fleet has been larger than required
+    last_scale_in_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """launch n / terminate n / hold, the fleet size wanted, why, and the state for the next tick."""
+
+    action: str
+    count: int
+    desired: int
+    reason: str
+    state: PolicyState = field(default_factory=PolicyState)
+
+
+Policy = Callable[[Sequence[QueueStats], FleetState, PolicyConfig, float, PolicyState], Decision]
+
+
+def classifycloud(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
+                  now: float, state: PolicyState) -> Decision:
+    """The original ClassifyCloud criterion, faithfully (visible messages, running workers).
+
+    desired = ceil(messages / QOS); feasible = min(MAX, desired);
+    spawn = ceil((feasible - workers) * SCALING_FACTOR); spawn > 0 -> launch spawn;
+    spawn < 0 -> send (-spawn - MIN) terminate messages (no messages: all but MIN).
+    """
+    messages = sum(q.visible for q in queues)       # getMessagesInTheQueue(): ApproximateNumberOfMessages
+    workers = fleet.running                          # getNumberOfWorkers(): running instances only
+    desired = math.ceil(messages / cfg.qos)
+    feasible = min(cfg.max_workers, desired)
+    spawn = math.ceil((feasible - workers) * cfg.scaling_factor)
+    head = f"messages={messages} workers={workers} desired={desired} feasible={feasible} spawn={spawn}"
+    if spawn > 0:
+        return Decision(LAUNCH, spawn, feasible, head, state)
+    if spawn < 0:
+        n = -spawn - cfg.min_workers
+        if n > 0:
+            return Decision(TERMINATE, n, workers - n, f"{head}: terminate -spawn-MIN={n}", state)
+        return Decision(HOLD, 0, workers, f"{head}: -spawn-MIN={n} <= 0", state)
+    return Decision(HOLD, 0, workers, head, state)
+
+
+def backlog(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
+            now: float, state: PolicyState) -> Decision:
+    """Size the fleet by the work waiting (plus a utilisation floor); scale in slowly and only idle workers."""
+    work = sum((q.visible + q.in_flight) * cfg.spr(q.service) for q in queues)
+    messages = sum(q.visible + q.in_flight for q in queues)
+    backlog_need = math.ceil(work / cfg.latency_budget_s - 1e-9) if work > 0 else 0
+    if messages > 0:
+        backlog_need = max(backlog_need, 1)          # from zero on the first message
+    active = max(0, fleet.running - fleet.stopping)
+    idle = _idle(fleet, messages, active)
+    busy = active - idle
+    required = min(cfg.max_workers, max(cfg.min_workers, backlog_need))
+    # A drained queue under a steady stream looks like no load; so scale in only while the busy
+    # workers stay within target_utilization of what is left (a floor, never a launch trigger:
+    # during a burst every worker is busy and the backlog term alone sizes the fleet).
+    util_floor = math.ceil(busy / cfg.target_utilization - 1e-9) if busy > 0 else 0
+    floor = min(cfg.max_workers, max(required, util_floor))
+    capacity = active + fleet.pending                # pending instances are capacity already bought
+    head = (f"work={work:.1f}s messages={messages} required={required} util_floor={util_floor} "
+            f"capacity={capacity} (running={fleet.running} pending={fleet.pending} "
+            f"idle={idle} stopping={fleet.stopping})")
+    if required > capacity:
+        return Decision(LAUNCH, required - capacity, required, head, PolicyState(None, state.last_scale_in_at))
+    if floor >= capacity:
+        return Decision(HOLD, 0, capacity, head, PolicyState(None, state.last_scale_in_at))
+    below_since = state.below_since if state.below_since is not None else now
+    kept = PolicyState(below_since, state.last_scale_in_at)
+    waited = now - below_since
+    if waited < cfg.scale_in_window_s:
+        return Decision(HOLD, 0, capacity, f"{head}: over-provisioned for {waited:.0f}s "
+                        f"< window {cfg.scale_in_window_s:.0f}s", kept)
+    if state.last_scale_in_at is not None and now - state.last_scale_in_at < cfg.scale_in_step_s:
+        return Decision(HOLD, 0, capacity, f"{head}: last scale-in step {now - state.last_scale_in_at:.0f}s ago", kept)
+    step = max(1, math.floor(capacity * cfg.scale_in_fraction))
+    n = min(capacity - floor, step, idle, active - cfg.min_workers)
+    if n <= 0:
+        return Decision(HOLD, 0, capacity, f"{head}: no idle worker to stop", kept)
+    return Decision(TERMINATE, n, capacity - n, f"{head}: scale in {n} (step<= {step}, idle {idle})",
+                    PolicyState(below_since, now))
+
+
+def _idle(fleet: FleetState, messages: int, active: int) -> int:
+    """Idle workers: from heartbeats; without them, all when nothing is queued or held, else none."""
+    if fleet.idle is not None:
+        return max(0, min(fleet.idle, active))
+    return active if messages == 0 else 0
+
+
+POLICIES: dict[str, Policy] = {"classifycloud": classifycloud, "backlog": backlog}
+
+
+def get_policy(name: str) -> Policy:
+    """A policy by name; ValueError names the choices."""
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
+
+
+def ewma(previous: float | None, observed: float, alpha: float) -> float:
+    """Exponentially weighted moving average step (the first observation is taken as is)."""
+    return observed if previous is None else alpha * observed + (1 - alpha) * previous
+
+
+def with_state(decision: Decision, **changes) -> Decision:
+    """A copy of a decision with some fields changed."""
+    return replace(decision, **changes)

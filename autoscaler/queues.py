@@ -1,0 +1,171 @@
+"""The loop's inputs: request-queue attributes, worker heartbeats, and service-time estimates."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from botocore.exceptions import ClientError
+
+from autoscaler.policy import QueueStats, ewma
+from shared import naming
+from shared.catalogue import Catalogue
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
+              "ApproximateNumberOfMessagesDelayed"]
+
+
+class QueueReader:
+    """Reads visible / in-flight / delayed counts of every request queue in the catalogue."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs):
+        self.settings = settings
+        self.services = catalogue.names()
+        self.sqs = sqs
+        self._urls: dict[str, str] = {}
+
+    def url(self, service: str) -> str | None:
+        """A request queue's URL (cached); None when the queue does not exist."""
+        if service not in self._urls:
+            try:
+                self._urls[service] = self.sqs.get_queue_url(
+                    QueueName=naming.request_queue(self.settings.prefix, service))["QueueUrl"]
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] in ("AWS.SimpleQueueService.NonExistentQueue",
+                                                     "QueueDoesNotExist"):
+                    log.warning("request queue for service %s does not exist; not counted", service)
+                    return None
+                raise
+        return self._urls[service]
+
+    def read(self) -> list[QueueStats]:
+        """One QueueStats per existing request queue; AWS errors propagate (the loop skips the tick)."""
+        out = []
+        for service in self.services:
+            url = self.url(service)
+            if url is None:
+                continue
+            attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=ATTRIBUTES)["Attributes"]
+            out.append(QueueStats(service=service,
+                                  visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
+                                  in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+                                  delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0))))
+        return out
+
+
+@dataclass(frozen=True)
+class Heartbeats:
+    """What the fresh heartbeats say about the workers."""
+
+    idle: int
+    busy: int
+    stopping: int
+    ids: tuple[str, ...]
+
+
+class HeartbeatReader:
+    """Reads heartbeats/<instance>.json from the bucket; only fresh ones count."""
+
+    def __init__(self, settings: Settings, s3, clock=time.time):
+        self.settings = settings
+        self.s3 = s3
+        self.clock = clock
+
+    def read(self) -> Heartbeats:
+        """Idle (ready, busy == 0), busy and stopping workers among fresh heartbeats."""
+        now_ms = self.clock() * 1000
+        max_age_ms = self.settings.heartbeat_max_age_s * 1000
+        idle = busy = stopping = 0
+        ids = []
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.settings.bucket_name, Prefix=naming.heartbeat_prefix()):
+            for obj in page.get("Contents", []):
+                if now_ms - obj["LastModified"].timestamp() * 1000 > max_age_ms + 5000:
+                    continue                       # old object: skip the GET
+                try:
+                    body = self.s3.get_object(Bucket=self.settings.bucket_name, Key=obj["Key"])["Body"].read()
+                    hb = json.loads(body)
+                    at = float(hb["at"])
+                except ClientError as exc:
+                    if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                        continue                   # deleted between list and get
+                    raise
+                except (ValueError, KeyError, TypeError):
+                    log.warning("heartbeat %s is malformed; ignored", obj["Key"])
+                    continue
+                if now_ms - at > max_age_ms:
+                    continue
+                ids.append(str(hb.get("instance_id", obj["Key"])))
+                if hb.get("state") == "stopping":
+                    stopping += 1
+                elif int(hb.get("busy") or 0) > 0:
+                    busy += 1
+                else:
+                    idle += 1
+        return Heartbeats(idle=idle, busy=busy, stopping=stopping, ids=tuple(ids))
+
+
+class ServiceTimes:
+    """seconds_per_request per service: catalogue estimate, refined by EWMA from worker metrics.
+
+    Source: CloudWatch InferenceTime (ms per batch) / BatchSize (images per batch), Average over
+    the last five minutes. Any failure keeps the current estimate.
+    """
+
+    WINDOW_S = 300
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, cloudwatch=None, clock=time.time):
+        self.settings = settings
+        self.cw = cloudwatch
+        self.clock = clock
+        self.estimates: dict[str, float] = {
+            name: (spec.seconds_per_request or settings.seconds_per_request)
+            for name, spec in catalogue.services.items()}
+        self._refreshed_at: float | None = None
+
+    def current(self) -> dict[str, float]:
+        """The estimates, refreshed from metrics when due."""
+        now = self.clock()
+        if self.cw is not None and (self._refreshed_at is None
+                                    or now - self._refreshed_at >= self.settings.service_time_refresh_s):
+            self._refreshed_at = now
+            for service in list(self.estimates):
+                try:
+                    observed = self._observe(service, now)
+                except Exception as exc:     # metrics are advisory: never fail the loop over them
+                    log.warning("service times: cannot read metrics for %s: %s", service, exc)
+                    continue
+                if observed is not None:
+                    self.update(service, observed)
+        return dict(self.estimates)
+
+    def update(self, service: str, observed_s: float) -> None:
+        """Fold one observed seconds-per-request into the estimate."""
+        if observed_s > 0:
+            self.estimates[service] = ewma(self.estimates.get(service), observed_s,
+                                           self.settings.service_time_alpha)
+
+    def _observe(self, service: str, now: float) -> float | None:
+        inference = self._average("InferenceTime", service, now)
+        batch = self._average("BatchSize", service, now)
+        if inference is None or not batch:
+            return None
+        return inference / 1000.0 / max(batch, 1.0)
+
+    def _average(self, metric: str, service: str, now: float) -> float | None:
+        end = datetime.fromtimestamp(now, tz=timezone.utc)
+        resp = self.cw.get_metric_statistics(
+            Namespace=self.settings.metrics_namespace, MetricName=metric,
+            Dimensions=[{"Name": "Service", "Value": service}],
+            StartTime=end - timedelta(seconds=self.WINDOW_S), EndTime=end, Period=self.WINDOW_S,
+            Statistics=["Average", "SampleCount"])
+        points = resp.get("Datapoints", [])
+        total = sum(p["SampleCount"] for p in points)
+        if not total:
+            return None
+        return sum(p["Average"] * p["SampleCount"] for p in points) / total
