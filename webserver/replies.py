@@ -1,0 +1,170 @@
+"""The reply listener: this process's own reply queue, one long-poll thread, waiters by request id."""
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import naming
+from shared.config import Settings
+from shared.messages import MessageError, Reply
+
+log = logging.getLogger(__name__)
+
+
+class Waiter:
+    """One request waiting for its reply."""
+
+    __slots__ = ("request_id", "_event", "reply")
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self._event = threading.Event()
+        self.reply: Reply | None = None
+
+    def deliver(self, reply: Reply) -> None:
+        """Hand the reply over and wake the waiting request."""
+        self.reply = reply
+        self._event.set()
+
+    def wait(self, timeout: float) -> Reply | None:
+        """The reply, or None after timeout seconds."""
+        self._event.wait(timeout)
+        return self.reply
+
+
+class ReplyListener:
+    """Owns one reply queue per process (created after fork), polls it, wakes waiters, deletes it on close."""
+
+    def __init__(self, settings: Settings, sqs, poll_sqs):
+        self.settings = settings
+        self._sqs = sqs                # ordinary client: create/delete queue, delete messages
+        self._poll_sqs = poll_sqs      # read timeout longer than the long poll
+        self._lock = threading.Lock()
+        self._waiters: dict[str, Waiter] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._atexit = False
+        self.queue_name: str | None = None
+        self.queue_url: str | None = None
+        self.delivered = 0
+        self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
+        self.malformed = 0
+
+    # --- lifecycle ----------------------------------------------------------
+    def start(self) -> str:
+        """Create this process's queue and start polling (idempotent; a forked child gets its own)."""
+        with self._lock:
+            if self._pid == os.getpid() and self.queue_url and self._thread and self._thread.is_alive():
+                return self.queue_url
+            if self._pid != os.getpid():
+                # inherited across fork: the parent's queue and thread are not ours
+                self._waiters.clear()
+                self.queue_url = None
+                self._thread = None
+            self._stop.clear()
+            if not self.queue_url:
+                self.queue_name = naming.reply_queue(self.settings.prefix)
+                self.queue_url = self._sqs.create_queue(
+                    QueueName=self.queue_name,
+                    Attributes={"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"})["QueueUrl"]
+                log.info("reply queue %s created (pid %d)", self.queue_name, os.getpid())
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+            self._thread.start()
+            if not self._atexit:
+                atexit.register(self.close)
+                self._atexit = True
+            return self.queue_url
+
+    def close(self, join_timeout: float = 2.0) -> None:
+        """Stop polling and delete the queue (safe to call twice; replies in flight are lost to S3 only)."""
+        with self._lock:
+            if self._pid != os.getpid():
+                return
+            self._stop.set()
+            url, self.queue_url = self.queue_url, None
+            thread = self._thread
+            for waiter in self._waiters.values():
+                waiter.deliver(None)  # wake them; they answer as timeouts
+            self._waiters.clear()
+        if url:
+            try:
+                self._sqs.delete_queue(QueueUrl=url)
+                log.info("reply queue %s deleted", self.queue_name)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("reply queue %s not deleted: %s", self.queue_name, exc)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(join_timeout)
+
+    @property
+    def alive(self) -> bool:
+        """True when the polling thread of this process runs."""
+        t = self._thread
+        return bool(t and t.is_alive() and self._pid == os.getpid() and not self._stop.is_set())
+
+    @property
+    def waiting(self) -> int:
+        """Number of requests waiting for a reply (drops to 0 when all are answered or timed out)."""
+        with self._lock:
+            return len(self._waiters)
+
+    # --- waiters ------------------------------------------------------------
+    def register(self, request_id: str) -> Waiter:
+        """Register before sending the request, so a fast reply is never missed."""
+        waiter = Waiter(request_id)
+        with self._lock:
+            self._waiters[request_id] = waiter
+        return waiter
+
+    def discard(self, request_id: str) -> None:
+        """Forget a waiter (after its reply, its timeout, or a failed send)."""
+        with self._lock:
+            self._waiters.pop(request_id, None)
+
+    # --- polling ------------------------------------------------------------
+    def _run(self) -> None:
+        url = self.queue_url
+        while not self._stop.is_set():
+            try:
+                resp = self._poll_sqs.receive_message(
+                    QueueUrl=url, MaxNumberOfMessages=10,
+                    WaitTimeSeconds=min(20, max(0, int(self.settings.wait_time_s))))
+            except (ClientError, BotoCoreError) as exc:
+                if self._stop.is_set():
+                    break
+                log.warning("reply queue %s: receive failed: %s", self.queue_name, exc)
+                self._stop.wait(1.0)
+                continue
+            messages = resp.get("Messages", [])
+            if messages:
+                self._handle(url, messages)
+        log.info("reply listener for %s stopped", self.queue_name)
+
+    def _handle(self, url: str, messages: list[dict]) -> None:
+        done = []
+        for msg in messages:
+            try:
+                reply = Reply.from_json(msg["Body"])
+            except MessageError as exc:
+                # nothing to wake; keeping it would only redeliver the same garbage
+                self.malformed += 1
+                log.warning("reply queue %s: malformed reply dropped: %s", self.queue_name, exc.message)
+            else:
+                with self._lock:
+                    waiter = self._waiters.pop(reply.id, None)
+                if waiter is None:
+                    self.orphans += 1
+                    log.info("reply %s has no waiter (timed out or duplicate); its record is in S3", reply.id)
+                else:
+                    self.delivered += 1
+                    waiter.deliver(reply)
+            done.append({"Id": str(len(done)), "ReceiptHandle": msg["ReceiptHandle"]})
+        try:
+            self._sqs.delete_message_batch(QueueUrl=url, Entries=done)
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("reply queue %s: delete failed (%s); duplicates will be ignored", self.queue_name, exc)

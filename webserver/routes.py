@@ -1,0 +1,112 @@
+"""The native JSON API: /classify, /jobs, /services, /healthz."""
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request, url_for
+
+from shared.messages import valid_id
+from webserver.errors import ApiError, status_for_reply_code
+from webserver.inputs import parse_classify
+from webserver.submit import Outcome
+
+bp = Blueprint("api", __name__)
+
+
+def ctx():
+    """This app's WebContext (clients, listener, submitter)."""
+    return current_app.extensions["classifycloud"]
+
+
+def status_url(request_id: str) -> str:
+    """Where the client polls for a job's result."""
+    return url_for("api.get_job", job_id=request_id, _external=True)
+
+
+def answer(outcome: Outcome):
+    """200 with the reply; an error reply as its mapped 4xx/5xx; no reply as 504 with the job id."""
+    rid, reply = outcome.request_id, outcome.reply
+    if reply is None:
+        raise ApiError(504, "timeout", f"no reply within {ctx().settings.reply_timeout_s:g} s; "
+                       "the job continues, poll status_url", rid, status_url=status_url(rid))
+    if reply.status == "error":
+        code = reply.error.get("code", "error")
+        raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
+    body = reply.to_dict()
+    body["latency_ms"] = round(outcome.latency_ms, 1)
+    return jsonify(body)
+
+
+@bp.route("/classify", methods=["GET", "POST"])
+def classify():
+    """Synchronous classification: waits for the worker's reply."""
+    parsed = parse_classify(request)
+    return answer(ctx().submitter.classify(parsed.image, parsed.service, parsed.top_k))
+
+
+@bp.route("/jobs", methods=["POST"])
+def submit_job():
+    """Asynchronous classification: 202 with the id and where to poll."""
+    parsed = parse_classify(request)
+    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k)
+    resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid)})
+    resp.status_code = 202
+    resp.headers["Location"] = status_url(rid)
+    return resp
+
+
+@bp.route("/jobs/<job_id>", methods=["GET"])
+def get_job(job_id: str):
+    """200 with the result record, 202 while pending, 404 when unknown, 400 for a malformed id."""
+    if not valid_id(job_id):
+        raise ApiError(400, "invalid_id", "job id must be 1-64 characters of [A-Za-z0-9_-]")
+    jobs = ctx().jobs
+    record = jobs.result(job_id)
+    if record is not None:
+        return jsonify(record)
+    marker = jobs.marker(job_id)
+    if marker is None:
+        raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
+    resp = jsonify({"id": job_id, "status": "pending", "service": marker.get("service"),
+                    "submitted_at": marker.get("submitted_at")})
+    resp.status_code = 202
+    return resp
+
+
+@bp.route("/services", methods=["GET"])
+def services():
+    """Every catalogue service and whether it can serve (weights configured)."""
+    c = ctx()
+    out = []
+    for name in c.catalogue.names():
+        spec = c.catalogue[name]
+        reason = spec.unavailable_reason(c.settings.model_dir)
+        out.append({"name": name, "description": spec.description, "architecture": spec.architecture,
+                    "num_classes": spec.num_classes, "top_k": spec.top_k,
+                    "available": reason is None, "reason": reason})
+    return jsonify({"services": out})
+
+
+@bp.route("/healthz", methods=["GET"])
+def healthz():
+    """200 only with a fresh ready worker heartbeat and a live reply listener; else 503 with why."""
+    c = ctx()
+    try:
+        c.listener.start()
+    except Exception as exc:  # a dead queue endpoint is a health fact, not a crash
+        current_app.logger.warning("reply listener cannot start: %s", exc)
+    workers, problem = c.heartbeats.ready_workers()
+    body = {"workers": len(workers),
+            "services": sorted({s for w in workers for s in (w.get("services") or [])}),
+            "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
+            "waiting": c.listener.waiting}
+    if not c.listener.alive:
+        problem = "reply listener is not running"
+    elif problem is None and not workers:
+        problem = (f"no worker heartbeat with state 'ready' in the last "
+                   f"{c.settings.heartbeat_max_age_s:g} s")
+    if problem:
+        body.update(status="unavailable", error={"code": "unhealthy", "message": problem})
+        resp = jsonify(body)
+        resp.status_code = 503
+        return resp
+    body["status"] = "ok"
+    return jsonify(body)

@@ -1,0 +1,136 @@
+"""Turn a checked input into a request message: resolve the service, store bytes, send, wait."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import naming
+from shared.catalogue import Catalogue, ServiceSpec
+from shared.config import Settings
+from shared.messages import Reply, Request, new_id, now_ms
+from shared.metrics import MetricsPublisher
+from webserver.errors import ApiError
+from webserver.inputs import ImageInput
+from webserver.jobs import JobStore
+from webserver.replies import ReplyListener
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SERVICE = "imagenet"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a synchronous request came to: a reply, or None when it timed out."""
+
+    request_id: str
+    service: str
+    reply: Reply | None
+    latency_ms: float
+
+
+class Submitter:
+    """Sends requests to the service queues and (for synchronous calls) waits on the reply listener."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs, jobs: JobStore,
+                 listener: ReplyListener, metrics: MetricsPublisher):
+        self.settings = settings
+        self.catalogue = catalogue
+        self.jobs = jobs
+        self.listener = listener
+        self.metrics = metrics
+        self._sqs = sqs
+        self._urls: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def resolve_service(self, name: str | None) -> ServiceSpec:
+        """The catalogue entry; 404 with the list when unknown, 503 with the reason when unavailable."""
+        name = name or DEFAULT_SERVICE
+        if name not in self.catalogue:
+            raise ApiError(404, "unknown_service", f"no service named {name!r}",
+                           services=self.catalogue.names())
+        spec = self.catalogue[name]
+        reason = spec.unavailable_reason(self.settings.model_dir)
+        if reason:
+            raise ApiError(503, "service_unavailable", f"service {name!r} is unavailable: {reason}")
+        return spec
+
+    def queue_url(self, service: str) -> str:
+        """The service's request queue URL (looked up once per process)."""
+        with self._lock:
+            url = self._urls.get(service)
+        if url:
+            return url
+        try:
+            url = self._sqs.get_queue_url(QueueName=naming.request_queue(self.settings.prefix, service))["QueueUrl"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
+                raise ApiError(503, "service_unavailable",
+                               f"service {service!r} has no request queue (not provisioned)") from None
+            log.error("queue lookup for %s failed: %s", service, exc)
+            raise ApiError(503, "queue_unavailable", "the request queue cannot be reached; try again") from None
+        except BotoCoreError as exc:
+            log.error("queue lookup for %s failed: %s", service, exc)
+            raise ApiError(503, "queue_unavailable", "the request queue cannot be reached; try again") from None
+        with self._lock:
+            self._urls[service] = url
+        return url
+
+    def _image_ref(self, request_id: str, image: ImageInput) -> dict:
+        if image.url is not None:
+            return {"url": image.url}
+        if len(image.data) > self.settings.max_upload_bytes:
+            raise ApiError(413, "image_too_large",
+                           f"image is {len(image.data)} bytes; the limit is {self.settings.max_upload_bytes}",
+                           request_id)
+        return {"s3": self.jobs.upload(request_id, image.data)}
+
+    def _send(self, req: Request) -> None:
+        try:
+            self._sqs.send_message(QueueUrl=self.queue_url(req.service), MessageBody=req.to_json())
+        except (ClientError, BotoCoreError) as exc:
+            log.error("request %s: send to %s failed: %s", req.id, req.service, exc)
+            raise ApiError(503, "queue_unavailable", "could not enqueue the request; try again", req.id) from None
+
+    def classify(self, image: ImageInput, service: str | None, top_k: int | None) -> Outcome:
+        """Send a request with reply_to = this process's queue and wait up to reply_timeout_s."""
+        spec = self.resolve_service(service)
+        reply_to = self.listener.start()
+        rid = new_id()
+        started = time.monotonic()
+        ref = self._image_ref(rid, image)
+        req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to,
+                      top_k=top_k or spec.top_k)
+        waiter = self.listener.register(rid)
+        try:
+            self._send(req)
+            log.info("request %s: sent to %s (%s), waiting", rid, spec.name, image.kind)
+            reply = waiter.wait(self.settings.reply_timeout_s)
+        finally:
+            self.listener.discard(rid)
+        latency_ms = (time.monotonic() - started) * 1000
+        if reply is None:
+            log.warning("request %s: no reply within %.1f s", rid, self.settings.reply_timeout_s)
+            self.metrics.record("Timeouts", 1, Service=spec.name)
+            self.jobs.write_marker(rid, spec.name, req.submitted_at)
+        else:
+            self.metrics.record("Latency", latency_ms, Service=spec.name)
+            log.info("request %s: %s reply after %.0f ms", rid, reply.status, latency_ms)
+        return Outcome(rid, spec.name, reply, latency_ms)
+
+    def submit_job(self, image: ImageInput, service: str | None, top_k: int | None) -> tuple[str, str]:
+        """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
+        spec = self.resolve_service(service)
+        rid = new_id()
+        ref = self._image_ref(rid, image)
+        submitted = now_ms()
+        self.jobs.write_marker(rid, spec.name, submitted)
+        self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None,
+                           top_k=top_k or spec.top_k, submitted_at=submitted))
+        log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
+        return rid, spec.name
