@@ -1,0 +1,290 @@
+"""The worker loop in this process (one model load for the module): moto queues, real photos, real model."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from shared import naming
+from shared.aws import client
+from shared.config import Settings
+from shared.messages import Reply, Request, Terminate, now_ms
+from shared.provision import ensure_all
+from test_fetch import ImageServer
+from worker.consumer import Consumer, MessageBuffer, release
+from worker.loop import Worker
+from worker.terminate import TerminateWatch
+
+CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
+ESPRESSO = 967
+
+
+@pytest.fixture(scope="module")
+def model(catalogue):
+    """The imagenet service loaded once, shared by this module's workers."""
+    from worker.models.engine import InferenceEngine
+    from worker.models.registry import ModelRegistry
+    registry = ModelRegistry(catalogue, Settings(device="cpu", metrics_enabled=False)).load()
+    engine = InferenceEngine(registry, 2)
+    yield registry, engine
+    engine.close()
+
+
+@pytest.fixture
+def stack(settings, catalogue):
+    """Provisioned queues and bucket for a fast-polling worker; yields a helper."""
+    s = settings.replace(wait_time_s=1, fetch_allow_loopback=True, max_receive_count=2,
+                         visibility_timeout_s=30, instance_id="w-test", heartbeat_interval_s=0.5,
+                         terminate_check_interval_s=0.3, max_batch_wait_ms=50)
+    urls = ensure_all(s, catalogue)
+    yield Stack(s, urls, catalogue)
+
+
+class Stack:
+    """Queues of one test, a reply queue, and helpers to talk to them."""
+
+    def __init__(self, settings: Settings, urls: dict, catalogue):
+        self.settings = settings
+        self.catalogue = catalogue
+        self.sqs = client("sqs", settings)
+        self.s3 = client("s3", settings)
+        self.queue = urls["imagenet"]
+        self.terminate_queue = urls["__terminate__"]
+        self.reply_queue = self.sqs.create_queue(QueueName=naming.reply_queue(settings.prefix))["QueueUrl"]
+
+    def send(self, body: str) -> None:
+        self.sqs.send_message(QueueUrl=self.queue, MessageBody=body)
+
+    def request(self, image: dict, rid: str, reply: bool = True, **kw) -> Request:
+        req = Request(id=rid, service=kw.pop("service", "imagenet"), image=image,
+                      reply_to=self.reply_queue if reply else None, **kw)
+        self.send(req.to_json())
+        return req
+
+    def upload(self, key: str, data: bytes) -> dict:
+        self.s3.put_object(Bucket=self.settings.bucket_name, Key=key, Body=data)
+        return {"s3": f"s3://{self.settings.bucket_name}/{key}"}
+
+    def replies(self, n: int, timeout: float = 60) -> dict[str, Reply]:
+        out: dict[str, Reply] = {}
+        end = time.monotonic() + timeout
+        while len(out) < n and time.monotonic() < end:
+            resp = self.sqs.receive_message(QueueUrl=self.reply_queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            for m in resp.get("Messages", []):
+                r = Reply.from_json(m["Body"])
+                out[r.id] = r
+                self.sqs.delete_message(QueueUrl=self.reply_queue, ReceiptHandle=m["ReceiptHandle"])
+        return out
+
+    def counts(self, url: str | None = None) -> tuple[int, int]:
+        a = self.sqs.get_queue_attributes(QueueUrl=url or self.queue, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(a["ApproximateNumberOfMessages"]), int(a["ApproximateNumberOfMessagesNotVisible"])
+
+    def record(self, rid: str) -> dict | None:
+        try:
+            obj = self.s3.get_object(Bucket=self.settings.bucket_name, Key=naming.result_key(rid))
+        except self.s3.exceptions.NoSuchKey:
+            return None
+        return json.loads(obj["Body"].read())
+
+    def worker(self, model, **changes) -> Worker:
+        registry, engine = model
+        return Worker(self.settings.replace(**changes), self.catalogue, registry=registry, engine=engine)
+
+
+def run_burst(worker: Worker, timeout: float = 120) -> int:
+    """Run a worker in burst mode in a thread; its exit code."""
+    box = {}
+    t = threading.Thread(target=lambda: box.setdefault("rc", worker.work(burst=True, install_signals=False)))
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "burst worker did not finish"
+    return box["rc"]
+
+
+@pytest.fixture
+def images():
+    """The sample photos served on loopback."""
+    with ImageServer() as srv:
+        yield srv
+
+
+def test_worker_answers_chelsea_and_coffee_from_urls_and_s3(stack, model, images, sample_bytes):
+    stack.request({"url": images.base + "/chelsea.jpg"}, "cat-url")
+    stack.request({"url": images.base + "/coffee.jpg"}, "coffee-url", top_k=3)
+    stack.request(stack.upload("uploads/cat-s3", sample_bytes["chelsea"]), "cat-s3")
+    stack.request(stack.upload("uploads/coffee-s3", sample_bytes["coffee"]), "coffee-s3")
+    assert run_burst(stack.worker(model)) == 0
+    got = stack.replies(4)
+    assert set(got) == {"cat-url", "coffee-url", "cat-s3", "coffee-s3"}
+    for rid in ("cat-url", "cat-s3"):
+        assert got[rid].status == "ok" and got[rid].results[0]["index"] in CATS
+    for rid in ("coffee-url", "coffee-s3"):
+        assert got[rid].status == "ok" and got[rid].results[0]["index"] == ESPRESSO
+        assert got[rid].results[0]["label"] == "espresso"
+    assert len(got["coffee-url"].results) == 3 and len(got["cat-url"].results) == 5
+    r = got["cat-url"]
+    assert r.worker == "w-test" and r.model["name"].startswith("imagenet/") and r.model["version"]
+    assert set(r.timings_ms) == {"queue", "fetch", "inference", "total"}
+    assert stack.record("cat-url") == r.to_dict()       # the result record is the reply
+    assert stack.counts() == (0, 0)                     # every request deleted
+
+
+def test_worker_answers_bad_images_with_invalid_image_and_loses_nothing_else(stack, model, sample_bytes):
+    stack.request(stack.upload("uploads/text", b"this is not an image"), "not-image")
+    stack.request(stack.upload("uploads/half", sample_bytes["chelsea"][:len(sample_bytes["chelsea"]) // 2]),
+                  "truncated")
+    stack.request(stack.upload("uploads/good", sample_bytes["coffee"]), "good")
+    stack.request({"s3": f"s3://{stack.settings.bucket_name}/uploads/none"}, "missing")
+    assert run_burst(stack.worker(model)) == 0
+    got = stack.replies(4)
+    assert got["not-image"].error["code"] == "invalid_image"
+    assert got["truncated"].error["code"] == "invalid_image" and got["truncated"].error["message"]
+    assert got["missing"].error["code"] == "image_not_found"
+    assert got["good"].status == "ok" and got["good"].results[0]["index"] == ESPRESSO
+    assert stack.record("truncated")["status"] == "error"
+    assert stack.counts() == (0, 0)
+
+
+def test_worker_refuses_internal_urls_with_an_error_reply(stack, model):
+    stack.request({"url": "http://169.254.169.254/latest/meta-data/"}, "metadata")
+    stack.request({"url": "ftp://example.com/cat.jpg"}, "ftp")
+    assert run_burst(stack.worker(model)) == 0
+    got = stack.replies(2)
+    assert got["metadata"].error["code"] == "forbidden_address"
+    assert "169.254.169.254" in got["metadata"].error["message"]
+    assert got["ftp"].error["code"] == "unsupported_scheme"
+
+
+def test_worker_replies_to_a_malformed_message_with_a_readable_reply_to(stack, model):
+    stack.send(json.dumps({"v": 1, "id": "bad-1", "reply_to": stack.reply_queue, "image": "nope"}))
+    stack.send(json.dumps({"v": 7, "id": "bad-2", "reply_to": stack.reply_queue}))
+    assert run_burst(stack.worker(model)) == 0
+    got = stack.replies(2)
+    assert got["bad-1"].status == "error" and got["bad-1"].error["code"] == "malformed_message"
+    assert got["bad-2"].error["code"] == "unsupported_version"
+    assert stack.counts() == (0, 0)
+
+
+def test_worker_leaves_an_unreadable_message_to_reach_the_dlq(stack, model, sample_bytes):
+    stack.send("{this is not json")
+    stack.request(stack.upload("uploads/ok", sample_bytes["coffee"]), "fine")
+    assert run_burst(stack.worker(model)) == 0     # burst ends only once the queue is empty
+    assert stack.replies(1)["fine"].status == "ok"
+    dlq = stack.sqs.get_queue_url(QueueName=naming.dead_letter_queue(stack.settings.prefix, "imagenet"))["QueueUrl"]
+    msgs = stack.sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+    assert [m["Body"] for m in msgs] == ["{this is not json"]
+    assert stack.counts() == (0, 0)
+
+
+def test_worker_answers_a_service_it_does_not_host_with_service_unavailable(stack, model, sample_bytes):
+    stack.request(stack.upload("uploads/x", sample_bytes["coffee"]), "other", service="plants")
+    assert run_burst(stack.worker(model)) == 0
+    r = stack.replies(1)["other"]
+    assert r.error["code"] == "service_unavailable" and "plants" in r.error["message"]
+
+
+def test_worker_writes_only_the_result_record_for_an_async_job(stack, model, sample_bytes):
+    stack.request(stack.upload("uploads/job", sample_bytes["chelsea"]), "job-1", reply=False)
+    assert run_burst(stack.worker(model)) == 0
+    rec = stack.record("job-1")
+    assert rec["status"] == "ok" and rec["results"][0]["index"] in CATS
+    assert stack.replies(1, timeout=2) == {}
+    assert stack.counts() == (0, 0)
+
+
+def test_worker_resends_the_stored_result_when_a_request_is_redelivered(stack, model, sample_bytes):
+    stored = Reply.ok("again", "imagenet", [{"label": "espresso", "index": 967, "score": 0.9}], worker="earlier")
+    stack.s3.put_object(Bucket=stack.settings.bucket_name, Key=naming.result_key("again"), Body=stored.to_json())
+    stack.request(stack.upload("uploads/again", sample_bytes["coffee"]), "again")
+    # a first delivery that died after writing the record: received, never deleted, visible again
+    first = stack.sqs.receive_message(QueueUrl=stack.queue, WaitTimeSeconds=1)["Messages"][0]
+    stack.sqs.change_message_visibility(QueueUrl=stack.queue, ReceiptHandle=first["ReceiptHandle"],
+                                        VisibilityTimeout=0)
+    assert run_burst(stack.worker(model)) == 0
+    assert stack.replies(1)["again"].worker == "earlier"
+    assert stack.counts() == (0, 0)
+
+
+def test_worker_heartbeat_is_written_while_running_and_deleted_on_exit(stack, model):
+    w = stack.worker(model)
+    t = threading.Thread(target=w.work, kwargs={"install_signals": False})
+    t.start()
+    try:
+        assert w.ready.wait(60)
+        key = naming.heartbeat_key("w-test")
+        beat = json.loads(stack.s3.get_object(Bucket=stack.settings.bucket_name, Key=key)["Body"].read())
+        assert beat["instance_id"] == "w-test" and beat["services"] == ["imagenet"]
+        assert beat["state"] == "ready" and beat["busy"] == 0 and beat["at"] >= beat["started_at"]
+    finally:
+        w.stop("test over")
+        t.join(30)
+    assert not t.is_alive()
+    listed = stack.s3.list_objects_v2(Bucket=stack.settings.bucket_name, Prefix="heartbeats/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_worker_ignores_a_stale_terminate_and_stops_on_a_fresh_one(stack, model):
+    w = stack.worker(model)
+    t = threading.Thread(target=w.work, kwargs={"install_signals": False})
+    t.start()
+    try:
+        assert w.ready.wait(60)
+        stale = Terminate(issued_at=now_ms() - 60_000)
+        stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=stale.to_json())
+        end = time.monotonic() + 30
+        while w.terminate.stale_dropped == 0 and time.monotonic() < end:
+            time.sleep(0.1)
+        assert w.terminate.stale_dropped == 1 and t.is_alive()
+        assert stack.counts(stack.terminate_queue) == (0, 0)    # stale: deleted
+        stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
+        t.join(30)
+        assert not t.is_alive() and w.stop_reason == "terminate message"
+    finally:
+        w.stop("test over")
+        t.join(30)
+
+
+def test_terminate_watch_takes_one_fresh_message_and_leaves_the_others(stack):
+    for _ in range(3):
+        stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
+    stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody="garbage")
+    watch = TerminateWatch(stack.settings, stack.sqs, stack.terminate_queue)
+    assert watch.check() is True
+    assert stack.counts(stack.terminate_queue) == (2, 0)      # two left for two other workers, visible now
+
+
+def test_terminate_check_is_due_after_n_requests_or_an_interval(stack):
+    watch = TerminateWatch(stack.settings.replace(terminate_check_every=5, terminate_check_interval_s=3600),
+                           stack.sqs, stack.terminate_queue)
+    assert not watch.due()
+    watch.note_handled(4)
+    assert not watch.due()
+    watch.note_handled(1)
+    assert watch.due()
+    assert watch.check() is False and not watch.due()
+
+
+def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
+    for i in range(10):
+        stack.send(json.dumps({"n": i}))
+    buffer = MessageBuffer(3)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, share=10)
+    consumer.start()
+    try:
+        end = time.monotonic() + 20
+        while buffer.held() < 3 and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(1.5)  # more polls would have happened by now, had there been room
+        assert buffer.held() == 3 and stack.counts() == (7, 3)
+        batch = buffer.take_batch(2, 0.0, timeout=1)
+        assert len(batch) == 2 and buffer.held() == 3   # taken but not done: still held
+    finally:
+        consumer.stop()
+        left = buffer.close()
+        consumer.join(5)
+    assert release(stack.sqs, batch + left) == 3
+    assert stack.counts() == (10, 0)

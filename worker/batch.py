@@ -1,0 +1,154 @@
+"""One batch, from held messages to replies: parse, fetch in parallel, infer per service, time it all."""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from shared.config import Settings
+from shared.messages import MessageError, Reply, Request, now_ms, readable_reply_to
+from shared.metrics import MetricsPublisher
+from worker.consumer import Held
+from worker.fetch import FetchError, Fetcher
+from worker.models.engine import ImageDecodeError, InferenceEngine
+from worker.models.registry import ModelRegistry
+from worker.results import Outcome, ResultSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Item:
+    held: Held
+    request: Request
+    image: bytes | None = None
+    fetch_ms: float = 0.0
+    reply: Reply | None = None
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchOutcome:
+    """What became of a batch: replies to deliver, and unreadable messages to leave for the DLQ."""
+
+    outcomes: list[Outcome]
+    unreadable: list[Held]
+
+
+class BatchProcessor:
+    """Turns a batch of held messages into replies; never raises for a bad message."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, engine: InferenceEngine,
+                 fetcher: Fetcher, sink: ResultSink, metrics: MetricsPublisher, worker_id: str):
+        self.settings = settings
+        self.registry = registry
+        self.engine = engine
+        self.fetcher = fetcher
+        self.sink = sink
+        self.metrics = metrics
+        self.worker_id = worker_id
+        self.pool = ThreadPoolExecutor(max_workers=max(2, min(16, settings.max_batch_size)),
+                                       thread_name_prefix="fetch")
+
+    def process(self, batch: list[Held]) -> BatchOutcome:
+        """Replies for every readable message of the batch."""
+        outcomes: list[Outcome] = []
+        unreadable: list[Held] = []
+        items: list[_Item] = []
+        for held in batch:
+            try:
+                items.append(_Item(held, Request.from_json(held.body)))
+            except MessageError as exc:
+                rid, reply_to = readable_reply_to(held.body)
+                if reply_to is None:
+                    log.warning("message %s unreadable (%s) and has no reply_to: left for the DLQ",
+                                held.message_id, exc.message)
+                    unreadable.append(held)
+                    continue
+                rid = rid or held.message_id
+                log.warning("request %s malformed: %s", rid, exc.message)
+                reply = Reply.failure(rid, held.service, exc.code, exc.message, worker=self.worker_id,
+                                      timings_ms=self._timings(held, None, 0.0, 0.0))
+                self.metrics.record("Errors", 1, Service=held.service, Code=exc.code)
+                outcomes.append(Outcome(held, reply, reply_to))
+        for item in items:
+            self._check_service(item)
+            if item.reply is None and item.held.receive_count > 1:
+                item.reply = self.sink.stored_reply(item.request.id)  # answered before: send that again
+                if item.reply is not None:
+                    log.info("request %s: redelivered, resending the stored result", item.request.id)
+        todo = [i for i in items if i.reply is None]
+        list(self.pool.map(self._fetch, todo))
+        by_service: dict[str, list[_Item]] = {}
+        for item in todo:
+            if item.reply is None:
+                by_service.setdefault(item.request.service, []).append(item)
+        for service, group in by_service.items():
+            self._infer(service, group)
+        for item in items:
+            outcomes.append(Outcome(item.held, item.reply, item.request.reply_to))
+            log.info("request %s %s: %s", item.request.id, item.request.service,
+                     item.reply.status if item.reply.status == "ok" else item.reply.error["code"])
+        return BatchOutcome(outcomes, unreadable)
+
+    def _check_service(self, item: _Item) -> None:
+        service = item.request.service
+        if self.registry.get(service) is not None:
+            return
+        reason = self.registry.unavailable.get(service) or f"service {service!r} is not hosted by this worker"
+        self._fail(item, "service_unavailable", reason)
+
+    def _fetch(self, item: _Item) -> None:
+        t0 = time.perf_counter()
+        try:
+            item.image = self.fetcher.fetch(item.request.image)
+        except FetchError as exc:
+            self._fail(item, exc.code, exc.message)
+        except Exception as exc:  # an unexpected fetch failure fails this item, not the batch
+            log.exception("request %s: fetch crashed", item.request.id)
+            self._fail(item, "fetch_failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            item.fetch_ms = (time.perf_counter() - t0) * 1000
+            self.metrics.record("FetchTime", item.fetch_ms, Service=item.request.service)
+
+    def _infer(self, service: str, group: list[_Item]) -> None:
+        try:
+            result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group])
+        except Exception as exc:  # the model failed: every item gets a clear error, the worker goes on
+            log.exception("inference failed for a batch of %d %s requests", len(group), service)
+            for item in group:
+                self._fail(item, "inference_failed", f"{type(exc).__name__}: {exc}")
+            return
+        handler = self.registry.get(service)
+        self.metrics.record("InferenceTime", result.inference_ms, Service=service)
+        self.metrics.record("BatchSize", len(group), Service=service)
+        for item, res in zip(group, result.results):
+            timings = self._timings(item.held, item.request, item.fetch_ms, result.inference_ms)
+            if isinstance(res, (ImageDecodeError, Exception)):
+                self._fail(item, getattr(res, "code", "invalid_image"), str(res), inference_ms=result.inference_ms)
+                continue
+            item.reply = Reply.ok(item.request.id, service, res, timings_ms=timings, worker=self.worker_id,
+                                  model=handler.model_info)
+            self.metrics.record("Images", 1, Service=service)
+            self.metrics.record("QueueWait", timings["queue"], Service=service)
+            self.metrics.record("TotalTime", timings["total"], Service=service)
+
+    def _fail(self, item: _Item, code: str, message: str, inference_ms: float = 0.0) -> None:
+        req = item.request
+        handler = self.registry.get(req.service)
+        item.reply = Reply.failure(req.id, req.service, code, message, worker=self.worker_id,
+                                   model=handler.model_info if handler else {},
+                                   timings_ms=self._timings(item.held, req, item.fetch_ms, inference_ms))
+        self.metrics.record("Errors", 1, Service=req.service, Code=code)
+
+    @staticmethod
+    def _timings(held: Held, req: Request | None, fetch_ms: float, inference_ms: float) -> dict:
+        now = now_ms()
+        submitted = req.submitted_at if req is not None else held.received_at
+        return {"queue": max(0, held.received_at - submitted), "fetch": round(fetch_ms, 2),
+                "inference": round(inference_ms, 2), "total": max(0, now - submitted)}
+
+    def close(self) -> None:
+        """Stop the fetch pool."""
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,206 @@
+"""Request-queue consumers: one long-polling thread per hosted queue, feeding a bounded buffer."""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from shared.config import Settings
+from shared.messages import now_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Held:
+    """One received request message this worker holds until it deletes or releases it."""
+
+    service: str              # the queue's service
+    queue_url: str
+    message_id: str
+    receipt_handle: str
+    body: str
+    received_at: int          # epoch ms
+    receive_count: int        # ApproximateReceiveCount: > 1 means delivered before
+
+
+class MessageBuffer:
+    """Bounded buffer of held messages: consumers reserve room before receiving, so nothing is hoarded.
+
+    `capacity` bounds everything the worker holds: messages waiting here, slots reserved by
+    a receive in progress, and messages taken by the inference loop until done() is called.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = max(1, capacity)
+        self._cond = threading.Condition()
+        self._items: deque[Held] = deque()
+        self._reserved = 0
+        self._taken = 0
+        self._closed = False
+        self._idle: dict[str, bool] = {}   # consumer name -> last receive came back empty
+
+    def register(self, name: str) -> None:
+        """Declare a consumer (burst mode waits until each has seen its queue empty)."""
+        with self._cond:
+            self._idle[name] = False
+
+    def reserve(self, most: int, timeout: float) -> int:
+        """Claim up to `most` free slots (0 after a timeout or once closed)."""
+        with self._cond:
+            end = time.monotonic() + timeout
+            while not self._closed and self._free() <= 0:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return 0
+                self._cond.wait(left)
+            if self._closed:
+                return 0
+            n = min(most, self._free())
+            self._reserved += n
+            return n
+
+    def put(self, name: str, reserved: int, messages: list[Held]) -> bool:
+        """Add received messages and return unused reservations; False when closed (caller releases)."""
+        with self._cond:
+            self._reserved -= reserved
+            self._idle[name] = not messages
+            if self._closed:
+                self._cond.notify_all()
+                return not messages
+            self._items.extend(messages)
+            self._cond.notify_all()
+            return True
+
+    def take_batch(self, max_size: int, max_wait_s: float, timeout: float) -> list[Held]:
+        """Messages of one service (the oldest one's), up to max_size; waits max_wait_s for more."""
+        with self._cond:
+            end = time.monotonic() + timeout
+            while not self._items:
+                left = end - time.monotonic()
+                if left <= 0 or self._closed:
+                    return []
+                self._cond.wait(left)
+            service = self._items[0].service
+            fill_by = time.monotonic() + max_wait_s
+            while self._count(service) < max_size and not self._closed:
+                left = fill_by - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, rest = [], deque()
+            for item in self._items:
+                (batch if item.service == service and len(batch) < max_size else rest).append(item)
+            self._items = rest
+            self._taken += len(batch)
+            return batch
+
+    def done(self, n: int) -> None:
+        """n taken messages were deleted or released: their slots are free again."""
+        with self._cond:
+            self._taken -= n
+            self._cond.notify_all()
+
+    def close(self) -> list[Held]:
+        """Stop accepting messages; return the ones still waiting (the caller releases them)."""
+        with self._cond:
+            self._closed = True
+            items, self._items = list(self._items), deque()
+            self._cond.notify_all()
+            return items
+
+    def held(self) -> int:
+        """Messages held: waiting plus being processed."""
+        with self._cond:
+            return len(self._items) + self._taken
+
+    def quiescent(self) -> bool:
+        """Nothing held, and every consumer's last receive came back empty (burst mode's end)."""
+        with self._cond:
+            return not self._items and not self._taken and all(self._idle.values())
+
+    def _free(self) -> int:
+        return self.capacity - len(self._items) - self._reserved - self._taken
+
+    def _count(self, service: str) -> int:
+        return sum(1 for item in self._items if item.service == service)
+
+
+def release(sqs, messages: list[Held]) -> int:
+    """Make messages visible again now (ChangeMessageVisibility 0); returns how many were released."""
+    released = 0
+    by_queue: dict[str, list[Held]] = {}
+    for m in messages:
+        by_queue.setdefault(m.queue_url, []).append(m)
+    for url, group in by_queue.items():
+        for i in range(0, len(group), 10):
+            chunk = group[i:i + 10]
+            entries = [{"Id": str(j), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+                       for j, m in enumerate(chunk)]
+            try:
+                resp = sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+                released += len(resp.get("Successful", []))
+                for f in resp.get("Failed", []):
+                    log.warning("release failed for %s: %s", chunk[int(f["Id"])].message_id, f.get("Message"))
+            except Exception as exc:  # they become visible after the visibility timeout anyway
+                log.warning("release of %d messages on %s failed: %s", len(chunk), url, exc)
+    return released
+
+
+class Consumer(threading.Thread):
+    """Long-polls one request queue, receiving only as many messages as the buffer has room for."""
+
+    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer,
+                 share: int, sqs=None):
+        super().__init__(name=f"consumer-{service}", daemon=True)  # daemon: a 20 s poll never blocks exit
+        from shared.aws import sqs_long_poll_client
+        self.settings = settings
+        self.service = service
+        self.queue_url = queue_url
+        self.buffer = buffer
+        self.share = max(1, min(10, share))
+        self.sqs = sqs or sqs_long_poll_client(settings)  # one long-poll client per thread
+        self.stopping = threading.Event()
+        self.received = 0
+        buffer.register(self.name)
+
+    @staticmethod
+    def share_for(capacity: int, queues: int) -> int:
+        """Slots one consumer may reserve at once, so one idle queue cannot starve the others."""
+        return max(1, math.ceil(capacity / max(1, queues)))
+
+    def stop(self) -> None:
+        """Ask the thread to stop after its current poll."""
+        self.stopping.set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        while not self.stopping.is_set():
+            n = self.buffer.reserve(self.share, timeout=0.5)
+            if n == 0:
+                continue
+            try:
+                resp = self.sqs.receive_message(
+                    QueueUrl=self.queue_url, MaxNumberOfMessages=n, WaitTimeSeconds=self.settings.wait_time_s,
+                    MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
+            except Exception as exc:
+                self.buffer.put(self.name, n, [])
+                log.warning("receive from %s failed: %s (retrying in %.1fs)", self.queue_url, exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 20.0)
+                continue
+            backoff = 0.5
+            at = now_ms()
+            messages = [Held(service=self.service, queue_url=self.queue_url, message_id=m["MessageId"],
+                             receipt_handle=m["ReceiptHandle"], body=m.get("Body", ""), received_at=at,
+                             receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
+                        for m in resp.get("Messages", [])]
+            self.received += len(messages)
+            for m in messages:
+                log.debug("received %s from %s (delivery %d)", m.message_id, self.service, m.receive_count)
+            if not self.buffer.put(self.name, n, messages):
+                log.info("buffer closed: releasing %d just-received messages", len(messages))
+                release(self.sqs, messages)

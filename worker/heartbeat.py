@@ -1,0 +1,65 @@
+"""Heartbeat: heartbeats/<instance_id>.json in the bucket, rewritten on an interval, deleted on exit."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Callable
+
+from shared import naming
+from shared.config import Settings
+from shared.messages import now_ms
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Writes {instance_id, services, unavailable, state, busy, started_at, at} every interval."""
+
+    def __init__(self, settings: Settings, s3, instance_id: str, services: list[str],
+                 unavailable: dict[str, str], busy: Callable[[], int]):
+        super().__init__(name="heartbeat", daemon=True)
+        self.settings = settings
+        self.s3 = s3
+        self.instance_id = instance_id
+        self.services = list(services)
+        self.unavailable = dict(unavailable)
+        self.busy = busy
+        self.state = "ready"
+        self.started_at = now_ms()
+        self.key = naming.heartbeat_key(instance_id)
+        self._stop_event = threading.Event()
+
+    def record(self) -> dict:
+        """The heartbeat document."""
+        return {"instance_id": self.instance_id, "services": self.services, "unavailable": self.unavailable,
+                "state": self.state, "busy": self.busy(), "started_at": self.started_at, "at": now_ms()}
+
+    def beat(self) -> bool:
+        """Write the heartbeat once; False (logged) on failure."""
+        try:
+            self.s3.put_object(Bucket=self.settings.bucket_name, Key=self.key,
+                               Body=json.dumps(self.record()).encode(), ContentType="application/json")
+            return True
+        except Exception as exc:  # a missed beat only makes the worker look older
+            log.warning("heartbeat %s not written: %s", self.key, exc)
+            return False
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.settings.heartbeat_interval_s):
+            self.beat()
+
+    def stopping(self) -> None:
+        """Announce the worker is shutting down (no new work should be expected of it)."""
+        self.state = "stopping"
+        self.beat()
+
+    def stop(self) -> None:
+        """Stop beating and delete the heartbeat record."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        try:
+            self.s3.delete_object(Bucket=self.settings.bucket_name, Key=self.key)
+        except Exception as exc:
+            log.warning("heartbeat %s not deleted: %s", self.key, exc)

@@ -1,0 +1,187 @@
+"""The worker: start up, loop (take a batch -> handle -> reply -> delete), tear down. Like rq's Worker.work()."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from shared import naming
+from shared.aws import client
+from shared.catalogue import Catalogue, catalogue_for
+from shared.config import Settings
+from shared.metrics import MetricsPublisher
+from worker.batch import BatchProcessor
+from worker.consumer import Consumer, MessageBuffer, release
+from worker.fetch import Fetcher
+from worker.heartbeat import Heartbeat
+from worker.identity import instance_id
+from worker.results import ResultSink
+from worker.terminate import TerminateWatch
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NOTHING_TO_HOST = 2
+
+
+class Worker:
+    """Polls the request queues of the services it hosts and answers them, at least once."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue | None = None, registry=None, engine=None):
+        self.settings = settings
+        self.catalogue = catalogue or catalogue_for(settings)
+        self.registry = registry      # tests pass a loaded registry/engine to share one model
+        self.engine = engine
+        self._own_engine = engine is None
+        self.instance_id = ""
+        self.sqs = None
+        self.s3 = None
+        self.buffer = MessageBuffer(settings.buffer_size)
+        self.consumers: list[Consumer] = []
+        self.heartbeat: Heartbeat | None = None
+        self.terminate: TerminateWatch | None = None
+        self.processor: BatchProcessor | None = None
+        self.sink: ResultSink | None = None
+        self.metrics: MetricsPublisher | None = None
+        self.queue_urls: dict[str, str] = {}
+        self.stop_reason: str | None = None
+        self.handled = 0
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._saved_handlers: dict[int, object] = {}
+        self._signals = 0
+
+    # --- public ------------------------------------------------------------------
+    def work(self, burst: bool = False, install_signals: bool | None = None) -> int:
+        """Run until stopped (SIGTERM, a terminate message, stop()) or, with burst, until the queues are empty."""
+        if install_signals is None:
+            install_signals = threading.current_thread() is threading.main_thread()
+        try:
+            if not self.startup():
+                return EXIT_NOTHING_TO_HOST
+            if install_signals:
+                self._install_signals()
+            self.ready.set()
+            log.info("worker %s ready: services %s%s", self.instance_id, self.registry.hosted(),
+                     " (burst)" if burst else "")
+            while not self._stop.is_set():
+                batch = self.buffer.take_batch(self.settings.max_batch_size,
+                                               self.settings.max_batch_wait_ms / 1000, timeout=0.5)
+                if batch:
+                    self.handle(batch)
+                if self.terminate.due() and self.terminate.check():
+                    self.stop("terminate message")
+                if burst and self.buffer.quiescent():
+                    self.stop("burst: queues empty")
+            return EXIT_OK
+        finally:
+            self.teardown()
+            if install_signals:
+                self._restore_signals()
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop after the current batch."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            log.info("worker %s stopping: %s", self.instance_id, reason)
+            self._stop.set()
+
+    # --- stages ------------------------------------------------------------------
+    def startup(self) -> bool:
+        """Load models, resolve queues, start consumers, heartbeat and metrics; False when nothing can be hosted."""
+        s = self.settings
+        self.instance_id = instance_id(s)
+        self.sqs = client("sqs", s)
+        self.s3 = client("s3", s)
+        if self.registry is None:
+            from worker.models.registry import ModelRegistry
+            self.registry = ModelRegistry(self.catalogue, s).load()
+        if self.engine is None:
+            from worker.models.engine import InferenceEngine
+            self.engine = InferenceEngine(self.registry, s.decode_threads)
+        hosted = self.registry.hosted()
+        if not hosted:
+            log.error("worker %s hosts no service: %s", self.instance_id, self.registry.unavailable or "none wanted")
+            return False
+        for svc in hosted:
+            self.queue_urls[svc] = self.sqs.get_queue_url(QueueName=naming.request_queue(s.prefix, svc))["QueueUrl"]
+        try:
+            term_url = self.sqs.get_queue_url(QueueName=naming.terminate_queue(s.prefix))["QueueUrl"]
+        except Exception as exc:
+            log.warning("no terminate queue (%s): terminate messages cannot reach this worker", exc)
+            term_url = None
+        self.terminate = TerminateWatch(s, self.sqs, term_url)
+        self.metrics = MetricsPublisher(s, "worker").start()
+        self.sink = ResultSink(s, self.sqs, self.s3)
+        self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
+                                        self.metrics, self.instance_id)
+        share = Consumer.share_for(self.buffer.capacity, len(hosted))
+        self.consumers = [Consumer(s, svc, url, self.buffer, share) for svc, url in self.queue_urls.items()]
+        for c in self.consumers:
+            c.start()
+        self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
+                                   self.buffer.held)
+        self.heartbeat.beat()
+        self.heartbeat.start()
+        return True
+
+    def handle(self, batch: list) -> None:
+        """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
+        try:
+            result = self.processor.process(batch)
+            deleted = self.sink.deliver(result.outcomes)
+            if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
+                release(self.sqs, result.unreadable)
+            self.handled += len(batch)
+            self.terminate.note_handled(len(batch))
+            log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
+        except Exception:  # never die on one batch: its messages come back after the visibility timeout
+            log.exception("batch of %d failed; its messages will be redelivered", len(batch))
+        finally:
+            self.buffer.done(len(batch))
+
+    def teardown(self) -> None:
+        """Release what is held, stop threads, delete the heartbeat."""
+        if self.heartbeat is not None:
+            self.heartbeat.stopping()
+        left = self.buffer.close()
+        if left and self.sqs is not None:
+            n = release(self.sqs, left)
+            log.info("released %d of %d held messages", n, len(left))
+        for c in self.consumers:
+            c.stop()
+        deadline = time.monotonic() + 2.0  # a consumer in a long poll releases what it gets when it returns
+        for c in self.consumers:
+            c.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        for part in (self.processor, self.sink):
+            if part is not None:
+                part.close()
+        if self.engine is not None and self._own_engine:
+            self.engine.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        log.info("worker %s stopped after %d requests (%s)", self.instance_id, self.handled,
+                 self.stop_reason or "error")
+
+    # --- signals -----------------------------------------------------------------
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._saved_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _restore_signals(self) -> None:
+        for sig, handler in self._saved_handlers.items():
+            signal.signal(sig, handler)
+        self._saved_handlers.clear()
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        self._signals += 1
+        if self._signals > 1:
+            # second signal: the operator insists; held messages come back after the visibility timeout
+            log.warning("second %s: exiting now", name)
+            os._exit(1)
+        self.stop(f"{name}: finishing the current batch, releasing held messages")

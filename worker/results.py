@@ -1,0 +1,135 @@
+"""Delivery: write results/<id>.json, send replies in batches, then (and only then) delete the requests."""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+
+from shared import naming
+from shared.config import Settings
+from shared.messages import MessageError, Reply
+from worker.consumer import Held
+
+log = logging.getLogger(__name__)
+
+_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue")
+
+
+@dataclass
+class Outcome:
+    """A held message and the reply it gets; reply_to None means an async job (record only)."""
+
+    held: Held
+    reply: Reply
+    reply_to: str | None
+
+
+class ResultSink:
+    """Records, replies and deletes for one batch; a message is deleted only once it was answered."""
+
+    def __init__(self, settings: Settings, sqs, s3, threads: int = 8):
+        self.settings = settings
+        self.sqs = sqs
+        self.s3 = s3
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="records")
+
+    def stored_reply(self, request_id: str) -> Reply | None:
+        """The result record of an earlier delivery of this request, if one was written."""
+        try:
+            obj = self.s3.get_object(Bucket=self.settings.bucket_name, Key=naming.result_key(request_id))
+            return Reply.from_json(obj["Body"].read())
+        except ClientError:
+            return None
+        except (MessageError, ValueError) as exc:
+            log.warning("request %s: stored result record unreadable (%s); recomputing", request_id, exc)
+            return None
+
+    def deliver(self, outcomes: list[Outcome]) -> list[Held]:
+        """Record, reply, delete; returns the held messages that were deleted."""
+        if not outcomes:
+            return []
+        recorded = list(self.pool.map(self._record, outcomes))
+        replied = self._send_replies(outcomes)
+        done = []
+        for outcome, ok_record, ok_reply in zip(outcomes, recorded, replied):
+            if ok_reply and ok_record:
+                done.append(outcome.held)
+            elif ok_reply:  # answered but no record: let it come back so the record gets written
+                log.warning("request %s: replied but result record missing; not deleting", outcome.reply.id)
+        return self.delete(done)
+
+    def _record(self, outcome: Outcome) -> bool:
+        try:
+            self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(outcome.reply.id),
+                               Body=outcome.reply.to_json().encode(), ContentType="application/json")
+            return True
+        except Exception as exc:
+            log.error("request %s: result record not written: %s", outcome.reply.id, exc)
+            return False
+
+    def _send_replies(self, outcomes: list[Outcome]) -> list[bool]:
+        """send_message_batch per reply queue; True per outcome that was answered (or needs no answer)."""
+        sent = [o.reply_to is None for o in outcomes]
+        by_queue: dict[str, list[int]] = {}
+        for i, o in enumerate(outcomes):
+            if o.reply_to is not None:
+                by_queue.setdefault(o.reply_to, []).append(i)
+        for url, idx in by_queue.items():
+            for start in range(0, len(idx), 10):
+                chunk = idx[start:start + 10]
+                entries = [{"Id": str(i), "MessageBody": outcomes[i].reply.to_json()} for i in chunk]
+                try:
+                    resp = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code", "")
+                    if code in _GONE:
+                        # the asking web process is gone; the record answers GET /jobs/<id>
+                        log.warning("reply queue %s is gone; %d results kept as records only", url, len(chunk))
+                        for i in chunk:
+                            sent[i] = True
+                    else:
+                        log.error("replies to %s failed (%s); requests stay queued", url, code or exc)
+                    continue
+                except Exception as exc:
+                    log.error("replies to %s failed (%s); requests stay queued", url, exc)
+                    continue
+                for ok in resp.get("Successful", []):
+                    sent[int(ok["Id"])] = True
+                for bad in resp.get("Failed", []):
+                    log.error("request %s: reply not sent: %s", outcomes[int(bad["Id"])].reply.id, bad.get("Message"))
+        return sent
+
+    def delete(self, messages: list[Held]) -> list[Held]:
+        """delete_message_batch per queue; returns the messages deleted."""
+        deleted = []
+        by_queue: dict[str, list[Held]] = {}
+        for m in messages:
+            by_queue.setdefault(m.queue_url, []).append(m)
+        for url, group in by_queue.items():
+            for start in range(0, len(group), 10):
+                chunk = group[start:start + 10]
+                entries = [{"Id": str(j), "ReceiptHandle": m.receipt_handle} for j, m in enumerate(chunk)]
+                try:
+                    resp = self.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
+                except Exception as exc:  # answered but not deleted: it comes back, the stored record answers it
+                    log.error("delete of %d messages on %s failed: %s", len(chunk), url, exc)
+                    continue
+                deleted.extend(chunk[int(ok["Id"])] for ok in resp.get("Successful", []))
+                for bad in resp.get("Failed", []):
+                    log.warning("message %s not deleted: %s", chunk[int(bad["Id"])].message_id, bad.get("Message"))
+        return deleted
+
+    def close(self) -> None:
+        """Stop the record-writer pool."""
+        self.pool.shutdown(wait=True)
+
+
+def reply_summary(reply: Reply) -> str:
+    """A short log form of a reply."""
+    if reply.status == "ok":
+        top = reply.results[0] if reply.results else {}
+        return f"ok {top.get('label')!r} ({top.get('index')}, {top.get('score')})"
+    return f"error {json.dumps(reply.error)}"
