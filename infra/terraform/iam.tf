@@ -1,0 +1,364 @@
+# Least privilege, one role per component. Every action the Python code calls is
+# checked against these documents by tests/test_infra_iam.py (it scans the code).
+
+locals {
+  sqs_arn_base       = "arn:${local.partition}:sqs:${local.region}:${local.account_id}"
+  request_queue_arns = [for q in aws_sqs_queue.requests : q.arn]
+  reply_queue_arns   = "${local.sqs_arn_base}:${local.reply_queue_prefix}*"
+  log_group_arns     = { for c, name in local.log_group_names : c => "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${name}:*" }
+  ec2_arn_base       = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
+  components         = toset(["worker", "web", "autoscaler"])
+}
+
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "component" {
+  for_each = local.components
+
+  name               = "${var.prefix}-${each.key}"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+}
+
+resource "aws_iam_instance_profile" "component" {
+  for_each = local.components
+
+  name = "${var.prefix}-${each.key}"
+  role = aws_iam_role.component[each.key].name
+}
+
+resource "aws_iam_role_policy_attachment" "ssm" {
+  for_each = var.enable_ssm ? local.components : toset([])
+
+  role       = aws_iam_role.component[each.key].name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_role_policy" "worker" {
+  name   = "${var.prefix}-worker"
+  role   = aws_iam_role.component["worker"].id
+  policy = data.aws_iam_policy_document.worker.json
+}
+
+resource "aws_iam_role_policy" "web" {
+  name   = "${var.prefix}-web"
+  role   = aws_iam_role.component["web"].id
+  policy = data.aws_iam_policy_document.web.json
+}
+
+resource "aws_iam_role_policy" "autoscaler" {
+  name   = "${var.prefix}-autoscaler"
+  role   = aws_iam_role.component["autoscaler"].id
+  policy = data.aws_iam_policy_document.autoscaler.json
+}
+
+# --- worker --------------------------------------------------------------------
+
+data "aws_iam_policy_document" "worker" {
+  statement {
+    sid = "ConsumeRequests"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueUrl",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = local.request_queue_arns
+  }
+
+  statement {
+    sid       = "SendReplies"
+    actions   = ["sqs:SendMessage"]
+    resources = [local.reply_queue_arns]
+  }
+
+  statement {
+    sid = "ObeyTerminate"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:GetQueueUrl",
+    ]
+    resources = [aws_sqs_queue.terminate.arn]
+  }
+
+  statement {
+    sid     = "ReadImagesAndModels"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/uploads/*",
+      "${aws_s3_bucket.data.arn}/models/*",
+    ]
+  }
+
+  statement {
+    sid     = "WriteResultsAndHeartbeats"
+    actions = ["s3:PutObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/results/*",
+      "${aws_s3_bucket.data.arn}/heartbeats/*",
+    ]
+  }
+
+  statement {
+    sid       = "RemoveOwnHeartbeat"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/heartbeats/*"]
+  }
+
+  statement {
+    sid       = "ListModels"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["models/", "models/*"]
+    }
+  }
+
+  statement {
+    sid       = "PutMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource-level permissions; the namespace condition narrows it.
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metrics_namespace]
+    }
+  }
+
+  statement {
+    sid       = "ShipLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = [local.log_group_arns["worker"]]
+  }
+}
+
+# --- web -------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "web" {
+  statement {
+    sid = "SubmitRequests"
+    actions = [
+      "sqs:SendMessage",
+      "sqs:GetQueueUrl",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = local.request_queue_arns
+  }
+
+  statement {
+    sid = "OwnReplyQueues"
+    actions = [
+      "sqs:CreateQueue",
+      "sqs:DeleteQueue",
+      "sqs:GetQueueUrl",
+      "sqs:GetQueueAttributes",
+      "sqs:SetQueueAttributes",
+      "sqs:TagQueue",
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+    ]
+    resources = [local.reply_queue_arns]
+  }
+
+  statement {
+    sid     = "WriteUploadsAndJobs"
+    actions = ["s3:PutObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/uploads/*",
+      "${aws_s3_bucket.data.arn}/jobs/*",
+    ]
+  }
+
+  statement {
+    sid     = "ReadResultsJobsHeartbeats"
+    actions = ["s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/results/*",
+      "${aws_s3_bucket.data.arn}/jobs/*",
+      "${aws_s3_bucket.data.arn}/heartbeats/*",
+    ]
+  }
+
+  statement {
+    sid       = "ListHeartbeats"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["heartbeats/", "heartbeats/*"]
+    }
+  }
+
+  statement {
+    sid       = "PutMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # no resource-level permissions; narrowed by namespace
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metrics_namespace]
+    }
+  }
+
+  statement {
+    sid       = "ShipLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = [local.log_group_arns["web"]]
+  }
+}
+
+# --- autoscaler -------------------------------------------------------------------
+
+data "aws_iam_policy_document" "autoscaler" {
+  statement {
+    sid       = "ReadQueueDepth"
+    actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+    resources = local.request_queue_arns
+  }
+
+  statement {
+    sid       = "SendTerminate"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
+    resources = [aws_sqs_queue.terminate.arn]
+  }
+
+  # RunInstances touches several resource types; all of them only through the worker template.
+  statement {
+    sid     = "RunFromWorkerTemplate"
+    actions = ["ec2:RunInstances"]
+    resources = [
+      aws_launch_template.worker.arn,
+      "arn:${local.partition}:ec2:${local.region}::image/*",
+      "${local.ec2_arn_base}:subnet/*",
+      "${local.ec2_arn_base}:security-group/*",
+      "${local.ec2_arn_base}:network-interface/*",
+      "${local.ec2_arn_base}:volume/*",
+    ]
+
+    condition {
+      test     = "ArnLike"
+      variable = "ec2:LaunchTemplate"
+      values   = [aws_launch_template.worker.arn]
+    }
+  }
+
+  # The instance itself: only from the template and only when the request carries the pool tag.
+  statement {
+    sid       = "RunTaggedWorkers"
+    actions   = ["ec2:RunInstances"]
+    resources = ["${local.ec2_arn_base}:instance/*"]
+
+    condition {
+      test     = "ArnLike"
+      variable = "ec2:LaunchTemplate"
+      values   = [aws_launch_template.worker.arn]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:RequestTag/${var.pool_tag_key}"
+      values   = [local.pool_tag_value]
+    }
+  }
+
+  statement {
+    sid       = "TagAtLaunchOnly"
+    actions   = ["ec2:CreateTags"]
+    resources = ["${local.ec2_arn_base}:instance/*", "${local.ec2_arn_base}:volume/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["RunInstances"]
+    }
+  }
+
+  statement {
+    sid       = "TerminatePoolOnly"
+    actions   = ["ec2:TerminateInstances"]
+    resources = ["${local.ec2_arn_base}:instance/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:ResourceTag/${var.pool_tag_key}"
+      values   = [local.pool_tag_value]
+    }
+  }
+
+  statement {
+    sid       = "SeeFleet"
+    actions   = ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus"]
+    resources = ["*"] # Describe* calls have no resource-level permissions.
+  }
+
+  statement {
+    sid       = "PassWorkerRoleOnly"
+    actions   = ["iam:PassRole"]
+    resources = [aws_iam_role.component["worker"].arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "iam:PassedToService"
+      values   = ["ec2.amazonaws.com"]
+    }
+  }
+
+  statement {
+    sid       = "ReadHeartbeats"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/heartbeats/*"]
+  }
+
+  statement {
+    sid       = "ListHeartbeats"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["heartbeats/", "heartbeats/*"]
+    }
+  }
+
+  statement {
+    sid       = "PutMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # no resource-level permissions; narrowed by namespace
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metrics_namespace]
+    }
+  }
+
+  statement {
+    sid       = "ReadOwnMetrics"
+    actions   = ["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"]
+    resources = ["*"] # read-only metric queries have no resource-level permissions.
+  }
+
+  statement {
+    sid       = "ShipLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = [local.log_group_arns["autoscaler"]]
+  }
+}

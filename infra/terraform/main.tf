@@ -1,0 +1,102 @@
+# Shared lookups and the names every other file uses. The naming rules mirror
+# shared/naming.py exactly; tests/test_infra_crosscheck.py derives both and compares.
+
+data "aws_caller_identity" "current" {}
+
+data "aws_partition" "current" {}
+
+data "aws_region" "current" {}
+
+module "naming" {
+  source = "./modules/naming"
+
+  prefix      = var.prefix
+  services    = var.services
+  bucket_name = var.bucket_name
+}
+
+data "aws_availability_zones" "available" {
+  #checkov:skip=CKV_AWS_394:main.tf takes slice(names, 0, az_count) of the name-sorted list; a newly added zone sorts after the existing ones and does not change the selection.
+  state = "available"
+}
+
+locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+
+  # shared/naming.py and Settings.bucket_name / pool_tag_value, through modules/naming.
+  request_queue_names = module.naming.request_queue_names
+  dlq_names           = module.naming.dlq_names
+  terminate_queue     = module.naming.terminate_queue
+  reply_queue_prefix  = module.naming.reply_queue_prefix
+  bucket_name         = module.naming.bucket_name
+  pool_tag_value      = module.naming.pool_tag_value
+  log_group_names     = module.naming.log_group_names
+
+  azs = slice(data.aws_availability_zones.available.names, 0, var.az_count)
+
+  tags = merge({ "classifycloud:stack" = var.prefix }, var.tags)
+
+  # CLASSIFYCLOUD_* settings every component reads (names: shared.config.env_names()).
+  common_env = {
+    CLASSIFYCLOUD_PREFIX               = var.prefix
+    CLASSIFYCLOUD_BUCKET               = local.bucket_name
+    CLASSIFYCLOUD_REGION               = var.region
+    CLASSIFYCLOUD_VISIBILITY_TIMEOUT_S = tostring(var.visibility_timeout_s)
+    CLASSIFYCLOUD_MAX_RECEIVE_COUNT    = tostring(var.max_receive_count)
+    CLASSIFYCLOUD_METRICS_ENABLED      = "true"
+    CLASSIFYCLOUD_METRICS_NAMESPACE    = var.metrics_namespace
+    CLASSIFYCLOUD_LOG_LEVEL            = var.log_level
+    AWS_REGION                         = var.region
+  }
+}
+
+# User data per component: a cloud-config that writes the settings file the systemd
+# units read (EnvironmentFile=/etc/classifycloud/classifycloud.env), points the
+# CloudWatch agent at the component's log file and starts the component's unit.
+# No secrets: instances get credentials from their instance profile.
+locals {
+  component_env = {
+    worker     = merge(local.common_env, local.worker_env)
+    web        = merge(local.common_env, local.web_env)
+    autoscaler = merge(local.common_env, local.autoscaler_env)
+  }
+
+  cloudwatch_agent_config = "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
+
+  user_data = {
+    for c, env in local.component_env : c => base64encode(join("\n", ["#cloud-config", yamlencode({
+      write_files = [
+        {
+          path        = "/etc/classifycloud/classifycloud.env"
+          permissions = "0644"
+          owner       = "root:root"
+          content     = join("", [for k in sort(keys(env)) : "${k}=${env[k]}\n"])
+        },
+        {
+          path        = local.cloudwatch_agent_config
+          permissions = "0644"
+          owner       = "root:root"
+          content = jsonencode({
+            logs = {
+              logs_collected = {
+                files = {
+                  collect_list = [{
+                    file_path       = "/var/log/classifycloud/${c}.log"
+                    log_group_name  = local.log_group_names[c]
+                    log_stream_name = "{instance_id}"
+                  }]
+                }
+              }
+            }
+          })
+        },
+      ]
+      runcmd = [
+        ["/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl", "-a", "fetch-config", "-m", "ec2", "-s", "-c", "file:${local.cloudwatch_agent_config}"],
+        ["systemctl", "enable", "--now", "classifycloud-${c}.service"],
+      ]
+    })]))
+  }
+}

@@ -1,0 +1,49 @@
+output "url" {
+  description = "Base URL of the service (first curl: <url>/classify?url=...)."
+  value       = "${local.https ? "https" : "http"}://${aws_lb.web.dns_name}"
+}
+
+output "bucket" {
+  description = "Data bucket: upload model weights to s3://<bucket>/models/."
+  value       = aws_s3_bucket.data.id
+}
+
+output "request_queue_urls" {
+  description = "Request queue URL per service."
+  value       = { for s, q in aws_sqs_queue.requests : s => q.url }
+}
+
+output "dead_letter_queue_urls" {
+  description = "Dead-letter queue URL per service."
+  value       = { for s, q in aws_sqs_queue.dlq : s => q.url }
+}
+
+output "terminate_queue_url" {
+  description = "Queue the autoscaler sends terminate messages to."
+  value       = aws_sqs_queue.terminate.url
+}
+
+output "worker_launch_template_id" {
+  description = "Launch template the autoscaler starts workers from (CLASSIFYCLOUD_LAUNCH_TEMPLATE)."
+  value       = aws_launch_template.worker.id
+}
+
+output "pool_tag" {
+  description = "Tag that marks worker instances (key = value)."
+  value       = "${var.pool_tag_key}=${local.pool_tag_value}"
+}
+
+output "dashboard_url" {
+  description = "CloudWatch dashboard."
+  value       = "https://${var.region}.console.aws.amazon.com/cloudwatch/home?region=${var.region}#dashboards:name=${aws_cloudwatch_dashboard.main.dashboard_name}"
+}
+
+output "log_groups" {
+  description = "CloudWatch log group per component."
+  value       = { for c, g in aws_cloudwatch_log_group.component : c => g.name }
+}
+
+output "alarm_topic_arn" {
+  description = "SNS topic the alarms notify."
+  value       = aws_sns_topic.alarms.arn
+}

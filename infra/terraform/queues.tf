@@ -1,0 +1,43 @@
+# One request queue per catalogue service, each with a dead-letter queue, and the
+# terminate queue. Names come from local.request_queue_names (shared/naming.py rules).
+# Reply queues are not here: each web process creates and deletes its own.
+
+resource "aws_sqs_queue" "dlq" {
+  for_each = local.dlq_names
+
+  name                      = each.value
+  message_retention_seconds = var.dlq_retention_s
+  sqs_managed_sse_enabled   = true
+}
+
+resource "aws_sqs_queue" "requests" {
+  for_each = local.request_queue_names
+
+  name                       = each.value
+  visibility_timeout_seconds = var.visibility_timeout_s
+  message_retention_seconds  = var.message_retention_s
+  receive_wait_time_seconds  = 20
+  sqs_managed_sse_enabled    = true
+
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dlq[each.key].arn
+    maxReceiveCount     = var.max_receive_count
+  })
+}
+
+# Only this service's request queues may use a DLQ as their dead-letter target.
+resource "aws_sqs_queue_redrive_allow_policy" "dlq" {
+  for_each = local.dlq_names
+
+  queue_url = aws_sqs_queue.dlq[each.key].id
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = ["arn:${local.partition}:sqs:${local.region}:${local.account_id}:${local.request_queue_names[each.key]}"]
+  })
+}
+
+resource "aws_sqs_queue" "terminate" {
+  name                      = local.terminate_queue
+  message_retention_seconds = var.terminate_retention_s
+  sqs_managed_sse_enabled   = true
+}

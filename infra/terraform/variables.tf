@@ -1,0 +1,265 @@
+# Defaults mirror shared/config.py (Settings); tests/test_infra_crosscheck.py keeps them in step.
+
+# --- naming and placement ----------------------------------------------------
+
+variable "region" {
+  description = "AWS region to deploy into."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "prefix" {
+  description = "Name prefix of every queue, the bucket and the worker pool tag (Settings.prefix)."
+  type        = string
+  default     = "classifycloud"
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,30}$", var.prefix))
+    error_message = "The prefix must be 2-31 lowercase letters, digits or hyphens (it is part of queue and bucket names)."
+  }
+}
+
+variable "bucket_name" {
+  description = "S3 bucket for uploads, results, heartbeats and model weights; empty means \"<prefix>-data\" (Settings.bucket_name)."
+  type        = string
+  default     = ""
+}
+
+variable "services" {
+  description = "Catalogue services to create request queues for; must equal the names in shared/services.yaml."
+  type        = list(string)
+  default     = ["imagenet"]
+
+  validation {
+    condition     = length(var.services) > 0 && alltrue([for s in var.services : can(regex("^[a-z0-9][a-z0-9_-]{0,39}$", s))])
+    error_message = "Each service name must match ^[a-z0-9][a-z0-9_-]{0,39}$ (shared/catalogue.py)."
+  }
+}
+
+variable "tags" {
+  description = "Extra tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# --- queues and storage --------------------------------------------------------
+
+variable "visibility_timeout_s" {
+  description = "Request queues: seconds a worker holds a message before it is redelivered (Settings.visibility_timeout_s)."
+  type        = number
+  default     = 60
+}
+
+variable "max_receive_count" {
+  description = "Deliveries of a request before it moves to its dead-letter queue (Settings.max_receive_count)."
+  type        = number
+  default     = 5
+}
+
+variable "message_retention_s" {
+  description = "Request queues keep a message this long (Settings.message_retention_s)."
+  type        = number
+  default     = 86400
+}
+
+variable "terminate_retention_s" {
+  description = "Terminate queue retention; short, because old terminate messages are stale anyway (Settings.terminate_retention_s)."
+  type        = number
+  default     = 60
+}
+
+variable "dlq_retention_s" {
+  description = "Dead-letter queues keep a failed request this long (14 days, the SQS maximum, as shared/provision.py does)."
+  type        = number
+  default     = 1209600
+}
+
+variable "upload_expiry_days" {
+  description = "Uploaded images (uploads/) are deleted after this many days."
+  type        = number
+  default     = 7
+}
+
+variable "result_expiry_days" {
+  description = "Result records (results/) and job markers (jobs/) are deleted after this many days."
+  type        = number
+  default     = 30
+}
+
+# --- network -------------------------------------------------------------------
+
+variable "vpc_cidr" {
+  description = "CIDR block of the VPC this stack creates."
+  type        = string
+  default     = "10.40.0.0/16"
+}
+
+variable "az_count" {
+  description = "Availability zones to spread subnets over (the ALB needs at least two)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.az_count >= 2 && var.az_count <= 4
+    error_message = "Use between 2 and 4 availability zones."
+  }
+}
+
+variable "allowed_cidrs" {
+  description = "Client CIDR blocks allowed to reach the load balancer."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for an HTTPS listener; empty serves plain HTTP on port 80 (first deployment), set it for production."
+  type        = string
+  default     = ""
+}
+
+# --- instances -----------------------------------------------------------------
+
+variable "ami_id" {
+  description = "AMI built by ami/classifycloud.pkr.hcl (project, venv and systemd units); used by workers, web and autoscaler."
+  type        = string
+
+  validation {
+    condition     = can(regex("^ami-[0-9a-f]{8,17}$", var.ami_id))
+    error_message = "The ami_id must look like ami-0123456789abcdef0 (the Packer build prints it)."
+  }
+}
+
+variable "worker_instance_type" {
+  description = "GPU instance type of the workers."
+  type        = string
+  default     = "g4dn.xlarge"
+}
+
+variable "root_volume_gb" {
+  description = "Root volume size of every instance; at least the AMI's snapshot size (the Deep Learning base AMI needs about 75 GB)."
+  type        = number
+  default     = 100
+}
+
+variable "min_workers" {
+  description = "The autoscaler never runs fewer workers than this (Settings.min_workers)."
+  type        = number
+  default     = 1
+}
+
+variable "max_workers" {
+  description = "The autoscaler never runs more workers than this (Settings.max_workers)."
+  type        = number
+  default     = 10
+}
+
+variable "scaling_policy" {
+  description = "Autoscaler policy: backlog (default) or classifycloud (the original, as a baseline) (Settings.policy)."
+  type        = string
+  default     = "backlog"
+
+  validation {
+    condition     = contains(["backlog", "classifycloud"], var.scaling_policy)
+    error_message = "The scaling_policy must be backlog or classifycloud."
+  }
+}
+
+variable "latency_budget_s" {
+  description = "Backlog policy: size the fleet to drain what waits within this many seconds (Settings.latency_budget_s)."
+  type        = number
+  default     = 10
+}
+
+variable "web_instance_type" {
+  description = "Instance type of the web tier."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "web_count" {
+  description = "Web instances behind the load balancer."
+  type        = number
+  default     = 2
+}
+
+variable "web_processes" {
+  description = "gunicorn processes per web instance, each with its own reply queue (Settings.web_processes)."
+  type        = number
+  default     = 2
+}
+
+variable "web_port" {
+  description = "Port gunicorn listens on behind the load balancer (Settings.web_port)."
+  type        = number
+  default     = 8080
+}
+
+variable "reply_timeout_s" {
+  description = "Seconds the web waits for a reply before answering 504 with the job id (Settings.reply_timeout_s); the ALB idle timeout is set above it."
+  type        = number
+  default     = 120
+}
+
+variable "autoscaler_instance_type" {
+  description = "Instance type of the single autoscaler instance."
+  type        = string
+  default     = "t3.micro"
+}
+
+variable "pool_tag_key" {
+  description = "Tag key that marks worker instances; its value is \"<prefix>-workers\" (Settings.pool_tag_value)."
+  type        = string
+  default     = "classifycloud:pool"
+}
+
+variable "enable_ssm" {
+  description = "Attach AmazonSSMManagedInstanceCore so operators can open Session Manager shells (no SSH is opened either way)."
+  type        = bool
+  default     = false
+}
+
+# --- observability --------------------------------------------------------------
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace the components publish to (Settings.metrics_namespace)."
+  type        = string
+  default     = "ClassifyCloud"
+}
+
+variable "log_level" {
+  description = "Log level of every component (Settings.log_level)."
+  type        = string
+  default     = "INFO"
+}
+
+variable "log_retention_days" {
+  description = "Retention of the CloudWatch log groups (a year by default, for incident review; lower it to save storage)."
+  type        = number
+  default     = 365
+}
+
+variable "alarm_oldest_request_age_s" {
+  description = "Alarm when the oldest request in a queue has waited longer than this."
+  type        = number
+  default     = 300
+}
+
+variable "alarm_5xx_percent" {
+  description = "Alarm when this percentage of load balancer responses are 5xx over five minutes."
+  type        = number
+  default     = 5
+}
+
+variable "metric_alarms" {
+  description = "Per-service alarms on our own metrics (names from shared/metrics.py DEFINITIONS): metric name -> threshold the statistic must exceed."
+  type        = map(number)
+  default = {
+    Timeouts = 0
+  }
+}
+
+variable "alarm_email" {
+  description = "Address subscribed to the alarm topic; empty subscribes nobody."
+  type        = string
+  default     = ""
+}

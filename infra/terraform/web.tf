@@ -1,0 +1,161 @@
+# The web tier: gunicorn (classifycloud-web.service) on an auto scaling group in the
+# private subnets, behind an Application Load Balancer in the public subnets.
+
+locals {
+  web_env = {
+    CLASSIFYCLOUD_WEB_HOST        = "0.0.0.0"
+    CLASSIFYCLOUD_WEB_PORT        = tostring(var.web_port)
+    CLASSIFYCLOUD_WEB_PROCESSES   = tostring(var.web_processes)
+    CLASSIFYCLOUD_REPLY_TIMEOUT_S = tostring(var.reply_timeout_s)
+  }
+  https = var.certificate_arn != ""
+}
+
+resource "aws_launch_template" "web" {
+  name                   = "${var.prefix}-web"
+  description            = "ClassifyCloud web tier (classifycloud-web.service)"
+  image_id               = var.ami_id
+  instance_type          = var.web_instance_type
+  ebs_optimized          = true
+  update_default_version = true
+  user_data              = local.user_data["web"]
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.component["web"].arn
+  }
+
+  network_interfaces {
+    security_groups             = [aws_security_group.web.id]
+    associate_public_ip_address = false
+    delete_on_termination       = true
+  }
+
+  block_device_mappings {
+    device_name = "/dev/sda1"
+
+    ebs {
+      volume_size           = var.root_volume_gb
+      volume_type           = "gp3"
+      encrypted             = true
+      delete_on_termination = true
+    }
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { Name = "${var.prefix}-web" })
+  }
+}
+
+resource "aws_autoscaling_group" "web" {
+  name                = "${var.prefix}-web"
+  min_size            = var.web_count
+  max_size            = var.web_count
+  desired_capacity    = var.web_count
+  vpc_zone_identifier = aws_subnet.private[*].id
+  target_group_arns   = [aws_lb_target_group.web.arn]
+  # EC2, not ELB: /healthz answers 503 while no worker is ready (e.g. scaled to zero),
+  # and that must not make the group replace healthy web instances.
+  health_check_type         = "EC2"
+  health_check_grace_period = 300
+
+  launch_template {
+    id      = aws_launch_template.web.id
+    version = aws_launch_template.web.latest_version
+  }
+
+  instance_refresh {
+    strategy = "Rolling"
+
+    preferences {
+      min_healthy_percentage = 50
+    }
+  }
+
+  tag {
+    key                 = "Name"
+    value               = "${var.prefix}-web"
+    propagate_at_launch = true
+  }
+}
+
+resource "aws_lb" "web" {
+  #checkov:skip=CKV_AWS_91:ALB access logs need a log bucket with an ELB-account policy; request metrics and the web log group cover operations.
+  #checkov:skip=CKV2_AWS_28:A WAF web ACL costs ~$5/month plus per-request fees; attach one for public production use (see docs/DEPLOY.md).
+  #checkov:skip=CKV_AWS_150:Deletion protection would block `terraform destroy`, the documented teardown.
+  name                       = "${var.prefix}-web"
+  load_balancer_type         = "application"
+  internal                   = false
+  subnets                    = aws_subnet.public[*].id
+  security_groups            = [aws_security_group.alb.id]
+  drop_invalid_header_fields = true
+  # Above reply_timeout_s, so a slow classification gets the web's 504 with its job id.
+  idle_timeout = var.reply_timeout_s + 10
+}
+
+resource "aws_lb_target_group" "web" {
+  #checkov:skip=CKV_AWS_378:TLS ends at the load balancer; the hop to the web tier stays inside the VPC's private subnets.
+  name                 = "${var.prefix}-web"
+  port                 = var.web_port
+  protocol             = "HTTP"
+  vpc_id               = aws_vpc.main.id
+  deregistration_delay = var.reply_timeout_s
+
+  health_check {
+    path                = "/healthz"
+    matcher             = "200"
+    interval            = 15
+    timeout             = 5
+    healthy_threshold   = 2
+    unhealthy_threshold = 3
+  }
+}
+
+resource "aws_lb_listener" "http" {
+  #checkov:skip=CKV_AWS_2:Plain HTTP serves only until certificate_arn is set; then this listener redirects to HTTPS.
+  #checkov:skip=CKV_AWS_103:See CKV_AWS_2: the HTTPS listener uses a TLS 1.2+ policy.
+  #checkov:skip=CKV2_AWS_20:Redirects to HTTPS whenever certificate_arn is set (the first deployment has no certificate).
+  load_balancer_arn = aws_lb.web.arn
+  port              = 80
+  protocol          = "HTTP"
+
+  default_action {
+    type             = local.https ? "redirect" : "forward"
+    target_group_arn = local.https ? null : aws_lb_target_group.web.arn
+
+    dynamic "redirect" {
+      for_each = local.https ? [1] : []
+
+      content {
+        port        = "443"
+        protocol    = "HTTPS"
+        status_code = "HTTP_301"
+      }
+    }
+  }
+}
+
+resource "aws_lb_listener" "https" {
+  count = local.https ? 1 : 0
+
+  load_balancer_arn = aws_lb.web.arn
+  port              = 443
+  protocol          = "HTTPS"
+  ssl_policy        = "ELBSecurityPolicy-TLS13-1-2-2021-06"
+  certificate_arn   = var.certificate_arn
+
+  default_action {
+    type             = "forward"
+    target_group_arn = aws_lb_target_group.web.arn
+  }
+}
