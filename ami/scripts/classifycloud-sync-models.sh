@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Copy model weights from s3://$CLASSIFYCLOUD_BUCKET/models/ to $CLASSIFYCLOUD_MODEL_DIR
+# (catalogue paths resolve against it). Skips files already present with the same size.
+set -euo pipefail
+
+VENV="${VENV:-/opt/classifycloud/venv}"  # overridable for tests and other layouts
+: "${CLASSIFYCLOUD_MODEL_DIR:=/var/lib/classifycloud-worker/models}"
+export CLASSIFYCLOUD_MODEL_DIR
+
+if [ -z "${CLASSIFYCLOUD_BUCKET:-}" ]; then
+  echo "CLASSIFYCLOUD_BUCKET is not set: no weights to sync"
+  exit 0
+fi
+mkdir -p "$CLASSIFYCLOUD_MODEL_DIR"
+
+"$VENV/bin/python" - <<'PY'
+import os
+
+from shared.aws import client
+from shared.config import Settings
+
+settings = Settings.from_env()
+target = os.environ["CLASSIFYCLOUD_MODEL_DIR"]
+s3 = client("s3", settings)
+copied = kept = 0
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket_name, Prefix="models/"):
+    for obj in page.get("Contents", []):
+        rel = obj["Key"][len("models/"):]
+        if not rel or rel.endswith("/"):
+            continue
+        path = os.path.realpath(os.path.join(target, rel))
+        if not path.startswith(os.path.realpath(target) + os.sep):
+            print(f"skipping {obj['Key']}: outside the model folder")
+            continue
+        if os.path.exists(path) and os.path.getsize(path) == obj["Size"]:
+            kept += 1
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        s3.download_file(settings.bucket_name, obj["Key"], path + ".part")
+        os.replace(path + ".part", path)
+        copied += 1
+print(f"models: {copied} copied, {kept} already present, into {target}")
+PY
