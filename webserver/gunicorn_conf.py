@@ -15,6 +15,7 @@ preload_app = False          # the app (and its reply queue) is built in each wo
 timeout = 60                 # gthread: worker silence, not request time (requests may wait reply_timeout_s)
 graceful_timeout = 15
 keepalive = 5
+control_socket_disable = True  # one fixed ~/.gunicorn socket would be shared by every server on the host
 accesslog = "-"
 loglevel = _settings.log_level.lower()
 

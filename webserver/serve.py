@@ -28,7 +28,7 @@ def serve(settings: Settings, processes: int | None = None, host: str | None = N
     class _App(BaseApplication):
         def load_config(self):
             for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
-                        "accesslog", "loglevel", "post_worker_init", "worker_exit"):
+                        "accesslog", "loglevel", "control_socket_disable", "post_worker_init", "worker_exit"):
                 self.cfg.set(key, getattr(gunicorn_conf, key))
             self.cfg.set("preload_app", False)
             self.cfg.set("workers", processes or settings.web_processes)
