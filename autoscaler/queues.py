@@ -162,7 +162,8 @@ class ServiceTimes:
         resp = self.cw.get_metric_statistics(
             Namespace=self.settings.metrics_namespace, MetricName=metric,
             Dimensions=[{"Name": "Service", "Value": service}],
-            StartTime=end - timedelta(seconds=self.WINDOW_S), EndTime=end, Period=self.WINDOW_S,
+            StartTime=end - timedelta(seconds=self.WINDOW_S), EndTime=end + timedelta(seconds=60),
+            Period=self.WINDOW_S + 60,
             Statistics=["Average", "SampleCount"])
         points = resp.get("Datapoints", [])
         total = sum(p["SampleCount"] for p in points)

@@ -5,6 +5,8 @@ import logging
 import time
 from datetime import datetime
 
+from botocore.exceptions import ClientError
+
 from autoscaler.fleet import FleetCount
 from shared.aws import client
 from shared.config import Settings
@@ -51,14 +53,23 @@ class Ec2Fleet:
         return FleetCount(running=len(running), pending=len(pending), ids=tuple(running + pending))
 
     def launch(self, n: int) -> list[str]:
-        """Launch up to n instances (MinCount 1: partial capacity is better than none)."""
-        if n <= 0:
-            return []
+        """Launch up to n instances; partial capacity is taken (MinCount 1) and the rest asked again."""
+        ids: list[str] = []
         tags = [{"Key": POOL_TAG_KEY, "Value": self.pool}, {"Key": "Name", "Value": f"{self.pool}-worker"}]
-        resp = self.ec2.run_instances(LaunchTemplate=self._template(), MinCount=1, MaxCount=n,
-                                      TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
-                                                         {"ResourceType": "volume", "Tags": tags}])
-        ids = [i["InstanceId"] for i in resp.get("Instances", [])]
+        while len(ids) < n:
+            try:
+                resp = self.ec2.run_instances(LaunchTemplate=self._template(), MinCount=1, MaxCount=n - len(ids),
+                                              TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
+                                                                 {"ResourceType": "volume", "Tags": tags}])
+            except ClientError as exc:
+                if not ids:
+                    raise                      # nothing launched: the loop logs and skips the tick
+                log.warning("ec2 fleet: only %d of %d launched: %s", len(ids), n, exc)
+                break
+            got = [i["InstanceId"] for i in resp.get("Instances", [])]
+            if not got:
+                break
+            ids.extend(got)
         log.info("ec2 fleet: launched %d/%d instance(s) from %s: %s", len(ids), n, self.settings.launch_template, ids)
         return ids
 
@@ -70,30 +81,20 @@ class Ec2Fleet:
 
     def maintain(self) -> list[str]:
         """Replace instances pending too long or failing status checks too long; returns the replaced ids."""
-        now = self.clock()
         insts = self.instances()
-        broken = []
-        for i in insts:
-            if i["State"]["Name"] == "pending" and now - _epoch(i.get("LaunchTime")) > self.settings.pending_timeout_s:
-                log.warning("ec2 fleet: %s pending for more than %.0fs; replacing it",
-                            i["InstanceId"], self.settings.pending_timeout_s)
-                broken.append(i["InstanceId"])
         running = [i["InstanceId"] for i in insts if i["State"]["Name"] == "running"]
-        impaired = self._impaired(running)
-        for iid in list(self._impaired_since):
-            if iid not in impaired:
-                del self._impaired_since[iid]          # recovered or gone
-        for iid in impaired:
-            since = self._impaired_since.setdefault(iid, now)
-            if now - since > self.settings.impaired_timeout_s:
-                log.warning("ec2 fleet: %s failing status checks for more than %.0fs; replacing it",
-                            iid, self.settings.impaired_timeout_s)
-                broken.append(iid)
-                del self._impaired_since[iid]
+        broken, self._impaired_since = find_broken(insts, self._impaired(running), self._impaired_since,
+                                                   self.clock(), self.settings.pending_timeout_s,
+                                                   self.settings.impaired_timeout_s)
         if broken:
-            self.terminate(broken)
-            self.launch(len(broken))
+            self.replace(broken)
         return broken
+
+    def replace(self, ids: list[str]) -> list[str]:
+        """Terminate these instances and launch as many new ones; returns the new ids."""
+        log.warning("ec2 fleet: replacing %s", list(ids))
+        self.terminate(ids)
+        return self.launch(len(ids))
 
     def _impaired(self, ids: list[str]) -> set[str]:
         """Ids whose instance or system status check is 'impaired'."""
@@ -105,6 +106,19 @@ class Ec2Fleet:
                 if "impaired" in checks:
                     out.add(st["InstanceId"])
         return out
+
+
+def find_broken(instances: list[dict], impaired: set[str], impaired_since: dict[str, float], now: float,
+                pending_timeout_s: float, impaired_timeout_s: float) -> tuple[list[str], dict[str, float]]:
+    """Ids to replace (pending too long, impaired too long) and the updated impaired-since record."""
+    broken = [i["InstanceId"] for i in instances if i["State"]["Name"] == "pending"
+              and now - _epoch(i.get("LaunchTime")) > pending_timeout_s]
+    since = {iid: impaired_since.get(iid, now) for iid in impaired}    # recovered or gone: forgotten
+    for iid, t in list(since.items()):
+        if now - t > impaired_timeout_s:
+            broken.append(iid)
+            del since[iid]
+    return broken, since
 
 
 def _epoch(value) -> float:
