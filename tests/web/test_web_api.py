@@ -260,3 +260,32 @@ def test_request_message_follows_the_protocol(web, peer):
     req = next(q for q in peer.requests if q.id == r.get_json()["id"])
     assert isinstance(req, Request) and req.top_k == 7 and req.service == "imagenet"
     assert abs(req.submitted_at - now_ms()) < 60_000
+
+
+def test_metrics_requests_latency_and_timeouts_reach_cloudwatch(make_app, web_settings, provisioned):
+    namespace = "WebTest" + web_settings.prefix
+    settings = web_settings.replace(metrics_enabled=True, metrics_namespace=namespace, reply_timeout_s=1.0)
+    app = make_app(settings)
+    web = app.test_client()
+    assert web.get("/classify?url=http://example.com/slow.jpg").status_code == 504  # no worker yet
+    peer = PeerWorker(settings).start()
+    try:
+        big = make_app(settings.replace(reply_timeout_s=15.0))
+        assert big.test_client().get("/classify?url=http://example.com/m.jpg").status_code == 200
+    finally:
+        peer.stop()
+    assert web.get("/services").status_code == 200
+    assert app.extensions["classifycloud"].metrics.flush() > 0
+    assert big.extensions["classifycloud"].metrics.flush() > 0
+    listed = client("cloudwatch", settings).list_metrics(Namespace=namespace)["Metrics"]
+    seen = {(m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"]))) for m in listed}
+    assert ("Timeouts", (("Service", "imagenet"),)) in seen
+    assert ("Latency", (("Service", "imagenet"),)) in seen
+    assert ("Requests", (("Route", "/classify"), ("Status", "504"))) in seen
+    assert ("Requests", (("Route", "/classify"), ("Status", "200"))) in seen
+    assert ("Requests", (("Route", "/services"), ("Status", "200"))) in seen
+
+
+def test_index_serves_the_upload_page(web):
+    r = web.get("/")
+    assert r.status_code == 200 and b"<form" in r.data and b"/classify" in r.data
