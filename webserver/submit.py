@@ -100,7 +100,11 @@ class Submitter:
     def classify(self, image: ImageInput, service: str | None, top_k: int | None) -> Outcome:
         """Send a request with reply_to = this process's queue and wait up to reply_timeout_s."""
         spec = self.resolve_service(service)
-        reply_to = self.listener.start()
+        try:
+            reply_to = self.listener.start()
+        except (ClientError, BotoCoreError) as exc:
+            log.error("reply queue cannot be created: %s", exc)
+            raise ApiError(503, "queue_unavailable", "this server's reply queue cannot be created; try again") from None
         rid = new_id()
         started = time.monotonic()
         ref = self._image_ref(rid, image)
