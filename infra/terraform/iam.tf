@@ -86,17 +86,20 @@ data "aws_iam_policy_document" "worker" {
     actions = [
       "sqs:ReceiveMessage",
       "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
       "sqs:GetQueueUrl",
     ]
     resources = [aws_sqs_queue.terminate.arn]
   }
 
+  # results/: a redelivered request whose result exists is answered from it (idempotent by id).
   statement {
-    sid     = "ReadImagesAndModels"
+    sid     = "ReadImagesModelsResults"
     actions = ["s3:GetObject"]
     resources = [
       "${aws_s3_bucket.data.arn}/uploads/*",
       "${aws_s3_bucket.data.arn}/models/*",
+      "${aws_s3_bucket.data.arn}/results/*",
     ]
   }
 
@@ -361,4 +364,40 @@ data "aws_iam_policy_document" "autoscaler" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
     resources = [local.log_group_arns["autoscaler"]]
   }
+}
+
+# --- operator review -----------------------------------------------------------------
+
+# `classifycloud metrics` (classifycloud/report) runs on an operator's machine: attach
+# this managed policy to the operator's user or role to review without admin rights.
+data "aws_iam_policy_document" "operator_review" {
+  statement {
+    sid       = "ReadMetrics"
+    actions   = ["cloudwatch:GetMetricData", "cloudwatch:ListMetrics"]
+    resources = ["*"] # read-only metric queries have no resource-level permissions.
+  }
+
+  statement {
+    sid       = "ReadResults"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*"]
+  }
+
+  statement {
+    sid       = "ListResults"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["results/", "results/*"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "operator_review" {
+  name        = "${var.prefix}-operator-review"
+  description = "Read-only access for `classifycloud metrics`: CloudWatch metrics and result records."
+  policy      = data.aws_iam_policy_document.operator_review.json
 }

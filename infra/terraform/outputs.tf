@@ -47,3 +47,8 @@ output "alarm_topic_arn" {
   description = "SNS topic the alarms notify."
   value       = aws_sns_topic.alarms.arn
 }
+
+output "operator_review_policy_arn" {
+  description = "Attach to an operator's user or role to run `classifycloud metrics` against this stack."
+  value       = aws_iam_policy.operator_review.arn
+}

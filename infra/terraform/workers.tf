@@ -6,6 +6,8 @@ locals {
   worker_env = {
     CLASSIFYCLOUD_DEVICE    = "auto"
     CLASSIFYCLOUD_MODEL_DIR = "/var/lib/classifycloud-worker/models"
+    # The unit's sandbox gives it a private /tmp; keep downloaded s3:// weights across restarts.
+    CLASSIFYCLOUD_WEIGHTS_CACHE = "/var/lib/classifycloud-worker/weights"
   }
 }
 
