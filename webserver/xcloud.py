@@ -22,7 +22,7 @@ CODE_INTERNAL = 6
 
 _BY_ERROR = {
     "invalid_image": CODE_INVALID_IMAGE, "invalid_base64": CODE_INVALID_IMAGE,
-    "empty_image": CODE_INVALID_IMAGE, "image_too_large": CODE_INVALID_IMAGE, "too_large": CODE_INVALID_IMAGE,
+    "empty_image": CODE_INVALID_IMAGE, "image_too_large": CODE_INVALID_IMAGE, "image_not_found": CODE_INVALID_IMAGE, "too_large": CODE_INVALID_IMAGE,
     "invalid_url": CODE_INVALID_URL, "unsupported_scheme": CODE_INVALID_URL,
     "forbidden_address": CODE_INVALID_URL, "too_many_redirects": CODE_INVALID_URL,
     "missing_image": CODE_BAD_REQUEST, "method_not_allowed": CODE_BAD_REQUEST, "invalid_top_k": CODE_BAD_REQUEST,
