@@ -1,0 +1,232 @@
+"""iam.tf grants every AWS call the code makes, to the role that makes it, and nothing sweeping.
+
+The code is scanned at test time (AST: client method calls whose names are botocore
+operations of sqs/s3/ec2/cloudwatch, paginator names, S3 transfer helpers), so new
+calls written by anyone are checked as they land.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+from functools import lru_cache
+
+import botocore.session
+from botocore import xform_name
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TF = os.path.join(ROOT, "infra", "terraform")
+SCANNED = ("shared", "webserver", "worker", "autoscaler", "classifycloud")
+SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch"}  # botocore name -> IAM prefix
+TRANSFER = {"upload_file": ["s3:PutObject"], "upload_fileobj": ["s3:PutObject"],
+            "download_file": ["s3:GetObject"], "download_fileobj": ["s3:GetObject"]}
+# Operations whose IAM action is not "<prefix>:<OperationName>".
+SPECIAL = {
+    "ListObjectsV2": ["s3:ListBucket"], "ListObjects": ["s3:ListBucket"], "HeadBucket": ["s3:ListBucket"],
+    "HeadObject": ["s3:GetObject"], "DeleteObjects": ["s3:DeleteObject"],
+    "CopyObject": ["s3:GetObject", "s3:PutObject"], "CreateMultipartUpload": ["s3:PutObject"],
+    "UploadPart": ["s3:PutObject"], "CompleteMultipartUpload": ["s3:PutObject"],
+    "SendMessageBatch": ["sqs:SendMessage"], "DeleteMessageBatch": ["sqs:DeleteMessage"],
+    "ChangeMessageVisibilityBatch": ["sqs:ChangeMessageVisibility"],
+}
+ALL = ("web", "worker", "autoscaler")
+# Who runs the code in each file (longest matching path prefix wins).
+ROLE_OF_PATH = {
+    "webserver/": ("web",),
+    "worker/": ("worker",),
+    "autoscaler/": ("autoscaler",),
+    "shared/metrics.py": ALL,                        # every component publishes metrics
+    "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
+    "ami/scripts/classifycloud-sync-models.sh": ("worker",),
+}
+# Code that never runs under an instance role, with the reason.
+NOT_DEPLOYED = {
+    "shared/provision.py": "creates queues/bucket for the local stack and `classifycloud provision`; "
+                           "in AWS Terraform creates them",
+    "classifycloud/local.py": "the embedded local stack (moto)",
+    "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
+}
+# Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
+NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
+                     "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus"}
+
+
+@lru_cache(maxsize=1)
+def operation_actions() -> dict[str, list[list[str]]]:
+    """snake_case method name -> candidate IAM action lists (one per service that has the operation)."""
+    session = botocore.session.get_session()
+    out: dict[str, list[list[str]]] = {}
+    for svc, prefix in SERVICES.items():
+        for op in session.get_service_model(svc).operation_names:
+            out.setdefault(xform_name(op), []).append(SPECIAL.get(op, [f"{prefix}:{op}"]))
+    for name, actions in TRANSFER.items():
+        out[name] = [actions]
+    return out
+
+
+def calls_in_source(source: str) -> set[str]:
+    """AWS operation names called in Python source: client.method(...), get_paginator('op')."""
+    ops = operation_actions()
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name = node.func.attr
+            if name in ops:
+                found.add(name)
+            if name in ("get_paginator", "get_waiter") and node.args and isinstance(node.args[0], ast.Constant):
+                found.add(node.args[0].value)
+    return found
+
+
+def scan(root: str = ROOT) -> dict[str, set[str]]:
+    """{relative path: operations} for the Python packages and the Python embedded in ami/scripts."""
+    out = {}
+    for top in SCANNED:
+        for dirpath, _, files in os.walk(os.path.join(root, top)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    found = calls_in_source(open(path, encoding="utf-8").read())
+                    if found:
+                        out[os.path.relpath(path, root)] = found
+    scripts = os.path.join(root, "ami", "scripts")
+    for name in sorted(os.listdir(scripts)) if os.path.isdir(scripts) else []:
+        text = open(os.path.join(scripts, name), encoding="utf-8").read()
+        for body in re.findall(r"<<'PY'\n(.*?)\nPY\n", text, re.S):
+            found = calls_in_source(body)
+            if found:
+                out.setdefault(f"ami/scripts/{name}", set()).update(found)
+    return out
+
+
+def roles_of(path: str) -> tuple[str, ...] | None:
+    best = max((p for p in ROLE_OF_PATH if path.startswith(p)), key=len, default=None)
+    return ROLE_OF_PATH[best] if best else None
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("tf_schema_check", os.path.join(ROOT, "tools", "tf_schema_check.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@lru_cache(maxsize=1)
+def role_statements() -> dict[str, list[dict]]:
+    """{role: [Allow statements]} from iam.tf: role policies by their role, the operator managed policy."""
+    doc = _tool().load_tf(os.path.join(TF, "iam.tf"))
+    documents = {name: body.get("statement", []) for entry in doc["data"]
+                 for rtype, named in entry.items() if rtype == "aws_iam_policy_document"
+                 for name, body in named.items()}
+    out: dict[str, list[dict]] = {}
+    for entry in doc["resource"]:
+        for rtype, named in entry.items():
+            for name, body in named.items():
+                if rtype not in ("aws_iam_role_policy", "aws_iam_policy"):
+                    continue
+                policy = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", body["policy"]).group(1)
+                if rtype == "aws_iam_role_policy":
+                    role = re.search(r'component\["(\w+)"\]', body["role"]).group(1)
+                else:
+                    role = "operator"
+                out.setdefault(role, []).extend(s for s in documents[policy] if s.get("effect", "Allow") == "Allow")
+    return out
+
+
+def granted(role: str) -> set[str]:
+    return {a for s in role_statements().get(role, []) for a in s["actions"]}
+
+
+def ungranted(found: dict[str, set[str]]) -> list[str]:
+    """'path: op -> actions not granted to role' for every call the roles do not cover."""
+    problems = []
+    for path, ops in sorted(found.items()):
+        if path in NOT_DEPLOYED:
+            continue
+        roles = roles_of(path)
+        if roles is None:
+            problems.append(f"{path}: calls {sorted(ops)} but is mapped to no role (add it to ROLE_OF_PATH)")
+            continue
+        for op in sorted(ops):
+            candidates = operation_actions()[op]
+            for role in roles:
+                if not any(set(actions) <= granted(role) for actions in candidates):
+                    problems.append(f"{path}: {op} needs {candidates} for role {role}")
+    return problems
+
+
+def test_the_scan_finds_the_calls_each_component_is_known_to_make():
+    found = scan()
+    web = set().union(*(ops for p, ops in found.items() if p.startswith("webserver/")))
+    worker = set().union(*(ops for p, ops in found.items() if p.startswith("worker/")))
+    autoscaler = set().union(*(ops for p, ops in found.items() if p.startswith("autoscaler/")))
+    assert {"send_message", "create_queue", "delete_queue", "receive_message", "put_object"} <= web
+    assert {"receive_message", "delete_message", "get_object", "put_object"} <= worker
+    assert {"run_instances", "terminate_instances", "describe_instances", "get_queue_attributes"} <= autoscaler
+    assert "put_metric_data" in found["shared/metrics.py"]
+
+
+def test_every_aws_call_in_the_code_is_granted_to_the_role_that_makes_it():
+    assert ungranted(scan()) == []
+
+
+def test_a_new_ungranted_call_is_reported(tmp_path):
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "purge.py").write_text("def drain(sqs, url):\n    sqs.purge_queue(QueueUrl=url)\n")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "extra.py").write_text("def f(s3):\n    return s3.get_paginator('list_buckets')\n")
+    problems = ungranted(scan(str(tmp_path)))
+    assert any("worker/purge.py: purge_queue needs [['sqs:PurgeQueue']] for role worker" in p for p in problems)
+    assert any("shared/extra.py" in p and "mapped to no role" in p for p in problems)
+
+
+def test_no_allow_statement_uses_a_wildcard_action_or_a_star_resource_where_iam_can_scope():
+    for role, statements in role_statements().items():
+        for s in statements:
+            assert not any("*" in a for a in s["actions"]), f"{role} {s.get('sid')}: wildcard action"
+            if "*" in s["resources"]:
+                assert set(s["actions"]) <= NO_RESOURCE_LEVEL, f"{role} {s.get('sid')}: '*' resource"
+
+
+def _statements(role: str, action: str) -> list[dict]:
+    return [s for s in role_statements()[role] if action in s["actions"]]
+
+
+def test_worker_sends_only_to_reply_queues_and_reads_only_uploads_models_results():
+    (send,) = _statements("worker", "sqs:SendMessage")
+    assert send["resources"] == ["${local.reply_queue_arns}"]
+    reads = {r for s in _statements("worker", "s3:GetObject") for r in s["resources"]}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in reads} == {"/uploads", "/models", "/results"}
+    writes = {r for s in _statements("worker", "s3:PutObject") for r in s["resources"]}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats"}
+
+
+def test_web_creates_and_deletes_only_queues_under_the_reply_prefix():
+    for action in ("sqs:CreateQueue", "sqs:DeleteQueue"):
+        (stmt,) = _statements("web", action)
+        assert stmt["resources"] == ["${local.reply_queue_arns}"]
+
+
+def test_autoscaler_launches_only_from_the_worker_template_with_pool_tags_and_terminates_only_the_pool():
+    runs = _statements("autoscaler", "ec2:RunInstances")
+    assert runs and all(
+        any(c["variable"] == "ec2:LaunchTemplate" and c["values"] == ["${aws_launch_template.worker.arn}"]
+            for c in s["condition"]) for s in runs)
+    instance = [s for s in runs if any(r.endswith(":instance/*}") or r.endswith(":instance/*") for r in s["resources"])]
+    assert instance and all(any(c["variable"] == "aws:RequestTag/${var.pool_tag_key}" for c in s["condition"])
+                            for s in instance)
+    (terminate,) = _statements("autoscaler", "ec2:TerminateInstances")
+    assert terminate["condition"][0]["variable"] == "aws:ResourceTag/${var.pool_tag_key}"
+    assert terminate["condition"][0]["values"] == ["${local.pool_tag_value}"]
+    (pass_role,) = _statements("autoscaler", "iam:PassRole")
+    assert pass_role["resources"] == ['${aws_iam_role.component["worker"].arn}']
+    (tag,) = _statements("autoscaler", "ec2:CreateTags")
+    assert tag["condition"][0]["values"] == ["RunInstances"]
+
+
+def test_metrics_may_be_put_only_into_our_namespace():
+    for role in ALL:
+        (stmt,) = _statements(role, "cloudwatch:PutMetricData")
+        assert stmt["condition"][0]["variable"] == "cloudwatch:namespace"
+        assert stmt["condition"][0]["values"] == ["${var.metrics_namespace}"]
