@@ -141,8 +141,11 @@ class ReplyListener:
                 self._stop.wait(1.0)
                 continue
             messages = resp.get("Messages", [])
-            if messages:
-                self._handle(url, messages)
+            try:
+                if messages:
+                    self._handle(url, messages)
+            except Exception:  # one bad batch must not end the only listener of this process
+                log.exception("reply queue %s: handling a batch failed", self.queue_name)
         log.info("reply listener for %s stopped", self.queue_name)
 
     def _handle(self, url: str, messages: list[dict]) -> None:
