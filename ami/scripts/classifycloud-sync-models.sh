@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
-# Copy model weights from s3://$CLASSIFYCLOUD_BUCKET/models/ to $CLASSIFYCLOUD_MODEL_DIR
-# (catalogue paths resolve against it). Skips files already present with the same size.
+# Copy model weights from s3://<bucket>/models/ to $CLASSIFYCLOUD_MODEL_DIR (catalogue
+# paths resolve against it); the bucket is the settings' (CLASSIFYCLOUD_BUCKET, else
+# "<prefix>-data"). Skips files already present with the same size.
 set -euo pipefail
 
 VENV="${VENV:-/opt/classifycloud/venv}"  # overridable for tests and other layouts
 : "${CLASSIFYCLOUD_MODEL_DIR:=/var/lib/classifycloud-worker/models}"
 export CLASSIFYCLOUD_MODEL_DIR
 
-if [ -z "${CLASSIFYCLOUD_BUCKET:-}" ]; then
-  echo "CLASSIFYCLOUD_BUCKET is not set: no weights to sync"
-  exit 0
-fi
 mkdir -p "$CLASSIFYCLOUD_MODEL_DIR"
 
 "$VENV/bin/python" - <<'PY'

@@ -1,0 +1,210 @@
+"""ami/: shellcheck, systemd-analyze verify, the Packer template, and the worker entry script for real."""
+from __future__ import annotations
+
+import configparser
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import hcl2
+import pytest
+
+from shared import naming
+from shared.aws import client
+from shared.config import Settings
+from shared.messages import Terminate
+from shared.provision import ensure_all
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AMI = os.path.join(ROOT, "ami")
+SCRIPTS = os.path.join(AMI, "scripts")
+UNITS = os.path.join(AMI, "systemd")
+UNIT_NAMES = ["classifycloud-worker.service", "classifycloud-web.service", "classifycloud-autoscaler.service"]
+SANDBOXING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+              "ProtectKernelModules": "yes", "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": ""}
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if not path:
+        pytest.fail(f"{tool} is not installed: .ci/run apt-installs it (apt-get install {tool}); install it to run "
+                    "this check")
+    return path
+
+
+def _scripts() -> list[str]:
+    out = []
+    for dirpath, _, files in os.walk(AMI):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as fh:
+                head = fh.readline()
+            if name.endswith(".sh") or head.startswith(b"#!") and b"sh" in head:
+                out.append(path)
+    return sorted(out)
+
+
+def _unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    parser.optionxform = str
+    parser.read(os.path.join(UNITS, name))
+    return parser
+
+
+def test_shellcheck_passes_on_every_script_in_ami():
+    scripts = _scripts()
+    assert len(scripts) >= 6
+    r = subprocess.run([_need("shellcheck"), "-x", "-S", "style", *scripts], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_scripts_are_executable_and_strict():
+    for path in _scripts():
+        assert os.access(path, os.X_OK), f"{path} is not executable"
+        text = open(path).read()
+        assert text.startswith("#!/usr/bin/env bash\n"), path
+        assert "set -euo pipefail" in text or "set -uo pipefail" in text, path
+
+
+def test_systemd_analyze_verify_accepts_the_units_in_an_image_like_tree(tmp_path):
+    analyze = _need("systemd-analyze")
+    root = tmp_path / "root"
+    system = root / "etc" / "systemd" / "system"
+    bin_dir = root / "opt" / "classifycloud" / "bin"
+    venv_bin = root / "opt" / "classifycloud" / "venv" / "bin"
+    for d in (system, bin_dir, venv_bin, root / "lib" / "systemd"):
+        d.mkdir(parents=True)
+    # the host's own units (targets the ours depend on) and ours, as install.sh lays them out
+    if os.path.isdir("/lib/systemd/system"):
+        shutil.copytree("/lib/systemd/system", root / "lib" / "systemd" / "system", symlinks=True)
+    for name in UNIT_NAMES:
+        shutil.copy(os.path.join(UNITS, name), system / name)
+    for name in os.listdir(SCRIPTS):
+        shutil.copy(os.path.join(SCRIPTS, name), bin_dir / name)
+    shutil.copy(os.path.join(os.path.dirname(sys.executable), "classifycloud"), venv_bin / "classifycloud")
+    r = subprocess.run([analyze, "verify", "--man=no", f"--root={root}", *UNIT_NAMES], capture_output=True, text=True)
+    # verify exits 0 on unknown keys and bad values; it only warns, so any output is a failure
+    assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+
+
+def test_worker_unit_restarts_on_failure_outlasts_a_batch_and_is_sandboxed():
+    unit = _unit("classifycloud-worker.service")["Service"]
+    assert unit["Restart"] == "on-failure"
+    assert int(unit["TimeoutStopSec"]) > Settings().visibility_timeout_s  # the worst batch holds its messages this long
+    assert unit["KillMode"] == "mixed"  # SIGTERM to the entry script only; it forwards to the worker
+    assert unit["ExecStart"] == "/opt/classifycloud/bin/classifycloud-worker-entry.sh"
+    assert unit["ExecStopPost"] == "+/opt/classifycloud/bin/classifycloud-poweroff-if-terminated.sh"
+    assert unit["User"] == "classifycloud"
+
+
+@pytest.mark.parametrize("name", UNIT_NAMES)
+def test_every_unit_runs_unprivileged_with_sandboxing(name):
+    unit = _unit(name)
+    service = unit["Service"]
+    for key, value in SANDBOXING.items():
+        assert service.get(key) == value, f"{name}: {key}"
+    assert service["User"] == "classifycloud" and unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_install_script_installs_every_unit_and_helper_the_units_name():
+    install = open(os.path.join(SCRIPTS, "install.sh")).read()
+    for name in UNIT_NAMES:
+        assert name in install and os.path.exists(os.path.join(UNITS, name))
+    for helper in ("classifycloud-worker-entry", "classifycloud-poweroff-if-terminated", "classifycloud-sync-models"):
+        assert helper in install and os.path.exists(os.path.join(SCRIPTS, helper + ".sh"))
+
+
+def test_packer_template_parses_and_builds_from_a_deep_learning_gpu_ubuntu_ami():
+    with open(os.path.join(AMI, "classifycloud.pkr.hcl")) as fh:
+        doc = hcl2.load(fh)
+    source = doc["source"][0]
+    (kind,) = source
+    assert kind.strip('"') == "amazon-ebs"
+    body = next(iter(source[kind].values()))
+    variables = {k.strip('"'): v for block in doc["variable"] for k, v in block.items()}
+    name_filter = variables["source_ami_name"]["default"]
+    assert "Deep Learning Base" in name_filter and "GPU" in name_filter and "Ubuntu" in name_filter
+    ami_filter = body["source_ami_filter"][0]
+    assert ami_filter["owners"] == ['"amazon"'] or ami_filter["owners"] == ["amazon"]
+    assert body["encrypt_boot"] is True
+    assert body["metadata_options"][0]["http_tokens"].strip('"') == "required"
+    build = doc["build"][0]
+    scripts = [s for p in build["provisioner"] for kind, spec in p.items() if kind.strip('"') == "shell"
+               for s in spec["scripts"]]
+    for script in scripts:
+        rel = script.strip('"').replace("${path.root}/", "")
+        assert os.path.exists(os.path.join(AMI, rel)), script
+
+
+# --- the worker entry script, running the real worker against the moto server ---------------
+
+
+@pytest.fixture
+def entry_env(settings, catalogue, tmp_path):
+    """Provisioned queues, a weights object under models/, and the environment the unit gives the entry script."""
+    s = settings.replace(services=("imagenet",), wait_time_s=1, heartbeat_interval_s=0.5,
+                         terminate_check_interval_s=0.3, instance_id="i-" + uuid.uuid4().hex[:12])
+    urls = ensure_all(s, catalogue)
+    s3 = client("s3", s)
+    s3.put_object(Bucket=s.bucket_name, Key="models/extra/weights.bin", Body=b"weights" * 100)
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {**os.environ, **s.to_env(), "CLASSIFYCLOUD_DEVICE": "cpu",
+           "CLASSIFYCLOUD_MODEL_DIR": str(tmp_path / "models"), "STATE_DIRECTORY": str(state),
+           "VENV": os.path.dirname(os.path.dirname(sys.executable))}
+    return {"settings": s, "env": env, "state": state, "models": tmp_path / "models", "s3": s3,
+            "sqs": client("sqs", s), "terminate": urls["__terminate__"], "log": tmp_path / "entry.log"}
+
+
+@pytest.fixture
+def entry(entry_env):
+    """The entry script started as the unit starts it; killed at the end if still running."""
+    log = open(entry_env["log"], "wb")
+    proc = subprocess.Popen(["bash", os.path.join(SCRIPTS, "classifycloud-worker-entry.sh")], cwd=ROOT,
+                            env=entry_env["env"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    yield proc
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    log.close()
+
+
+def _wait_ready(entry_env, proc, timeout=180):
+    s = entry_env["settings"]
+    key = naming.heartbeat_key(s.instance_id)
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, entry_env["log"].read_text()
+        if entry_env["s3"].list_objects_v2(Bucket=s.bucket_name, Prefix=key).get("KeyCount", 0):
+            return
+        time.sleep(0.3)
+    raise AssertionError("worker not ready:\n" + entry_env["log"].read_text())
+
+
+@pytest.mark.slow
+def test_entry_script_syncs_weights_and_requests_power_off_after_a_terminate_message(entry_env, entry):
+    _wait_ready(entry_env, entry)
+    assert (entry_env["models"] / "extra" / "weights.bin").read_bytes() == b"weights" * 100
+    entry_env["sqs"].send_message(QueueUrl=entry_env["terminate"], MessageBody=Terminate().to_json())
+    assert entry.wait(120) == 0, entry_env["log"].read_text()
+    assert (entry_env["state"] / "poweroff-requested").exists()
+    assert "requesting power-off" in entry_env["log"].read_text()
+
+
+@pytest.mark.slow
+def test_entry_script_does_not_request_power_off_when_systemd_stops_it(entry_env, entry):
+    _wait_ready(entry_env, entry)
+    entry.send_signal(signal.SIGTERM)  # KillMode=mixed: systemd signals the entry script only
+    entry.wait(120)
+    assert not (entry_env["state"] / "poweroff-requested").exists(), entry_env["log"].read_text()
+    assert "requesting power-off" not in entry_env["log"].read_text()
+
+
+def test_poweroff_helper_does_nothing_without_the_marker(tmp_path):
+    r = subprocess.run(["bash", os.path.join(SCRIPTS, "classifycloud-poweroff-if-terminated.sh")],
+                       env={**os.environ, "STATE_DIRECTORY": str(tmp_path)}, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "" and list(tmp_path.iterdir()) == []
