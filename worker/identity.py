@@ -15,8 +15,18 @@ IMDS = "http://169.254.169.254"
 IMDS_TIMEOUT_S = 0.3   # off EC2 nothing answers: fail fast
 
 
-def from_imds(timeout: float = IMDS_TIMEOUT_S, base: str = IMDS) -> str | None:
+def imds_base() -> str | None:
+    """The metadata endpoint, by the SDK's variables (AWS_EC2_METADATA_SERVICE_ENDPOINT / _DISABLED)."""
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true":
+        return None
+    return os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS).rstrip("/")
+
+
+def from_imds(timeout: float = IMDS_TIMEOUT_S, base: str | None = None) -> str | None:
     """The EC2 instance id via IMDSv2 (token PUT, then GET), or None when not on EC2."""
+    base = base or imds_base()
+    if base is None:
+        return None
     http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=timeout, read=timeout), retries=False)
     try:
         token = http.request("PUT", f"{base}/latest/api/token",
