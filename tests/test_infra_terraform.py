@@ -196,3 +196,14 @@ def test_alarms_cover_dlq_oldest_request_and_5xx_rate_and_a_dashboard_exists():
     assert ("aws_cloudwatch_dashboard", "main") in res
     groups = res[("aws_cloudwatch_log_group", "component")]
     assert groups["retention_in_days"] == "${var.log_retention_days}"
+
+
+def test_example_tfvars_sets_only_declared_variables_and_the_required_ami_id():
+    import hcl2
+    with open(os.path.join(TF, "examples", "terraform.tfvars.example")) as fh:
+        example = hcl2.load(fh)
+    keys = {k for k in example if not k.startswith("__")}
+    variables = _variables()
+    assert keys <= set(variables), f"undeclared: {sorted(keys - set(variables))}"
+    required = {name for name, body in variables.items() if "default" not in body}
+    assert required == {"ami_id"} and "ami_id" in keys
