@@ -31,6 +31,10 @@ test: install $(TOOLS)/.installed
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
 
+# The offline infrastructure checks alone (fmt, schema, checkov, shellcheck, systemd, cross-checks).
+lint-infra: install $(TOOLS)/.installed
+	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra tests/test_infra_terraform.py tests/test_infra_crosscheck.py tests/test_infra_iam.py tests/test_infra_ami.py
+
 bench: install
 	$(PY) bench/worker_throughput.py
 	$(PY) bench/autoscale_sim.py

@@ -207,3 +207,17 @@ def test_example_tfvars_sets_only_declared_variables_and_the_required_ami_id():
     assert keys <= set(variables), f"undeclared: {sorted(keys - set(variables))}"
     required = {name for name, body in variables.items() if "default" not in body}
     assert required == {"ami_id"} and "ami_id" in keys
+
+
+def test_deploy_guide_names_only_outputs_files_and_variables_that_exist():
+    guide = open(os.path.join(ROOT, "docs", "DEPLOY.md")).read()
+    outputs = {n for block in _tool().load_tf(os.path.join(TF, "outputs.tf"))["output"] for n in block}
+    named = set(re.findall(r"terraform output (?:-raw )?(\w+)", guide)) | set(re.findall(r"`(\w+)` output", guide))
+    assert named and named <= outputs, sorted(named - outputs)
+    for path in ("ami/classifycloud.pkr.hcl", "infra/terraform/examples/terraform.tfvars.example",
+                 "classifycloud/samples/chelsea.jpg", "shared/services.yaml"):
+        assert os.path.exists(os.path.join(ROOT, path)) and os.path.basename(path) in guide
+    variables = _variables()
+    for var in set(re.findall(r"`(\w+)` \(default", guide)) | {"min_workers", "alarm_email", "ami_id"}:
+        assert var in variables and var in guide
+    assert "g4dn.xlarge" in guide and "$0.526/h" in guide and "terraform destroy" in guide
