@@ -7,6 +7,8 @@ import signal
 import threading
 import time
 
+from botocore.exceptions import ClientError
+
 from shared import naming
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
@@ -23,7 +25,11 @@ from worker.terminate import TerminateWatch
 log = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_NOTHING_TO_HOST = 2
+EXIT_CANNOT_START = 2
+
+
+class StartupError(RuntimeError):
+    """The worker cannot start: unknown services, nothing loadable, or missing queues."""
 
 
 class Worker:
@@ -59,8 +65,11 @@ class Worker:
         if install_signals is None:
             install_signals = threading.current_thread() is threading.main_thread()
         try:
-            if not self.startup():
-                return EXIT_NOTHING_TO_HOST
+            try:
+                self.startup()
+            except StartupError as exc:
+                log.error("worker cannot start: %s", exc)
+                return EXIT_CANNOT_START
             if install_signals:
                 self._install_signals()
             self.ready.set()
@@ -89,24 +98,36 @@ class Worker:
             self._stop.set()
 
     # --- stages ------------------------------------------------------------------
-    def startup(self) -> bool:
-        """Load models, resolve queues, start consumers, heartbeat and metrics; False when nothing can be hosted."""
+    def startup(self) -> None:
+        """Load models, resolve queues, start consumers, heartbeat and metrics; StartupError when it cannot."""
         s = self.settings
         self.instance_id = instance_id(s)
         self.sqs = client("sqs", s)
         self.s3 = client("s3", s)
-        if self.registry is None:
+        registry = self.registry
+        if registry is None:
             from worker.models.registry import ModelRegistry
-            self.registry = ModelRegistry(self.catalogue, s).load()
+            registry = ModelRegistry(self.catalogue, s)
+        try:
+            wanted = registry.wanted()
+        except ValueError as exc:  # unknown service names
+            raise StartupError(str(exc)) from None
+        urls = {}
+        for svc in wanted:  # before loading models: a missing queue fails in a second, not after a download
+            name = naming.request_queue(s.prefix, svc)
+            try:
+                urls[svc] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+            except ClientError as exc:
+                raise StartupError(f"request queue {name} not found ({exc}); provision it first") from None
+        if self.registry is None:
+            self.registry = registry.load()
         if self.engine is None:
             from worker.models.engine import InferenceEngine
             self.engine = InferenceEngine(self.registry, s.decode_threads)
         hosted = self.registry.hosted()
         if not hosted:
-            log.error("worker %s hosts no service: %s", self.instance_id, self.registry.unavailable or "none wanted")
-            return False
-        for svc in hosted:
-            self.queue_urls[svc] = self.sqs.get_queue_url(QueueName=naming.request_queue(s.prefix, svc))["QueueUrl"]
+            raise StartupError(f"no service can be hosted: {self.registry.unavailable or 'none wanted'}")
+        self.queue_urls = {svc: urls[svc] for svc in hosted if svc in urls}
         try:
             term_url = self.sqs.get_queue_url(QueueName=naming.terminate_queue(s.prefix))["QueueUrl"]
         except Exception as exc:
@@ -125,7 +146,6 @@ class Worker:
                                    self.buffer.held)
         self.heartbeat.beat()
         self.heartbeat.start()
-        return True
 
     def handle(self, batch: list) -> None:
         """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
