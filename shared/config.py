@@ -55,7 +55,7 @@ class Settings:
     heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
     # inference engine (worker/models): speed knobs; fp16/bf16 shift scores slightly
     precision: str = "auto"                   # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
-    channels_last: bool = True                # NHWC memory format on CUDA (tensor cores); ignored on CPU
+    channels_last: bool = True                # NHWC memory format: tensor cores on CUDA, oneDNN on CPU
     compile_mode: str = ""                    # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
     onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> its default (all cores)
     weights_cache: str = ""                   # where s3:// weights are downloaded; "" -> <tmp>/classifycloud-weights

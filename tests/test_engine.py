@@ -141,9 +141,10 @@ def test_unknown_threshold_answers_a_single_unknown_with_the_top1_score(two_serv
     gated = ImageClassifier(strict, handler.settings, handler.device)
     gated.backend, gated.labels = handler.backend, handler.labels  # same model, stricter threshold
     cat, coffee = gated.classify([decode_image(sample_bytes["chelsea"]), decode_image(sample_bytes["coffee"])])
-    plain = handler.classify([decode_image(sample_bytes["chelsea"])])[0]
-    assert plain[0]["score"] < 0.5
-    assert cat == [{"label": "Unknown", "index": -1, "score": plain[0]["score"]}]
+    plain = handler.classify([decode_image(sample_bytes["chelsea"]), decode_image(sample_bytes["coffee"])])[0]
+    assert plain[0]["index"] == 285 and plain[0]["score"] < 0.5
+    assert len(cat) == 1 and (cat[0]["label"], cat[0]["index"]) == ("Unknown", -1)
+    assert cat[0]["score"] == pytest.approx(plain[0]["score"], abs=1e-5)
     assert coffee[0]["label"] == "espresso" and len(coffee) == 5
 
 

@@ -41,7 +41,7 @@ class TorchBackend:
         self.settings = settings
         self.device = device
         self.dtype = resolve_precision(settings.precision, device)
-        self.channels_last = settings.channels_last and device.type == "cuda"
+        self.channels_last = settings.channels_last
         self.compiled = bool(settings.compile_mode)
         self.model: torch.nn.Module | None = None
         self.version = ""
