@@ -288,3 +288,16 @@ def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
         consumer.join(5)
     assert release(stack.sqs, batch + left) == 3
     assert stack.counts() == (10, 0)
+
+
+def test_worker_publishes_its_metrics_per_service(stack, model, sample_bytes):
+    stack.request(stack.upload("uploads/m-ok", sample_bytes["coffee"]), "m-ok")
+    stack.request(stack.upload("uploads/m-bad", b"not an image"), "m-bad")
+    namespace = f"cc-test-{stack.settings.prefix}"
+    assert run_burst(stack.worker(model, metrics_enabled=True, metrics_namespace=namespace)) == 0
+    cw = client("cloudwatch", stack.settings)
+    found = {(m["MetricName"], tuple(sorted((d["Name"], d["Value"]) for d in m["Dimensions"])))
+             for m in cw.list_metrics(Namespace=namespace)["Metrics"]}
+    for name in ("QueueWait", "FetchTime", "InferenceTime", "TotalTime", "BatchSize", "Images"):
+        assert (name, (("Service", "imagenet"),)) in found
+    assert ("Errors", (("Code", "invalid_image"), ("Service", "imagenet"))) in found
