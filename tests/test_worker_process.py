@@ -170,3 +170,22 @@ def test_sigkilled_worker_request_is_answered_by_another_worker(env, procs, tmp_
     assert got["survivor"].status == "ok" and got["survivor"].worker == "rescuer"
     assert got["survivor"].results[0]["index"] in CATS
     assert _counts(sqs, env["queue"]) == (0, 0)
+
+
+def test_a_second_sigterm_exits_at_once_without_finishing_the_batch(env, procs, tmp_path):
+    sqs = env["sqs"]
+    with ImageServer() as images:
+        sqs.send_message(QueueUrl=env["queue"], MessageBody=Request(
+            id="stuck", service="imagenet", image={"url": images.base + "/hold/chelsea.jpg"},
+            reply_to=env["reply"]).to_json())
+        p = Proc(env["settings"], tmp_path / "w.log", "w-twice")
+        procs.append(p)
+        _wait(images.held_once.is_set, 120, "the worker never fetched the image")
+        p.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert p.popen.poll() is None          # first: still finishing the held batch
+        p.popen.send_signal(signal.SIGTERM)
+        assert p.popen.wait(30) == 1, p.log()  # second: gone while the fetch still hangs
+        assert not images.release.is_set()
+    assert _replies(sqs, env["reply"], 1, 2) == {}
+    assert _counts(sqs, env["queue"]) == (0, 1)  # not lost: it returns after the visibility timeout
