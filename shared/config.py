@@ -83,7 +83,8 @@ class Settings:
     qos: float = 0.9                          # classifycloud policy: QUALITY_OF_SERVICE (messages per worker)
     scaling_factor: float = 1.0               # classifycloud policy: SCALING_FACTOR
     target_utilization: float = 0.75          # backlog policy: keep busy workers <= this share of the fleet
-    scale_in_step_s: float = 10.0             # backlog policy: pause between scale-in steps (terminates take effect)
+    scale_in_step_s: float = 0.0              # backlog policy: pause between scale-in steps (0: every tick, so
+                                              # with tick_s <= terminate_expiry_s a fresh terminate always waits)
     service_time_refresh_s: float = 60.0      # refine seconds_per_request from worker metrics this often
     service_time_alpha: float = 0.3           # EWMA weight of a new service-time observation
     pending_timeout_s: float = 600.0          # ec2 fleet: replace an instance pending longer than this

@@ -1,0 +1,284 @@
+"""Discrete-event simulation of queues, workers, the terminate protocol and a scaling controller."""
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from autoscaler.policy import QueueStats
+from autoscaler.sim.traces import Trace
+
+ARRIVAL, SNAPSHOT, TICK, RUNNING, READY, DONE, CHECK, BEAT, REQUEUE = range(9)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The simulated system (defaults: the design's settings; boot from the issue)."""
+
+    tick_s: float = 5.0
+    min_workers: int = 1
+    max_workers: int = 19
+    latency_budget_s: float = 10.0
+    boot_s: tuple[float, float] = (40.0, 90.0)     # launch -> worker ready, uniform (GPU cold start + model load)
+    pending_s: float = 20.0                        # launch -> EC2 state "running" (part of boot_s)
+    sqs_staleness_s: float = 5.0                   # queue attributes lag reality by this much
+    client_timeout_s: float = 120.0
+    heartbeat_s: float = 10.0
+    terminate_every: int = 5
+    terminate_interval_s: float = 20.0
+    check_jitter_s: float = 0.5                    # the worker loop notices a due check within its 0.5 s wait
+    terminate_expiry_s: float = 5.0
+    visibility_timeout_s: float = 60.0
+    scale_in_window_s: float = 60.0
+    scale_in_fraction: float = 0.5
+    scale_in_step_s: float = 0.0
+    target_utilization: float = 0.75
+    drain_s: float = 900.0                         # keep simulating after the trace for the queues to empty
+    instance_limit: int = 20                       # account quota on instances (the paper's free tier: 20)
+
+
+@dataclass
+class Worker:
+    """One simulated instance + worker process."""
+
+    id: int
+    launched_at: float
+    ready_at: float
+    initial: bool = False
+    state: str = "pending"          # pending -> booting (EC2 running) -> idle <-> busy -> gone
+    batch: list = field(default_factory=list)
+    batch_service: str = ""
+    gen: int = 0                    # invalidates scheduled events of a killed/reused worker
+    handled: int = 0                # requests since the last terminate check
+    last_check: float = 0.0
+    hb_idle: bool | None = None     # what its last heartbeat said
+    ever_busy: bool = False
+    ended_at: float | None = None
+
+
+class Simulation:
+    """Runs one trace under one controller; results in .latency, .samples, .workers."""
+
+    def __init__(self, trace: Trace, controller, cfg: SimConfig = SimConfig(), seed: int = 0):
+        self.trace, self.controller, self.cfg = trace, controller, cfg
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._heap: list = []
+        self._seq = 0
+        self.services = list(trace.services)
+        self.queue: dict[str, deque] = {s: deque() for s in self.services}
+        self.held: dict[str, int] = {s: 0 for s in self.services}
+        self.arrival = [t for t, _ in trace.arrivals]
+        self.service_of = [s for _, s in trace.arrivals]
+        self.finish = [math.nan] * len(trace.arrivals)
+        self.workers: list[Worker] = []
+        self.idle: list[Worker] = []
+        self.terminates: deque = deque()              # issued_at of terminate messages in the queue
+        self.snapshot: list[QueueStats] = [QueueStats(s) for s in self.services]
+        self.samples: list[tuple] = []                # (t, visible, in_flight, running, pending)
+        self.first_backlog: float | None = None
+        self.first_new_busy: float | None = None
+        self.terminates_sent = self.terminates_taken = self.terminates_stale = 0
+        self.launch_refused = 0
+
+    # --- event plumbing ----------------------------------------------------------------
+    def at(self, t: float, kind: int, payload=None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, kind, payload))
+
+    def run(self) -> "Simulation":
+        """Simulate to the end of the trace plus the drain time (or until all is answered)."""
+        for i, t in enumerate(self.arrival):
+            self.at(t, ARRIVAL, i)
+        for _ in range(self.cfg.min_workers):
+            self._new_worker(ready_at=0.0, initial=True)
+        period = getattr(self.controller, "period_s", self.cfg.tick_s)
+        staleness = getattr(self.controller, "staleness_s", self.cfg.sqs_staleness_s)
+        end = self.trace.duration_s + self.cfg.drain_s
+        t = period
+        while t <= end:
+            self.at(max(0.0, t - staleness), SNAPSHOT)
+            self.at(t, TICK)
+            t += period
+        self.controller.start(self)
+        handlers = {ARRIVAL: self._arrival, SNAPSHOT: self._snapshot, TICK: self._tick, RUNNING: self._running,
+                    READY: self._ready, DONE: self._done, CHECK: self._check_event, BEAT: self._beat,
+                    REQUEUE: self._requeue}
+        while self._heap:
+            t, _, kind, payload = heapq.heappop(self._heap)
+            if t > end:
+                break
+            self.now = t
+            handlers[kind](payload)
+        self.now = end
+        for w in self.workers:
+            if w.ended_at is None:
+                w.ended_at = end
+        return self
+
+    # --- what the controller sees and does ------------------------------------------------
+    def observe(self) -> tuple[list[QueueStats], dict]:
+        """Queue stats as of the last (stale) snapshot and the fleet now (idle from heartbeats)."""
+        alive = [w for w in self.workers if w.state != "gone"]
+        fleet = {"running": sum(w.state in ("booting", "idle", "busy") for w in alive),
+                 "pending": sum(w.state == "pending" for w in alive),
+                 "idle": sum(bool(w.hb_idle) for w in alive if w.state in ("idle", "busy")),
+                 "stopping": 0}
+        return list(self.snapshot), fleet
+
+    def launch(self, n: int) -> None:
+        """Start n instances (boot delay drawn per instance)."""
+        lo, hi = self.cfg.boot_s
+        allowed = max(0, min(n, self.cfg.instance_limit - len(self.alive())))   # the quota refuses the rest
+        self.launch_refused += max(0, n) - allowed
+        for _ in range(allowed):
+            self._new_worker(ready_at=self.now + self.rng.uniform(lo, hi))
+
+    def send_terminates(self, n: int) -> None:
+        """n terminate messages stamped now."""
+        self.terminates.extend([self.now] * n)
+        self.terminates_sent += n
+
+    def kill(self, w: Worker) -> None:
+        """Terminate an instance now (EC2 scale-in); what it held reappears after the visibility timeout."""
+        if w.state == "gone":
+            return
+        if w.batch:
+            self.held[w.batch_service] -= len(w.batch)
+            self.at(self.now + self.cfg.visibility_timeout_s, REQUEUE, list(w.batch))
+            w.batch = []
+        self._end(w)
+
+    def queue_has_work(self) -> bool:
+        """True while any request waits in a queue."""
+        return any(self.queue.values())
+
+    def alive(self) -> list[Worker]:
+        """Workers not gone."""
+        return [w for w in self.workers if w.state != "gone"]
+
+    # --- handlers --------------------------------------------------------------------------
+    def _new_worker(self, ready_at: float, initial: bool = False) -> Worker:
+        w = Worker(id=len(self.workers), launched_at=self.now, ready_at=ready_at, initial=initial)
+        self.workers.append(w)
+        if ready_at <= self.now:
+            w.state = "booting"
+            self._ready(w)
+        else:
+            self.at(min(ready_at, self.now + self.cfg.pending_s), RUNNING, (w, w.gen))
+            self.at(ready_at, READY, w)
+        return w
+
+    def _running(self, payload) -> None:
+        w, gen = payload
+        if w.gen == gen and w.state == "pending":
+            w.state = "booting"
+
+    def _ready(self, w: Worker) -> None:
+        if w.state == "gone":
+            return
+        w.state, w.last_check = "idle", self.now
+        self.idle.append(w)
+        self.at(self.now + self.rng.uniform(0, self.cfg.heartbeat_s), BEAT, (w, w.gen))
+        self._schedule_check(w)
+        self._dispatch()
+
+    def _arrival(self, i: int) -> None:
+        self.queue[self.service_of[i]].append(i)
+        self._dispatch()
+
+    def _requeue(self, ids: list) -> None:
+        for i in ids:
+            self.queue[self.service_of[i]].appendleft(i)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self.idle:
+            heads = [(q[0], s) for s, q in self.queue.items() if q]
+            if not heads:
+                return
+            _, service = min((self.arrival[i], s) for i, s in heads)
+            w = self.idle.pop()
+            model = self.trace.services[service]
+            q = self.queue[service]
+            batch = [q.popleft() for _ in range(min(model.batch_max, len(q)))]
+            w.state, w.batch, w.batch_service = "busy", batch, service
+            self.held[service] += len(batch)
+            took = model.batch_overhead_s + sum(
+                model.seconds_per_request * self.rng.lognormvariate(0, model.jitter) for _ in batch)
+            if not w.ever_busy and self.first_new_busy is None and self.first_backlog is not None:
+                self.first_new_busy = self.now
+            w.ever_busy = True
+            self.at(self.now + took, DONE, (w, w.gen))
+
+    def _done(self, payload) -> None:
+        w, gen = payload
+        if w.gen != gen or w.state != "busy":
+            return
+        for i in w.batch:
+            self.finish[i] = self.now
+        self.held[w.batch_service] -= len(w.batch)
+        w.handled += len(w.batch)
+        w.batch = []
+        w.state = "idle"
+        if w.handled >= self.cfg.terminate_every or self.now - w.last_check >= self.cfg.terminate_interval_s:
+            if self._check_terminate(w):
+                return
+        self.idle.append(w)
+        self._dispatch()
+
+    def _schedule_check(self, w: Worker) -> None:
+        self.at(w.last_check + self.cfg.terminate_interval_s + self.rng.uniform(0, self.cfg.check_jitter_s),
+                CHECK, (w, w.gen, w.last_check))
+
+    def _check_event(self, payload) -> None:
+        w, gen, stamp = payload
+        if w.gen != gen or w.state == "gone" or w.last_check != stamp:
+            return
+        if w.state == "idle":
+            self._check_terminate(w)          # taken: _end() removed it from the idle list
+        # busy: the interval is over, so it checks as soon as its batch is done
+
+    def _check_terminate(self, w: Worker) -> bool:
+        """The worker's terminate check: drop stale messages, take one fresh one (then exit)."""
+        w.handled, w.last_check = 0, self.now
+        expiry = getattr(self.controller, "terminate_expiry_s", self.cfg.terminate_expiry_s)
+        while self.terminates and self.now - self.terminates[0] > expiry:
+            self.terminates.popleft()
+            self.terminates_stale += 1
+        if self.terminates:
+            self.terminates.popleft()
+            self.terminates_taken += 1
+            self._end(w)
+            return True
+        self._schedule_check(w)
+        return False
+
+    def _end(self, w: Worker) -> None:
+        if w in self.idle:
+            self.idle.remove(w)
+        w.state, w.ended_at, w.hb_idle = "gone", self.now, None
+        w.gen += 1
+
+    def _beat(self, payload) -> None:
+        w, gen = payload
+        if w.gen != gen or w.state == "gone":
+            return
+        w.hb_idle = w.state == "idle"
+        self.at(self.now + self.cfg.heartbeat_s, BEAT, (w, w.gen))
+
+    def _snapshot(self, _=None) -> None:
+        if self.first_backlog is None:
+            waiting = sum(len(q) * self.trace.services[s].seconds_per_request for s, q in self.queue.items())
+            ready = sum(w.state in ("idle", "busy") for w in self.workers)
+            if waiting > self.cfg.latency_budget_s * max(1, ready):
+                self.first_backlog = self.now       # more work waits than the ready fleet drains in budget
+        self.snapshot = [QueueStats(s, visible=len(self.queue[s]), in_flight=self.held[s]) for s in self.services]
+
+    def _tick(self, _=None) -> None:
+        alive = self.alive()
+        self.samples.append((self.now, sum(len(q) for q in self.queue.values()), sum(self.held.values()),
+                             sum(w.state != "pending" for w in alive), sum(w.state == "pending" for w in alive)))
+        self.controller.tick(self, self.now)
