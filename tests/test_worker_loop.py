@@ -301,3 +301,25 @@ def test_worker_publishes_its_metrics_per_service(stack, model, sample_bytes):
     for name in ("QueueWait", "FetchTime", "InferenceTime", "TotalTime", "BatchSize", "Images"):
         assert (name, (("Service", "imagenet"),)) in found
     assert ("Errors", (("Code", "invalid_image"), ("Service", "imagenet"))) in found
+
+
+def test_consumer_survives_a_dead_endpoint_and_gives_its_slots_back(stack):
+    import boto3
+    from botocore.config import Config
+    from test_worker_identity import free_port
+    dead = boto3.session.Session().client(
+        "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    buffer = MessageBuffer(3)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, share=3, sqs=dead)
+    consumer.start()
+    try:
+        time.sleep(1.5)
+        assert consumer.is_alive() and consumer.received == 0
+        assert not buffer.quiescent()          # a failing receive is not an empty queue
+        assert buffer.reserve(3, timeout=5) == 3
+    finally:
+        consumer.stop()
+        buffer.close()
+        consumer.join(5)
+    assert not consumer.is_alive()

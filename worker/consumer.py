@@ -75,6 +75,12 @@ class MessageBuffer:
             self._cond.notify_all()
             return True
 
+    def unreserve(self, n: int) -> None:
+        """Give back slots of a receive that failed (says nothing about the queue being empty)."""
+        with self._cond:
+            self._reserved -= n
+            self._cond.notify_all()
+
     def take_batch(self, max_size: int, max_wait_s: float, timeout: float) -> list[Held]:
         """Messages of one service (the oldest one's), up to max_size; waits max_wait_s for more."""
         with self._cond:
@@ -187,7 +193,7 @@ class Consumer(threading.Thread):
                     QueueUrl=self.queue_url, MaxNumberOfMessages=n, WaitTimeSeconds=self.settings.wait_time_s,
                     MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
             except Exception as exc:
-                self.buffer.put(self.name, n, [])
+                self.buffer.unreserve(n)
                 log.warning("receive from %s failed: %s (retrying in %.1fs)", self.queue_url, exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 20.0)
