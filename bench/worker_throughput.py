@@ -148,6 +148,10 @@ def bench_model(name: str, args, settings: Settings, device: torch.device, jpegs
         configs.append(({**base, "path": "JPEG bytes -> label (InferenceEngine.run)", "backend": "torch",
                          "precision": str(torch_backend.dtype).replace("torch.", ""), "batch": bs},
                         lambda: engine.run(spec.name, data, [5] * bs), bs))
+        # The decode bound: the same batch through decode + preprocess only (the engine's thread pool).
+        configs.append(({**base, "path": f"JPEG decode+preprocess only ({settings.decode_threads} threads)",
+                         "backend": "-", "precision": "-", "batch": bs},
+                        lambda: list(engine.pool.map(lambda b: engine._prepare(handler, b), data)), bs))
 
     # Interleaved rounds: on a shared machine, load changes over time; every config sees each phase.
     lat: list[list[float]] = [[] for _ in configs]
@@ -176,12 +180,12 @@ def _forward(backend, x: torch.Tensor):
 
 
 def _fmt(row: dict) -> str:
-    return (f"{row['model']:<19}{row['weights']:<7}{row['path'][:34]:<35}{row['backend']:<12}{row['precision']:<9}"
+    return (f"{row['model']:<19}{row['weights']:<7}{row['path'][:40]:<41}{row['backend']:<12}{row['precision']:<9}"
             f"{row['batch']:>5}{row['images_per_s']:>10.1f}{row['p50_ms']:>10.1f}{row['p99_ms']:>10.1f}"
             f"{row['vs_seed_loop']:>8.2f}x")
 
 
-HEADER = (f"{'model':<19}{'wts':<7}{'path':<35}{'backend':<12}{'prec':<9}{'batch':>5}{'img/s':>10}"
+HEADER = (f"{'model':<19}{'wts':<7}{'path':<41}{'backend':<12}{'prec':<9}{'batch':>5}{'img/s':>10}"
           f"{'p50 ms':>10}{'p99 ms':>10}{'vs loop':>9}")
 
 
