@@ -59,7 +59,8 @@ class ServiceSpec:
             return None
         path = resolve_path(source, model_dir)
         if not os.path.exists(path):
-            return f"weights file not found: {path}"
+            what = "artefact" if self.backend in ("onnx", "tensorrt") else "weights"
+            return f"{what} file not found: {path}"
         return None
 
 

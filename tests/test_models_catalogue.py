@@ -98,3 +98,14 @@ def test_every_catalogue_architecture_builds_and_round_trips_a_saved_state_dict(
     with torch.inference_mode():
         expected = model(torch.stack([handler.preprocess(decode_image(sample_bytes["chelsea"]))])).softmax(-1)
     assert torch.allclose(probs, expected, atol=1e-5)
+
+
+def test_a_configured_but_missing_file_makes_the_service_unavailable_naming_it(local_settings, cat):
+    from shared.catalogue import Catalogue
+    base = cat["nsfw"]
+    torch_spec = dataclasses.replace(base, name="gone", weights="nowhere.pth")
+    onnx_spec = dataclasses.replace(base, name="gone-onnx", backend="onnx", artefact="nowhere.onnx")
+    registry = ModelRegistry(Catalogue({"gone": torch_spec, "gone-onnx": onnx_spec}), local_settings).load()
+    assert registry.hosted() == []
+    assert registry.unavailable["gone"] == f"weights file not found: {local_settings.model_dir}/nowhere.pth"
+    assert registry.unavailable["gone-onnx"] == f"artefact file not found: {local_settings.model_dir}/nowhere.onnx"
