@@ -8,6 +8,7 @@ Prints a table and writes JSON to bench/results/worker_throughput-<device>.json.
 
     python bench/worker_throughput.py --duration 3                       # CPU, every model
     python bench/worker_throughput.py --device cuda --batch-sizes 1,64,256 --precision fp16 --compile default
+    python bench/worker_throughput.py --render bench/results/worker_throughput-cpu.json   # markdown table
 """
 from __future__ import annotations
 
@@ -240,8 +241,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def render_markdown(path: str) -> str:
+    """A markdown table of a results JSON file (for docs/BENCHMARKS.md)."""
+    with open(path) as fh:
+        doc = json.load(fh)
+    lines = ["| model | weights | path | backend | precision | batch | img/s | p50 ms | p99 ms | vs seed loop |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in doc["rows"]:
+        lines.append(f"| {r['model']} | {r['weights']} | {r['path']} | {r['backend']} | {r['precision']} | "
+                     f"{r['batch']} | {r['images_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['vs_seed_loop']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
-    """Run the benchmark; prints the table and writes JSON."""
+    """Run the benchmark; prints the table and writes JSON (or, with --render FILE, prints markdown)."""
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--render"]:
+        print(render_markdown(argv[1]))
+        return 0
     args = parse_args(argv)
     device = pick_device(args.device)
     if args.threads:
@@ -266,7 +285,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"worker_throughput-{'cuda' if device.type == 'cuda' else 'cpu'}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    cmd = "python bench/worker_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    cmd = "python bench/worker_throughput.py " + " ".join(argv)
     with open(out, "w") as fh:
         json.dump({"environment": env, "command": cmd, "photos": list(PHOTOS), "rows": rows}, fh, indent=1)
     print(f"wrote {out}")
