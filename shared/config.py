@@ -42,7 +42,7 @@ class Settings:
 
     # --- worker -------------------------------------------------------------
     instance_id: str = ""                     # "" -> EC2 metadata (IMDSv2), else hostname-pid
-    buffer_size: int = 16                     # held messages per worker (receive only when there is room)
+    buffer_size: int = 32                     # held messages per worker; > max_batch_size so receiving overlaps inference
     max_batch_size: int = 16                  # images per inference batch
     max_batch_wait_ms: int = 5                # wait for more messages of the same service
     terminate_check_every: int = 5            # check the terminate queue every N requests ...

@@ -268,6 +268,15 @@ def test_terminate_check_is_due_after_n_requests_or_an_interval(stack):
     assert watch.check() is False and not watch.due()
 
 
+def test_an_idle_worker_checks_for_terminate_before_a_message_can_go_stale(stack):
+    settings = stack.settings.replace(terminate_check_interval_s=3600, terminate_expiry_s=0.4)
+    watch = TerminateWatch(settings, stack.sqs, stack.terminate_queue)
+    time.sleep(0.25)
+    assert watch.due(idle=True) and not watch.due(idle=False)
+    stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
+    assert watch.check() is True
+
+
 def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
     for i in range(10):
         stack.send(json.dumps({"n": i}))

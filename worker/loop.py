@@ -80,7 +80,7 @@ class Worker:
                                                self.settings.max_batch_wait_ms / 1000, timeout=0.5)
                 if batch:
                     self.handle(batch)
-                if self.terminate.due() and self.terminate.check():
+                if self.terminate.due(idle=not batch and self.buffer.held() == 0) and self.terminate.check():
                     self.stop("terminate message")
                 if burst and self.buffer.quiescent():
                     self.stop("burst: queues empty")

@@ -27,11 +27,12 @@ class TerminateWatch:
         """Count requests handled since the last check."""
         self._handled += n
 
-    def due(self) -> bool:
-        """True when a check is due."""
+    def due(self, idle: bool = False) -> bool:
+        """True when a check is due; an idle worker checks within half the expiry, before a terminate goes stale."""
         if self.queue_url is None:
             return False
-        return self._handled >= self.every or time.monotonic() - self._last >= self.interval_s
+        interval = min(self.interval_s, self.settings.terminate_expiry_s / 2) if idle else self.interval_s
+        return self._handled >= self.every or time.monotonic() - self._last >= interval
 
     def check(self) -> bool:
         """Look at the terminate queue once; True when this worker took a fresh terminate message."""
