@@ -87,7 +87,7 @@ def plot(trace_name: str, sims: dict, path: str, budget_s: float) -> str:
         idx = np.minimum((arrival / (sim.trace.duration_s + sim.cfg.drain_s) * bins).astype(int), bins - 1)
         p95 = [np.nanpercentile(lat[idx == b], 95) if np.any(idx == b) else np.nan for b in range(bins)]
         centres = (np.arange(bins) + 0.5) * (sim.trace.duration_s + sim.cfg.drain_s) / bins / scale
-        axes[2].plot(centres, p95, lw=0.9, label=name)
+        axes[2].plot(centres, p95, lw=0.9, marker=".", ms=4, label=name)
     axes[0].set_ylabel("messages (visible + in flight)")
     axes[1].set_ylabel("instances (running + pending)")
     axes[2].set_ylabel("p95 latency, s (by arrival)")
