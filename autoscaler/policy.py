@@ -8,7 +8,7 @@ call the same functions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from shared.config import Settings
@@ -179,8 +179,3 @@ def get_policy(name: str) -> Policy:
 def ewma(previous: float | None, observed: float, alpha: float) -> float:
     """Exponentially weighted moving average step (the first observation is taken as is)."""
     return observed if previous is None else alpha * observed + (1 - alpha) * previous
-
-
-def with_state(decision: Decision, **changes) -> Decision:
-    """A copy of a decision with some fields changed."""
-    return replace(decision, **changes)
