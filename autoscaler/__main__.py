@@ -68,6 +68,8 @@ def simulate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--day-hours", type=float, default=24.0, help="length of the diurnal trace")
     p.add_argument("--mean-rate", type=float, default=12.0, help="diurnal mean requests per second")
     p.add_argument("--boot", default="40,90", help="boot delay range in seconds, 'lo,hi' (uniform)")
+    p.add_argument("--idle-check", type=float, default=None,
+                   help="idle workers' terminate-check interval, s (default: the 20 s of the protocol)")
     p.add_argument("--png-dir", default="", help="write one PNG per trace here (autoscaling-<trace>.png)")
     p.add_argument("--json", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -78,7 +80,7 @@ def simulate_main(argv: list[str] | None = None) -> int:
         print(f"error: unknown trace/policy {unknown}", file=sys.stderr)
         return 2
     lo, hi = (float(x) for x in args.boot.split(","))
-    cfg = replace(SimConfig(), boot_s=(lo, hi))
+    cfg = replace(SimConfig(), boot_s=(lo, hi), idle_check_s=args.idle_check)
     results, started = [], time.monotonic()
     for name in traces:
         trace = diurnal(args.seed, args.mean_rate, args.day_hours * 3600) if name == "diurnal" else TRACES[name](args.seed)

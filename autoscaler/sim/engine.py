@@ -28,6 +28,7 @@ class SimConfig:
     heartbeat_s: float = 10.0
     terminate_every: int = 5
     terminate_interval_s: float = 20.0
+    idle_check_s: float | None = None              # idle workers' check interval (None: terminate_interval_s)
     check_jitter_s: float = 0.5                    # the worker loop notices a due check within its 0.5 s wait
     terminate_expiry_s: float = 5.0
     visibility_timeout_s: float = 60.0
@@ -223,14 +224,16 @@ class Simulation:
         w.handled += len(w.batch)
         w.batch = []
         w.state = "idle"
-        if w.handled >= self.cfg.terminate_every or self.now - w.last_check >= self.cfg.terminate_interval_s:
+        every = min(self.cfg.terminate_interval_s, self.cfg.idle_check_s or self.cfg.terminate_interval_s)
+        if w.handled >= self.cfg.terminate_every or self.now - w.last_check >= every:
             if self._check_terminate(w):
                 return
         self.idle.append(w)
         self._dispatch()
 
     def _schedule_check(self, w: Worker) -> None:
-        self.at(w.last_check + self.cfg.terminate_interval_s + self.rng.uniform(0, self.cfg.check_jitter_s),
+        every = self.cfg.idle_check_s or self.cfg.terminate_interval_s
+        self.at(w.last_check + every + self.rng.uniform(0, self.cfg.check_jitter_s),
                 CHECK, (w, w.gen, w.last_check))
 
     def _check_event(self, payload) -> None:
