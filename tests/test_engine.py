@@ -195,3 +195,26 @@ def test_concurrent_runs_return_each_request_its_own_result(engine, sample_bytes
     assert not any(t.is_alive() for t in threads)
     assert calls[0] == 24
     assert failures == []
+
+
+def test_bf16_autocast_keeps_the_top1_on_real_photos(sample_bytes):
+    from worker.models.engine import decode_image
+    from worker.models.handler import ImageClassifier
+    settings = Settings.from_env({}, metrics_enabled=False, device="cpu", precision="bf16")
+    handler = ImageClassifier(load_catalogue()["imagenet"], settings).load()
+    assert handler.backend.dtype == torch.bfloat16
+    res = handler.classify([decode_image(sample_bytes["chelsea"]), decode_image(sample_bytes["coffee"])], 3)
+    assert res[0][0]["index"] in (281, 282, 285) and res[1][0]["index"] == 967
+    assert all(r[0]["score"] <= 1.0 for r in res)
+
+
+def test_an_invalid_precision_setting_makes_services_unavailable_with_the_reason():
+    settings = Settings.from_env({}, metrics_enabled=False, device="cpu", precision="fp8")
+    registry = ModelRegistry(Catalogue({"imagenet": load_catalogue()["imagenet"]}), settings).load()
+    assert registry.hosted() == []
+    assert "precision must be auto, fp32, fp16 or bf16, not 'fp8'" in registry.unavailable["imagenet"]
+
+
+def test_compiled_batches_are_padded_to_power_of_two_buckets():
+    from worker.models.backends.torch_backend import bucket_size
+    assert [bucket_size(n) for n in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, 32]
