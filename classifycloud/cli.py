@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     level = os.environ.get("CLASSIFYCLOUD_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the embedded moto server logs every AWS call through werkzeug; keep the terminal for the user
+    for noisy in ("werkzeug", "botocore.credentials", "botocore.configprovider"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return COMMANDS[argv[0]](argv[1:])
 
 
