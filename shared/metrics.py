@@ -100,6 +100,9 @@ class MetricsPublisher:
         self.sink = sink
         self.static_dims = {k: _dim_value(v) for k, v in (static_dims or {}).items()}
         self._client = client
+        if self.enabled and self.sink != "emf" and client is None:
+            # created once, now: the endpoint this process was configured with, not whatever is set later
+            self._client = self._cw()
         self._lock = threading.Lock()
         self._buf: dict[tuple, dict[float, int]] = defaultdict(lambda: defaultdict(int))
         self._backlog: list[dict] = []

@@ -25,9 +25,15 @@ SERVICES = {"imagenet": 40, "food": 25}
 ERRORS = {"imagenet": ["image_decode_error"] * 3 + ["fetch_failed"] * 2, "food": ["fetch_failed"]}
 
 
+# moto's get_metric_data matches metrics by name and dimensions across namespaces, and its backends
+# are shared by every moto server in this process: a route of this module's own keeps other tests'
+# Requests metrics out of the totals.
+ROUTE = f"/classify-{uuid.uuid4().hex[:6]}"
+
+
 @pytest.fixture(scope="module")
 def own_moto():
-    """A moto server of this module's own (moto mixes namespaces of metrics with equal dimensions)."""
+    """A moto server for this module (moto's backends are process-wide: data stays distinct by name only)."""
     from moto.server import ThreadedMotoServer
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
@@ -65,12 +71,12 @@ def short_load(settings: Settings) -> dict[str, list[float]]:
                 code = errors.pop()
                 reply = Reply.failure(rid, service, code, "synthetic failure", timings_ms=timings, worker="w1")
                 pub.record("Errors", Service=service, Code=code)
-                pub.record("Requests", Route="/classify", Status="422")
+                pub.record("Requests", Route=ROUTE, Status="422")
             else:
                 reply = Reply.ok(rid, service, [{"label": "espresso", "index": 967, "score": 0.9}],
                                  timings_ms=timings, worker=f"w{i % 2}")
                 pub.record("Images", Service=service)
-                pub.record("Requests", Route="/classify", Status="200")
+                pub.record("Requests", Route=ROUTE, Status="200")
             s3.put_object(Bucket=settings.bucket_name, Key=result_key(rid), Body=reply.to_json().encode())
             for name, key in (("QueueWait", "queue"), ("FetchTime", "fetch"), ("InferenceTime", "inference"),
                               ("TotalTime", "total")):
@@ -124,7 +130,7 @@ def test_review_of_a_short_load_prints_the_table_and_numbers_agree_with_what_was
     totals = summary["cloudwatch_totals"]
     requests = {(t["dimensions"]["Route"], t["dimensions"]["Status"]): t["total"] for t in totals["Requests"]}
     n_err = sum(len(v) for v in ERRORS.values())
-    assert requests == {("/classify", "200"): sum(SERVICES.values()) - n_err, ("/classify", "422"): n_err}
+    assert requests == {(ROUTE, "200"): sum(SERVICES.values()) - n_err, (ROUTE, "422"): n_err}
     assert {t["dimensions"]["Service"]: t["total"] for t in totals["Timeouts"]} == {"food": 1}
     assert "cloudwatch: get_metric_data page 1" in err and "records: read 65/65" in err
 
