@@ -139,7 +139,13 @@ def backlog(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
             f"capacity={capacity} (running={fleet.running} pending={fleet.pending} "
             f"idle={idle} stopping={fleet.stopping})")
     if required > capacity:
-        return Decision(LAUNCH, required - capacity, required, head, PolicyState(None, state.last_scale_in_at))
+        # stopping workers still run (and bill) until they exit: max_workers caps every instance
+        room = cfg.max_workers - fleet.running - fleet.pending
+        if room <= 0:
+            return Decision(HOLD, 0, capacity, f"{head}: at max_workers until stopping workers exit",
+                            PolicyState(None, state.last_scale_in_at))
+        n = min(required - capacity, room)
+        return Decision(LAUNCH, n, capacity + n, head, PolicyState(None, state.last_scale_in_at))
     if floor >= capacity:
         return Decision(HOLD, 0, capacity, head, PolicyState(None, state.last_scale_in_at))
     below_since = state.below_since if state.below_since is not None else now

@@ -161,6 +161,18 @@ def test_backlog_never_exceeds_max_workers():
     assert (d.action, d.count) == (HOLD, 0) and d.desired == CFG.max_workers
 
 
+@pytest.mark.parametrize("running, pending, stopping, expected", [
+    (10, 0, 1, (HOLD, 0)),        # one is stopping but still running: no replacement beyond max
+    (9, 0, 2, (LAUNCH, 1)),       # room for one more instance, not for two
+    (4, 2, 1, (LAUNCH, 4)),
+])
+def test_backlog_counts_stopping_workers_against_max_workers(running, pending, stopping, expected):
+    fleet = FleetState(running=running, pending=pending, idle=0, stopping=stopping)
+    d = backlog([q(visible=10_000)], fleet, CFG, 0.0, PolicyState())
+    assert (d.action, d.count) == expected
+    assert running + pending + d.count <= CFG.max_workers
+
+
 def test_policies_are_selected_by_name():
     assert get_policy("backlog") is backlog and get_policy("classifycloud") is classifycloud
     with pytest.raises(ValueError, match="backlog"):
