@@ -34,7 +34,8 @@ def timeline(series: dict, records: list[Record], period_s: int, path: str) -> s
     fig, (q_ax, f_ax, l_ax) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
     drew = False
     for (name, dims, stat), pts in sorted(series.items()):
-        if name in ("QueueVisible", "QueueInFlight") and stat == "Maximum":
+        # services whose queue stayed empty would only crowd the legend
+        if name in ("QueueVisible", "QueueInFlight") and stat == "Maximum" and any(pts.values()):
             svc = dict(dims).get("Service", "?")
             drew |= _line(q_ax, pts, f"{svc} {'waiting' if name == 'QueueVisible' else 'in flight'}")
     if not drew:
