@@ -64,10 +64,27 @@ class Autoscaler:
         idle, stopping = None, 0
         try:
             hb = self.heartbeats.read()
-            idle, stopping = hb.idle, min(hb.stopping, count.running)
+            idle, stopping = hb.idle, hb.stopping
         except Exception as exc:   # without heartbeats the policy falls back to queue counts
             log.warning("autoscaler: heartbeats unreadable (%s); idle workers inferred from queues", exc)
+        # terminates sent but not yet taken will stop workers too: counting them as stopping keeps the
+        # next tick from asking more workers than intended (a taken one is deleted, and shows in heartbeats)
+        stopping = min(stopping + self.outstanding_terminates(), count.running)
         return queues, FleetState(running=count.running, pending=count.pending, idle=idle, stopping=stopping)
+
+    def outstanding_terminates(self) -> int:
+        """Terminate messages still in the queue (not yet taken or dropped by a worker)."""
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=self.terminate_url(),
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
+
+    def terminate_url(self) -> str:
+        """The terminate queue's URL (looked up once)."""
+        if self._terminate_url is None:
+            self._terminate_url = self.sqs.get_queue_url(
+                QueueName=naming.terminate_queue(self.settings.prefix))["QueueUrl"]
+        return self._terminate_url
 
     def tick(self) -> TickResult | None:
         """One decision; an AWS (or any) error skips the tick and returns None."""
@@ -98,15 +115,12 @@ class Autoscaler:
 
     def send_terminates(self, n: int) -> int:
         """n terminate messages stamped now (one message stops one worker; stale ones are ignored)."""
-        if self._terminate_url is None:
-            self._terminate_url = self.sqs.get_queue_url(
-                QueueName=naming.terminate_queue(self.settings.prefix))["QueueUrl"]
         issued = now_ms()
         sent = 0
         for start in range(0, n, 10):
             entries = [{"Id": str(i), "MessageBody": Terminate(issued_at=issued).to_json()}
                        for i in range(start, min(n, start + 10))]
-            resp = self.sqs.send_message_batch(QueueUrl=self._terminate_url, Entries=entries)
+            resp = self.sqs.send_message_batch(QueueUrl=self.terminate_url(), Entries=entries)
             sent += len(resp.get("Successful", []))
             for failed in resp.get("Failed", []):
                 log.warning("autoscaler: terminate message not sent: %s", failed.get("Message"))

@@ -135,6 +135,20 @@ def test_loop_sends_timestamped_terminate_messages_a_worker_honours(settings, pr
     assert watch.check() is True                        # the worker's own check takes the fresh one
 
 
+def test_terminates_not_yet_taken_count_as_stopping_so_ticks_never_ask_too_many(settings, provisioned,
+                                                                                 launch_template):
+    loop = ec2_loop(settings, launch_template["name"])
+    s3 = client("s3", settings)
+    for iid in loop.fleet.launch(3):                     # three idle workers that have not checked yet
+        s3.put_object(Bucket=settings.bucket_name, Key=naming.heartbeat_key(iid), Body=json.dumps(
+            {"instance_id": iid, "services": ["imagenet"], "state": "ready", "busy": 0, "at": now_ms()}).encode())
+    sent = sum(loop.tick().acted for _ in range(6))
+    assert sent == 3 - loop.settings.min_workers, "one terminate per worker above min, however many ticks"
+    attrs = client("sqs", settings).get_queue_attributes(QueueUrl=provisioned["__terminate__"],
+                                                         AttributeNames=["ApproximateNumberOfMessages"])
+    assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == sent
+
+
 def test_no_terminate_is_sent_while_no_worker_reports_idle(settings, provisioned, launch_template):
     loop = ec2_loop(settings, launch_template["name"])
     loop.fleet.launch(3)                                 # no heartbeats yet: nobody is known idle

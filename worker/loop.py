@@ -81,6 +81,7 @@ class Worker:
                 if batch:
                     self.handle(batch)
                 if self.terminate.due(idle=not batch and self.buffer.held() == 0) and self.terminate.check():
+                    self.heartbeat.stopping()   # at once: the autoscaler must not ask another worker too
                     self.stop("terminate message")
                 if burst and self.buffer.quiescent():
                     self.stop("burst: queues empty")
