@@ -25,6 +25,11 @@ def _line(ax, points: dict, label: str, **kw) -> bool:
     return True
 
 
+def _mid(points: dict, period_s: int) -> dict:
+    """CloudWatch stamps a period by its start; plot it at its middle, like the record buckets."""
+    return {t + period_s / 2: v for t, v in points.items()}
+
+
 def _empty(ax, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="grey")
 
@@ -33,15 +38,20 @@ def timeline(series: dict, records: list[Record], period_s: int, path: str) -> s
     """Queue depth, fleet size and latency over time, on one shared time axis."""
     fig, (q_ax, f_ax, l_ax) = plt.subplots(3, 1, figsize=(11, 8.5), sharex=True)
     drew = False
+    queues: dict[str, dict] = {}
     for (name, dims, stat), pts in sorted(series.items()):
-        # services whose queue stayed empty would only crowd the legend
-        if name in ("QueueVisible", "QueueInFlight") and stat == "Maximum" and any(pts.values()):
-            svc = dict(dims).get("Service", "?")
-            drew |= _line(q_ax, pts, f"{svc} {'waiting' if name == 'QueueVisible' else 'in flight'}")
+        if name in ("QueueVisible", "QueueInFlight") and stat == "Maximum":
+            queues.setdefault(dict(dims).get("Service", "?"), {})[name] = pts
+    # services whose queue stayed empty would only crowd the legend: counted in the title, not drawn
+    idle = sorted(svc for svc, m in queues.items() if not any(v for pts in m.values() for v in pts.values()))
+    for svc in sorted(set(queues) - set(idle)):
+        for name, what, style in (("QueueVisible", "waiting", "-"), ("QueueInFlight", "in flight", "--")):
+            drew |= _line(q_ax, _mid(queues[svc].get(name, {}), period_s), f"{svc} {what}", linestyle=style)
     if not drew:
-        _empty(q_ax, "no queue metrics in the window")
+        _empty(q_ax, "every queue stayed empty" if queues else "no queue metrics in the window")
     q_ax.set_ylabel("messages")
-    q_ax.set_title("Queue depth (autoscaler, max per period)")
+    q_ax.set_title("Queue depth (autoscaler, max per period)"
+                   + (f"; {len(idle)} idle queue(s) not drawn" if idle and drew else ""))
 
     drew = False
     for name, style in (("FleetRunning", "-"), ("FleetPending", ":"), ("FleetDesired", "--")):
@@ -59,7 +69,8 @@ def timeline(series: dict, records: list[Record], period_s: int, path: str) -> s
                       linestyle="--")
     for (name, dims, stat), pts in sorted(series.items()):
         if name == "Latency" and stat == "Average":
-            drew |= _line(l_ax, pts, f"{dict(dims).get('Service', '?')} web mean (CloudWatch)", linestyle=":")
+            drew |= _line(l_ax, _mid(pts, period_s), f"{dict(dims).get('Service', '?')} web mean (CloudWatch)",
+                          linestyle=":")
     if not drew:
         _empty(l_ax, "no latency data in the window")
     l_ax.set_ylabel("ms")
