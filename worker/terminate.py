@@ -58,8 +58,8 @@ class TerminateWatch:
             if not msg.is_fresh(self.settings.terminate_expiry_s, now):
                 log.info("ignoring stale terminate message %s (issued %.1fs ago)", m["MessageId"],
                          (now - msg.issued_at) / 1000)
-                self.stale_dropped += 1
                 self._delete(m)
+                self.stale_dropped += 1         # after the delete: counted means gone
             elif not taken and self._delete(m):
                 log.info("terminate message %s taken: this worker stops", m["MessageId"])
                 taken = True
