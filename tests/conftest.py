@@ -2,22 +2,17 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
 import pytest
 
+from classifycloud.local import free_port  # noqa: F401  (tests import it from here)
 from shared.catalogue import load_catalogue
 from shared.config import Settings
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "samples")
 
 
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

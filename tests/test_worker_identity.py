@@ -4,15 +4,9 @@ from __future__ import annotations
 import os
 import socket
 
+from classifycloud.local import free_port
 from shared.config import Settings
 from worker.identity import from_imds, instance_id
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_configured_instance_id_wins(monkeypatch):
