@@ -13,52 +13,6 @@ locals {
   }
 }
 
-resource "aws_launch_template" "autoscaler" {
-  name                   = "${var.prefix}-autoscaler"
-  description            = "ClassifyCloud autoscaler (classifycloud-autoscaler.service)"
-  image_id               = var.ami_id
-  instance_type          = var.autoscaler_instance_type
-  ebs_optimized          = true
-  update_default_version = true
-  user_data              = local.user_data["autoscaler"]
-
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.component["autoscaler"].arn
-  }
-
-  network_interfaces {
-    security_groups             = [aws_security_group.autoscaler.id]
-    associate_public_ip_address = false
-    delete_on_termination       = true
-  }
-
-  block_device_mappings {
-    device_name = "/dev/sda1"
-
-    ebs {
-      volume_size           = var.root_volume_gb
-      volume_type           = "gp3"
-      encrypted             = true
-      delete_on_termination = true
-    }
-  }
-
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(local.tags, { Name = "${var.prefix}-autoscaler" })
-  }
-}
-
 resource "aws_autoscaling_group" "autoscaler" {
   name                      = "${var.prefix}-autoscaler"
   min_size                  = 1
@@ -69,8 +23,8 @@ resource "aws_autoscaling_group" "autoscaler" {
   health_check_grace_period = 120
 
   launch_template {
-    id      = aws_launch_template.autoscaler.id
-    version = aws_launch_template.autoscaler.latest_version
+    id      = aws_launch_template.service["autoscaler"].id
+    version = aws_launch_template.service["autoscaler"].latest_version
   }
 
   tag {

@@ -100,3 +100,67 @@ locals {
     })]))
   }
 }
+
+# The web tier and the autoscaler run the same AMI with the same hardening; they differ
+# in name, size and security group only (the GPU workers have their own template in workers.tf).
+locals {
+  service_instances = {
+    web = {
+      description    = "ClassifyCloud web tier (classifycloud-web.service)"
+      instance_type  = var.web_instance_type
+      security_group = aws_security_group.web.id
+    }
+    autoscaler = {
+      description    = "ClassifyCloud autoscaler (classifycloud-autoscaler.service)"
+      instance_type  = var.autoscaler_instance_type
+      security_group = aws_security_group.autoscaler.id
+    }
+  }
+}
+
+resource "aws_launch_template" "service" {
+  for_each               = local.service_instances
+  name                   = "${var.prefix}-${each.key}"
+  description            = each.value.description
+  image_id               = var.ami_id
+  instance_type          = each.value.instance_type
+  ebs_optimized          = true
+  update_default_version = true
+  user_data              = local.user_data[each.key]
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.component[each.key].arn
+  }
+
+  network_interfaces {
+    security_groups             = [each.value.security_group]
+    associate_public_ip_address = false
+    delete_on_termination       = true
+  }
+
+  block_device_mappings {
+    device_name = "/dev/sda1"
+
+    ebs {
+      volume_size           = var.root_volume_gb
+      volume_type           = "gp3"
+      encrypted             = true
+      delete_on_termination = true
+    }
+  }
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { Name = "${var.prefix}-${each.key}" })
+  }
+}

@@ -11,52 +11,6 @@ locals {
   https = var.certificate_arn != ""
 }
 
-resource "aws_launch_template" "web" {
-  name                   = "${var.prefix}-web"
-  description            = "ClassifyCloud web tier (classifycloud-web.service)"
-  image_id               = var.ami_id
-  instance_type          = var.web_instance_type
-  ebs_optimized          = true
-  update_default_version = true
-  user_data              = local.user_data["web"]
-
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.component["web"].arn
-  }
-
-  network_interfaces {
-    security_groups             = [aws_security_group.web.id]
-    associate_public_ip_address = false
-    delete_on_termination       = true
-  }
-
-  block_device_mappings {
-    device_name = "/dev/sda1"
-
-    ebs {
-      volume_size           = var.root_volume_gb
-      volume_type           = "gp3"
-      encrypted             = true
-      delete_on_termination = true
-    }
-  }
-
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(local.tags, { Name = "${var.prefix}-web" })
-  }
-}
-
 resource "aws_autoscaling_group" "web" {
   name                = "${var.prefix}-web"
   min_size            = var.web_count
@@ -70,8 +24,8 @@ resource "aws_autoscaling_group" "web" {
   health_check_grace_period = 300
 
   launch_template {
-    id      = aws_launch_template.web.id
-    version = aws_launch_template.web.latest_version
+    id      = aws_launch_template.service["web"].id
+    version = aws_launch_template.service["web"].latest_version
   }
 
   instance_refresh {
