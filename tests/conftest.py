@@ -6,28 +6,20 @@ import uuid
 
 import pytest
 
-from classifycloud.local import free_port  # noqa: F401  (tests import it from here)
+from classifycloud.local import aws_env, free_port, start_moto  # noqa: F401  (tests import free_port from here)
 from shared.catalogue import load_catalogue
 from shared.config import Settings
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "samples")
 
 
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A moto server for the whole session; AWS_* variables point boto3 (and children) at it."""
-    from moto.server import ThreadedMotoServer
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                             "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_DEFAULT_REGION")}
-    os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-                       "AWS_DEFAULT_REGION": "us-east-1"})
+    server, url = start_moto()
+    env = aws_env(url)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     yield url
     server.stop()
     for k, v in saved.items():
