@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TOOLS  := .venv-tools
 
-.PHONY: install run test test-fast lint-infra bench browser clean
+.PHONY: install run test test-fast lint-infra bench bench-load browser clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,9 +45,13 @@ lint-infra: install $(TOOLS)/.installed
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra tests/test_infra_terraform.py tests/test_infra_crosscheck.py tests/test_infra_iam.py tests/test_infra_ami.py
 
 bench: install
-	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/worker_throughput.py
 	$(PY) bench/autoscale_sim.py
+
+# A bounded locust run (60 s, 10 users) against the local stack; docs/BENCHMARKS.md has the numbers.
+bench-load: install
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/load_test.py --users 10 --duration 60
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info

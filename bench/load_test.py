@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--web-processes", type=int, default=2)
     p.add_argument("--out", default=os.path.join(HERE, "results", "load_test.json"))
     args = p.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process moto server logs every call
 
     settings = Settings.from_env({}, prefix="lt" + uuid.uuid4().hex[:6], metrics_enabled=False, api_keys="on",
                                  api_key_rate_limit=1000, api_key_burst=1000)

@@ -67,6 +67,8 @@ def cmd_provision(argv: list[str]) -> int:
     for name, url in ensure_all(settings, catalogue_for(settings)).items():
         print(f"{name:12s} {url}")
     print(f"bucket       {settings.bucket_name}")
+    from shared import keys, usage
+    print(f"tables       {keys.table_name(settings)}, {usage.table_name(settings)}")
     return 0
 
 
