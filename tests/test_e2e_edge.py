@@ -165,3 +165,35 @@ def test_uploading_a_non_image_in_chromium_shows_the_error_in_words(stack, brows
     assert "not an image" in text and "422" in text, text
     assert browser.find_elements(By.CSS_SELECTOR, "#results .row") == []
     _screenshot(browser, "upload-page-error.png", tmp_path)
+
+
+def test_gunicorn_shutdown_flushes_every_buffered_usage_record(settings, provisioned):
+    """A long flush interval keeps the records in memory; SIGTERM must still write every one."""
+    from classifycloud.local import free_port
+    from shared.aws import client
+    from shared.usage import table_name
+    from webserver.serve import gunicorn_command
+    s = settings.replace(usage_flush_interval_s=600.0)
+    port = free_port()
+    proc = subprocess.Popen(gunicorn_command(s, processes=1, host="127.0.0.1", port=port),
+                            env=dict(os.environ, **s.to_env()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"http://127.0.0.1:{port}/livez-or-not", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.3)
+        calls = [requests.get(f"http://127.0.0.1:{port}/services", timeout=10) for _ in range(5)]
+        calls += [requests.post(f"http://127.0.0.1:{port}/classify", json={"url": "ftp://x/y.jpg"}, timeout=10)
+                  for _ in range(4)]
+        assert [r.status_code for r in calls] == [200] * 5 + [400] * 4
+        db = client("dynamodb", s)
+        count = lambda: sum(len(p["Items"]) for p in db.get_paginator("scan").paginate(TableName=table_name(s)))  # noqa: E731
+        assert count() == 0, "records were written before shutdown: the flush interval did not hold them"
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert count() == 1 + 9   # the probe to an unknown path counts too ("unmatched")
