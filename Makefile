@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TOOLS  := .venv-tools
 
-.PHONY: install run test test-fast lint-infra bench clean
+.PHONY: install run test test-fast lint-infra bench bench-load browser clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,16 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/classifycloud up
 
-test: install $(TOOLS)/.installed
+# The upload-page test drives Debian's chromium through chromedriver (tests/test_e2e_edge.py).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing chromium + chromium-driver (apt-get) for the upload-page test"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
+	else echo "error: the upload-page test needs chromium and chromedriver on PATH (Debian/Ubuntu: apt-get install chromium chromium-driver)" >&2; exit 1; fi
+
+test: install $(TOOLS)/.installed browser
 	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra
 
 test-fast: install
@@ -38,6 +47,11 @@ lint-infra: install $(TOOLS)/.installed
 bench: install
 	$(PY) bench/worker_throughput.py
 	$(PY) bench/autoscale_sim.py
+
+# A bounded locust run (60 s, 10 users) against the local stack; docs/BENCHMARKS.md has the numbers.
+bench-load: install
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/load_test.py --users 10 --duration 60
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info

@@ -26,7 +26,9 @@ commands:
   simulate    replay traces through the scaling policies (no AWS)
   convert     export a service's model to ONNX / TensorRT
   metrics     review CloudWatch metrics and result records: table, plots, HTML report
-  provision   create the queues and bucket at the configured AWS endpoint
+  provision   create the queues, bucket and tables at the configured AWS endpoint
+  keys        API keys: create | list | revoke (stored as hashes in DynamoDB)
+  usage       the usage log: per-key / per-service calls, errors, latency; --csv FILE
 """
 
 
@@ -65,6 +67,8 @@ def cmd_provision(argv: list[str]) -> int:
     for name, url in ensure_all(settings, catalogue_for(settings)).items():
         print(f"{name:12s} {url}")
     print(f"bucket       {settings.bucket_name}")
+    from shared import keys, usage
+    print(f"tables       {keys.table_name(settings)}, {usage.table_name(settings)}")
     return 0
 
 
@@ -155,6 +159,8 @@ COMMANDS = {
     "convert": _delegate("classifycloud.convert"),
     "metrics": _delegate("classifycloud.review"),
     "provision": cmd_provision,
+    "keys": _delegate("classifycloud.keyadmin"),
+    "usage": _delegate("classifycloud.usage_report"),
 }
 
 

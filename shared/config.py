@@ -97,6 +97,18 @@ class Settings:
     metrics_sink: str = "api"                 # api (put_metric_data) | emf (embedded metric format log lines) | both
     metrics_emf_path: str = ""                # emf sink: file the CloudWatch agent tails; "" -> stdout
 
+    # --- edge: API keys and the usage log (webserver/auth.py, shared/keys.py, shared/usage.py) ---
+    api_keys: str = "auto"                    # on | off | auto: on in AWS, off when AWS_ENDPOINT_URL names a
+                                              # local endpoint (the embedded stack, moto in tests)
+    api_key_rate_limit: float = 10.0          # default for new keys: sustained requests/s per key (per web process)
+    api_key_burst: int = 20                   # default for new keys: token-bucket size
+    api_key_monthly_quota: int = 100000       # default for new keys: calls per calendar month (UTC)
+    api_key_cache_s: float = 5.0              # a key record is re-read this often (revocation takes effect within)
+    usage_log: bool = True                    # one DynamoDB record per API call, written off the request path
+    usage_flush_interval_s: float = 1.0       # the background writer flushes at least this often
+    usage_buffer_max: int = 50000             # records held in memory at most (beyond: dropped and logged)
+    usage_ttl_days: int = 90                  # DynamoDB TTL of a usage record
+
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"
 
@@ -111,6 +123,16 @@ class Settings:
     def pool_tag_value(self) -> str:
         """The tag value that marks the worker pool's instances."""
         return self.pool_tag or f"{self.prefix}-workers"
+
+    @property
+    def api_keys_enabled(self) -> bool:
+        """Whether requests need an API key (api_keys=auto: on unless AWS_ENDPOINT_URL is set)."""
+        mode = self.api_keys.strip().lower()
+        if mode in ("on", "true", "1", "yes"):
+            return True
+        if mode in ("off", "false", "0", "no"):
+            return False
+        return not os.environ.get("AWS_ENDPOINT_URL")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

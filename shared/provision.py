@@ -55,6 +55,27 @@ def ensure_bucket(s3, settings: Settings) -> str:
     return name
 
 
+def ensure_tables(dynamodb, settings: Settings) -> list[str]:
+    """The API-key and usage tables (on-demand, usage with a TTL); returns their names."""
+    from shared import keys, usage
+    specs = {keys.table_name(settings): ([("key_id", "S")], [("key_id", "HASH")]),
+             usage.table_name(settings): ([("day", "S"), ("sk", "S")], [("day", "HASH"), ("sk", "RANGE")])}
+    for name, (attrs, schema) in specs.items():
+        try:
+            dynamodb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                                  AttributeDefinitions=[{"AttributeName": a, "AttributeType": t} for a, t in attrs],
+                                  KeySchema=[{"AttributeName": a, "KeyType": k} for a, k in schema])
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+            continue
+        dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+        if name == usage.table_name(settings):
+            dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification={
+                "Enabled": True, "AttributeName": "expires_at"})
+    return list(specs)
+
+
 def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
     """Every request queue (with DLQ), the terminate queue and the bucket; {name: url}."""
     sqs = client("sqs", settings)
@@ -62,6 +83,7 @@ def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
     urls = {svc: ensure_request_queue(sqs, settings, svc) for svc in catalogue.names()}
     urls["__terminate__"] = ensure_terminate_queue(sqs, settings)
     ensure_bucket(s3, settings)
-    log.info("provisioned %d request queues, terminate queue and bucket %s",
+    ensure_tables(client("dynamodb", settings), settings)
+    log.info("provisioned %d request queues, terminate queue, bucket %s and the key/usage tables",
              len(catalogue.names()), settings.bucket_name)
     return urls

@@ -56,3 +56,22 @@ def sample_bytes():
         with open(os.path.join(SAMPLES, f"{name}.jpg"), "rb") as fh:
             out[name] = fh.read()
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def responses_match_the_openapi_description():
+    """Every response our web server (gunicorn) gives to `requests` in any test is checked against the spec."""
+    import requests
+
+    from openapi_check import check_requests_response
+    original = requests.Session.send
+
+    def send(self, request, **kwargs):
+        resp = original(self, request, **kwargs)
+        if not kwargs.get("stream"):
+            check_requests_response(resp)
+        return resp
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(requests.Session, "send", send)
+        yield

@@ -18,7 +18,7 @@ from botocore import xform_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF = os.path.join(ROOT, "infra", "terraform")
 SCANNED = ("shared", "webserver", "worker", "autoscaler", "classifycloud")
-SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch"}  # botocore name -> IAM prefix
+SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch", "dynamodb": "dynamodb"}  # botocore name -> IAM prefix
 TRANSFER = {"upload_file": ["s3:PutObject"], "upload_fileobj": ["s3:PutObject"],
             "download_file": ["s3:GetObject"], "download_fileobj": ["s3:GetObject"]}
 # Operations whose IAM action is not "<prefix>:<OperationName>".
@@ -38,6 +38,10 @@ ROLE_OF_PATH = {
     "autoscaler/": ("autoscaler",),
     "shared/metrics.py": ALL,                        # every component publishes metrics
     "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
+    "shared/keys.py": ("web",),                      # API-key lookup and quota counter
+    "shared/usage.py": ("web",),                     # the usage log writer
+    "classifycloud/keyadmin.py": ("operator",),      # `classifycloud keys`
+    "classifycloud/usage_report.py": ("operator",),  # `classifycloud usage`
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
 }
 # Code that never runs under an instance role, with the reason.
@@ -230,3 +234,12 @@ def test_metrics_may_be_put_only_into_our_namespace():
         (stmt,) = _statements(role, "cloudwatch:PutMetricData")
         assert stmt["condition"][0]["variable"] == "cloudwatch:namespace"
         assert stmt["condition"][0]["values"] == ["${var.metrics_namespace}"]
+
+
+def test_web_reaches_dynamodb_only_for_the_key_and_usage_calls_it_makes():
+    dynamo = {a for a in granted("web") if a.startswith("dynamodb:")}
+    assert dynamo == {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchWriteItem"}
+    by_resource = {tuple(s["resources"]): set(s["actions"]) for s in role_statements()["web"]
+                   if any(a.startswith("dynamodb:") for a in s["actions"])}
+    assert by_resource == {("${aws_dynamodb_table.api_keys.arn}",): {"dynamodb:GetItem", "dynamodb:UpdateItem"},
+                           ("${aws_dynamodb_table.usage.arn}",): {"dynamodb:BatchWriteItem"}}

@@ -9,6 +9,7 @@ from shared.aws import client, sqs_long_poll_client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings, get_settings
 from shared.metrics import MetricsPublisher
+from webserver.auth import install_edge
 from webserver.errors import install_error_handlers
 from webserver.health import HeartbeatMonitor
 from webserver.jobs import JobStore
@@ -55,6 +56,8 @@ class WebContext:
         """Delete the reply queue, stop the listener, flush metrics."""
         self.listener.close()
         self.metrics.close()
+        if getattr(self, "edge", None) is not None:
+            self.edge.close()  # flush the usage log
 
 
 def create_app(settings: Settings | None = None, catalogue: Catalogue | None = None,
@@ -74,6 +77,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     app.register_blueprint(api_bp)
     app.register_blueprint(xcloud_bp)
     install_error_handlers(app)
+    install_edge(app, ctx)  # API keys, usage log, /openapi.json and /docs (webserver/auth.py)
 
     @app.before_request
     def _begin():

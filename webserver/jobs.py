@@ -9,6 +9,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared import naming
 from shared.config import Settings
 from shared.messages import now_ms
+from webserver.auth import current_owner
 from webserver.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class JobStore:
 
     def write_marker(self, request_id: str, service: str, submitted_at: int | None = None) -> None:
         """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown."""
-        body = {"id": request_id, "service": service, "submitted_at": submitted_at or now_ms()}
+        body = {"id": request_id, "service": service, "submitted_at": submitted_at or now_ms(),
+                "owner": current_owner()}  # the submitting API key: GET /jobs/<id> answers only to it
         try:
             self._s3.put_object(Bucket=self.bucket, Key=naming.job_key(request_id),
                                 Body=json.dumps(body).encode(), ContentType="application/json")

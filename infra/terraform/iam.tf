@@ -225,6 +225,31 @@ data "aws_iam_policy_document" "web" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
     resources = [local.log_group_arns["web"]]
   }
+
+  # API keys: look one up, count a call against its monthly quota (webserver/auth.py, shared/keys.py).
+  statement {
+    sid       = "CheckApiKeys"
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.api_keys.arn]
+  }
+
+  statement {
+    sid       = "WriteUsageLog"
+    actions   = ["dynamodb:BatchWriteItem"]
+    resources = [aws_dynamodb_table.usage.arn]
+  }
+
+  statement {
+    sid       = "UseTableKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.tables.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["dynamodb.${local.region}.amazonaws.com"]
+    }
+  }
 }
 
 # --- autoscaler -------------------------------------------------------------------
@@ -400,4 +425,38 @@ resource "aws_iam_policy" "operator_review" {
   name        = "${var.prefix}-operator-review"
   description = "Read-only access for `classifycloud metrics`: CloudWatch metrics and result records."
   policy      = data.aws_iam_policy_document.operator_review.json
+}
+
+# `classifycloud keys` and `classifycloud usage` (classifycloud/keyadmin.py, usage_report.py) on an
+# operator's machine: create, list and revoke keys; read the usage log.
+data "aws_iam_policy_document" "operator_edge" {
+  statement {
+    sid       = "AdministerApiKeys"
+    actions   = ["dynamodb:PutItem", "dynamodb:Scan", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.api_keys.arn]
+  }
+
+  statement {
+    sid       = "ReadUsageLog"
+    actions   = ["dynamodb:Query"]
+    resources = [aws_dynamodb_table.usage.arn]
+  }
+
+  statement {
+    sid       = "UseTableKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.tables.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["dynamodb.${local.region}.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_policy" "operator_edge" {
+  name        = "${var.prefix}-operator-edge"
+  description = "`classifycloud keys` and `classifycloud usage`: administer API keys, read the usage log."
+  policy      = data.aws_iam_policy_document.operator_edge.json
 }

@@ -263,3 +263,9 @@ variable "alarm_email" {
   type        = string
   default     = ""
 }
+
+variable "table_deletion_protection" {
+  description = "DynamoDB deletion protection on the API-key and usage tables (off by default so `terraform destroy` tears down)."
+  type        = bool
+  default     = false
+}

@@ -1,0 +1,186 @@
+"""API keys in DynamoDB: stored only as a SHA-256 hash, found by their key id, with limits and a monthly counter.
+
+A key looks like ``cc_<key id>_<secret>``: the key id (12 hex digits after "k") is the
+table's partition key and is safe to show; the whole key is hashed (256 bits of random
+secret, so a plain SHA-256 is enough: no dictionary to guess from) and compared in
+constant time. The web role only reads keys and counts calls (get_item, update_item);
+creating, listing and revoking run on an operator's machine (classifycloud/keyadmin.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+_KEY = re.compile(r"^cc_(k[0-9a-f]{12})_[A-Za-z0-9_-]{40,64}$")
+
+
+def table_name(settings: Settings) -> str:
+    """The API-key table (Terraform: infra/terraform/dynamodb.tf)."""
+    return f"{settings.prefix}-api-keys"
+
+
+def hash_key(secret: str) -> str:
+    """The stored form of a key: hex SHA-256 of the whole key string."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_key() -> tuple[str, str]:
+    """(key id, full key): a fresh random key, shown once to its owner and never stored."""
+    key_id = "k" + secrets.token_hex(6)
+    return key_id, f"cc_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def key_id_of(secret: str) -> str | None:
+    """The key id inside a well-formed key, else None."""
+    m = _KEY.match(secret or "")
+    return m.group(1) if m else None
+
+
+def month_attr(at: float | None = None) -> str:
+    """The item attribute that counts this calendar month's calls (UTC), e.g. calls_2026_11."""
+    d = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
+    return f"calls_{d.year:04d}_{d.month:02d}"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """One key's record (never the key itself)."""
+
+    key_id: str
+    key_hash: str
+    owner: str
+    created_at: int            # epoch ms
+    revoked_at: int | None     # epoch ms, None while active
+    rate_limit: float          # sustained requests per second
+    burst: int                 # token-bucket size
+    monthly_quota: int         # calls per calendar month
+    calls_this_month: int = 0
+
+    @property
+    def active(self) -> bool:
+        """Not revoked."""
+        return self.revoked_at is None
+
+    @classmethod
+    def from_item(cls, item: dict) -> "ApiKey":
+        """From a DynamoDB item (low-level client format)."""
+        def num(name, default=None):
+            v = item.get(name, {}).get("N")
+            return default if v is None else float(v)
+        revoked = num("revoked_at")
+        return cls(key_id=item["key_id"]["S"], key_hash=item["key_hash"]["S"], owner=item.get("owner", {}).get("S", ""),
+                   created_at=int(num("created_at", 0)), revoked_at=None if revoked is None else int(revoked),
+                   rate_limit=num("rate_limit", 0.0), burst=int(num("burst", 1)),
+                   monthly_quota=int(num("monthly_quota", 0)), calls_this_month=int(num(month_attr(), 0)))
+
+    def public(self) -> dict:
+        """What `classifycloud keys list` shows: everything but the hash."""
+        return {"key_id": self.key_id, "owner": self.owner, "created_at": self.created_at,
+                "revoked_at": self.revoked_at, "rate_limit": self.rate_limit, "burst": self.burst,
+                "monthly_quota": self.monthly_quota, "calls_this_month": self.calls_this_month}
+
+
+class KeyStoreError(Exception):
+    """DynamoDB could not be read or written (the caller answers 503)."""
+
+
+class QuotaExceeded(Exception):
+    """The key has used its monthly quota."""
+
+
+class KeyStore:
+    """The web's view of the key table: look a key up (cached briefly) and count a call against its quota."""
+
+    def __init__(self, settings: Settings, dynamodb):
+        self.table = table_name(settings)
+        self.cache_s = settings.api_key_cache_s
+        self._db = dynamodb
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    def verify(self, secret: str) -> ApiKey | None:
+        """The key record matching this key string (revoked ones too: check .active), or None."""
+        key_id = key_id_of(secret)
+        if key_id is None:
+            return None
+        record = self.get(key_id)
+        if record is None or not hmac.compare_digest(record.key_hash, hash_key(secret)):
+            return None
+        return record
+
+    def get(self, key_id: str) -> ApiKey | None:
+        """The record of a key id (None when unknown), from a cache no older than api_key_cache_s."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(key_id)
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
+        try:
+            item = self._db.get_item(TableName=self.table, Key={"key_id": {"S": key_id}},
+                                     ConsistentRead=True).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            log.error("api key %s: lookup failed: %s", key_id, exc)
+            raise KeyStoreError(str(exc)) from None
+        record = ApiKey.from_item(item) if item else None
+        with self._lock:
+            if len(self._cache) > 10000:  # bounded: a flood of random key ids cannot grow it without limit
+                self._cache.clear()
+            self._cache[key_id] = (now, record)
+        return record
+
+    def count_call(self, key: ApiKey) -> int:
+        """Add one call to this month's counter, atomically refusing past the quota; returns the new count."""
+        attr = month_attr()
+        try:
+            out = self._db.update_item(
+                TableName=self.table, Key={"key_id": {"S": key.key_id}},
+                UpdateExpression="SET #m = if_not_exists(#m, :zero) + :one",
+                ConditionExpression="attribute_exists(key_id) AND (attribute_not_exists(#m) OR #m < :quota)",
+                ExpressionAttributeNames={"#m": attr},
+                ExpressionAttributeValues={":zero": {"N": "0"}, ":one": {"N": "1"},
+                                           ":quota": {"N": str(key.monthly_quota)}},
+                ReturnValues="UPDATED_NEW")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise QuotaExceeded(key.key_id) from None
+            log.error("api key %s: counting a call failed: %s", key.key_id, exc)
+            raise KeyStoreError(str(exc)) from None
+        except BotoCoreError as exc:
+            log.error("api key %s: counting a call failed: %s", key.key_id, exc)
+            raise KeyStoreError(str(exc)) from None
+        return int(out["Attributes"][attr]["N"])
+
+
+class RateLimiter:
+    """Token buckets per key id in this process (N web processes allow up to N x the rate)."""
+
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}   # key id -> (tokens, at)
+
+    def acquire(self, key_id: str, rate: float, burst: int) -> float:
+        """0 when a token was taken; otherwise the seconds until one will be there."""
+        now = self._clock()
+        burst = max(1, burst)
+        with self._lock:
+            tokens, at = self._buckets.get(key_id, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - at) * rate)
+            if tokens >= 1.0:
+                self._buckets[key_id] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / rate if rate > 0 else 3600.0

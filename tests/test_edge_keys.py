@@ -1,0 +1,190 @@
+"""API keys, rate limits, quotas, job ownership and the usage log, on the Flask app against moto."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from classifycloud import usage_report
+from classifycloud.keyadmin import create_key, list_keys, revoke_key
+from openapi_check import check_flask_response
+from shared.aws import client
+from shared.keys import RateLimiter, hash_key, key_id_of
+from shared.messages import now_ms
+from shared.usage import UsageLog, UsageRecord, table_name
+from webserver.app import create_app
+
+
+@pytest.fixture
+def keyed(settings, provisioned):
+    """Settings with API keys on and no key cache (a revocation is seen at once)."""
+    return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_flush_interval_s=0.1)
+
+
+@pytest.fixture
+def app(keyed, catalogue):
+    """The web app with keys on; closing it flushes the usage log."""
+    app = create_app(keyed, catalogue)
+    yield app
+    app.extensions["classifycloud"].close()
+
+
+class Client:
+    """The Flask test client, every response checked against the OpenAPI description."""
+
+    def __init__(self, app):
+        self.c = app.test_client()
+
+    def open(self, method: str, path: str, key: str | None = None, header: str = "bearer", **kw):
+        headers = kw.pop("headers", {})
+        if key is not None:
+            headers.update({"Authorization": f"Bearer {key}"} if header == "bearer" else {"X-Api-Key": key})
+        resp = self.c.open(path, method=method, headers=headers, **kw)
+        check_flask_response(method, path.split("?")[0], resp)
+        return resp
+
+
+@pytest.fixture
+def web(app):
+    return Client(app)
+
+
+def _job(web, key, header="bearer"):
+    return web.open("POST", "/jobs", key, header=header, json={"url": "https://example.com/cat.jpg"})
+
+
+def test_a_created_key_is_stored_only_as_its_hash_and_is_accepted_by_either_header(keyed, web):
+    secret, rec = create_key(keyed, "alice", rate_limit=50, burst=50, monthly_quota=1000)
+    item = client("dynamodb", keyed).get_item(TableName=f"{keyed.prefix}-api-keys",
+                                                Key={"key_id": {"S": rec.key_id}})["Item"]
+    assert secret not in str(item) and item["key_hash"]["S"] == hash_key(secret)
+    assert key_id_of(secret) == rec.key_id and item["owner"]["S"] == "alice"
+    assert _job(web, secret).status_code == 202
+    assert _job(web, secret, header="x-api-key").status_code == 202
+    (listed,) = [k for k in list_keys(keyed) if k.key_id == rec.key_id]
+    assert listed.calls_this_month == 2 and listed.active
+
+
+def test_missing_unknown_and_revoked_keys_are_answered_401_in_json(keyed, web):
+    r = _job(web, None)
+    assert r.status_code == 401 and r.json["error"]["code"] == "missing_api_key"
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = _job(web, "cc_k0123456789ab_" + "x" * 43)
+    assert r.status_code == 401 and r.json["error"]["code"] == "invalid_api_key"
+    secret, rec = create_key(keyed, "bob")
+    assert _job(web, secret[:-1] + ("A" if secret[-1] != "A" else "B")).status_code == 401  # right id, wrong secret
+    assert _job(web, secret).status_code == 202
+    assert revoke_key(keyed, rec.key_id)
+    r = _job(web, secret)
+    assert r.status_code == 401 and r.json["error"]["code"] == "revoked_api_key"
+    assert not revoke_key(keyed, "k000000000000")
+
+
+def test_a_burst_over_the_rate_is_answered_429_with_retry_after(keyed, web):
+    secret, _ = create_key(keyed, "carol", rate_limit=0.5, burst=3)
+    codes = [_job(web, secret).status_code for _ in range(3)]
+    assert codes == [202, 202, 202]
+    r = _job(web, secret)
+    assert r.status_code == 429 and r.json["error"]["code"] == "rate_limited"
+    assert int(r.headers["Retry-After"]) >= 1
+
+
+def test_past_the_monthly_quota_calls_are_answered_403(keyed, web):
+    secret, _ = create_key(keyed, "dave", rate_limit=100, burst=100, monthly_quota=2)
+    assert [_job(web, secret).status_code for _ in range(2)] == [202, 202]
+    r = _job(web, secret)
+    assert r.status_code == 403 and r.json["error"]["code"] == "quota_exceeded"
+
+
+def test_a_job_answers_only_to_the_key_that_submitted_it(keyed, web):
+    mine, _ = create_key(keyed, "erin")
+    theirs, _ = create_key(keyed, "frank")
+    job = _job(web, mine).json
+    assert web.open("GET", f"/jobs/{job['id']}", mine).status_code == 202
+    r = web.open("GET", f"/jobs/{job['id']}", theirs)
+    assert r.status_code == 404 and r.json["error"]["code"] == "unknown_job"
+    assert web.open("GET", f"/jobs/{job['id']}").status_code == 401
+
+
+def test_probes_catalogue_description_and_pages_need_no_key(web):
+    assert web.open("GET", "/services").status_code == 200
+    assert web.open("GET", "/openapi.json").status_code == 200
+    assert web.open("GET", "/docs").status_code == 200
+    assert web.open("GET", "/").status_code == 200
+    assert web.open("GET", "/healthz").status_code in (200, 503)
+    assert web.open("GET", "/classify?url=https://example.com/a.jpg").status_code == 401
+
+
+def _scan_usage(settings) -> list[UsageRecord]:
+    db = client("dynamodb", settings)
+    items = [i for page in db.get_paginator("scan").paginate(TableName=table_name(settings)) for i in page["Items"]]
+    return [UsageRecord.from_item(i) for i in items]
+
+
+def test_every_call_leaves_one_usage_record_with_its_fields_and_the_report_totals_match(keyed, app, web, tmp_path):
+    a, ka = create_key(keyed, "alice", rate_limit=100, burst=100)
+    b, kb = create_key(keyed, "bob", rate_limit=100, burst=100)
+    ids = [_job(web, a).json["id"] for _ in range(3)]
+    _job(web, b)
+    web.open("POST", "/jobs", b, json={"url": "ftp://example.com/x.jpg"})          # 400
+    web.open("GET", "/classify?url=https://example.com/a.jpg")                     # 401, anonymous
+    web.open("GET", "/healthz")                                                     # a probe: not logged
+    app.extensions["classifycloud"].edge.usage.flush()
+    records = _scan_usage(keyed)
+    assert len(records) == 6
+    by_id = {r.request_id: r for r in records}
+    first = by_id[ids[0]]
+    assert (first.key_id, first.route, first.method, first.service, first.status) == \
+        (ka.key_id, "/jobs", "POST", "imagenet", 202)
+    assert first.latency_ms > 0 and first.bytes_in > 0 and first.bytes_out > 0
+    assert abs(first.at - now_ms()) < 60_000
+    assert sorted(r.status for r in records if r.key_id == kb.key_id) == [202, 400]
+    assert [r.status for r in records if r.key_id == "anonymous"] == [401]
+
+    rows = usage_report.summarize(usage_report.fetch(keyed, now_ms() - 3_600_000))
+    calls = {(r["key_id"], r["service"]): r["calls"] for r in rows}
+    # the rejected call named no service and never reached one: "-"
+    assert calls[(ka.key_id, "imagenet")] == 3 and calls[(kb.key_id, "imagenet")] == 1
+    assert calls[(kb.key_id, "-")] == 1 and calls[("anonymous", "-")] == 1
+    assert sum(calls.values()) == 6
+    assert sum(r["errors_4xx"] for r in rows if r["key_id"] == kb.key_id) == 1
+    only_a = usage_report.fetch(keyed, now_ms() - 3_600_000, key_id=ka.key_id)
+    assert {r.request_id for r in only_a} == set(ids)
+    out = tmp_path / "usage.csv"
+    usage_report.write_csv(only_a, str(out))
+    assert [row["request_id"] for row in csv.DictReader(out.open())] == sorted(ids, key=lambda i: by_id[i].at)
+
+
+def test_the_usage_writer_loses_no_record_on_close(keyed):
+    log = UsageLog(keyed.replace(usage_flush_interval_s=30.0), client("dynamodb", keyed))
+    log.start()
+    for i in range(137):
+        log.record(UsageRecord("kclose", "/classify", "GET", "imagenet", 200, 1.0, 0, 10, f"r{i:04d}",
+                               now_ms() + i))
+    log.close()
+    assert log.written == 137 and log.dropped == 0 and log.pending == 0
+    assert len([r for r in _scan_usage(keyed) if r.key_id == "kclose"]) == 137
+
+
+def test_the_usage_cli_prints_totals_and_writes_csv(keyed, tmp_path, monkeypatch, capsys):
+    log = UsageLog(keyed, client("dynamodb", keyed))
+    for i, status in enumerate([200, 200, 422, 503]):
+        log.record(UsageRecord("kcli", "/classify", "POST", "imagenet", status, 10.0 * (i + 1), 100, 50,
+                               f"c{i}", now_ms()))
+    log.close()
+    monkeypatch.setenv("CLASSIFYCLOUD_PREFIX", keyed.prefix)
+    assert usage_report.main(["--since", "1h", "--key", "kcli", "--csv", str(tmp_path / "u.csv")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("kcli") and "imagenet" in line)
+    assert row.split()[2:5] == ["4", "1", "1"]
+    assert len(list(csv.DictReader((tmp_path / "u.csv").open()))) == 4
+    assert usage_report.main(["--since", "yesterday"]) == 2
+
+
+def test_the_token_bucket_refills_at_the_key_rate():
+    now = [0.0]
+    rl = RateLimiter(clock=lambda: now[0])
+    assert [rl.acquire("k", rate=2.0, burst=2) for _ in range(2)] == [0.0, 0.0]
+    assert rl.acquire("k", rate=2.0, burst=2) == pytest.approx(0.5)
+    now[0] = 0.5
+    assert rl.acquire("k", rate=2.0, burst=2) == 0.0

@@ -1,0 +1,171 @@
+"""The edge of the API: API keys, rate limits and quotas before a request, one usage record after it.
+
+install_edge(app, ctx) registers the hooks and the docs blueprint. Keys come in
+``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``; missing, unknown or revoked
+-> 401, over the rate -> 429 with Retry-After, over the monthly quota -> 403. With keys
+on, GET /jobs/<id> answers only to the key that submitted the job (404 to others).
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import time
+
+from flask import Flask, g, has_request_context, request
+
+from shared.aws import client
+from shared.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
+from shared.messages import new_id, now_ms, valid_id
+from shared.usage import ANONYMOUS, UsageLog, UsageRecord
+from webserver.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+# Reachable without a key: probes, the API description, the docs and upload pages, the catalogue.
+PUBLIC = frozenset({"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services"})
+# Not written to the usage log: load-balancer probes and static pages are not API calls.
+UNLOGGED = frozenset({"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs"})
+
+
+def is_public(path: str) -> bool:
+    """Whether a path is served without an API key."""
+    return path in PUBLIC or path.startswith("/static/")
+
+
+def current_owner() -> str | None:
+    """The key id of the request being served (None without keys or outside a request)."""
+    if not has_request_context():
+        return None
+    key = g.get("api_key")
+    return key.key_id if key is not None else None
+
+
+def presented_key() -> str | None:
+    """The key the client sent: Authorization: Bearer <key>, else X-Api-Key."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    value = request.headers.get("X-Api-Key", "").strip()
+    return value or None
+
+
+class Edge:
+    """Per-process key store, rate limiter and usage writer."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        db = client("dynamodb", settings)
+        self.keys = KeyStore(settings, db)
+        self.limiter = RateLimiter()
+        self.usage = UsageLog(settings, db)
+
+    def authenticate(self) -> None:
+        """Raise the ApiError that refuses this request, or set g.api_key."""
+        secret = presented_key()
+        if secret is None:
+            raise ApiError(401, "missing_api_key",
+                           "this API needs a key: send 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'")
+        try:
+            key = self.keys.verify(secret)
+        except KeyStoreError:
+            raise ApiError(503, "auth_unavailable", "API keys cannot be checked right now; try again") from None
+        if key is None:
+            raise ApiError(401, "invalid_api_key", "the API key is not valid")
+        if not key.active:
+            raise ApiError(401, "revoked_api_key", f"API key {key.key_id} has been revoked")
+        g.api_key = key
+        wait = self.limiter.acquire(key.key_id, key.rate_limit, key.burst)
+        if wait > 0:
+            g.retry_after = max(1, math.ceil(wait))
+            raise ApiError(429, "rate_limited",
+                           f"more than {key.rate_limit:g} requests/s (burst {key.burst}) for key {key.key_id}; "
+                           f"retry after {g.retry_after} s")
+        try:
+            self.keys.count_call(key)
+        except QuotaExceeded:
+            raise ApiError(403, "quota_exceeded",
+                           f"key {key.key_id} has used its monthly quota of {key.monthly_quota} calls") from None
+        except KeyStoreError:
+            raise ApiError(503, "auth_unavailable", "API keys cannot be checked right now; try again") from None
+
+    def check_job_owner(self, ctx) -> None:
+        """GET /jobs/<id> with keys on: 404 unless the job marker names this key as its owner."""
+        job_id = (request.view_args or {}).get("job_id", "")
+        if not valid_id(job_id):
+            return  # the route answers 400
+        marker = ctx.jobs.marker(job_id)
+        if marker is None or marker.get("owner") != current_owner():
+            raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
+
+    def record(self, resp) -> None:
+        """Queue the usage record of the request just answered."""
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        body = resp.get_json(silent=True) if resp.is_json and not resp.is_streamed else None
+        body = body if isinstance(body, dict) else {}
+        started = g.get("edge_started", time.perf_counter())
+        key = g.get("api_key")
+        rid = body.get("id") if isinstance(body.get("id"), str) else None
+        self.usage.start()
+        self.usage.record(UsageRecord(
+            key_id=key.key_id if key is not None else ANONYMOUS, route=rule, method=request.method,
+            service=_service(body), status=resp.status_code,
+            latency_ms=(time.perf_counter() - started) * 1000, bytes_in=request.content_length or 0,
+            bytes_out=resp.calculate_content_length() or 0,
+            request_id=rid or request.headers.get("X-Request-Id", "") or new_id(), at=now_ms()))
+
+    def close(self) -> None:
+        """Flush the usage log (process exit)."""
+        self.usage.close()
+
+
+def _service(body: dict) -> str:
+    """The service a call was for: the reply's, the route's, or what the client named."""
+    for value in (body.get("service"), (request.view_args or {}).get("service"), request.args.get("service")):
+        if isinstance(value, str) and value:
+            return value
+    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
+        value = request.form.get("service")
+    elif request.is_json:
+        doc = request.get_json(silent=True)
+        value = doc.get("service") if isinstance(doc, dict) else None
+    else:
+        value = None
+    return value if isinstance(value, str) and value else "-"
+
+
+def install_edge(app: Flask, ctx) -> Edge:
+    """Register the key check, the usage record and the OpenAPI/docs routes on the app."""
+    from webserver.docs import bp as docs_bp
+    settings = ctx.settings
+    edge = Edge(settings)
+    ctx.edge = edge
+    app.register_blueprint(docs_bp)
+    atexit.register(edge.close)  # outside gunicorn (whose worker_exit calls ctx.close) records still land
+
+    @app.before_request
+    def _edge_check():
+        g.edge_started = time.perf_counter()
+        if request.url_rule is None or is_public(request.path) or not settings.api_keys_enabled:
+            return None
+        edge.authenticate()
+        if request.endpoint == "api.get_job":
+            edge.check_job_owner(ctx)
+        return None
+
+    @app.after_request
+    def _edge_after(resp):
+        retry = g.get("retry_after")
+        if retry:
+            resp.headers["Retry-After"] = str(retry)
+        if resp.status_code == 401:
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="classifycloud"'
+        if settings.usage_log and request.path not in UNLOGGED and not request.path.startswith("/static/"):
+            try:
+                edge.record(resp)
+            except Exception:  # the usage log must never fail the call it describes
+                log.exception("usage record for %s %s not queued", request.method, request.path)
+        return resp
+
+    return edge
