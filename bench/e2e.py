@@ -8,7 +8,8 @@ Three systems on this machine, loopback only, one moto server (its own process) 
   reply queue), an echo process long-polls, answers with send_message_batch and deletes the request; the
   sender's listener thread long-polls the reply queue and wakes the waiting client. Any queue design pays this.
 - direct: Flask + gunicorn (1 process, gthread) running the project's ImageClassifier for `imagenet`
-  in the request thread (bench/e2e_direct.py): fetch by URL, decode, forward, top-k. No queue.
+  in the request thread (bench/e2e_direct.py): fetch by URL, decode, forward (one at a time, under a lock,
+  unless --direct-unlocked), top-k. No queue.
 - stack: classifycloud.local.LocalStack with 1 worker (web: gunicorn, its default processes).
 
 The images are the bundled coffee photo by URL from the loopback sample server. Each cell (sequential, 4 and
@@ -271,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--c16", type=int, default=240, help="requests in the 16-client cell")
     p.add_argument("--warmup", type=int, default=8)
     p.add_argument("--direct-threads", type=int, default=16)
+    p.add_argument("--direct-unlocked", action="store_true",
+                   help="let the direct box run forwards concurrently (default: one at a time, under a lock)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -291,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         image_url = stack.sample_url(PHOTO)
         direct_port = free_port()
         from bench import e2e_direct
-        direct_proc = e2e_direct.start(direct_port, args.direct_threads, os.path.join(log_dir, "direct.log"))
+        direct_proc = e2e_direct.start(direct_port, args.direct_threads, os.path.join(log_dir, "direct.log"),
+                                         lock=not args.direct_unlocked)
         floor = Floor(stack.settings, prefix, log_dir)
         stack.wait_ready(timeout=300)
         wait_http(f"http://127.0.0.1:{direct_port}/healthz", 300, direct_proc)
@@ -322,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
            "device": device(), "versions": versions(), "load_avg": os.getloadavg(),
            "config": {"photo": PHOTO, "service": "imagenet", "stack_workers": 1,
                       "stack_web_processes": stack.web_processes, "direct": f"gunicorn gthread 1 process x "
-                      f"{args.direct_threads} threads", "moto": "separate process", "cells": counts,
+                      f"{args.direct_threads} threads, "
+                      + ("forwards concurrent (no lock)" if args.direct_unlocked else "one forward at a time (lock)"),
+                      "moto": "separate process", "cells": counts,
                       "warmup": args.warmup},
            "results": results, "ratios": ratios(results)}
     print(table(run))

@@ -9,10 +9,12 @@ not a served component.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +39,9 @@ def create_app():
     service = os.environ.get("E2E_DIRECT_SERVICE", "imagenet")
     handler = ImageClassifier(catalogue[service], settings).load()
     fetcher = Fetcher(settings)
+    # E2E_DIRECT_LOCK=1: one forward at a time. Unlocked, request threads run forwards side by side and
+    # oversubscribe the cores (torch's intra-op threads per forward), which is slower on a small CPU box.
+    lock = threading.Lock() if os.environ.get("E2E_DIRECT_LOCK", "1") == "1" else contextlib.nullcontext()
     app = Flask("e2e_direct")
 
     def error(status: int, code: str, message: str):
@@ -62,7 +67,8 @@ def create_app():
         except ImageDecodeError as exc:
             return error(422, "not_an_image", str(exc))
         t1 = time.perf_counter()
-        results = handler.classify([image], top_k)[0]  # plain box: each request thread runs its own forward
+        with lock:
+            results = handler.classify([image], top_k)[0]
         t2 = time.perf_counter()
         return jsonify({"status": "ok", "service": service, "results": results,
                         "timings_ms": {"fetch": round((t1 - t0) * 1000, 1), "inference": round((t2 - t1) * 1000, 1),
@@ -75,11 +81,12 @@ def create_app():
     return app
 
 
-def start(port: int, threads: int, log_path: str, env: dict | None = None) -> subprocess.Popen:
-    """The direct box under gunicorn (1 process, gthread) as a child process."""
+def start(port: int, threads: int, log_path: str, lock: bool = True, env: dict | None = None) -> subprocess.Popen:
+    """The direct box under gunicorn (1 process, gthread) as a child process; lock: one forward at a time."""
     argv = [sys.executable, "-m", "gunicorn", "-k", "gthread", "-w", "1", "--threads", str(threads),
             "-b", f"127.0.0.1:{port}", "--timeout", "120", "--chdir", HERE, "e2e_direct:create_app()"]
     child_env = dict(os.environ if env is None else env)
+    child_env["E2E_DIRECT_LOCK"] = "1" if lock else "0"
     child_env["PYTHONPATH"] = ROOT + os.pathsep + child_env.get("PYTHONPATH", "")
     with open(log_path, "ab") as logf:
         return subprocess.Popen(argv, env=child_env, stdout=logf, stderr=subprocess.STDOUT,
