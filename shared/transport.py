@@ -164,6 +164,13 @@ class Transport:
         self.url_hits = 0
         self.url_misses = 0
 
+    @classmethod
+    def of(cls, settings: Settings, sqs_or_transport=None) -> "Transport":
+        """A Transport as given, or one around a boto3 SQS client (callers that still hold a raw client)."""
+        if isinstance(sqs_or_transport, Transport):
+            return sqs_or_transport
+        return cls(settings, sqs=sqs_or_transport)
+
     # --- queue URLs -------------------------------------------------------------------------------------
     def url(self, name: str) -> str:
         """A queue's URL by name, looked up once per process; QueueGone when it does not exist."""

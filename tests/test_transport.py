@@ -160,3 +160,10 @@ def test_heartbeat_round_trips_accepts_records_without_a_version_and_rejects_bad
                 json.dumps({"instance_id": "i", "at": 1, "v": 2})):
         with pytest.raises(MessageError):
             Heartbeat.from_json(bad)
+
+
+def test_transport_of_wraps_a_raw_client_once_and_passes_a_transport_through(transport, settings, queue):
+    assert Transport.of(settings, transport) is transport
+    wrapped = Transport.of(settings, transport.sqs)
+    assert wrapped is not transport and wrapped.sqs is transport.sqs and wrapped.poll_sqs is transport.sqs
+    assert wrapped.url(f"{settings.prefix}-q") == queue
