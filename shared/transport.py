@@ -77,6 +77,7 @@ class Failure:
     code: str
     message: str
     sender_fault: bool = False
+    queue_gone: bool = False        # the entry's queue does not exist (grouped operations report it per entry)
 
 
 @dataclass
@@ -289,6 +290,43 @@ class Transport:
             for bad in resp.get("Failed", []):
                 result.failed.append(Failure(chunk[int(bad["Id"])][0], bad.get("Code", ""),
                                              bad.get("Message", ""), bool(bad.get("SenderFault"))))
+        return result
+
+    # --- several queues at once (a worker's batch spans request queues and reply queues) -----------------
+    def send_grouped(self, items: Iterable[tuple[Hashable, str, Any]]) -> BatchResult:
+        """Send (key, queue URL, message) triples, batched per queue; a gone queue fails its entries (queue_gone)."""
+        by_queue: dict[str, list] = {}
+        for key, url, msg in items:
+            by_queue.setdefault(url, []).append((key, msg))
+        return self._grouped(by_queue, self.send_batch)
+
+    def ack_received(self, messages: Iterable[Any]) -> BatchResult:
+        """Delete received messages (anything with queue_url, message_id, receipt_handle), per queue."""
+        return self._grouped(self._by_queue(messages), self.delete_batch)
+
+    def release_received(self, messages: Iterable[Any], timeout_s: int = 0) -> BatchResult:
+        """Make received messages visible again after timeout_s (0: now), per queue."""
+        return self._grouped(self._by_queue(messages),
+                             lambda url, handles: self.change_visibility_batch(url, handles, timeout_s))
+
+    @staticmethod
+    def _by_queue(messages: Iterable[Any]) -> dict[str, list]:
+        by_queue: dict[str, list] = {}
+        for m in messages:
+            by_queue.setdefault(m.queue_url, []).append((m.message_id, m.receipt_handle))
+        return by_queue
+
+    @staticmethod
+    def _grouped(by_queue: dict[str, list], op) -> BatchResult:
+        result = BatchResult()
+        for url, entries in by_queue.items():
+            try:
+                part = op(url, entries)
+            except QueueGone as exc:
+                result.failed.extend(Failure(key, exc.code, str(exc), True, queue_gone=True) for key, _ in entries)
+                continue
+            result.succeeded.extend(part.succeeded)
+            result.failed.extend(part.failed)
         return result
 
     def consumer(self, url: str, wait_s: int | None = None, visibility_timeout: int | None = None) -> "QueueConsumer":

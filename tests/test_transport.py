@@ -167,3 +167,21 @@ def test_transport_of_wraps_a_raw_client_once_and_passes_a_transport_through(tra
     wrapped = Transport.of(settings, transport.sqs)
     assert wrapped is not transport and wrapped.sqs is transport.sqs and wrapped.poll_sqs is transport.sqs
     assert wrapped.url(f"{settings.prefix}-q") == queue
+
+
+def test_grouped_operations_span_queues_and_report_a_gone_queue_per_entry(transport, queue, settings):
+    gone = transport.create_queue(f"{settings.prefix}-reply-gone")
+    transport.delete_queue(gone)
+    other = transport.create_queue(f"{settings.prefix}-other")
+    items = [(f"a{i}", queue, f"a{i}") for i in range(11)] + [("b0", other, "b0")] + [("g0", gone, "g0"), ("g1", gone, "g1")]
+    result = transport.send_grouped(items)
+    assert sorted(result.succeeded) == sorted([f"a{i}" for i in range(11)] + ["b0"])
+    assert sorted(result.failed_keys) == ["g0", "g1"] and all(f.queue_gone for f in result.failed)
+    held = receive_all(transport, queue, 11) + receive_all(transport, other, 1)
+    released = transport.release_received(held[:3])
+    assert released.ok and len(released.succeeded) == 3
+    assert transport.depth(queue).visible == 3
+    acked = transport.ack_received(held[3:])
+    assert acked.ok and sorted(acked.succeeded) == sorted(m.message_id for m in held[3:])
+    assert transport.depth(other) == transport.depth(other).__class__(0, 0, 0)
+    transport.delete_queue(other)
