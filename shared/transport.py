@@ -301,19 +301,23 @@ class Transport:
         return self._grouped(by_queue, self.send_batch)
 
     def ack_received(self, messages: Iterable[Any]) -> BatchResult:
-        """Delete received messages (anything with queue_url, message_id, receipt_handle), per queue."""
+        """Delete received messages (anything with queue_url and receipt_handle), per queue.
+
+        Keys are positions in `messages`: one message received twice (its visibility ran out while held)
+        has two receipt handles under one MessageId, and both must be answerable.
+        """
         return self._grouped(self._by_queue(messages), self.delete_batch)
 
     def release_received(self, messages: Iterable[Any], timeout_s: int = 0) -> BatchResult:
-        """Make received messages visible again after timeout_s (0: now), per queue."""
+        """Make received messages visible again after timeout_s (0: now), per queue; keys are positions."""
         return self._grouped(self._by_queue(messages),
                              lambda url, handles: self.change_visibility_batch(url, handles, timeout_s))
 
     @staticmethod
     def _by_queue(messages: Iterable[Any]) -> dict[str, list]:
         by_queue: dict[str, list] = {}
-        for m in messages:
-            by_queue.setdefault(m.queue_url, []).append((m.message_id, m.receipt_handle))
+        for i, m in enumerate(messages):
+            by_queue.setdefault(m.queue_url, []).append((i, m.receipt_handle))
         return by_queue
 
     @staticmethod
