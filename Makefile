@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TOOLS  := .venv-tools
 
-.PHONY: install run test test-fast lint-infra bench bench-load browser clean
+.PHONY: install run test test-fast lint-infra bench bench-load bench-e2e browser clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench: install
 bench-load: install
 	$(PIP) install -q -e '.[bench]'
 	$(PY) bench/load_test.py --users 10 --duration 60
+
+bench-e2e: install
+	$(PY) bench/e2e.py --label $(or $(LABEL),run)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info

@@ -1,4 +1,4 @@
-"""Queue message schemas (version 1): request, reply, terminate. See DESIGN.md."""
+"""Message schemas (version 1): request, reply, terminate (SQS) and heartbeat (S3 record). See DESIGN.md."""
 from __future__ import annotations
 
 import json
@@ -199,3 +199,72 @@ class Terminate:
             raise MessageError("malformed_message", "terminate: needs v=1 and kind='terminate'")
         issued = _require(data, "issued_at", int, "terminate")
         return cls(issued_at=issued)
+
+
+HEARTBEAT_STATES = ("ready", "stopping")
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """A worker's liveness record, heartbeats/<instance_id>.json, rewritten every heartbeat_interval_s."""
+
+    instance_id: str
+    services: list = field(default_factory=list)     # services this worker hosts
+    unavailable: dict = field(default_factory=dict)  # service -> why it cannot be hosted
+    state: str = "ready"                             # "ready" | "stopping"
+    busy: int = 0                                    # messages held (waiting + being processed)
+    started_at: int = field(default_factory=now_ms)
+    at: int = field(default_factory=now_ms)          # when written, epoch ms
+    v: int = VERSION
+
+    def to_dict(self) -> dict:
+        """Plain dict (the JSON shape)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The record's body."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    def age_ms(self, now: int | float | None = None) -> float:
+        """Milliseconds since it was written."""
+        return (now_ms() if now is None else now) - self.at
+
+    def is_fresh(self, max_age_s: float, now: int | float | None = None) -> bool:
+        """True when written within the last max_age_s seconds."""
+        return self.age_ms(now) <= max_age_s * 1000
+
+    @property
+    def idle(self) -> bool:
+        """Ready and holding nothing."""
+        return self.state == "ready" and self.busy == 0
+
+    @classmethod
+    def from_json(cls, body: str | bytes | dict) -> "Heartbeat":
+        """Parse and validate; raises MessageError. Records without "v" (written before it existed) are v1."""
+        data = _load(body)
+        what = "heartbeat"
+        if data.get("v", VERSION) != VERSION:
+            raise MessageError("unsupported_version", f"heartbeat version {data.get('v')!r} is not {VERSION}")
+        instance_id = _require(data, "instance_id", str, what)
+        if not instance_id:
+            raise MessageError("malformed_message", "heartbeat: instance_id must not be empty")
+        at = _require(data, "at", (int, float), what)
+        if isinstance(at, bool):
+            raise MessageError("malformed_message", "heartbeat: field 'at' has the wrong type")
+        state = data.get("state", "ready")
+        if state not in HEARTBEAT_STATES:
+            raise MessageError("malformed_message", f"heartbeat: state must be one of {HEARTBEAT_STATES}")
+        busy = data.get("busy", 0)
+        if not isinstance(busy, int) or isinstance(busy, bool) or busy < 0:
+            raise MessageError("malformed_message", "heartbeat: busy must be a non-negative integer")
+        services = data.get("services", [])
+        if not isinstance(services, list) or not all(isinstance(s, str) for s in services):
+            raise MessageError("malformed_message", "heartbeat: services must be a list of names")
+        unavailable = data.get("unavailable", {})
+        if not isinstance(unavailable, dict):
+            raise MessageError("malformed_message", "heartbeat: unavailable must be an object")
+        started = data.get("started_at", int(at))
+        if not isinstance(started, (int, float)) or isinstance(started, bool):
+            raise MessageError("malformed_message", "heartbeat: started_at must be epoch milliseconds")
+        return cls(instance_id=instance_id, services=list(services), unavailable=dict(unavailable), state=state,
+                   busy=busy, started_at=int(started), at=int(at))

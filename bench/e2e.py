@@ -1,0 +1,348 @@
+"""End-to-end latency and throughput: the SQS floor, a direct Flask box, and the stack, side by side in one run.
+
+    .venv/bin/python bench/e2e.py [--label before] [--sequential 40 --c4 120 --c16 240]
+
+Three systems on this machine, loopback only, one moto server (its own process) for both queue systems:
+
+- floor: the bare SQS round trip, no model: a sender puts a request message on a queue (reply_to = its own
+  reply queue), an echo process long-polls, answers with send_message_batch and deletes the request; the
+  sender's listener thread long-polls the reply queue and wakes the waiting client. Any queue design pays this.
+- direct: Flask + gunicorn (1 process, gthread) running the project's ImageClassifier for `imagenet`
+  in the request thread (bench/e2e_direct.py): fetch by URL, decode, forward (one at a time, under a lock,
+  unless --direct-unlocked), top-k. No queue.
+- stack: classifycloud.local.LocalStack with 1 worker (web: gunicorn, its default processes).
+
+The images are the bundled coffee photo by URL from the loopback sample server. Each cell (sequential, 4 and
+16 concurrent clients) runs the three systems back to back, so machine load hits them alike; the report gives
+p50/p99 latency, throughput, and the ratios (stack p50 - floor p50; stack / direct throughput).
+Results: bench/results/e2e.json (the --label names the run in it; earlier labels are kept).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+
+import requests  # noqa: E402
+
+from bench.load_test import device, versions  # noqa: E402
+from classifycloud.local import LocalStack, aws_env, free_port  # noqa: E402
+from shared.aws import client, sqs_long_poll_client  # noqa: E402
+from shared.config import Settings  # noqa: E402
+from shared.messages import MessageError, Reply, Request, new_id  # noqa: E402
+
+log = logging.getLogger("bench.e2e")
+PHOTO = "coffee"
+CELLS = (("sequential", 1), ("c4", 4), ("c16", 16))
+
+
+# --- the floor: bare SQS echo -----------------------------------------------------------------------
+def echo_serve(request_url: str) -> None:
+    """The echo process: long-poll, reply to each request's reply_to (batched), delete (batched)."""
+    settings = Settings.from_env(os.environ)
+    poll, sqs = sqs_long_poll_client(settings), client("sqs", settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.is_set():
+        resp = poll.receive_message(QueueUrl=request_url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+        messages = resp.get("Messages", [])
+        if not messages:
+            continue
+        by_queue: dict[str, list] = {}
+        for m in messages:
+            req = Request.from_json(m["Body"])
+            by_queue.setdefault(req.reply_to, []).append(Reply.ok(req.id, req.service, []).to_json())
+        for url, bodies in by_queue.items():
+            sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": b}
+                                                          for i, b in enumerate(bodies)])
+        sqs.delete_message_batch(QueueUrl=request_url, Entries=[
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+
+
+class Floor:
+    """The sender side of the SQS round trip: one reply listener thread, waiters by request id."""
+
+    def __init__(self, settings: Settings, prefix: str, log_dir: str):
+        self.sqs = client("sqs", settings)
+        self.poll = sqs_long_poll_client(settings)
+        self.request_url = self.sqs.create_queue(QueueName=f"{prefix}-echo-requests")["QueueUrl"]
+        self.reply_url = self.sqs.create_queue(QueueName=f"{prefix}-echo-reply")["QueueUrl"]
+        self.waiters: dict[str, list] = {}
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.listener = threading.Thread(target=self._listen, name="floor-listener", daemon=True)
+        self.listener.start()
+        with open(os.path.join(log_dir, "echo.log"), "ab") as logf:
+            self.echo = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--echo", self.request_url],
+                                         stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _listen(self) -> None:
+        while not self.stop_event.is_set():
+            resp = self.poll.receive_message(QueueUrl=self.reply_url, MaxNumberOfMessages=10, WaitTimeSeconds=2)
+            messages = resp.get("Messages", [])
+            for m in messages:
+                try:
+                    reply = Reply.from_json(m["Body"])
+                except MessageError:
+                    continue
+                with self.lock:
+                    waiter = self.waiters.pop(reply.id, None)
+                if waiter is not None:
+                    waiter[1] = reply
+                    waiter[0].set()
+            if messages:
+                self.sqs.delete_message_batch(QueueUrl=self.reply_url, Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
+
+    def call(self, _session) -> dict | None:
+        """One round trip; the reply as a dict, None on timeout."""
+        rid = new_id()
+        waiter = [threading.Event(), None]
+        with self.lock:
+            self.waiters[rid] = waiter
+        self.sqs.send_message(QueueUrl=self.request_url, MessageBody=Request(
+            id=rid, service="echo", image={"url": "http://127.0.0.1/none.jpg"}, reply_to=self.reply_url).to_json())
+        if not waiter[0].wait(30):
+            with self.lock:
+                self.waiters.pop(rid, None)
+            return None
+        return waiter[1].to_dict()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.echo.send_signal(signal.SIGTERM)
+        try:
+            self.echo.wait(10)
+        except subprocess.TimeoutExpired:
+            self.echo.kill()
+        self.listener.join(5)
+
+
+class Http:
+    """GET /classify on a base URL; a 200 with results counts as done."""
+
+    def __init__(self, base_url: str, image_url: str):
+        self.url = f"{base_url}/classify"
+        self.params = {"url": image_url, "service": "imagenet", "top_k": "5"}
+
+    def call(self, session: requests.Session) -> dict | None:
+        r = session.get(self.url, params=self.params, timeout=60)
+        if r.status_code != 200:
+            log.warning("HTTP %d from %s: %s", r.status_code, self.url, r.text[:200])
+            return None
+        body = r.json()
+        return body if body.get("results") else None
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+def run_cell(system, clients: int, total: int) -> dict:
+    """`total` calls spread over `clients` threads; latency percentiles, throughput, failures."""
+    lat: list[float] = []
+    timings: list[dict] = []
+    failures = 0
+    left = [total]
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        nonlocal failures
+        session = requests.Session()
+        while True:
+            with lock:
+                if left[0] <= 0:
+                    return
+                left[0] -= 1
+            t0 = time.perf_counter()
+            try:
+                body = system.call(session)
+            except Exception as exc:  # a failed call is counted, not fatal
+                log.warning("call failed: %s", exc)
+                body = None
+            dt = (time.perf_counter() - t0) * 1000
+            with lock:
+                if body is None:
+                    failures += 1
+                else:
+                    lat.append(dt)
+                    if body.get("timings_ms"):
+                        timings.append(body["timings_ms"])
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    lat.sort()
+    out = {"clients": clients, "requests": total, "ok": len(lat), "failures": failures,
+           "wall_s": round(wall, 2), "throughput_rps": round(len(lat) / wall, 2) if wall else 0.0,
+           "p50_ms": round(pct(lat, 50), 1), "p99_ms": round(pct(lat, 99), 1),
+           "mean_ms": round(statistics.fmean(lat), 1) if lat else None}
+    if timings:
+        keys = sorted({k for t in timings for k in t})
+        out["reported_timings_p50_ms"] = {k: round(statistics.median(t[k] for t in timings if k in t), 1)
+                                          for k in keys}
+    return out
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list (nan when empty)."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Until GET url answers 200."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: server exited with {proc.returncode}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
+
+
+def start_moto(log_dir: str) -> tuple[subprocess.Popen, str]:
+    """A moto server in its own process (so the clients of this process do not share its GIL)."""
+    port = free_port()
+    with open(os.path.join(log_dir, "moto.log"), "ab") as logf:
+        proc = subprocess.Popen([sys.executable, "-c", "from moto.server import main; main()",
+                                 "-H", "127.0.0.1", "-p", str(port)],
+                                stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    wait_http(endpoint + "/moto-api/", 60, proc)
+    return proc, endpoint
+
+
+def ratios(results: dict) -> dict:
+    """stack p50 - floor p50, stack p50 - direct p50, stack / direct throughput, per cell."""
+    out = {}
+    for cell, _ in CELLS:
+        f, d, s = (results[name][cell] for name in ("floor", "direct", "stack"))
+        out[cell] = {"stack_minus_floor_p50_ms": round(s["p50_ms"] - f["p50_ms"], 1),
+                     "stack_minus_direct_p50_ms": round(s["p50_ms"] - d["p50_ms"], 1),
+                     "stack_over_direct_throughput": round(s["throughput_rps"] / d["throughput_rps"], 2)
+                     if d["throughput_rps"] else None}
+    return out
+
+
+def table(run: dict) -> str:
+    """A markdown table of one run."""
+    lines = ["| cell | system | ok / n | p50 ms | p99 ms | req/s |", "|---|---|---:|---:|---:|---:|"]
+    for cell, _ in CELLS:
+        for name in ("floor", "direct", "stack"):
+            r = run["results"][name][cell]
+            lines.append(f"| {cell} | {name} | {r['ok']}/{r['requests']} | {r['p50_ms']} | {r['p99_ms']} "
+                         f"| {r['throughput_rps']} |")
+    lines += ["", "| cell | stack p50 − floor p50 (ms) | stack p50 − direct p50 (ms) | stack ÷ direct req/s |",
+              "|---|---:|---:|---:|"]
+    for cell, _ in CELLS:
+        r = run["ratios"][cell]
+        lines.append(f"| {cell} | {r['stack_minus_floor_p50_ms']} | {r['stack_minus_direct_p50_ms']} "
+                     f"| {r['stack_over_direct_throughput']} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--echo", metavar="REQUEST_QUEUE_URL", help=argparse.SUPPRESS)
+    p.add_argument("--label", default="run")
+    p.add_argument("--sequential", type=int, default=40, help="requests in the sequential cell")
+    p.add_argument("--c4", type=int, default=120, help="requests in the 4-client cell")
+    p.add_argument("--c16", type=int, default=240, help="requests in the 16-client cell")
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--direct-threads", type=int, default=16)
+    p.add_argument("--direct-unlocked", action="store_true",
+                   help="let the direct box run forwards concurrently (default: one at a time, under a lock)")
+    p.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.echo:
+        echo_serve(args.echo)
+        return 0
+
+    log_dir = tempfile.mkdtemp(prefix="classifycloud-e2e-")
+    counts = {"sequential": args.sequential, "c4": args.c4, "c16": args.c16}
+    moto, endpoint = start_moto(log_dir)
+    os.environ.update(aws_env(endpoint))
+    prefix = "e2e" + uuid.uuid4().hex[:6]
+    settings = Settings.from_env({}, prefix=prefix, metrics_enabled=False)
+    stack = LocalStack(settings, workers=1, endpoint=endpoint, log_dir=log_dir)
+    floor = direct_proc = None
+    try:
+        stack.start()
+        image_url = stack.sample_url(PHOTO)
+        direct_port = free_port()
+        from bench import e2e_direct
+        direct_proc = e2e_direct.start(direct_port, args.direct_threads, os.path.join(log_dir, "direct.log"),
+                                         lock=not args.direct_unlocked)
+        floor = Floor(stack.settings, prefix, log_dir)
+        stack.wait_ready(timeout=300)
+        wait_http(f"http://127.0.0.1:{direct_port}/healthz", 300, direct_proc)
+        systems = {"floor": floor, "direct": Http(f"http://127.0.0.1:{direct_port}", image_url),
+                   "stack": Http(stack.base_url, image_url)}
+        for name, system in systems.items():
+            warm = run_cell(system, 4, args.warmup)
+            log.info("warm-up %s: %d/%d ok", name, warm["ok"], args.warmup)
+        results: dict = {name: {} for name in systems}
+        for cell, clients in CELLS:  # the three systems back to back per cell: load drifts hit all alike
+            for name, system in systems.items():
+                results[name][cell] = r = run_cell(system, clients, counts[cell])
+                log.info("%s %s: p50 %.1f ms p99 %.1f ms %.2f req/s (%d failures)", cell, name,
+                         r["p50_ms"], r["p99_ms"], r["throughput_rps"], r["failures"])
+    finally:
+        if floor is not None:
+            floor.close()
+        if direct_proc is not None:
+            direct_proc.send_signal(signal.SIGTERM)
+            try:
+                direct_proc.wait(30)
+            except subprocess.TimeoutExpired:
+                direct_proc.kill()
+        stack.stop()
+        moto.terminate()
+        moto.wait(10)
+    run = {"label": args.label, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "device": device(), "versions": versions(), "load_avg": os.getloadavg(),
+           "config": {"photo": PHOTO, "service": "imagenet", "stack_workers": 1,
+                      "stack_web_processes": stack.web_processes, "direct": f"gunicorn gthread 1 process x "
+                      f"{args.direct_threads} threads, "
+                      + ("forwards concurrent (no lock)" if args.direct_unlocked else "one forward at a time (lock)"),
+                      "moto": "separate process", "cells": counts,
+                      "warmup": args.warmup},
+           "results": results, "ratios": ratios(results)}
+    print(table(run))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    runs = {}
+    if os.path.exists(args.out):
+        with open(args.out) as fh:
+            runs = json.load(fh).get("runs", {})
+    runs[args.label] = run
+    with open(args.out, "w") as fh:
+        json.dump({"runs": runs}, fh, indent=2)
+    print(f"results in {args.out} (label {args.label!r}); logs in {log_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
