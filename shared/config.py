@@ -64,8 +64,12 @@ class Settings:
     fetch_max_bytes: int = 20 * 1024 * 1024
     fetch_connect_timeout_s: float = 3.0
     fetch_read_timeout_s: float = 10.0
+    fetch_deadline_s: float = 15.0            # hard wall-clock bound on a whole URL fetch (all hops, headers, body)
+    fetch_batch_wait_s: float = 2.0           # a batch infers what is fetched by then; stragglers follow alone
+    max_image_pixels: int = 40_000_000        # larger images are refused (bounds decode time and memory)
     fetch_max_redirects: int = 5
     fetch_allow_loopback: bool = False        # only the local stack turns this on (its sample photos)
+    own_hosts: tuple[str, ...] = ()           # this stack's public host names (ALB DNS, domains): never fetched
 
     # --- autoscaler ---------------------------------------------------------
     policy: str = "backlog"                   # backlog | classifycloud

@@ -17,6 +17,8 @@ REPLY_STATUS: dict[str, int] = {
     "forbidden_address": 400,
     "unsupported_scheme": 400,
     "too_many_redirects": 400,
+    "redirect_loop": 400,
+    "unsupported_format": 415,
     "malformed_message": 400,
     "unsupported_version": 400,
     "unknown_service": 404,
