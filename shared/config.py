@@ -35,7 +35,10 @@ class Settings:
 
     # --- web ----------------------------------------------------------------
     reply_timeout_s: float = 120.0            # wait for a reply before answering 504 with the job id
-    max_upload_bytes: int = 20 * 1024 * 1024  # request bodies larger than this -> 413
+    max_upload_bytes: int = 20 * 1024 * 1024  # images larger than this -> 413 (routes without images: 64 KiB)
+    max_inflight_body_bytes: int = 64 * 1024 * 1024  # body bytes one web process holds at once; past it 503
+    trusted_hosts: tuple[str, ...] = ()       # Host headers the web answers (ALB DNS, domains); () -> any
+    proxy_hops: int = 0                       # proxies (ALB) in front of the web whose X-Forwarded-* count
     web_processes: int = 2                    # gunicorn worker processes
     web_host: str = "127.0.0.1"
     web_port: int = 8080

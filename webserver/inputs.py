@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from flask import Request
 
+from shared.images import ALLOWED_TEXT, refused_format
 from webserver.errors import ApiError
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -16,7 +17,7 @@ _WS = re.compile(r"\s+")
 MAX_URL_LENGTH = 2048
 
 
-@dataclass(frozen=True)
+@dataclass
 class ImageInput:
     """Either a URL for the worker to fetch, or bytes the client sent."""
 
@@ -27,6 +28,18 @@ class ImageInput:
     def kind(self) -> str:
         """'url' or 'bytes'."""
         return "url" if self.url is not None else "bytes"
+
+    def release(self) -> None:
+        """Drop the bytes once they are stored (the request may wait minutes for its reply)."""
+        self.data = None
+
+
+def check_image_bytes(data: bytes) -> bytes:
+    """Refuse formats the workers will not decode (EPS, PSD, TIFF, ...) by their magic bytes: 415."""
+    other = refused_format(data)
+    if other:
+        raise ApiError(415, "unsupported_format", f"{other} images are not accepted; send {ALLOWED_TEXT}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -74,7 +87,7 @@ def decode_base64(text: object) -> bytes:
         raise ApiError(400, "invalid_base64", f"image is not valid base64: {exc}") from None
     if not data:
         raise ApiError(400, "invalid_base64", "image_base64 decodes to no bytes")
-    return data
+    return check_image_bytes(data)
 
 
 def parse_top_k(value: object) -> int | None:
@@ -107,7 +120,7 @@ def _upload(req: Request) -> bytes:
     data = f.read()
     if not data:
         raise ApiError(400, "empty_image", "the uploaded image file is empty")
-    return data
+    return check_image_bytes(data)
 
 
 def parse_classify(req: Request) -> ClassifyInput:
