@@ -74,13 +74,15 @@ def open_checked(data: bytes, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError:
-        raise ImageRefused("image_too_large", f"image has more than {max_pixels} pixels") from None
+        raise ImageRefused("image_too_large", "image too large: past Pillow's decompression-bomb limit") from None
     except UnidentifiedImageError:
         raise ImageRefused("invalid_image", f"not a decodable image ({ALLOWED_TEXT} expected)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRefused("invalid_image", f"not a decodable image: {exc}") from None
     width, height = img.size
-    if max_pixels and width * height > max_pixels:
+    limits = [n for n in (max_pixels, Image.MAX_IMAGE_PIXELS) if n]  # Pillow's global cap, if lower, too
+    limit = min(limits) if limits else 0
+    if limit and width * height > limit:
         img.close()
-        raise ImageRefused("image_too_large", f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+        raise ImageRefused("image_too_large", f"image too large: {width}x{height} pixels; the limit is {limit}")
     return img
