@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, UnidentifiedImageError
-
 # Pillow format names; docs/API.md lists the same set.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP")
 ALLOWED_TEXT = "JPEG, PNG, WebP, GIF or BMP"
@@ -64,8 +62,9 @@ def refused_format(data: bytes) -> str | None:
     return None
 
 
-def open_checked(data: bytes, max_pixels: int) -> Image.Image:
+def open_checked(data: bytes, max_pixels: int):
     """Pillow's lazy open restricted to the allowed formats, with the pixel cap checked from the header."""
+    from PIL import Image, UnidentifiedImageError  # here: the web only sniffs bytes and never loads Pillow
     if not data:
         raise ImageRefused("invalid_image", "the image is empty")
     other = refused_format(data)
