@@ -239,3 +239,8 @@ def test_https_keeps_sni_and_certificate_checks_and_the_deadline(tls_server, sam
     t0 = time.monotonic()
     assert _refusal(f, {"url": f"https://localhost:{port}/drip/body"}).code == "fetch_timeout"
     assert time.monotonic() - t0 <= DEADLINE_S + SLACK_S
+
+
+def test_refusals_name_the_reason_without_library_or_system_error_text():
+    err = _refusal(_fetcher(), {"url": "http://no-such-host.invalid/cat.jpg"})
+    assert err.code == "fetch_failed" and err.message == "cannot resolve host 'no-such-host.invalid'"

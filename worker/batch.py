@@ -184,7 +184,7 @@ class BatchProcessor:
         except Exception as exc:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
             for item in group:
-                self._fail(item, "inference_failed", f"{type(exc).__name__}: {exc}")
+                self._fail(item, "inference_failed", "the model failed on this batch; try again")  # detail: the log
             return
         handler = self.registry.get(service)
         self.metrics.record("InferenceTime", result.inference_ms, Service=service)

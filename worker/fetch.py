@@ -92,7 +92,8 @@ def resolve_checked(host: str, port: int, allow_loopback: bool) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError("fetch_failed", f"cannot resolve host {host!r}: {exc}") from None
+        log.info("cannot resolve %r: %s", host, exc)
+        raise FetchError("fetch_failed", f"cannot resolve host {host!r}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise FetchError("fetch_failed", f"host {host!r} has no address")
