@@ -86,3 +86,29 @@ def test_eps_and_psd_uploads_get_an_unsupported_format_reply(stack, model):
     got = stack.replies(2)
     assert {rid: r.error["code"] for rid, r in got.items()} == {"eps": "unsupported_format",
                                                                 "psd": "unsupported_format"}
+
+
+def test_a_batch_extends_the_visibility_of_messages_that_waited_in_the_buffer(stack, model, images):
+    from shared.messages import now_ms
+    from shared.metrics import MetricsPublisher
+    from worker.batch import BatchProcessor
+    from worker.consumer import Held
+    from worker.fetch import Fetcher
+    from worker.results import ResultSink
+    registry, engine = model
+    s = stack.settings.replace(visibility_timeout_s=6)
+    stack.request({"url": images.base + "/chelsea.jpg"}, "waited")
+    got = stack.sqs.receive_message(QueueUrl=stack.queue, VisibilityTimeout=3, WaitTimeSeconds=2)["Messages"][0]
+    received = time.monotonic()
+    # as if it had waited 4 s in the buffer: more than half of the 6 s visibility timeout is gone
+    held = Held("imagenet", stack.queue, got["MessageId"], got["ReceiptHandle"], got["Body"], now_ms() - 4000, 1)
+    processor = BatchProcessor(s, registry, engine, Fetcher(s, stack.s3), ResultSink(s, stack.sqs, stack.s3),
+                               MetricsPublisher(s, "worker"), "w-test")
+    try:
+        result = processor.process([held])
+    finally:
+        processor.close()
+    assert result.outcomes[0].reply.status == "ok"
+    time.sleep(max(0.0, received + 4.0 - time.monotonic()))  # past the 3 s it was received with
+    again = stack.sqs.receive_message(QueueUrl=stack.queue, WaitTimeSeconds=0).get("Messages", [])
+    assert again == []  # still ours: no second worker got it while this one worked on it
