@@ -51,3 +51,18 @@ def test_behind_the_alb_the_scheme_comes_from_x_forwarded_proto_and_not_from_x_f
                  headers={"Host": "api.example.com", "X-Forwarded-Proto": "https",
                           "X-Forwarded-Host": "evil.example.net", "X-Forwarded-For": "203.0.113.7"})
     assert r.get_json()["status_url"].startswith("https://api.example.com/jobs/")
+
+
+def test_a_url_naming_this_service_itself_is_refused_by_the_web(make_app, web_settings):
+    web = make_app(web_settings.replace(own_hosts=("my-alb-1.elb.amazonaws.com",),
+                                        trusted_hosts=("api.example.com",))).test_client()
+    loops = ["http://localhost/classify?url=http://x/y.jpg",                  # the Host of this request
+             "http://my-alb-1.elb.amazonaws.com/classify?url=http://x/y.jpg",  # the load balancer
+             "https://API.example.com./cv/imagenet"]                           # a public name
+    for url in loops:
+        r = web.get("/classify", query_string={"url": url})
+        assert r.status_code == 400 and r.get_json()["error"]["code"] == "forbidden_address", url
+        r = web.post("/jobs", json={"url": url})
+        assert r.status_code == 400, url
+    assert _queue_depth(web_settings) == 0
+    assert web.post("/jobs", json={"url": "http://localhost:8081/cat.jpg"}).status_code == 202  # another port
