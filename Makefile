@@ -10,7 +10,7 @@ TOOLS  := .venv-tools
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,local]'
 	touch $@
 
 # checkov pins many packages of its own: it lives in a separate venv.

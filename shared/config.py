@@ -35,7 +35,10 @@ class Settings:
 
     # --- web ----------------------------------------------------------------
     reply_timeout_s: float = 120.0            # wait for a reply before answering 504 with the job id
-    max_upload_bytes: int = 20 * 1024 * 1024  # request bodies larger than this -> 413
+    max_upload_bytes: int = 20 * 1024 * 1024  # images larger than this -> 413 (routes without images: 64 KiB)
+    max_inflight_body_bytes: int = 64 * 1024 * 1024  # body bytes one web process holds at once; past it 503
+    trusted_hosts: tuple[str, ...] = ()       # Host headers the web answers (ALB DNS, domains); () -> any
+    proxy_hops: int = 0                       # proxies (ALB) in front of the web whose X-Forwarded-* count
     web_processes: int = 2                    # gunicorn worker processes
     web_host: str = "127.0.0.1"
     web_port: int = 8080
@@ -64,8 +67,12 @@ class Settings:
     fetch_max_bytes: int = 20 * 1024 * 1024
     fetch_connect_timeout_s: float = 3.0
     fetch_read_timeout_s: float = 10.0
+    fetch_deadline_s: float = 15.0            # hard wall-clock bound on a whole URL fetch (all hops, headers, body)
+    fetch_batch_wait_s: float = 2.0           # a batch infers what is fetched by then; stragglers follow alone
+    max_image_pixels: int = 40_000_000        # larger images are refused (bounds decode time and memory)
     fetch_max_redirects: int = 5
     fetch_allow_loopback: bool = False        # only the local stack turns this on (its sample photos)
+    own_hosts: tuple[str, ...] = ()           # this stack's public host names (ALB DNS, domains): never fetched
 
     # --- autoscaler ---------------------------------------------------------
     policy: str = "backlog"                   # backlog | classifycloud

@@ -18,7 +18,8 @@ SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "sample
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Routes: /<name>.jpg, /nolength/<name>.jpg, /slow, /redirect?to=URL, /loop, /text, /status/<n>."""
+    """Routes: /<name>.jpg, /nolength/<name>.jpg, /slow, /drip/{headers,body}, /redirect?to=URL, /loop,
+    /text, /status/<n>."""
 
     protocol_version = "HTTP/1.0"
 
@@ -33,6 +34,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path == "/slow":
             time.sleep(server.slow_s)
             return self._send(200, b"late", "text/plain")
+        if path.startswith("/drip/"):  # one byte every drip_s: of the status line, or of the body
+            return self._drip(server, path)
         if path.startswith("/hold/"):  # answers the first request only once released
             first = not server.held_once.is_set()
             server.held_once.set()
@@ -43,6 +46,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send(302, b"", "text/plain", Location=parse_qs(parts.query)["to"][0])
         if path == "/loop":
             return self._send(302, b"", "text/plain", Location="/loop")
+        if path.startswith("/chain/"):  # /chain/1 -> /chain/2 -> ...: distinct URLs, no loop
+            return self._send(302, b"", "text/plain", Location=f"/chain/{int(path.rsplit('/', 1)[1]) + 1}")
         if path == "/text":
             return self._send(200, b"<html>not an image</html>", "text/html")
         if path.startswith("/status/"):
@@ -53,6 +58,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if data is None:
             return self._send(404, b"missing", "text/plain")
         self._send(200, data, "image/jpeg", with_length=not nolength)
+
+    def _drip(self, server, path):
+        head = b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+        if path == "/drip/body":
+            self.wfile.write(head)
+            head = b""
+        end = time.monotonic() + 60  # the fetcher must give up long before this
+        payload = head + b"\xff" * 100000
+        for i in range(len(payload)):
+            if time.monotonic() > end or server.release.is_set():
+                return
+            try:
+                self.wfile.write(payload[i:i + 1])
+                self.wfile.flush()
+            except OSError:  # the fetcher closed the socket: the point of the test
+                server.dripped_until.append(time.monotonic())
+                return
+            time.sleep(server.drip_s)
 
     def _send(self, status, body, ctype, with_length=True, **headers):
         self.send_response(status)
@@ -82,6 +105,8 @@ class ImageServer:
                 self.files[fn] = fh.read()
         self.files.update(extra or {})
         self.slow_s = slow_s
+        self.drip_s = 0.3
+        self.dripped_until: list[float] = []
         self.hits: list[str] = []
         self.held_once = threading.Event()
         self.release = threading.Event()
@@ -199,8 +224,13 @@ def test_fetch_follows_redirects_and_rechecks_each_hop(server, sample_bytes):
 
 
 def test_fetch_stops_after_the_redirect_limit(server):
-    assert _code(_fetcher(fetch_max_redirects=3), {"url": server.base + "/loop"}) == "too_many_redirects"
-    assert server.hits == ["/loop"] * 4
+    assert _code(_fetcher(fetch_max_redirects=3), {"url": server.base + "/chain/1"}) == "too_many_redirects"
+    assert server.hits == ["/chain/1", "/chain/2", "/chain/3", "/chain/4"]
+
+
+def test_fetch_refuses_a_redirect_loop_at_the_first_repeat(server):
+    assert _code(_fetcher(fetch_max_redirects=5), {"url": server.base + "/loop"}) == "redirect_loop"
+    assert server.hits == ["/loop"]
 
 
 def test_fetch_caps_bytes_by_content_length_and_while_streaming(server):
@@ -255,7 +285,7 @@ def test_fetch_reads_s3_objects_under_the_cap(settings, provisioned, sample_byte
     s3 = client("s3", settings)
     s3.put_object(Bucket=settings.bucket_name, Key="uploads/a", Body=sample_bytes["coffee"])
     f = Fetcher(settings.replace(fetch_max_bytes=len(sample_bytes["coffee"])), s3)
-    assert f.fetch({"s3": f"s3://{settings.bucket_name}/uploads/a"}) == sample_bytes["coffee"]
+    assert f.fetch({"s3": f"s3://{settings.bucket_name}/uploads/a"}, "a") == sample_bytes["coffee"]
     small = Fetcher(settings.replace(fetch_max_bytes=1000), s3)
     assert _code(small, {"s3": f"s3://{settings.bucket_name}/uploads/a"}) == "image_too_large"
     assert _code(f, {"s3": f"s3://{settings.bucket_name}/uploads/missing"}) == "image_not_found"

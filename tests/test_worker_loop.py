@@ -134,11 +134,11 @@ def test_worker_answers_chelsea_and_coffee_from_urls_and_s3(stack, model, images
 
 
 def test_worker_answers_bad_images_with_invalid_image_and_loses_nothing_else(stack, model, sample_bytes):
-    stack.request(stack.upload("uploads/text", b"this is not an image"), "not-image")
-    stack.request(stack.upload("uploads/half", sample_bytes["chelsea"][:len(sample_bytes["chelsea"]) // 2]),
+    stack.request(stack.upload("uploads/not-image", b"this is not an image"), "not-image")
+    stack.request(stack.upload("uploads/truncated", sample_bytes["chelsea"][:len(sample_bytes["chelsea"]) // 2]),
                   "truncated")
     stack.request(stack.upload("uploads/good", sample_bytes["coffee"]), "good")
-    stack.request({"s3": f"s3://{stack.settings.bucket_name}/uploads/none"}, "missing")
+    stack.request({"s3": f"s3://{stack.settings.bucket_name}/uploads/missing"}, "missing")
     assert run_burst(stack.worker(model)) == 0
     got = stack.replies(4)
     assert got["not-image"].error["code"] == "invalid_image"
@@ -171,7 +171,7 @@ def test_worker_replies_to_a_malformed_message_with_a_readable_reply_to(stack, m
 
 def test_worker_leaves_an_unreadable_message_to_reach_the_dlq(stack, model, sample_bytes):
     stack.send("{this is not json")
-    stack.request(stack.upload("uploads/ok", sample_bytes["coffee"]), "fine")
+    stack.request(stack.upload("uploads/fine", sample_bytes["coffee"]), "fine")
     assert run_burst(stack.worker(model)) == 0     # burst ends only once the queue is empty
     assert stack.replies(1)["fine"].status == "ok"
     dlq = stack.sqs.get_queue_url(QueueName=naming.dead_letter_queue(stack.settings.prefix, "imagenet"))["QueueUrl"]
@@ -181,14 +181,14 @@ def test_worker_leaves_an_unreadable_message_to_reach_the_dlq(stack, model, samp
 
 
 def test_worker_answers_a_service_it_does_not_host_with_service_unavailable(stack, model, sample_bytes):
-    stack.request(stack.upload("uploads/x", sample_bytes["coffee"]), "other", service="plants")
+    stack.request(stack.upload("uploads/other", sample_bytes["coffee"]), "other", service="plants")
     assert run_burst(stack.worker(model)) == 0
     r = stack.replies(1)["other"]
     assert r.error["code"] == "service_unavailable" and "plants" in r.error["message"]
 
 
 def test_worker_writes_only_the_result_record_for_an_async_job(stack, model, sample_bytes):
-    stack.request(stack.upload("uploads/job", sample_bytes["chelsea"]), "job-1", reply=False)
+    stack.request(stack.upload("uploads/job-1", sample_bytes["chelsea"]), "job-1", reply=False)
     assert run_burst(stack.worker(model)) == 0
     rec = stack.record("job-1")
     assert rec["status"] == "ok" and rec["results"][0]["index"] in CATS

@@ -13,6 +13,8 @@ from webserver.auth import install_edge
 from webserver.errors import install_error_handlers
 from webserver.health import HeartbeatMonitor
 from webserver.jobs import JobStore
+from webserver.limits import body_limit, install_body_limits
+from webserver.proxy import install_proxy_fix
 from webserver.replies import ReplyListener
 from webserver.submit import Submitter
 
@@ -66,8 +68,10 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     settings = settings or get_settings()
     catalogue = catalogue or catalogue_for(settings)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_upload_bytes
-    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_upload_bytes  # base64 in form fields (XCloud)
+    # the largest body any route takes; each route narrows it (webserver.limits)
+    app.config["MAX_CONTENT_LENGTH"] = body_limit(settings, "api.classify")
+    app.config["MAX_FORM_MEMORY_SIZE"] = body_limit(settings, "api.classify")  # base64 in form fields (XCloud)
+    install_proxy_fix(app, settings)
     app.json.sort_keys = False
     ctx = WebContext(settings, catalogue)
     app.extensions[EXTENSION] = ctx
@@ -78,6 +82,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     app.register_blueprint(xcloud_bp)
     install_error_handlers(app)
     install_edge(app, ctx)  # API keys, usage log, /openapi.json and /docs (webserver/auth.py)
+    install_body_limits(app, settings)
 
     @app.before_request
     def _begin():

@@ -17,6 +17,8 @@ REPLY_STATUS: dict[str, int] = {
     "forbidden_address": 400,
     "unsupported_scheme": 400,
     "too_many_redirects": 400,
+    "redirect_loop": 400,
+    "unsupported_format": 415,
     "malformed_message": 400,
     "unsupported_version": 400,
     "unknown_service": 404,
@@ -41,6 +43,7 @@ class ApiError(Exception):
         self.request_id = request_id
         self.extra = extra
         self.allow: list[str] | None = None   # 405: the methods the route accepts
+        self.retry_after: int | None = None   # 503: seconds after which a retry may succeed
 
     def body(self) -> dict:
         """The native JSON error body."""
@@ -87,6 +90,8 @@ def install_error_handlers(app: Flask, xcloud_prefix: str = "/cv/") -> None:
         resp.status_code = err.status
         if err.allow:
             resp.headers["Allow"] = ", ".join(err.allow)
+        if err.retry_after:
+            resp.headers["Retry-After"] = str(err.retry_after)
         return resp
 
     @app.errorhandler(ApiError)

@@ -17,6 +17,9 @@ graceful_timeout = 15
 keepalive = 5
 control_socket_disable = True  # one fixed ~/.gunicorn socket would be shared by every server on the host
 accesslog = "-"
+# the path without its query string (a ?url= may carry a presigned signature or user:pass@), no referer
+# (same risk), and the client address as the load balancer saw it (X-Forwarded-For)
+access_log_format = '%(h)s xff=%({x-forwarded-for}i)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%(a)s"'
 loglevel = _settings.log_level.lower()
 
 

@@ -7,8 +7,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from flask import Request
+from flask import Request, current_app
 
+from shared.images import ALLOWED_TEXT, refused_format
 from webserver.errors import ApiError
 
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
@@ -16,7 +17,7 @@ _WS = re.compile(r"\s+")
 MAX_URL_LENGTH = 2048
 
 
-@dataclass(frozen=True)
+@dataclass
 class ImageInput:
     """Either a URL for the worker to fetch, or bytes the client sent."""
 
@@ -27,6 +28,18 @@ class ImageInput:
     def kind(self) -> str:
         """'url' or 'bytes'."""
         return "url" if self.url is not None else "bytes"
+
+    def release(self) -> None:
+        """Drop the bytes once they are stored (the request may wait minutes for its reply)."""
+        self.data = None
+
+
+def check_image_bytes(data: bytes) -> bytes:
+    """Refuse formats the workers will not decode (EPS, PSD, TIFF, ...) by their magic bytes: 415."""
+    other = refused_format(data)
+    if other:
+        raise ApiError(415, "unsupported_format", f"{other} images are not accepted; send {ALLOWED_TEXT}")
+    return data
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,25 @@ def check_url(url: object) -> str:
     return url
 
 
+def _host_port(netloc_host: str, scheme: str) -> tuple[str, int]:
+    parts = urlsplit(f"{scheme}://{netloc_host}")
+    return (parts.hostname or "").rstrip(".").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def refuse_self(url: str, req: Request) -> str:
+    """A URL naming this service itself would loop requests back in (the worker refuses it too): 400."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    host, port = _host_port(parts.netloc.rsplit("@", 1)[-1], scheme)
+    names: set[str] = set()
+    ctx = current_app.extensions.get("classifycloud")
+    if ctx is not None:
+        names = {_host_port(h, "http")[0] for h in (*ctx.settings.own_hosts, *ctx.settings.trusted_hosts)}
+    if host in names or (host, port) == _host_port(req.host, req.scheme):
+        raise ApiError(400, "forbidden_address", "the image URL points at this service itself")
+    return url
+
+
 def decode_base64(text: object) -> bytes:
     """Bytes from base64 text, optionally a data: URI; strict alphabet, padding tolerated if missing."""
     if not isinstance(text, str) or not text.strip():
@@ -74,7 +106,7 @@ def decode_base64(text: object) -> bytes:
         raise ApiError(400, "invalid_base64", f"image is not valid base64: {exc}") from None
     if not data:
         raise ApiError(400, "invalid_base64", "image_base64 decodes to no bytes")
-    return data
+    return check_image_bytes(data)
 
 
 def parse_top_k(value: object) -> int | None:
@@ -107,7 +139,7 @@ def _upload(req: Request) -> bytes:
     data = f.read()
     if not data:
         raise ApiError(400, "empty_image", "the uploaded image file is empty")
-    return data
+    return check_image_bytes(data)
 
 
 def parse_classify(req: Request) -> ClassifyInput:
@@ -116,7 +148,7 @@ def parse_classify(req: Request) -> ClassifyInput:
         args = req.args
         if not args.get("url"):
             raise ApiError(400, "missing_image", "give ?url=<http(s) image URL>")
-        return ClassifyInput(ImageInput(url=check_url(args.get("url"))),
+        return ClassifyInput(ImageInput(url=refuse_self(check_url(args.get("url")), req)),
                              parse_service(args.get("service")), parse_top_k(args.get("top_k")))
     if req.is_json:
         doc = req.get_json(silent=True)
@@ -128,7 +160,7 @@ def parse_classify(req: Request) -> ClassifyInput:
         if has_url and has_b64:
             raise ApiError(400, "ambiguous_image", "give either url or image_base64, not both")
         if has_url:
-            image = ImageInput(url=check_url(doc["url"]))
+            image = ImageInput(url=refuse_self(check_url(doc["url"]), req))
         elif has_b64:
             image = ImageInput(data=decode_base64(doc["image_base64"]))
         else:
@@ -138,7 +170,7 @@ def parse_classify(req: Request) -> ClassifyInput:
     if "image" in req.files:
         image = ImageInput(data=_upload(req))
     elif form.get("url"):
-        image = ImageInput(url=check_url(form.get("url")))
+        image = ImageInput(url=refuse_self(check_url(form.get("url")), req))
     elif form.get("image_base64"):
         image = ImageInput(data=decode_base64(form.get("image_base64")))
     else:
@@ -156,5 +188,5 @@ def parse_xcloud_image(req: Request) -> ImageInput:
         raise ApiError(400, "missing_image", "form field 'image' (file, URL or base64) is required")
     value = value.strip()
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
-        return ImageInput(url=check_url(value))
+        return ImageInput(url=refuse_self(check_url(value), req))
     return ImageInput(data=decode_base64(value))

@@ -1,11 +1,12 @@
 """The native JSON API: /classify, /jobs, /services, /healthz."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request, url_for
+from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import valid_id
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_classify
+from webserver.proxy import external_url
 from webserver.submit import Outcome
 
 bp = Blueprint("api", __name__)
@@ -17,8 +18,8 @@ def ctx():
 
 
 def status_url(request_id: str) -> str:
-    """Where the client polls for a job's result."""
-    return url_for("api.get_job", job_id=request_id, _external=True)
+    """Where the client polls for a job's result (on a trusted host name: webserver.proxy)."""
+    return external_url("api.get_job", job_id=request_id)
 
 
 def answer(outcome: Outcome):

@@ -16,6 +16,7 @@ from shared.metrics import MetricsPublisher
 from webserver.errors import ApiError
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
+from webserver.limits import release_request_body
 from webserver.replies import ReplyListener
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ class Submitter:
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
-                raise ApiError(503, "service_unavailable",
-                               f"service {service!r} has no request queue (not provisioned)") from None
+                log.error("request queue for %s does not exist: %s", service, exc)
+            raise ApiError(503, "service_unavailable", f"service {service!r} is not available right now") from None
             log.error("queue lookup for %s failed: %s", service, exc)
             raise ApiError(503, "queue_unavailable", "the request queue cannot be reached; try again") from None
         except BotoCoreError as exc:
@@ -88,7 +89,10 @@ class Submitter:
             raise ApiError(413, "image_too_large",
                            f"image is {len(image.data)} bytes; the limit is {self.settings.max_upload_bytes}",
                            request_id)
-        return {"s3": self.jobs.upload(request_id, image.data)}
+        ref = {"s3": self.jobs.upload(request_id, image.data)}
+        image.release()          # in S3 now: the wait for the reply holds no copy of the body
+        release_request_body()
+        return ref
 
     def _send(self, req: Request) -> None:
         try:

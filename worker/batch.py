@@ -3,19 +3,21 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from shared.config import Settings
 from shared.messages import MessageError, Reply, Request, now_ms, readable_reply_to
 from shared.metrics import MetricsPublisher
-from worker.consumer import Held
+from worker.consumer import Held, extend_visibility
 from worker.fetch import FetchError, Fetcher
 from worker.models.engine import ImageDecodeError, InferenceEngine
 from worker.models.registry import ModelRegistry
 from worker.results import Outcome, ResultSink
 
 log = logging.getLogger(__name__)
+
+_DEADLINE_SLACK_S = 1.0  # DNS resolution and the header check run outside the socket deadline
 
 
 @dataclass
@@ -34,6 +36,7 @@ class BatchOutcome:
 
     outcomes: list[Outcome]
     unreadable: list[Held]
+    early_delivered: list[Held] = field(default_factory=list)  # answered and deleted inside process()
 
 
 class BatchProcessor:
@@ -56,6 +59,9 @@ class BatchProcessor:
         outcomes: list[Outcome] = []
         unreadable: list[Held] = []
         items: list[_Item] = []
+        # messages that waited in the buffer get a fresh visibility timeout before the work starts
+        half = self.settings.visibility_timeout_s * 500
+        self.keep_visible([h for h in batch if now_ms() - h.received_at > half])
         for held in batch:
             try:
                 items.append(_Item(held, Request.from_json(held.body)))
@@ -79,18 +85,78 @@ class BatchProcessor:
                 if item.reply is not None:
                     log.info("request %s: redelivered, resending the stored result", item.request.id)
         todo = [i for i in items if i.reply is None]
-        list(self.pool.map(self._fetch, todo))
+        early = self._fetch_and_infer(todo)
+        handed = {id(i) for i in early}
+        for item in items:
+            if id(item) in handed:
+                continue
+            outcomes.append(Outcome(item.held, item.reply, item.request.reply_to))
+            self._log(item)
+        return BatchOutcome(outcomes, unreadable, early_delivered=[i.held for i in early])
+
+    def _fetch_and_infer(self, todo: list[_Item]) -> list[_Item]:
+        """Fetch in parallel; infer what arrived within fetch_batch_wait_s and deliver it at once.
+
+        A slow image (a drip-feeding server) then delays only itself: the rest of the batch is
+        answered, recorded and deleted while it finishes or hits fetch_deadline_s, which closes
+        its socket; the batch never waits past that deadline. Returns the items delivered early.
+        """
+        started = time.monotonic()
+        futures = {self.pool.submit(self._fetch, item.request): item for item in todo}
+        done, pending = wait(futures, timeout=self.settings.fetch_batch_wait_s)
+        early: list[_Item] = []
+        if pending:
+            early = [futures[f] for f in done]
+            for f in done:
+                self._take(futures[f], f)
+            self._infer_ready(early)
+            if early:  # answered, recorded and deleted now, like any batch (sink.deliver's rules)
+                self.sink.deliver([Outcome(i.held, i.reply, i.request.reply_to) for i in early])
+                for item in early:
+                    self._log(item)
+                log.info("batch: %d answered, %d image(s) still downloading", len(early), len(pending))
+            self.keep_visible([futures[f].held for f in pending])
+            # the fetcher's own deadline closes the socket; the slack covers DNS and the header check
+            limit = self.settings.fetch_deadline_s + _DEADLINE_SLACK_S - (time.monotonic() - started)
+            done_late, still = wait(pending, timeout=max(0.0, limit))
+            for f in done_late:
+                self._take(futures[f], f)
+            for f in still:  # abandoned: its thread ends at the fetcher's deadline; its result is ignored
+                item = futures[f]
+                item.fetch_ms = (time.monotonic() - started) * 1000
+                self._fail(item, "fetch_timeout", f"the image was not fetched within {self.settings.fetch_deadline_s:g} s")
+            self._infer_ready([futures[f] for f in pending])
+        else:
+            for f in done:
+                self._take(futures[f], f)
+            self._infer_ready(todo)
+        return early
+
+    def _take(self, item: _Item, future) -> None:
+        image, error, fetch_ms = future.result()
+        item.fetch_ms = fetch_ms
+        if error is not None:
+            self._fail(item, error.code, error.message)
+        else:
+            item.image = image
+
+    def _infer_ready(self, group: list[_Item]) -> None:
         by_service: dict[str, list[_Item]] = {}
-        for item in todo:
+        for item in group:
             if item.reply is None:
                 by_service.setdefault(item.request.service, []).append(item)
-        for service, group in by_service.items():
-            self._infer(service, group)
-        for item in items:
-            outcomes.append(Outcome(item.held, item.reply, item.request.reply_to))
-            log.info("request %s %s: %s", item.request.id, item.request.service,
-                     item.reply.status if item.reply.status == "ok" else item.reply.error["code"])
-        return BatchOutcome(outcomes, unreadable)
+        for service, members in by_service.items():
+            self._infer(service, members)
+
+    def keep_visible(self, held: list[Held]) -> None:
+        """Extend the visibility of messages still being worked on, so no other worker gets them meanwhile."""
+        if held and self.sink is not None and getattr(self.sink, "sqs", None) is not None:
+            extend_visibility(self.sink.sqs, held, self.settings.visibility_timeout_s)
+
+    @staticmethod
+    def _log(item: _Item) -> None:
+        log.info("request %s %s: %s", item.request.id, item.request.service,
+                 item.reply.status if item.reply.status == "ok" else item.reply.error["code"])
 
     def _check_service(self, item: _Item) -> None:
         service = item.request.service
@@ -99,18 +165,18 @@ class BatchProcessor:
         reason = self.registry.unavailable.get(service) or f"service {service!r} is not hosted by this worker"
         self._fail(item, "service_unavailable", reason)
 
-    def _fetch(self, item: _Item) -> None:
+    def _fetch(self, request: Request) -> tuple[bytes | None, FetchError | None, float]:
+        """(image, None, ms) or (None, error, ms); runs in the pool and touches no shared state."""
         t0 = time.perf_counter()
         try:
-            item.image = self.fetcher.fetch(item.request.image)
+            return self.fetcher.fetch(request.image, request.id), None, (time.perf_counter() - t0) * 1000
         except FetchError as exc:
-            self._fail(item, exc.code, exc.message)
-        except Exception as exc:  # an unexpected fetch failure fails this item, not the batch
-            log.exception("request %s: fetch crashed", item.request.id)
-            self._fail(item, "fetch_failed", f"{type(exc).__name__}: {exc}")
+            return None, exc, (time.perf_counter() - t0) * 1000
+        except Exception:  # an unexpected fetch failure fails this item, not the batch
+            log.exception("request %s: fetch crashed", request.id)
+            return None, FetchError("fetch_failed", "the image could not be fetched"), (time.perf_counter() - t0) * 1000
         finally:
-            item.fetch_ms = (time.perf_counter() - t0) * 1000
-            self.metrics.record("FetchTime", item.fetch_ms, Service=item.request.service)
+            self.metrics.record("FetchTime", (time.perf_counter() - t0) * 1000, Service=request.service)
 
     def _infer(self, service: str, group: list[_Item]) -> None:
         try:
@@ -118,7 +184,7 @@ class BatchProcessor:
         except Exception as exc:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
             for item in group:
-                self._fail(item, "inference_failed", f"{type(exc).__name__}: {exc}")
+                self._fail(item, "inference_failed", "the model failed on this batch; try again")  # detail: the log
             return
         handler = self.registry.get(service)
         self.metrics.record("InferenceTime", result.inference_ms, Service=service)

@@ -137,23 +137,34 @@ class MessageBuffer:
 
 def release(sqs, messages: list[Held]) -> int:
     """Make messages visible again now (ChangeMessageVisibility 0); returns how many were released."""
-    released = 0
+    return set_visibility(sqs, messages, 0)
+
+
+def extend_visibility(sqs, messages: list[Held], seconds: int) -> int:
+    """Keep messages a worker is still working on invisible for `seconds` more; returns how many."""
+    return set_visibility(sqs, messages, seconds)
+
+
+def set_visibility(sqs, messages: list[Held], seconds: int) -> int:
+    """ChangeMessageVisibility in batches of 10 per queue; returns how many succeeded."""
+    changed = 0
     by_queue: dict[str, list[Held]] = {}
     for m in messages:
         by_queue.setdefault(m.queue_url, []).append(m)
     for url, group in by_queue.items():
         for i in range(0, len(group), 10):
             chunk = group[i:i + 10]
-            entries = [{"Id": str(j), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": 0}
+            entries = [{"Id": str(j), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": int(seconds)}
                        for j, m in enumerate(chunk)]
             try:
                 resp = sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
-                released += len(resp.get("Successful", []))
+                changed += len(resp.get("Successful", []))
                 for f in resp.get("Failed", []):
-                    log.warning("release failed for %s: %s", chunk[int(f["Id"])].message_id, f.get("Message"))
-            except Exception as exc:  # they become visible after the visibility timeout anyway
-                log.warning("release of %d messages on %s failed: %s", len(chunk), url, exc)
-    return released
+                    log.warning("visibility %ds failed for %s: %s", seconds, chunk[int(f["Id"])].message_id,
+                                f.get("Message"))
+            except Exception as exc:  # released: visible after the timeout anyway; extended: maybe redelivered
+                log.warning("visibility %ds of %d messages on %s failed: %s", seconds, len(chunk), url, exc)
+    return changed
 
 
 class Consumer(threading.Thread):

@@ -1,20 +1,26 @@
 """Safe image fetch: strangers type these URLs, so every hop is resolved, checked and pinned."""
 from __future__ import annotations
 
-import io
+import http.client
 import ipaddress
 import logging
 import socket
+import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from botocore.exceptions import ClientError
-from PIL import Image, UnidentifiedImageError
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.util.ssl_match_hostname import CertificateError
 
+from shared import naming
 from shared.aws import parse_s3_uri
 from shared.config import Settings
+from shared.images import ImageRefused, open_checked
+from shared.redact import safe_url
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +92,8 @@ def resolve_checked(host: str, port: int, allow_loopback: bool) -> str:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise FetchError("fetch_failed", f"cannot resolve host {host!r}: {exc}") from None
+        log.info("cannot resolve %r: %s", host, exc)
+        raise FetchError("fetch_failed", f"cannot resolve host {host!r}") from None
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
         raise FetchError("fetch_failed", f"host {host!r} has no address")
@@ -106,12 +113,12 @@ def parse_target(url: str, allow_loopback: bool) -> Target:
         port = parts.port
         host = parts.hostname
     except ValueError as exc:
-        raise FetchError("invalid_url", f"invalid URL {url[:200]!r}: {exc}") from None
+        raise FetchError("invalid_url", f"invalid URL {safe_url(url)!r}: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise FetchError("unsupported_scheme", f"only http and https URLs can be fetched, not {scheme or 'none'!r}")
     if not host:
-        raise FetchError("invalid_url", f"URL {url[:200]!r} has no host")
+        raise FetchError("invalid_url", f"URL {safe_url(url)!r} has no host")
     port = port or (443 if scheme == "https" else 80)
     ip = resolve_checked(host, port, allow_loopback)
     shown = f"[{host}]" if ":" in host else host
@@ -122,120 +129,174 @@ def parse_target(url: str, allow_loopback: bool) -> Target:
     return Target(scheme, host, port, path, shown if default else f"{shown}:{port}", ip)
 
 
+class _Watchdog:
+    """Closes a connection's socket at the fetch deadline, so no read can outlive it."""
+
+    def __init__(self, conn, remaining_s: float):
+        self.conn = conn
+        self.sock = None  # kept once connected: http.client drops conn.sock when the response will close
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, remaining_s), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        sock = self.sock or getattr(self.conn, "sock", None)
+        if sock is not None:
+            try:  # the plain socket's shutdown (not SSLSocket's): a blocked recv returns at once
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 class Fetcher:
-    """Fetches request images from http(s) URLs (safely) and from S3, under one byte cap."""
+    """Fetches request images from http(s) URLs (safely) and from S3, under one byte cap and one deadline."""
 
     def __init__(self, settings: Settings, s3_client=None):
         self.settings = settings
         self.max_bytes = settings.fetch_max_bytes
+        self.max_pixels = settings.max_image_pixels
         self.allow_loopback = settings.fetch_allow_loopback
-        self.timeout = urllib3.Timeout(connect=settings.fetch_connect_timeout_s, read=settings.fetch_read_timeout_s)
-        # a slow drip of bytes resets the read timeout on every chunk; bound the whole body too
-        self.body_deadline_s = settings.fetch_connect_timeout_s + 2 * settings.fetch_read_timeout_s
+        # a drip of bytes resets a per-read timeout forever: the whole fetch has one hard deadline
+        self.deadline_s = settings.fetch_deadline_s
+        self.own = OwnEndpoints(settings)
         self._s3 = s3_client
 
-    def fetch(self, image: dict) -> bytes:
-        """The bytes of a request's image ({"url": ...} or {"s3": ...}), checked to look like an image."""
+    def fetch(self, image: dict, request_id: str | None = None) -> bytes:
+        """The bytes of a request's image ({"url": ...} or {"s3": uploads/<request_id>}), checked to be an image."""
         if "url" in image:
             data = self.fetch_url(image["url"])
         elif "s3" in image:
-            data = self.fetch_s3(image["s3"])
+            data = self.fetch_s3(image["s3"], request_id)
         else:
             raise FetchError("invalid_url", "image must be {'url': ...} or {'s3': ...}")
-        check_image_header(data)
+        check_image_header(data, self.max_pixels)
         return data
 
     def fetch_url(self, url: str) -> bytes:
-        """GET a URL, following redirects by hand and re-checking every hop."""
+        """GET a URL within fetch_deadline_s, following redirects by hand and re-checking every hop."""
+        deadline = time.monotonic() + self.deadline_s
         current = url
+        seen: set[str] = set()
         for hop in range(self.settings.fetch_max_redirects + 1):
+            if current in seen:
+                raise FetchError("redirect_loop", f"redirect loop at {safe_url(current)}")
+            seen.add(current)
+            self.own.check_name(current)
             target = parse_target(current, self.allow_loopback)
-            status, location, data = self._get(target, current)
+            self.own.check(target)
+            status, location, data = self._get(target, current, deadline)
             if status in _REDIRECTS:
                 if not location:
                     raise FetchError("fetch_failed", f"HTTP {status} redirect without a Location from {target.host}")
                 current = urljoin(current, location)
-                log.debug("redirect %d -> %s", hop + 1, current)
+                log.debug("redirect %d -> %s", hop + 1, safe_url(current))
                 continue
             if not 200 <= status < 300:
                 raise FetchError("fetch_failed", f"HTTP {status} from {target.host}")
             return data
         raise FetchError("too_many_redirects",
-                         f"more than {self.settings.fetch_max_redirects} redirects starting at {url[:200]}")
+                         f"more than {self.settings.fetch_max_redirects} redirects starting at {safe_url(url)}")
 
-    def _get(self, target: Target, url: str) -> tuple[int, str | None, bytes]:
-        """One request to the pinned IP with the original Host (and TLS name); (status, location, body)."""
-        kw = {}
+    def _connection(self, target: Target, connect_s: float):
         if target.scheme == "https":
-            pool_cls = urllib3.HTTPSConnectionPool
-            kw = dict(server_hostname=target.host, assert_hostname=target.host,
-                      cert_reqs="CERT_REQUIRED", ca_certs=_CA_CERTS)
-        else:
-            pool_cls = urllib3.HTTPConnectionPool
-        pool = pool_cls(target.ip, target.port, timeout=self.timeout, retries=False, maxsize=1, **kw)
+            return HTTPSConnection(target.ip, target.port, timeout=connect_s, server_hostname=target.host,
+                                   assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=_CA_CERTS)
+        return HTTPConnection(target.ip, target.port, timeout=connect_s)
+
+    def _get(self, target: Target, url: str, deadline: float) -> tuple[int, str | None, bytes]:
+        """One request to the pinned IP with the original Host (and TLS name); (status, location, body)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._timeout(url)
+        conn = self._connection(target, min(self.settings.fetch_connect_timeout_s, remaining))
         headers = {"Host": target.host_header, "Accept": "image/*",
                    "Accept-Encoding": "identity",  # no compressed bodies: the byte cap counts real bytes
                    "User-Agent": "ClassifyCloud-worker/1"}
-        resp = None
+        watchdog = _Watchdog(conn, remaining)
         try:
-            resp = pool.urlopen("GET", target.path, headers=headers, redirect=False, retries=False,
-                                preload_content=False, decode_content=False)
+            conn.connect()
+            watchdog.sock = conn.sock
+            if watchdog.fired:  # fired while connecting: nothing to close then
+                raise self._timeout(url)
+            conn.sock.settimeout(min(self.settings.fetch_read_timeout_s, max(0.01, deadline - time.monotonic())))
+            conn.request("GET", target.path, headers=headers, preload_content=False, decode_content=False)
+            resp = conn.getresponse()
             if resp.status in _REDIRECTS:
                 return resp.status, resp.headers.get("Location"), b""
             if not 200 <= resp.status < 300:
                 return resp.status, None, b""
-            return resp.status, None, self._read_capped(resp, url)
+            return resp.status, None, self._read_capped(resp, url, deadline)
+        except FetchError:
+            raise
         except (urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ReadTimeoutError,
                 TimeoutError, socket.timeout):
-            raise FetchError("fetch_timeout", f"timed out fetching {url[:200]}") from None
-        except urllib3.exceptions.SSLError as exc:
-            raise FetchError("fetch_failed", f"TLS error from {target.host}: {exc}") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise FetchError("fetch_failed", f"cannot fetch {url[:200]}: {exc}") from None
+            raise self._timeout(url) from None
+        except Exception as exc:  # after the watchdog closed the socket, any read error is the deadline
+            if watchdog.fired:
+                raise self._timeout(url) from None
+            if isinstance(exc, (urllib3.exceptions.SSLError, ssl.SSLError, CertificateError)):
+                log.info("TLS error from %s: %s", target.host, exc)
+                raise FetchError("fetch_failed", f"TLS error from {target.host} (certificate or handshake)") from None
+            if isinstance(exc, (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException)):
+                raise FetchError("fetch_failed", f"cannot fetch {safe_url(url)}: {type(exc).__name__}") from None
+            raise
         finally:
-            if resp is not None:
-                resp.release_conn()
-            pool.close()
+            watchdog.cancel()
+            conn.close()
 
-    def _read_capped(self, resp, url: str) -> bytes:
+    def _timeout(self, url: str) -> FetchError:
+        return FetchError("fetch_timeout", f"{safe_url(url)} was not fetched within {self.deadline_s:g} s")
+
+    def _read_capped(self, resp, url: str, deadline: float) -> bytes:
         length = resp.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > self.max_bytes:
-            raise FetchError("image_too_large", f"{url[:200]} is {int(length)} bytes; the limit is {self.max_bytes}")
-        deadline = time.monotonic() + self.body_deadline_s
+            raise FetchError("image_too_large",
+                             f"{safe_url(url)} is {int(length)} bytes; the limit is {self.max_bytes}")
         buf = bytearray()
         for chunk in resp.stream(_CHUNK):
             buf += chunk
             if len(buf) > self.max_bytes:
-                raise FetchError("image_too_large", f"{url[:200]} is larger than the limit of {self.max_bytes} bytes")
+                raise FetchError("image_too_large",
+                                 f"{safe_url(url)} is larger than the limit of {self.max_bytes} bytes")
             if time.monotonic() > deadline:
-                raise FetchError("fetch_timeout", f"{url[:200]} took longer than {self.body_deadline_s:.0f}s to send")
+                raise self._timeout(url)
         return bytes(buf)
 
-    def fetch_s3(self, uri: str) -> bytes:
-        """get_object from this deployment's bucket under the byte cap; missing -> image_not_found."""
+    def fetch_s3(self, uri: str, request_id: str | None = None) -> bytes:
+        """get_object of uploads/<request_id> in this deployment's bucket under the byte cap."""
         try:
             bucket, key = parse_s3_uri(uri)
         except ValueError as exc:
             raise FetchError("invalid_url", str(exc)) from None
         if bucket != self.settings.bucket_name:
-            raise FetchError("forbidden_address", f"only objects in bucket {self.settings.bucket_name!r} can be read")
+            raise FetchError("forbidden_address", "only this deployment's uploads can be read")
+        # a forged request must not read models/, results/ or another request's upload
+        allowed = naming.upload_key(request_id) if request_id is not None else None
+        if not key.startswith(naming.upload_key("")) or (allowed is not None and key != allowed):
+            raise FetchError("forbidden_address", "an s3 image must be this request's own upload")
         try:
             obj = self._s3_client().get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound"):
-                raise FetchError("image_not_found", f"{uri} does not exist") from None
-            raise FetchError("fetch_failed", f"cannot read {uri}: {code or exc}") from None
+                raise FetchError("image_not_found", "the uploaded image does not exist (expired or never stored)") from None
+            log.warning("s3 read of %s failed: %s", key, exc)
+            raise FetchError("fetch_failed", "the uploaded image cannot be read; try again") from None
         body = obj["Body"]
         try:
             if obj.get("ContentLength", 0) > self.max_bytes:
                 raise FetchError("image_too_large",
-                                 f"{uri} is {obj['ContentLength']} bytes; the limit is {self.max_bytes}")
+                                 f"the upload is {obj['ContentLength']} bytes; the limit is {self.max_bytes}")
             data = body.read(self.max_bytes + 1)
         finally:
             body.close()
         if len(data) > self.max_bytes:
-            raise FetchError("image_too_large", f"{uri} is larger than the limit of {self.max_bytes} bytes")
+            raise FetchError("image_too_large", f"the upload is larger than the limit of {self.max_bytes} bytes")
         return data
 
     def _s3_client(self):
@@ -245,17 +306,71 @@ class Fetcher:
         return self._s3
 
 
-def check_image_header(data: bytes) -> None:
-    """Refuse bytes whose header is not an image, or whose size trips Pillow's bomb limit."""
-    if not data:
-        raise FetchError("invalid_image", "the image is empty")
+class OwnEndpoints:
+    """This stack's own public endpoints: a URL (or redirect) pointing there would loop requests back in."""
+
+    _TTL_S = 60.0
+
+    def __init__(self, settings: Settings):
+        self.names: set[str] = set()
+        self.endpoints: list[tuple[str, int | None]] = []
+        for entry in settings.own_hosts:
+            host, _, port = entry.strip().lower().rpartition(":") if _has_port(entry) else (entry.strip().lower(), "", "")
+            host = host.strip("[]")
+            self.names.add(host.rstrip("."))
+            self.endpoints.append((host, int(port) if port else None))
+        if settings.web_port:  # the local web (and on an instance, the web beside the worker)
+            self.endpoints.append((settings.web_host or "127.0.0.1", settings.web_port))
+        self._ips: tuple[float, set[tuple[str, int | None]]] | None = None
+
+    def _addresses(self) -> set[tuple[str, int | None]]:
+        now = time.monotonic()
+        if self._ips is not None and now - self._ips[0] < self._TTL_S:
+            return self._ips[1]
+        found: set[tuple[str, int | None]] = set()
+        for host, port in self.endpoints:
+            try:
+                infos = socket.getaddrinfo(host, port or 80, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError):
+                continue
+            for info in infos:
+                ip = info[4][0]
+                if ip in ("0.0.0.0", "::"):
+                    ip = "127.0.0.1"
+                found.add((ip, port))
+        if any(host in ("0.0.0.0", "::") for host, _ in self.endpoints):  # a wildcard bind answers on loopback
+            found |= {("127.0.0.1", p) for h, p in self.endpoints if h in ("0.0.0.0", "::")}
+        self._ips = (now, found)
+        return found
+
+    def check_name(self, url: str) -> None:
+        """Refuse a URL naming one of this stack's public host names (before any DNS lookup)."""
+        try:
+            host = (urlsplit(url.strip()).hostname or "").rstrip(".")
+        except (ValueError, AttributeError):
+            return  # parse_target reports the bad URL
+        if host and host in self.names:
+            raise FetchError("forbidden_address", f"{host} is this service's own endpoint")
+
+    def check(self, target: Target) -> None:
+        """Refuse a hop whose address:port is one of this stack's own endpoints (loopback web included)."""
+        if target.host.lower().rstrip(".") in self.names:
+            raise FetchError("forbidden_address", f"{target.host} is this service's own endpoint")
+        for ip, port in self._addresses():
+            if target.ip == ip and (port is None or port == target.port):
+                raise FetchError("forbidden_address", f"{target.host} is this service's own endpoint")
+
+
+def _has_port(entry: str) -> bool:
+    entry = entry.strip()
+    if entry.startswith("["):
+        return "]:" in entry
+    return entry.count(":") == 1
+
+
+def check_image_header(data: bytes, max_pixels: int | None = None) -> None:
+    """Refuse bytes that are not an allowed image format, or whose header claims too many pixels."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise FetchError("image_too_large", f"image rejected by the decompression-bomb limit: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise FetchError("invalid_image", f"not an image: {exc}") from None
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit and width * height > limit:  # between 1x and 2x Pillow only warns; we refuse
-        raise FetchError("image_too_large", f"image is {width}x{height} pixels; the limit is {limit} pixels")
+        open_checked(data, Settings.max_image_pixels if max_pixels is None else max_pixels).close()
+    except ImageRefused as exc:
+        raise FetchError(exc.code, exc.message) from None

@@ -32,7 +32,8 @@ tar -xzf "$CLASSIFYCLOUD_SRC" -C "$PREFIX_DIR/src"
 
 python3.11 -m venv "$VENV"
 "$VENV/bin/pip" install -q --upgrade pip
-# Non-editable install: the image carries the package, not the checkout.
+# Non-editable install: the image carries the package, not the checkout. Only the production
+# extras: the `local` extra (moto, the embedded AWS stand-in) and `dev` never enter the image.
 "$VENV/bin/pip" install -q "$PREFIX_DIR/src[onnx]"
 "$VENV/bin/classifycloud" --help >/dev/null
 
@@ -53,6 +54,8 @@ fi
 
 cat > /etc/logrotate.d/classifycloud <<'ROTATE'
 /var/log/classifycloud/*.log {
+  # the folder belongs to the service user (LogsDirectory=): rotate as that user, never as root in it
+  su classifycloud classifycloud
   daily
   rotate 3
   compress

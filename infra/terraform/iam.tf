@@ -169,8 +169,6 @@ data "aws_iam_policy_document" "web" {
       "sqs:DeleteQueue",
       "sqs:GetQueueUrl",
       "sqs:GetQueueAttributes",
-      "sqs:SetQueueAttributes",
-      "sqs:TagQueue",
       "sqs:ReceiveMessage",
       "sqs:DeleteMessage",
     ]
@@ -267,15 +265,26 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = [aws_sqs_queue.terminate.arn]
   }
 
-  # RunInstances touches several resource types; all of them only through the worker template.
+  # RunInstances touches several resource types; each only as the worker template names it:
+  # this stack's AMI, private subnets and worker security group, nothing overridden in the call.
   statement {
-    sid     = "RunFromWorkerTemplate"
+    sid       = "RunFromWorkerTemplate"
+    actions   = ["ec2:RunInstances"]
+    resources = [aws_launch_template.worker.arn]
+
+    condition {
+      test     = "ArnLike"
+      variable = "ec2:LaunchTemplate"
+      values   = [aws_launch_template.worker.arn]
+    }
+  }
+
+  statement {
+    sid     = "RunOnlyTemplateResources"
     actions = ["ec2:RunInstances"]
     resources = [
-      aws_launch_template.worker.arn,
-      "arn:${local.partition}:ec2:${local.region}::image/*",
-      "${local.ec2_arn_base}:subnet/*",
-      "${local.ec2_arn_base}:security-group/*",
+      "arn:${local.partition}:ec2:${local.region}::image/${var.ami_id}",
+      aws_security_group.worker.arn,
       "${local.ec2_arn_base}:network-interface/*",
       "${local.ec2_arn_base}:volume/*",
     ]
@@ -285,9 +294,39 @@ data "aws_iam_policy_document" "autoscaler" {
       variable = "ec2:LaunchTemplate"
       values   = [aws_launch_template.worker.arn]
     }
+
+    condition {
+      test     = "Bool"
+      variable = "ec2:IsLaunchTemplateResource"
+      values   = ["true"]
+    }
   }
 
-  # The instance itself: only from the template and only when the request carries the pool tag.
+  statement {
+    sid       = "RunInThisStacksSubnets"
+    actions   = ["ec2:RunInstances"]
+    resources = ["${local.ec2_arn_base}:subnet/*"]
+
+    condition {
+      test     = "ArnLike"
+      variable = "ec2:LaunchTemplate"
+      values   = [aws_launch_template.worker.arn]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "ec2:IsLaunchTemplateResource"
+      values   = ["true"]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "ec2:Vpc"
+      values   = [aws_vpc.main.arn]
+    }
+  }
+
+  # The instance itself: only from the template, of its instance type, carrying the pool tag.
   statement {
     sid       = "RunTaggedWorkers"
     actions   = ["ec2:RunInstances"]
@@ -297,6 +336,18 @@ data "aws_iam_policy_document" "autoscaler" {
       test     = "ArnLike"
       variable = "ec2:LaunchTemplate"
       values   = [aws_launch_template.worker.arn]
+    }
+
+    condition {
+      test     = "Bool"
+      variable = "ec2:IsLaunchTemplateResource"
+      values   = ["true"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:InstanceType"
+      values   = [var.worker_instance_type]
     }
 
     condition {

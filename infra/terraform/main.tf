@@ -38,6 +38,9 @@ locals {
 
   tags = merge({ "classifycloud:stack" = var.prefix }, var.tags)
 
+  # The stack's public names: workers refuse image URLs (and redirects) to them, the web builds links on them.
+  public_hosts = distinct(concat([lower(aws_lb.web.dns_name)], [for h in var.public_hostnames : lower(h)]))
+
   # CLASSIFYCLOUD_* settings every component reads (names: shared.config.env_names()).
   common_env = {
     CLASSIFYCLOUD_PREFIX               = var.prefix
@@ -48,6 +51,7 @@ locals {
     CLASSIFYCLOUD_METRICS_ENABLED      = "true"
     CLASSIFYCLOUD_METRICS_NAMESPACE    = var.metrics_namespace
     CLASSIFYCLOUD_LOG_LEVEL            = var.log_level
+    CLASSIFYCLOUD_OWN_HOSTS            = join(",", local.public_hosts)
     AWS_REGION                         = var.region
   }
 }

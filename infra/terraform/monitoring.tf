@@ -98,9 +98,62 @@ resource "aws_cloudwatch_log_group" "component" {
   retention_in_days = var.log_retention_days
 }
 
+# CloudWatch alarms cannot publish to a topic encrypted with the AWS-managed alias/aws/sns key
+# (its key policy cannot be changed): the topic gets a key of its own whose policy grants CloudWatch.
+resource "aws_kms_key" "alarms" {
+  description             = "Encrypts the ${var.prefix} alarm topic; CloudWatch alarms of this account may publish with it."
+  enable_key_rotation     = true
+  deletion_window_in_days = 7
+  policy                  = data.aws_iam_policy_document.alarms_key.json
+}
+
+resource "aws_kms_alias" "alarms" {
+  name          = "alias/${var.prefix}-alarms"
+  target_key_id = aws_kms_key.alarms.key_id
+}
+
+data "aws_iam_policy_document" "alarms_key" {
+  #checkov:skip=CKV_AWS_109:A key policy applies to its own key only ("*" means this key); the account root administers it as in AWS's default key policy.
+  #checkov:skip=CKV_AWS_111:A key policy applies to its own key only ("*" means this key); the account root administers it as in AWS's default key policy.
+  #checkov:skip=CKV_AWS_356:In a key policy "*" is the key itself.
+  statement {
+    sid       = "AccountAdministersTheKey"
+    actions   = ["kms:*"]
+    resources = ["*"]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:${local.partition}:iam::${local.account_id}:root"]
+    }
+  }
+
+  statement {
+    sid       = "CloudWatchAlarmsPublish"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey*"]
+    resources = ["*"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["cloudwatch.amazonaws.com"]
+    }
+
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnLike"
+      variable = "aws:SourceArn"
+      values   = ["arn:${local.partition}:cloudwatch:${local.region}:${local.account_id}:alarm:*"]
+    }
+  }
+}
+
 resource "aws_sns_topic" "alarms" {
   name              = "${var.prefix}-alarms"
-  kms_master_key_id = "alias/aws/sns"
+  kms_master_key_id = aws_kms_key.alarms.arn
 }
 
 resource "aws_sns_topic_subscription" "email" {

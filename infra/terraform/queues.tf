@@ -41,3 +41,60 @@ resource "aws_sqs_queue" "terminate" {
   message_retention_seconds = var.terminate_retention_s
   sqs_managed_sse_enabled   = true
 }
+
+# Queue policies: identity policies say what each role may do; these say who may send at all.
+# A forged terminate stops a worker and a forged request may name any image: only the autoscaler
+# role sends terminates, only the web role sends requests, whatever other grants exist in the account.
+data "aws_iam_policy_document" "terminate_queue" {
+  statement {
+    sid       = "OnlyTheAutoscalerSendsTerminates"
+    effect    = "Deny"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.terminate.arn]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "ArnNotEquals"
+      variable = "aws:PrincipalArn"
+      values   = [aws_iam_role.component["autoscaler"].arn]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "terminate" {
+  queue_url = aws_sqs_queue.terminate.id
+  policy    = data.aws_iam_policy_document.terminate_queue.json
+}
+
+data "aws_iam_policy_document" "request_queue" {
+  for_each = local.request_queue_names
+
+  statement {
+    sid       = "OnlyTheWebSendsRequests"
+    effect    = "Deny"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.requests[each.key].arn]
+
+    principals {
+      type        = "AWS"
+      identifiers = ["*"]
+    }
+
+    condition {
+      test     = "ArnNotEquals"
+      variable = "aws:PrincipalArn"
+      values   = [aws_iam_role.component["web"].arn]
+    }
+  }
+}
+
+resource "aws_sqs_queue_policy" "requests" {
+  for_each = local.request_queue_names
+
+  queue_url = aws_sqs_queue.requests[each.key].id
+  policy    = data.aws_iam_policy_document.request_queue[each.key].json
+}

@@ -17,6 +17,13 @@ variable "prefix" {
     condition     = can(regex("^[a-z0-9][a-z0-9-]{1,30}$", var.prefix))
     error_message = "The prefix must be 2-31 lowercase letters, digits or hyphens (it is part of queue and bucket names)."
   }
+
+  # The web role owns every queue named "<prefix>-reply-*": a prefix containing "-reply-" would let
+  # another stack's role (prefix "x") reach this stack's queues ("x-reply-...-requests-...").
+  validation {
+    condition     = !strcontains(var.prefix, "-reply-") && !endswith(var.prefix, "-reply")
+    error_message = "The prefix must not contain \"-reply-\" or end in \"-reply\" (reply queue names start with \"<prefix>-reply-\")."
+  }
 }
 
 variable "bucket_name" {
@@ -118,6 +125,12 @@ variable "certificate_arn" {
 }
 
 # --- instances -----------------------------------------------------------------
+
+variable "public_hostnames" {
+  description = "Extra public host names of the web (a DNS name pointing at the ALB); the ALB's own name is always included (Settings.trusted_hosts, Settings.own_hosts)."
+  type        = list(string)
+  default     = []
+}
 
 variable "ami_id" {
   description = "AMI built by ami/classifycloud.pkr.hcl (project, venv and systemd units); used by workers, web and autoscaler."

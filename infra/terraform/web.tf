@@ -7,6 +7,9 @@ locals {
     CLASSIFYCLOUD_WEB_PORT        = tostring(var.web_port)
     CLASSIFYCLOUD_WEB_PROCESSES   = tostring(var.web_processes)
     CLASSIFYCLOUD_REPLY_TIMEOUT_S = tostring(var.reply_timeout_s)
+    # behind exactly one proxy (the ALB): X-Forwarded-For/-Proto from it, links only on these names
+    CLASSIFYCLOUD_PROXY_HOPS    = "1"
+    CLASSIFYCLOUD_TRUSTED_HOSTS = join(",", local.public_hosts)
   }
   https = var.certificate_arn != ""
 }

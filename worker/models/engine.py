@@ -12,6 +12,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from shared.config import get_settings
+from shared.images import ImageRefused, open_checked
 from worker.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -36,18 +38,13 @@ class BatchResult:
 
 
 def _open_header(data: bytes) -> Image.Image:
-    """Pillow's lazy open: reads the header only, and raises on decompression bombs by their dimensions."""
+    """Pillow's lazy open of an allowed format (shared.images); refuses too many pixels from the header."""
     try:
-        img = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(f"image too large: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"not a decodable image: {exc}") from None
-    limit = Image.MAX_IMAGE_PIXELS
-    # Pillow only warns between 1x and 2x its limit; a service refuses there too.
-    if limit and img.width * img.height > limit:
-        raise ImageDecodeError(f"image too large: {img.width}x{img.height} pixels exceeds {limit}")
-    return img
+        return open_checked(data, get_settings().max_image_pixels)
+    except ImageRefused as exc:
+        err = ImageDecodeError(exc.message)
+        err.code = exc.code  # unsupported_format / image_too_large / invalid_image
+        raise err from None
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -1,0 +1,237 @@
+"""Who may send to the queues, what RunInstances may launch, and whether alarms can notify: the Terraform
+policies parsed from the HCL and evaluated here (explicit deny wins, then any allow; conditions as IAM reads them)."""
+from __future__ import annotations
+
+import fnmatch
+import importlib.util
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TF = os.path.join(ROOT, "infra", "terraform")
+ACCOUNT = "123456789012"
+REGION = "us-east-1"
+AMI = "ami-0123456789abcdef0"
+TEMPLATE = f"arn:aws:ec2:{REGION}:{ACCOUNT}:launch-template/lt-0worker"
+VPC = f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/vpc-0stack"
+WORKER_SG = f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/sg-0worker"
+TERMINATE = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-terminate"
+REQUESTS = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-requests-imagenet"
+
+
+def role(name: str) -> str:
+    return f"arn:aws:iam::{ACCOUNT}:role/cc-{name}"
+
+
+# Terraform expressions -> the values a deployment gives them (for evaluation)
+REFS = {
+    '${aws_iam_role.component["autoscaler"].arn}': role("autoscaler"),
+    '${aws_iam_role.component["web"].arn}': role("web"),
+    '${aws_iam_role.component["worker"].arn}': role("worker"),
+    "${aws_sqs_queue.terminate.arn}": TERMINATE,
+    "${aws_sqs_queue.requests[each.key].arn}": REQUESTS,
+    "${aws_launch_template.worker.arn}": TEMPLATE,
+    "${aws_security_group.worker.arn}": WORKER_SG,
+    "${aws_vpc.main.arn}": VPC,
+    "${var.worker_instance_type}": "g5.xlarge",
+    "${local.pool_tag_value}": "cc-workers",
+    "${var.pool_tag_key}": "classifycloud:pool",
+    "${local.account_id}": ACCOUNT,
+    "${local.partition}": "aws",
+    "${local.region}": REGION,
+    "${local.ec2_arn_base}": f"arn:aws:ec2:{REGION}:{ACCOUNT}",
+    "${var.ami_id}": AMI,
+    "${local.request_queue_arns}": REQUESTS,
+    "${local.reply_queue_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-reply-*",
+}
+
+
+def resolve(value: str) -> str:
+    for ref, real in REFS.items():
+        value = value.replace(ref, real)
+    assert "${" not in value, f"unresolved reference in {value!r}: add it to REFS"
+    return value
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("tf_schema_check", os.path.join(ROOT, "tools", "tf_schema_check.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def blocks(kind: str) -> dict[tuple[str, str], dict]:
+    out = {}
+    for name in sorted(os.listdir(TF)):
+        if name.endswith(".tf"):
+            for entry in _tool().load_tf(os.path.join(TF, name)).get(kind, []):
+                for rtype, named in entry.items():
+                    for rname, body in named.items():
+                        out[(rtype, rname)] = body
+    return out
+
+
+def policy(name: str) -> list[dict]:
+    return blocks("data")[("aws_iam_policy_document", name)]["statement"]
+
+
+def _condition_holds(cond: dict, context: dict) -> bool:
+    test, key, values = cond["test"], cond["variable"], [resolve(v) for v in cond["values"]]
+    key = resolve(key)
+    if key not in context:  # IAM: a missing key fails every operator except the negated ones
+        return test.startswith(("StringNot", "ArnNot"))
+    actual = context[key]
+    match = {
+        "StringEquals": lambda: actual in values,
+        "StringNotEquals": lambda: actual not in values,
+        "StringLike": lambda: any(fnmatch.fnmatchcase(actual, v) for v in values),
+        "ArnEquals": lambda: actual in values,
+        "ArnNotEquals": lambda: actual not in values,
+        "ArnLike": lambda: any(fnmatch.fnmatchcase(actual, v) for v in values),
+        "ArnNotLike": lambda: not any(fnmatch.fnmatchcase(actual, v) for v in values),
+        "Bool": lambda: str(actual).lower() in [v.lower() for v in values],
+    }
+    assert test in match, f"evaluator does not know {test}"
+    return match[test]()
+
+
+def _applies(stmt: dict, principal: str | None, action: str, resource: str, context: dict) -> bool:
+    if not any(fnmatch.fnmatchcase(action, a) for a in stmt["actions"]):
+        return False
+    resources = stmt["resources"] if isinstance(stmt["resources"], list) else [stmt["resources"]]
+    if not any(fnmatch.fnmatchcase(resource, resolve(r)) for r in resources):
+        return False
+    if principal is not None and stmt.get("principals"):
+        ids = [resolve(i) for p in stmt["principals"] for i in p["identifiers"]]
+        if "*" not in ids and principal not in ids:
+            return False
+    ctx = dict(context)
+    if principal is not None:
+        ctx.setdefault("aws:PrincipalArn", principal)
+    return all(_condition_holds(c, ctx) for c in stmt.get("condition", []))
+
+
+def decide(principal: str, action: str, resource: str, identity: list[dict], resource_policy: list[dict],
+           context: dict | None = None) -> str:
+    """'deny' (explicit), 'allow', or 'implicit-deny' for one call within one account."""
+    context = context or {}
+    everything = [(s, None) for s in identity] + [(s, principal) for s in resource_policy]
+    hits = [s for s, p in everything if _applies(s, p, action, resource, context)]
+    if any(s.get("effect", "Allow") == "Deny" for s in hits):
+        return "deny"
+    return "allow" if any(s.get("effect", "Allow") == "Allow" for s in hits) else "implicit-deny"
+
+
+ADMIN = [{"actions": ["sqs:*"], "resources": ["*"]}]  # any principal of the account with broad rights
+
+
+def test_only_the_autoscaler_role_can_send_a_terminate():
+    queue_policy = policy("terminate_queue")
+    assert decide(role("autoscaler"), "sqs:SendMessage", TERMINATE, policy("autoscaler"), queue_policy) == "allow"
+    for forger in (role("worker"), role("web"), f"arn:aws:iam::{ACCOUNT}:user/mallory",
+                   f"arn:aws:iam::{ACCOUNT}:role/some-admin"):
+        assert decide(forger, "sqs:SendMessage", TERMINATE, ADMIN, queue_policy) == "deny", forger
+    # the policy denies sends only: the worker still receives and deletes its terminates
+    assert decide(role("worker"), "sqs:ReceiveMessage", TERMINATE, policy("worker"), queue_policy) == "allow"
+    assert decide(role("worker"), "sqs:DeleteMessage", TERMINATE, policy("worker"), queue_policy) == "allow"
+
+
+def test_only_the_web_role_can_send_requests():
+    queue_policy = policy("request_queue")
+    assert decide(role("web"), "sqs:SendMessage", REQUESTS, policy("web"), queue_policy) == "allow"
+    for forger in (role("worker"), role("autoscaler"), f"arn:aws:iam::{ACCOUNT}:user/mallory"):
+        assert decide(forger, "sqs:SendMessage", REQUESTS, ADMIN, queue_policy) == "deny", forger
+    assert decide(role("worker"), "sqs:ReceiveMessage", REQUESTS, policy("worker"), queue_policy) == "allow"
+
+
+def test_every_queue_has_its_send_policy_attached():
+    res = blocks("resource")
+    assert res[("aws_sqs_queue_policy", "terminate")]["queue_url"] == "${aws_sqs_queue.terminate.id}"
+    assert res[("aws_sqs_queue_policy", "terminate")]["policy"] == "${data.aws_iam_policy_document.terminate_queue.json}"
+    req = res[("aws_sqs_queue_policy", "requests")]
+    assert req["for_each"] == "${local.request_queue_names}"
+    assert req["queue_url"] == "${aws_sqs_queue.requests[each.key].id}"
+    assert req["policy"] == "${data.aws_iam_policy_document.request_queue[each.key].json}"
+
+
+def _run(resource: str, **context) -> str:
+    ctx = {"ec2:LaunchTemplate": TEMPLATE, "ec2:IsLaunchTemplateResource": "true"}
+    ctx.update(context)
+    return decide(role("autoscaler"), "ec2:RunInstances", resource, policy("autoscaler"), [], ctx)
+
+
+def test_run_instances_launches_only_what_the_worker_template_names():
+    base = f"arn:aws:ec2:{REGION}:{ACCOUNT}"
+    good = {
+        TEMPLATE: {},
+        f"arn:aws:ec2:{REGION}::image/{AMI}": {},
+        f"{base}:subnet/subnet-0priv": {"ec2:Vpc": VPC},
+        WORKER_SG: {"ec2:Vpc": VPC},
+        f"{base}:network-interface/*": {},
+        f"{base}:volume/*": {},
+        f"{base}:instance/*": {"ec2:InstanceType": "g5.xlarge", "aws:RequestTag/classifycloud:pool": "cc-workers"},
+    }
+    for resource, ctx in good.items():
+        assert _run(resource, **ctx) == "allow", resource
+    # another AMI, another VPC's subnet, another security group: not from this stack
+    assert _run(f"arn:aws:ec2:{REGION}::image/ami-0evil000000000000") == "implicit-deny"
+    assert _run(f"{base}:subnet/subnet-0other", **{"ec2:Vpc": f"{base}:vpc/vpc-0other"}) == "implicit-deny"
+    assert _run(f"{base}:security-group/sg-0open") == "implicit-deny"
+    # parameters overriding the template (IsLaunchTemplateResource false), another type, no pool tag, no template
+    assert _run(f"{base}:volume/*", **{"ec2:IsLaunchTemplateResource": "false"}) == "implicit-deny"
+    assert _run(f"{base}:instance/*", **{"ec2:InstanceType": "p5.48xlarge",
+                                         "aws:RequestTag/classifycloud:pool": "cc-workers"}) == "implicit-deny"
+    assert _run(f"{base}:instance/*", **{"ec2:InstanceType": "g5.xlarge"}) == "implicit-deny"
+    assert decide(role("autoscaler"), "ec2:RunInstances", f"arn:aws:ec2:{REGION}::image/{AMI}",
+                  policy("autoscaler"), [], {"ec2:IsLaunchTemplateResource": "true"}) == "implicit-deny"
+
+
+def test_every_run_instances_statement_requires_the_template_and_no_override():
+    runs = [s for s in policy("autoscaler") if "ec2:RunInstances" in s["actions"]]
+    assert runs
+    for s in runs:
+        keys = {c["variable"]: c for c in s.get("condition", [])}
+        assert keys["ec2:LaunchTemplate"]["values"] == ["${aws_launch_template.worker.arn}"], s["sid"]
+        if s["resources"] != ["${aws_launch_template.worker.arn}"]:
+            assert keys["ec2:IsLaunchTemplateResource"]["values"] == ["true"], s["sid"]
+        assert not any(r.endswith(("image/*", "security-group/*")) for r in s["resources"]), s["sid"]
+
+
+def test_the_alarm_topic_uses_a_customer_key_whose_policy_lets_cloudwatch_alarms_publish():
+    res = blocks("resource")
+    topic = res[("aws_sns_topic", "alarms")]
+    assert topic["kms_master_key_id"] == "${aws_kms_key.alarms.arn}"  # not alias/aws/sns
+    key = res[("aws_kms_key", "alarms")]
+    assert key["enable_key_rotation"] is True
+    assert key["policy"] == "${data.aws_iam_policy_document.alarms_key.json}"
+    key_policy = policy("alarms_key")
+    alarm = f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:cc-requests-imagenet-dlq-not-empty"
+    ctx = {"aws:SourceAccount": ACCOUNT, "aws:SourceArn": alarm}
+    for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+        assert decide("cloudwatch.amazonaws.com", action, "*", [], key_policy, ctx) == "allow", action
+    other = {"aws:SourceAccount": "999999999999", "aws:SourceArn": alarm.replace(ACCOUNT, "999999999999")}
+    assert decide("cloudwatch.amazonaws.com", "kms:Decrypt", "*", [], key_policy, other) == "implicit-deny"
+    assert decide("cloudwatch.amazonaws.com", "kms:ScheduleKeyDeletion", "*", [], key_policy, ctx) == "implicit-deny"
+
+
+def test_web_role_keeps_only_the_reply_queue_calls_it_makes():
+    actions = {a for s in policy("web") for a in s["actions"]}
+    assert "sqs:SetQueueAttributes" not in actions and "sqs:TagQueue" not in actions
+    assert {"sqs:CreateQueue", "sqs:DeleteQueue", "sqs:ReceiveMessage", "sqs:DeleteMessage"} <= actions
+
+
+def test_a_prefix_containing_reply_is_refused():
+    doc = _tool().load_tf(os.path.join(TF, "variables.tf"))
+    prefix = next(body for block in doc["variable"] for name, body in block.items() if name == "prefix")
+    conditions = " ".join(v["condition"] for v in prefix["validation"])
+    assert 'strcontains(var.prefix, "-reply-")' in conditions
+
+
+@pytest.mark.parametrize("env,setting", [("worker", "CLASSIFYCLOUD_OWN_HOSTS"), ("web", "CLASSIFYCLOUD_TRUSTED_HOSTS")])
+def test_the_stacks_public_names_reach_the_settings_that_use_them(env, setting):
+    from shared.config import env_names
+    assert setting in env_names()
+    text = open(os.path.join(TF, "main.tf")).read() + open(os.path.join(TF, "web.tf")).read()
+    assert f"{setting}" in text and "local.public_hosts" in text
+    assert "aws_lb.web.dns_name" in open(os.path.join(TF, "main.tf")).read()
