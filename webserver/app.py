@@ -69,10 +69,12 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     ctx = WebContext(settings, catalogue)
     app.extensions[EXTENSION] = ctx
 
+    from webserver.faces import bp as faces_bp
     from webserver.routes import bp as api_bp
     from webserver.xcloud import bp as xcloud_bp
     app.register_blueprint(api_bp)
     app.register_blueprint(xcloud_bp)
+    app.register_blueprint(faces_bp)
     install_error_handlers(app)
 
     @app.before_request

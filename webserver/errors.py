@@ -23,6 +23,8 @@ REPLY_STATUS: dict[str, int] = {
     "service_unavailable": 503,
     "internal_error": 500,
     "inference_failed": 500,
+    "invalid_params": 400,      # a kind's parameters (gallery, name, meta) were wrong
+    "no_face": 422,             # facesearch enrol: no face in the image
 }
 
 # Werkzeug's own HTTP errors get stable snake_case codes.

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 import time
 
 import numpy as np
 
-GALLERY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+from shared.naming import GALLERY_RE, gallery_prefix
+
 MAX_NAME = 100
-PREFIX = "galleries"
 
 
 def check_gallery(gallery: object) -> str:
@@ -44,7 +43,7 @@ class GalleryStore:
     def add(self, gallery: str, name: str, embedding: np.ndarray, entry_id: str, box: list[int]) -> str:
         """Write one face; returns its key. Idempotent by entry_id (a redelivered enrol writes the same key)."""
         who = hashlib.sha256(name.encode()).hexdigest()[:16]  # names may hold characters keys should not
-        key = f"{PREFIX}/{check_gallery(gallery)}/{who}/{entry_id}.json"
+        key = f"{gallery_prefix(check_gallery(gallery))}{who}/{entry_id}.json"
         body = {"name": name, "embedding": [round(float(x), 7) for x in embedding], "box": box,
                 "id": entry_id, "enrolled_at": int(time.time() * 1000)}
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(body).encode(),
@@ -53,7 +52,7 @@ class GalleryStore:
 
     def entries(self, gallery: str) -> list[tuple[str, np.ndarray]]:
         """Every (name, embedding) of the gallery, as S3 holds it now."""
-        prefix = f"{PREFIX}/{check_gallery(gallery)}/"
+        prefix = gallery_prefix(check_gallery(gallery))
         keys = []
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             keys += [o["Key"] for o in page.get("Contents", []) if o["Key"].endswith(".json")]
