@@ -7,10 +7,11 @@ TOOLS  := .venv-tools
 
 .PHONY: install run test test-fast lint-infra bench clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # checkov pins many packages of its own: it lives in a separate venv.

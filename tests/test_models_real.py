@@ -151,3 +151,11 @@ def test_facesearch_refuses_enrolling_a_faceless_photo_and_a_request_without_gal
                     [{"op": "enroll", "gallery": "g", "name": "cup"}, {"op": "search"},
                      {"op": "enroll", "gallery": "g", "name": ""}]).results
     assert [getattr(r, "code", None) for r in res] == ["no_face", "invalid_params", "invalid_params"]
+
+
+def test_tensorflow_is_not_installed_though_sklesion_declares_it():
+    import importlib.metadata
+    import importlib.util
+    assert importlib.util.find_spec("tensorflow") is None
+    # sklesion's wheel requires tensorflow: it must stay a --no-deps install (requirements-nodeps.txt)
+    assert any(r.startswith("tensorflow") for r in importlib.metadata.requires("sklesion") or [])
