@@ -26,6 +26,7 @@ ESPRESSO = 967
 
 
 def _settings(**kw) -> Settings:
+    kw.setdefault("services", ("imagenet",))  # the pipeline tests use imagenet; test_e2e_services covers the rest
     return Settings.from_env({}, prefix="e" + uuid.uuid4().hex[:8], metrics_enabled=False, **kw)
 
 
