@@ -159,3 +159,16 @@ def test_tensorflow_is_not_installed_though_sklesion_declares_it():
     assert importlib.util.find_spec("tensorflow") is None
     # sklesion's wheel requires tensorflow: it must stay a --no-deps install (requirements-nodeps.txt)
     assert any(r.startswith("tensorflow") for r in importlib.metadata.requires("sklesion") or [])
+
+
+def test_facesearch_answers_gallery_unavailable_when_its_bucket_is_gone(faces, photos):
+    handler = faces.registry.get("facesearch")
+    store_bucket = handler.store.bucket
+    handler.store.bucket = "no-such-bucket-" + store_bucket[-8:]
+    try:
+        res = faces.run("facesearch", [photos["astronaut"], b"junk"], [5, 5],
+                        [{"gallery": "crew"}, {"gallery": "crew"}]).results
+    finally:
+        handler.store.bucket = store_bucket
+    assert getattr(res[0], "code", None) == "gallery_unavailable"
+    assert getattr(res[1], "code", None) == "invalid_image"

@@ -29,7 +29,7 @@ _BY_ERROR = {
     "missing_image": CODE_BAD_REQUEST, "missing_gallery": CODE_BAD_REQUEST, "invalid_gallery": CODE_BAD_REQUEST,
     "invalid_params": CODE_BAD_REQUEST, "no_face": CODE_INVALID_IMAGE, "method_not_allowed": CODE_BAD_REQUEST, "invalid_top_k": CODE_BAD_REQUEST,
     "bad_request": CODE_BAD_REQUEST, "not_found": CODE_BAD_REQUEST,
-    "unknown_service": CODE_SERVICE, "service_unavailable": CODE_SERVICE, "queue_unavailable": CODE_SERVICE,
+    "unknown_service": CODE_SERVICE, "gallery_unavailable": CODE_SERVICE, "service_unavailable": CODE_SERVICE, "queue_unavailable": CODE_SERVICE,
     "timeout": CODE_TIMEOUT,
 }
 

@@ -7,6 +7,7 @@ import threading
 from typing import Sequence
 
 import numpy as np
+from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
 from shared.config import Settings
@@ -112,15 +113,20 @@ class FaceSearch:
         if op not in ("search", "enroll"):
             raise ItemError("invalid_params", f"{self.spec.name}: op must be search or enroll, not {op!r}")
         faces = self.faces(pixels, scale)
-        if op == "enroll":
-            if not faces:
-                raise ItemError("no_face", "no face found in the image; nothing enrolled")
-            face = max(faces, key=lambda f: f["score"])
-            entry = hashlib.sha256(name.encode() + face["embedding"].tobytes()).hexdigest()[:32]
-            key = self.store.add(gallery, name, face["embedding"], entry, face["box"])
-            return [{"label": name, "gallery": gallery, "box": face["box"], "faces": len(faces), "key": key}]
-        if gallery not in galleries:
-            galleries[gallery] = self.store.entries(gallery)
+        if op == "enroll" and not faces:
+            raise ItemError("no_face", "no face found in the image; nothing enrolled")
+        try:
+            if op == "enroll":
+                face = max(faces, key=lambda f: f["score"])
+                entry = hashlib.sha256(name.encode() + face["embedding"].tobytes()).hexdigest()[:32]
+                key = self.store.add(gallery, name, face["embedding"], entry, face["box"])
+                return [{"label": name, "gallery": gallery, "box": face["box"], "faces": len(faces), "key": key}]
+            if gallery not in galleries:
+                galleries[gallery] = self.store.entries(gallery)
+        except (BotoCoreError, ClientError, ValueError, KeyError) as exc:  # S3 down, or a corrupt entry
+            log.error("gallery %s: %s: %s", gallery, type(exc).__name__, exc)
+            raise ItemError("gallery_unavailable", f"gallery {gallery!r} cannot be read or written: "
+                                                   f"{type(exc).__name__}") from None
         return [self._match(i, f, galleries[gallery], top_k) for i, f in enumerate(faces)]
 
     def _match(self, i: int, face: dict, entries: list, top_k: int) -> dict:
