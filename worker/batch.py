@@ -140,6 +140,7 @@ class BatchProcessor:
         handler = self.registry.get(req.service)
         item.reply = Reply.failure(req.id, req.service, code, message, worker=self.worker_id,
                                    model=handler.model_info if handler else {},
+                                   kind=handler.kind if handler else "classifier",
                                    timings_ms=self._timings(item.held, req, item.fetch_ms, inference_ms))
         self.metrics.record("Errors", 1, Service=req.service, Code=code)
 

@@ -99,7 +99,8 @@ class KerasClassifier(ImageClassifier):
         out = self.infer(torch.zeros(1, crop, crop, 3), [None])
         if tuple(out.shape) != (1, spec.num_classes):
             raise WeightsError(f"service {spec.name!r}: model outputs {tuple(out.shape)}, expected [N, {spec.num_classes}]")
-        self.device = torch.device("cpu")
+        # Keras' torch backend places the model itself: on CUDA when torch sees a GPU.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         log.info("loaded service %s (Keras %s on torch, %d classes) from %s", spec.name, keras.__version__,
                  spec.num_classes, path)
         return self
