@@ -12,7 +12,7 @@ from webserver.errors import ApiError
 GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
 
 
-def _field(req: Request, key: str):
+def field_value(req: Request, key: str):
     """A field from the JSON body, the form, or the query string (first found)."""
     if req.is_json:
         doc = req.get_json(silent=True)
@@ -35,12 +35,12 @@ def request_params(req: Request, spec: ServiceSpec) -> dict | None:
     """The request message's `params` for this service, checked; None when the kind needs none."""
     params: dict = {}
     if spec.kind == "embedding":
-        gallery = _field(req, "gallery")
+        gallery = field_value(req, "gallery")
         if gallery is None:
             raise ApiError(400, "missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
                                                    "(enrol faces with POST /faces/<gallery>)")
         params.update(op="search", gallery=check_gallery(gallery))
-    meta = _field(req, "meta")
+    meta = field_value(req, "meta")
     if meta is not None:
         if isinstance(meta, str):  # form or query: a JSON object as text
             try:

@@ -66,17 +66,13 @@ class KerasClassifier(ImageClassifier):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.model = None
+        self.keras_model = None
         self._lock = threading.Lock()
 
     @property
     def model(self):
-        """The Keras model."""
-        return self._model
-
-    @model.setter
-    def model(self, value) -> None:
-        self._model = value
+        """The Keras model (it has no torch backend object)."""
+        return self.keras_model
 
     def load(self) -> "KerasClassifier":
         """Labels, then the .keras file with safe_mode (no lambdas: loading runs no code), then a warm-up."""
@@ -89,11 +85,11 @@ class KerasClassifier(ImageClassifier):
         self.version = verify_sha256(path, spec.sha256)[:12] if spec.sha256 else sha256_of(path)[:12]
         keras = import_keras_on_torch()
         try:
-            self.model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            self.keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
         except Exception as exc:  # keras raises ValueError, TypeError, OSError... for a bad file
             raise WeightsError(f"service {spec.name!r}: cannot load Keras model {path}: {exc}") from None
         crop = spec.preprocess.crop
-        shapes = [tuple(t.shape[1:]) for t in self.model.inputs]
+        shapes = [tuple(t.shape[1:]) for t in self.keras_model.inputs]
         if shapes != [(crop, crop, 3), (10,)]:
             raise WeightsError(f"service {spec.name!r}: model inputs {shapes}, expected [({crop}, {crop}, 3), (10,)]")
         out = self.infer(torch.zeros(1, crop, crop, 3), [None])
@@ -118,11 +114,11 @@ class KerasClassifier(ImageClassifier):
 
     def infer(self, batch: torch.Tensor, metas: Sequence[dict | None] | None = None) -> torch.Tensor:
         """Class probabilities [N, C] (float32, CPU) for images [N, H, W, 3] and their metadata."""
-        assert self.model is not None, "load() first"
+        assert self.keras_model is not None, "load() first"
         metas = list(metas) if metas is not None else [None] * batch.shape[0]
         meta = np.stack([metadata_vector(m) for m in metas])
         with self._lock, torch.inference_mode():
-            out = self.model([batch.numpy(), meta], training=False)
+            out = self.keras_model([batch.numpy(), meta], training=False)
         probs = out.detach().float().cpu() if isinstance(out, torch.Tensor) else torch.as_tensor(np.asarray(out))
         return probs
 
@@ -149,7 +145,7 @@ class KerasClassifier(ImageClassifier):
 
     def close(self) -> None:
         """Drop the model."""
-        self.model = None
+        self.keras_model = None
 
     @property
     def model_info(self) -> dict:
