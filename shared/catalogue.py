@@ -1,6 +1,7 @@
 """The service catalogue: one YAML entry per classification service."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -115,17 +116,24 @@ def split_package_source(ref: str) -> tuple[str, str]:
 def package_file(ref: str) -> str:
     """The installed path of a file a distribution ships ('<distribution>/<path>'); raises FileNotFoundError."""
     dist, rel = split_package_source(ref)
+    path, problem = _locate(dist, rel)
+    if problem:
+        raise FileNotFoundError(problem)
+    return path
+
+
+@functools.lru_cache(maxsize=64)
+def _locate(dist: str, rel: str) -> tuple[str, str]:
+    # Cached: the web checks availability on every request, and a process's installed packages do not change.
     try:
         files = metadata.files(dist) or []
     except metadata.PackageNotFoundError:
-        raise FileNotFoundError(f"package {dist!r} is not installed") from None
+        return "", f"package {dist!r} is not installed"
     for f in files:
         if str(f) == rel:
             path = str(f.locate())
-            if os.path.exists(path):
-                return path
-            break
-    raise FileNotFoundError(f"package {dist!r} ships no file {rel!r}")
+            return (path, "") if os.path.exists(path) else ("", f"package {dist!r}: {path} is missing")
+    return "", f"package {dist!r} ships no file {rel!r}"
 
 
 def package_file_problem(ref: str) -> str | None:

