@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import pickle
 
-import numpy as np
 import pytest
 from PIL import Image, ImageOps
 from skimage import data
