@@ -7,10 +7,11 @@ TOOLS  := .venv-tools
 
 .PHONY: install run test test-fast lint-infra bench bench-load bench-e2e browser clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,local]'
+	$(PIP) install -q --no-deps -r requirements-nodeps.txt
 	touch $@
 
 # checkov pins many packages of its own: it lives in a separate venv.

@@ -16,6 +16,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -176,6 +177,43 @@ def bench_model(name: str, args, settings: Settings, device: torch.device, jpegs
     return rows
 
 
+def bench_service(name: str, args, settings: Settings, jpegs: list[bytes]) -> list[dict]:
+    """A catalogue service with its real packaged weights (any kind): JPEG bytes -> answer, batch 1 vs batched.
+
+    The handler is the one the worker loads (registry by kind); facesearch searches an empty gallery in
+    an in-process moto S3, so the row is detect + embed + compare."""
+    from shared.catalogue import load_catalogue
+    spec = load_catalogue()[name]
+    reg = ModelRegistry(Catalogue({name: spec}), settings.replace(services=(name,))).load()
+    if name in reg.unavailable:
+        raise SystemExit(f"service {name} unavailable: {reg.unavailable[name]}")
+    engine = InferenceEngine(reg, decode_threads=settings.decode_threads)
+    params = {"gallery": "bench"} if spec.kind == "embedding" else None
+    base = {"model": name, "weights": "real", "backend": spec.backend, "precision": "fp32"}
+    configs = []
+    for bs in sorted({1, *args.batch_sizes}):
+        calls = itertools.count()
+
+        def call(n=bs, calls=calls):  # each call starts at the next photo: every size sees every photo
+            start = next(calls) * n
+            engine.run(name, [jpegs[(start + i) % len(jpegs)] for i in range(n)], [5] * n, [params] * n)
+        configs.append(({**base, "path": f"JPEG bytes -> {spec.kind} answer (InferenceEngine.run)", "batch": bs},
+                        call, bs))
+    lat: list[list[float]] = [[] for _ in configs]
+    for _, fn, _n in configs:
+        fn()
+    for _ in range(args.rounds):
+        for i, (_, fn, _n) in enumerate(configs):
+            lat[i].extend(measure(fn, args.duration / args.rounds, max(1, args.min_iters // args.rounds)))
+    rows = [{**meta, **summarise(samples, n)} for (meta, _, n), samples in zip(configs, lat)]
+    for row in rows:  # the service's own batch-1 calls are its "loop"
+        row["vs_seed_loop"] = round(row["images_per_s"] / rows[0]["images_per_s"], 2)
+        print(_fmt(row), flush=True)
+    engine.close()
+    reg.close()
+    return rows
+
+
 def _forward(backend, x: torch.Tensor):
     return lambda: backend.forward(x)
 
@@ -217,7 +255,9 @@ def _cpu_name() -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ",".join(MODELS))
+    p.add_argument("--models", default=",".join(MODELS), help="comma list of " + ",".join(MODELS) + " ('' for none)")
+    p.add_argument("--services", default="", help="comma list of catalogue services to run with their real "
+                                                  "packaged weights (e.g. nsfw,skin,pdr,facesearch)")
     p.add_argument("--batch-sizes", default="", help="comma list (default: 1,8,16 on CPU; 1,64,256 on CUDA)")
     p.add_argument("--backends", default="torch,onnx", help="comma list of torch,onnx")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -238,6 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown models {sorted(unknown)}")
     args.backends = [b for b in args.backends.split(",") if b]
+    args.services = [s for s in args.services.split(",") if s]
     return args
 
 
@@ -281,6 +322,14 @@ def main(argv=None) -> int:
         jpegs = load_jpegs()
         for name in args.models:
             rows.extend(bench_model(name, args, settings, device, jpegs))
+        if args.services:
+            from moto import mock_aws  # facesearch's gallery: S3 in this process (moto), no network
+            with mock_aws():
+                from shared.aws import client
+                from shared.provision import ensure_bucket
+                ensure_bucket(client("s3", settings), settings)
+                for name in args.services:
+                    rows.extend(bench_service(name, args, settings, jpegs))
     env["load_average_end"] = os.getloadavg()
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"worker_throughput-{'cuda' if device.type == 'cuda' else 'cpu'}.json")

@@ -96,6 +96,62 @@ def _classify_samples(stack, out=print) -> bool:
     return ok
 
 
+# One bundled photo per service for `up`'s second table (the samples are everyday photos: the answers of
+# skin and pdr on them show the service works end to end, not a diagnosis).
+SERVICE_SAMPLES = {"nsfw": "astronaut", "skin": "coffee", "pdr": "chelsea", "facesearch": "astronaut"}
+SAMPLE_GALLERY = "samples"
+
+
+def _answer_text(kind: str, results: list) -> str:
+    """One line for a reply's results, by service kind."""
+    if kind == "embedding":
+        if not results:
+            return "no face"
+        best = results[0]
+        dist = "" if best.get("distance") is None else f" at {best['distance']:.3f}"
+        return f"{len(results)} face(s); nearest {best['label']}{dist}"
+    top = results[0]
+    text = f"{top['label']} {top['score']:.3f}"
+    return text + (f" ({top['verdict']})" if "verdict" in top else "")
+
+
+def _service_samples(stack, out=print) -> bool:
+    """One request per available service through /classify (facesearch: enrol, then search); True if all ok."""
+    try:
+        services = requests.get(stack.base_url + "/services", timeout=30).json()["services"]
+    except (requests.RequestException, ValueError, KeyError) as exc:
+        out(f"/services failed: {exc}")
+        return False
+    ok = True
+    out(f"\n{'service':11s} {'kind':10s} {'photo':10s} {'answer':44s} {'ms':>6s}")
+    for svc in services:
+        name, photo = svc["name"], SERVICE_SAMPLES.get(svc["name"], "chelsea")
+        if not svc["available"] or name == "imagenet":
+            continue
+        params = {"url": stack.sample_url(photo), "service": name}
+        t0 = time.perf_counter()
+        try:
+            if svc["kind"] == "embedding":
+                r = requests.post(f"{stack.base_url}/faces/{SAMPLE_GALLERY}", timeout=180,
+                                  data={"url": stack.sample_url(photo), "name": photo})
+                if r.status_code != 201:
+                    raise ValueError(f"enrol: HTTP {r.status_code} {r.text[:120]}")
+                params["gallery"] = SAMPLE_GALLERY
+            r = requests.get(stack.base_url + "/classify", params=params, timeout=180)
+            body = r.json()
+        except (requests.RequestException, ValueError) as exc:
+            out(f"{name:11s} request failed: {exc}")
+            ok = False
+            continue
+        ms = (time.perf_counter() - t0) * 1000
+        if r.status_code != 200:
+            out(f"{name:11s} HTTP {r.status_code}: {body.get('error')}")
+            ok = False
+            continue
+        out(f"{name:11s} {svc['kind']:10s} {photo:10s} {_answer_text(svc['kind'], body['results'])[:44]:44s} {ms:6.0f}")
+    return ok
+
+
 def cmd_up(argv: list[str]) -> int:
     """Run the whole system on this machine until Ctrl-C."""
     from classifycloud.local import LocalStack
@@ -131,6 +187,7 @@ def cmd_up(argv: list[str]) -> int:
         print("try:\n  curl '%s/classify?url=%s'" % (stack.base_url, stack.sample_url("chelsea")))
         print("  curl -F image=@%s/chelsea.jpg %s/classify" % (_samples_path(), stack.base_url))
         ok = _classify_samples(stack)
+        ok = _service_samples(stack) and ok
         if args.once:
             return 0 if ok else 1
         print("\nCtrl-C stops everything.", flush=True)

@@ -1,10 +1,11 @@
 """The service catalogue: one YAML entry per classification service."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
-from importlib import resources
+from importlib import metadata, resources
 from typing import Any
 
 import yaml
@@ -14,6 +15,8 @@ from shared.config import Settings
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+KINDS = ("classifier", "score", "embedding")
+BACKENDS = ("torch", "onnx", "tensorrt", "keras", "dlib")
 
 
 class CatalogueError(ValueError):
@@ -29,6 +32,7 @@ class Preprocess:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"
+    mode: str = "crop"                     # crop: shorter side to `resize`, centre crop | squash: to crop x crop
 
 
 @dataclass(frozen=True)
@@ -48,13 +52,28 @@ class ServiceSpec:
     unknown_threshold: float = 0.0         # top-1 score below this -> a single "Unknown" result
     seconds_per_request: float | None = None  # autoscaler's starting estimate
     description: str = ""
+    kind: str = "classifier"               # classifier (top-k + Unknown) | score | embedding (see KINDS)
+    layout: str = "nchw"                   # input layout an artefact takes: nchw | nhwc
+    outputs: str = "logits"                # logits (softmaxed here) | probabilities | regression
+    threshold: float = 0.5                 # score kind: the verdict's threshold (>= is positive)
+    labels_note: str = ""                  # why labels are what they are (e.g. class ids: order unknown)
+    note: str = ""                         # added to the unavailable reason (e.g. why no weights exist)
+    options: dict = field(default_factory=dict, hash=False)  # kind-specific settings (see docs/SERVICES.md)
 
     def unavailable_reason(self, model_dir: str = "") -> str | None:
         """Why this service cannot serve (None when it can, as far as can be told without loading)."""
+        reason = self._missing_source(model_dir)
+        if reason and self.note:
+            return f"{reason} ({self.note})"
+        return reason
+
+    def _missing_source(self, model_dir: str) -> str | None:
         source = self.artefact if self.backend in ("onnx", "tensorrt") else self.weights
         if not source:
             what = "artefact" if self.backend in ("onnx", "tensorrt") else "weights"
             return f"{what} not configured for service {self.name!r}"
+        if source.startswith("package:") and "/" in source:
+            return package_file_problem(source.split(":", 1)[1])
         if source.startswith(("s3://", "package:")):
             return None
         path = resolve_path(source, model_dir)
@@ -84,6 +103,46 @@ class Catalogue:
     def available(self, model_dir: str = "") -> list[str]:
         """Names of the services that can serve."""
         return [n for n, s in self.services.items() if s.unavailable_reason(model_dir) is None]
+
+
+def split_package_source(ref: str) -> tuple[str, str]:
+    """'<distribution>/<path in it>' -> (distribution, path)."""
+    dist, _, rel = ref.partition("/")
+    if not dist or not rel:
+        raise CatalogueError(f"package source {ref!r} must be package:<distribution>/<path inside it>")
+    return dist, rel
+
+
+def package_file(ref: str) -> str:
+    """The installed path of a file a distribution ships ('<distribution>/<path>'); raises FileNotFoundError."""
+    dist, rel = split_package_source(ref)
+    path, problem = _locate(dist, rel)
+    if problem:
+        raise FileNotFoundError(problem)
+    return path
+
+
+@functools.lru_cache(maxsize=64)
+def _locate(dist: str, rel: str) -> tuple[str, str]:
+    # Cached: the web checks availability on every request, and a process's installed packages do not change.
+    try:
+        files = metadata.files(dist) or []
+    except metadata.PackageNotFoundError:
+        return "", f"package {dist!r} is not installed"
+    for f in files:
+        if str(f) == rel:
+            path = str(f.locate())
+            return (path, "") if os.path.exists(path) else ("", f"package {dist!r}: {path} is missing")
+    return "", f"package {dist!r} ships no file {rel!r}"
+
+
+def package_file_problem(ref: str) -> str | None:
+    """None when the packaged file is installed, else why not (read from metadata; nothing imported)."""
+    try:
+        package_file(ref)
+    except (FileNotFoundError, CatalogueError) as exc:
+        return str(exc)
+    return None
 
 
 def resolve_path(path: str, model_dir: str = "") -> str:
@@ -144,8 +203,18 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
             pre[key] = tuple(float(x) for x in pre[key])
     if not isinstance(kw["num_classes"], int) or kw["num_classes"] < 1:
         raise CatalogueError(f"{where}: num_classes must be a positive integer")
-    if kw.get("backend", "torch") not in ("torch", "onnx", "tensorrt"):
-        raise CatalogueError(f"{where}: backend must be torch, onnx or tensorrt")
+    if kw.get("backend", "torch") not in BACKENDS:
+        raise CatalogueError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
+    for key, allowed in (("kind", KINDS), ("layout", ("nchw", "nhwc")),
+                         ("outputs", ("logits", "probabilities", "regression"))):
+        if key in kw and kw[key] not in allowed:
+            raise CatalogueError(f"{where}: {key} must be one of {', '.join(allowed)}")
+    if pre.get("mode", "crop") not in ("crop", "squash"):
+        raise CatalogueError(f"{where}: preprocess.mode must be crop or squash")
+    if not isinstance(kw.get("options", {}), dict):
+        raise CatalogueError(f"{where}: options must be a mapping")
+    if not isinstance(kw.get("threshold", 0.5), (int, float)):
+        raise CatalogueError(f"{where}: threshold must be a number")
     threshold = kw.get("unknown_threshold", 0.0)
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise CatalogueError(f"{where}: unknown_threshold must be in [0, 1]")

@@ -10,6 +10,7 @@ from typing import Any
 
 VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_PARAMS_BYTES = 4096
 _S3_RE = re.compile(r"^s3://[a-z0-9.\-]{3,63}/.+$")
 
 
@@ -69,10 +70,14 @@ class Request:
     top_k: int = 5
     submitted_at: int = field(default_factory=now_ms)
     v: int = VERSION
+    params: dict | None = None       # optional, per kind: {"op", "gallery", "name"} (embedding), {"meta"} (skin)
 
     def to_json(self) -> str:
-        """The message body."""
-        return json.dumps(asdict(self), separators=(",", ":"))
+        """The message body (params only when given, so plain requests keep their v1 shape)."""
+        body = asdict(self)
+        if body["params"] is None:
+            del body["params"]
+        return json.dumps(body, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, body: str | bytes | dict) -> "Request":
@@ -101,8 +106,12 @@ class Request:
         submitted = data.get("submitted_at", now_ms())
         if not isinstance(submitted, int) or isinstance(submitted, bool):
             raise MessageError("malformed_message", "request: submitted_at must be epoch milliseconds")
+        params = data.get("params")
+        if params is not None and not (isinstance(params, dict) and len(json.dumps(params)) <= MAX_PARAMS_BYTES):
+            raise MessageError("malformed_message", f"request: params must be a JSON object of at most "
+                                                    f"{MAX_PARAMS_BYTES} bytes")
         return cls(id=rid, service=service, image=dict(image), reply_to=reply_to,
-                   top_k=top_k, submitted_at=submitted)
+                   top_k=top_k, submitted_at=submitted, params=params)
 
 
 def readable_reply_to(body: str | bytes) -> tuple[str | None, str | None]:
@@ -131,6 +140,7 @@ class Reply:
     worker: str = ""
     model: dict = field(default_factory=dict)     # {"name", "version"}
     v: int = VERSION
+    kind: str = "classifier"                      # optional: the service kind that shaped `results`
 
     @classmethod
     def ok(cls, req_id: str, service: str, results: list, **kw: Any) -> "Reply":
@@ -171,7 +181,8 @@ class Reply:
             raise MessageError("malformed_message", "reply: an error reply needs error.code and error.message")
         return cls(id=rid, service=service, status=status, results=results, error=error,
                    timings_ms=data.get("timings_ms") or {}, worker=data.get("worker") or "",
-                   model=data.get("model") or {})
+                   model=data.get("model") or {},
+                   kind=data.get("kind") if isinstance(data.get("kind"), str) else "classifier")
 
 
 @dataclass(frozen=True)

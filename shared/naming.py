@@ -66,3 +66,11 @@ def heartbeat_key(instance_id: str) -> str:
 def job_key(request_id: str) -> str:
     """S3 key of a submitted job's marker (lets GET /jobs/<id> tell pending from unknown)."""
     return f"jobs/{request_id}.json"
+
+
+GALLERY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # face gallery names (also an S3 key part)
+
+
+def gallery_prefix(gallery: str) -> str:
+    """S3 prefix of a face gallery's entries."""
+    return f"galleries/{gallery}/"

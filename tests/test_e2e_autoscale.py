@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_burst_of_40_grows_the_fleet_answers_all_and_returns_to_min(moto_endpoint):
     settings = Settings.from_env({}, prefix="a" + uuid.uuid4().hex[:8], metrics_enabled=False,
                                  min_workers=1, max_workers=3, tick_s=1.0, latency_budget_s=0.5,
-                                 scale_in_window_s=8.0)
+                                 scale_in_window_s=8.0, services=("imagenet",))
     stack = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, autoscale=True).start()
     sizes: list[int] = []
     done = threading.Event()

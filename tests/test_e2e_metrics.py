@@ -23,7 +23,7 @@ def test_local_stack_metrics_have_the_defined_names_and_the_review_agrees_with_t
         moto_endpoint, tmp_path, capsys):
     settings = Settings.from_env({}, prefix="m" + uuid.uuid4().hex[:8], metrics_enabled=True,
                                  metrics_interval_s=1.0, metrics_namespace="M" + uuid.uuid4().hex[:8],
-                                 min_workers=1, max_workers=1, tick_s=1.0)
+                                 min_workers=1, max_workers=1, tick_s=1.0, services=("imagenet",))
     stack = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, autoscale=True).start()
     try:
         stack.wait_ready(timeout=240)

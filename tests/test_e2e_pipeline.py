@@ -26,6 +26,7 @@ ESPRESSO = 967
 
 
 def _settings(**kw) -> Settings:
+    kw.setdefault("services", ("imagenet",))  # the pipeline tests use imagenet; test_e2e_services covers the rest
     return Settings.from_env({}, prefix="e" + uuid.uuid4().hex[:8], metrics_enabled=False, **kw)
 
 
@@ -160,3 +161,9 @@ def test_classifycloud_up_once_prints_the_samples_and_a_curl_line(moto_endpoint,
             line.split()[0] in ("chelsea", "coffee")}
     assert " 967 " in rows["coffee"]
     assert any(f" {c} " in rows["chelsea"] for c in CATS)
+    services = {line.split()[0]: line for line in out.splitlines() if line.split() and
+                line.split()[0] in ("nsfw", "skin", "pdr", "facesearch")}
+    assert set(services) == {"nsfw", "skin", "pdr", "facesearch"}, out
+    assert " score " in services["nsfw"] and "(sfw)" in services["nsfw"]
+    assert " class_" in services["pdr"]
+    assert "nearest astronaut at 0.000" in services["facesearch"]

@@ -197,13 +197,13 @@ def _statements(role: str, action: str) -> list[dict]:
     return [s for s in role_statements()[role] if action in s["actions"]]
 
 
-def test_worker_sends_only_to_reply_queues_and_reads_only_uploads_models_results():
+def test_worker_sends_only_to_reply_queues_and_reads_only_uploads_models_results_galleries():
     (send,) = _statements("worker", "sqs:SendMessage")
     assert send["resources"] == ["${local.reply_queue_arns}"]
     reads = {r for s in _statements("worker", "s3:GetObject") for r in s["resources"]}
-    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in reads} == {"/uploads", "/models", "/results"}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in reads} == {"/uploads", "/models", "/results", "/galleries"}
     writes = {r for s in _statements("worker", "s3:PutObject") for r in s["resources"]}
-    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats"}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats", "/galleries"}
 
 
 def test_web_creates_and_deletes_only_queues_under_the_reply_prefix():

@@ -26,7 +26,7 @@ def model(catalogue):
     """The imagenet service loaded once, shared by this module's workers."""
     from worker.models.engine import InferenceEngine
     from worker.models.registry import ModelRegistry
-    registry = ModelRegistry(catalogue, Settings(device="cpu", metrics_enabled=False)).load()
+    registry = ModelRegistry(catalogue, Settings(device="cpu", metrics_enabled=False, services=("imagenet",))).load()
     engine = InferenceEngine(registry, 2)
     yield registry, engine
     engine.close()

@@ -33,7 +33,7 @@ def test_worker_main_exits_2_when_its_queues_do_not_exist(settings, env_for):
 
 
 def test_worker_main_burst_answers_what_is_queued_and_exits_zero(settings, catalogue, env_for, sample_bytes):
-    s = settings.replace(wait_time_s=1, instance_id="w-main")
+    s = settings.replace(wait_time_s=1, instance_id="w-main", services=("imagenet",))
     ensure_all(s, catalogue)
     sqs, s3 = client("sqs", s), client("s3", s)
     s3.put_object(Bucket=s.bucket_name, Key="uploads/m1", Body=sample_bytes["coffee"])

@@ -67,7 +67,8 @@ def procs():
 def env(settings, catalogue):
     """Provisioned queues for process tests, an AWS client pair and a reply queue."""
     s = settings.replace(wait_time_s=1, fetch_allow_loopback=True, visibility_timeout_s=60,
-                         heartbeat_interval_s=0.5, terminate_check_interval_s=0.3, max_batch_wait_ms=20)
+                         heartbeat_interval_s=0.5, terminate_check_interval_s=0.3, max_batch_wait_ms=20,
+                         services=("imagenet",))
     urls = ensure_all(s, catalogue)
     sqs, s3 = client("sqs", s), client("s3", s)
     reply = sqs.create_queue(QueueName=naming.reply_queue(s.prefix))["QueueUrl"]

@@ -25,6 +25,9 @@ REPLY_STATUS: dict[str, int] = {
     "service_unavailable": 503,
     "internal_error": 500,
     "inference_failed": 500,
+    "invalid_params": 400,      # a kind's parameters (gallery, name, meta) were wrong
+    "no_face": 422,             # facesearch enrol: no face in the image
+    "gallery_unavailable": 503,  # facesearch: the gallery in S3 cannot be read or written (retry)
 }
 
 # Werkzeug's own HTTP errors get stable snake_case codes.

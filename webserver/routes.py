@@ -7,6 +7,7 @@ from shared.messages import valid_id
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_classify
 from webserver.proxy import external_url
+from webserver.params import request_params
 from webserver.submit import Outcome
 
 bp = Blueprint("api", __name__)
@@ -40,14 +41,16 @@ def answer(outcome: Outcome):
 def classify():
     """Synchronous classification: waits for the worker's reply."""
     parsed = parse_classify(request)
-    return answer(ctx().submitter.classify(parsed.image, parsed.service, parsed.top_k))
+    params = request_params(request, ctx().submitter.resolve_service(parsed.service))
+    return answer(ctx().submitter.classify(parsed.image, parsed.service, parsed.top_k, params))
 
 
 @bp.route("/jobs", methods=["POST"])
 def submit_job():
     """Asynchronous classification: 202 with the id and where to poll."""
     parsed = parse_classify(request)
-    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k)
+    params = request_params(request, ctx().submitter.resolve_service(parsed.service))
+    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params)
     resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid)})
     resp.status_code = 202
     resp.headers["Location"] = status_url(rid)
@@ -80,9 +83,15 @@ def services():
     for name in c.catalogue.names():
         spec = c.catalogue[name]
         reason = spec.unavailable_reason(c.settings.model_dir)
-        out.append({"name": name, "description": spec.description, "architecture": spec.architecture,
-                    "num_classes": spec.num_classes, "top_k": spec.top_k,
-                    "available": reason is None, "reason": reason})
+        entry = {"name": name, "kind": spec.kind, "description": spec.description,
+                 "architecture": spec.architecture, "backend": spec.backend,
+                 "num_classes": spec.num_classes, "top_k": spec.top_k,
+                 "available": reason is None, "reason": reason}
+        if spec.kind == "score":
+            entry["threshold"] = spec.threshold
+        if spec.labels_note:
+            entry["labels_note"] = spec.labels_note
+        out.append(entry)
     return jsonify({"services": out})
 
 

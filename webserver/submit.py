@@ -101,7 +101,8 @@ class Submitter:
             log.error("request %s: send to %s failed: %s", req.id, req.service, exc)
             raise ApiError(503, "queue_unavailable", "could not enqueue the request; try again", req.id) from None
 
-    def classify(self, image: ImageInput, service: str | None, top_k: int | None) -> Outcome:
+    def classify(self, image: ImageInput, service: str | None, top_k: int | None,
+                 params: dict | None = None) -> Outcome:
         """Send a request with reply_to = this process's queue and wait up to reply_timeout_s."""
         spec = self.resolve_service(service)
         try:
@@ -113,7 +114,7 @@ class Submitter:
         started = time.monotonic()
         ref = self._image_ref(rid, image)
         req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to,
-                      top_k=top_k or spec.top_k)
+                      top_k=top_k or spec.top_k, params=params)
         waiter = self.listener.register(rid)
         try:
             self._send(req)
@@ -131,7 +132,8 @@ class Submitter:
             log.info("request %s: %s reply after %.0f ms", rid, reply.status, latency_ms)
         return Outcome(rid, spec.name, reply, latency_ms)
 
-    def submit_job(self, image: ImageInput, service: str | None, top_k: int | None) -> tuple[str, str]:
+    def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
+                   params: dict | None = None) -> tuple[str, str]:
         """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
         spec = self.resolve_service(service)
         rid = new_id()
@@ -139,6 +141,6 @@ class Submitter:
         submitted = now_ms()
         self.jobs.write_marker(rid, spec.name, submitted)
         self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None,
-                           top_k=top_k or spec.top_k, submitted_at=submitted))
+                           top_k=top_k or spec.top_k, submitted_at=submitted, params=params))
         log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
         return rid, spec.name

@@ -7,6 +7,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_top_k, parse_xcloud_image
+from webserver.params import request_params
 
 bp = Blueprint("xcloud", __name__)
 
@@ -25,9 +26,10 @@ _BY_ERROR = {
     "empty_image": CODE_INVALID_IMAGE, "image_too_large": CODE_INVALID_IMAGE, "image_not_found": CODE_INVALID_IMAGE, "too_large": CODE_INVALID_IMAGE,
     "invalid_url": CODE_INVALID_URL, "unsupported_scheme": CODE_INVALID_URL,
     "forbidden_address": CODE_INVALID_URL, "too_many_redirects": CODE_INVALID_URL,
-    "missing_image": CODE_BAD_REQUEST, "method_not_allowed": CODE_BAD_REQUEST, "invalid_top_k": CODE_BAD_REQUEST,
+    "missing_image": CODE_BAD_REQUEST, "missing_gallery": CODE_BAD_REQUEST, "invalid_gallery": CODE_BAD_REQUEST,
+    "invalid_params": CODE_BAD_REQUEST, "no_face": CODE_INVALID_IMAGE, "method_not_allowed": CODE_BAD_REQUEST, "invalid_top_k": CODE_BAD_REQUEST,
     "bad_request": CODE_BAD_REQUEST, "not_found": CODE_BAD_REQUEST,
-    "unknown_service": CODE_SERVICE, "service_unavailable": CODE_SERVICE, "queue_unavailable": CODE_SERVICE,
+    "unknown_service": CODE_SERVICE, "gallery_unavailable": CODE_SERVICE, "service_unavailable": CODE_SERVICE, "queue_unavailable": CODE_SERVICE,
     "timeout": CODE_TIMEOUT,
 }
 
@@ -41,14 +43,24 @@ def xcloud_code(error_code: str) -> int:
     return CODE_INTERNAL
 
 
-def xcloud_results(results: list[dict]) -> list[dict]:
-    """Our [{label, index, score}] as XCloud's [{name, category_id, prob}] (1-based ids; Unknown is -1)."""
+def xcloud_results(results: list[dict], kind: str = "classifier") -> list[dict]:
+    """Our results in XCloud's style, by service kind (docs/API.md).
+
+    classifier: [{name, category_id, prob}] (1-based ids; Unknown is -1); score: the same plus
+    {verdict, threshold} (a regression: [{name, score}]); embedding: per face {name, distance, box, matches}."""
+    if kind == "embedding":
+        return [{"name": r.get("label"), "distance": r.get("distance"), "box": r.get("box"),
+                 "matches": r.get("matches", [])} for r in results]
+    if kind == "score" and results and "verdict" not in results[0]:
+        return [{"name": r.get("label"), "score": round(float(r.get("score", 0.0)), 4)} for r in results]
     out = []
     for r in results:
         index = r.get("index", -1)
         out.append({"name": r.get("label"),
                     "category_id": index + 1 if isinstance(index, int) and index >= 0 else -1,
                     "prob": round(float(r.get("score", 0.0)), 4)})
+        if kind == "score":
+            out[-1].update(verdict=r.get("verdict"), threshold=r.get("threshold"))
     return out
 
 
@@ -72,7 +84,8 @@ def classify(service: str):
     c = current_app.extensions["classifycloud"]
     image = parse_xcloud_image(request)
     top_k = parse_top_k(request.form.get("top_k"))
-    outcome = c.submitter.classify(image, service, top_k)
+    params = request_params(request, c.submitter.resolve_service(service))
+    outcome = c.submitter.classify(image, service, top_k, params)
     rid, reply = outcome.request_id, outcome.reply
     if reply is None:
         from webserver.routes import status_url
@@ -81,5 +94,5 @@ def classify(service: str):
     if reply.status == "error":
         code = reply.error.get("code", "error")
         raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
-    return jsonify({"code": CODE_OK, "msg": "success", "results": xcloud_results(reply.results),
+    return jsonify({"code": CODE_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
                     "elapse": round(time.monotonic() - started, 2), "id": rid})

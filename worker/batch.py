@@ -180,7 +180,8 @@ class BatchProcessor:
 
     def _infer(self, service: str, group: list[_Item]) -> None:
         try:
-            result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group])
+            result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group],
+                                     [i.request.params for i in group])
         except Exception as exc:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
             for item in group:
@@ -195,7 +196,7 @@ class BatchProcessor:
                 self._fail(item, getattr(res, "code", "invalid_image"), str(res), inference_ms=result.inference_ms)
                 continue
             item.reply = Reply.ok(item.request.id, service, res, timings_ms=timings, worker=self.worker_id,
-                                  model=handler.model_info)
+                                  model=handler.model_info, kind=handler.kind)
             self.metrics.record("Images", 1, Service=service)
             self.metrics.record("QueueWait", timings["queue"], Service=service)
             self.metrics.record("TotalTime", timings["total"], Service=service)
@@ -205,6 +206,7 @@ class BatchProcessor:
         handler = self.registry.get(req.service)
         item.reply = Reply.failure(req.id, req.service, code, message, worker=self.worker_id,
                                    model=handler.model_info if handler else {},
+                                   kind=handler.kind if handler else "classifier",
                                    timings_ms=self._timings(item.held, req, item.fetch_ms, inference_ms))
         self.metrics.record("Errors", 1, Service=req.service, Code=code)
 

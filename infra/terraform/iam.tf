@@ -130,6 +130,26 @@ data "aws_iam_policy_document" "worker" {
     }
   }
 
+  # facesearch: galleries/<gallery>/ holds one object per enrolled face; every worker lists and reads
+  # them on a search and writes one on an enrolment (worker/models/gallery.py).
+  statement {
+    sid       = "FaceGalleries"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/galleries/*"]
+  }
+
+  statement {
+    sid       = "ListFaceGalleries"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["galleries/*"]
+    }
+  }
+
   statement {
     sid       = "PutMetrics"
     actions   = ["cloudwatch:PutMetricData"]

@@ -35,7 +35,7 @@ variable "bucket_name" {
 variable "services" {
   description = "Catalogue services to create request queues for; must equal the names in shared/services.yaml."
   type        = list(string)
-  default     = ["imagenet", "plant", "pdr", "food", "nsfw", "skin", "garbage", "insect"]
+  default     = ["imagenet", "nsfw", "skin", "pdr", "facesearch", "fbp", "plant", "food", "garbage", "insect"]
 
   validation {
     condition     = length(var.services) > 0 && alltrue([for s in var.services : can(regex("^[a-z0-9][a-z0-9_-]{0,39}$", s))])

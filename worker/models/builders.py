@@ -12,8 +12,28 @@ def _efficientnet_lite0(num_classes: int) -> nn.Module:
     return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
 
 
+class PlantDiseaseCNN(nn.Module):
+    """The pdr CNN of abdullahselek/plant-disease-classification-pytorch (network.py): 128x128 in.
+
+    Same parameter names and shapes as its state_dict (conv1, conv2, fc1, fc2), so it loads strictly;
+    its dropouts are inactive at inference and hold no parameters."""
+
+    def __init__(self, num_classes: int = 38):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=3)
+        self.fc1 = nn.Linear(20 * 30 * 30, 1024)
+        self.fc2 = nn.Linear(1024, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(torch.max_pool2d(self.conv1(x), 2))
+        x = torch.relu(torch.max_pool2d(self.conv2(x), 2))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
 BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "efficientnet_lite0": _efficientnet_lite0,
+    "pdr_cnn": PlantDiseaseCNN,
 }
 
 

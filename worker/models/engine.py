@@ -31,7 +31,7 @@ class ImageDecodeError(ValueError):
 class BatchResult:
     """Per-item outcome of a batch: results or an error, and the batch's model time."""
 
-    results: list          # per item: list of {"label","index","score"} or an ImageDecodeError
+    results: list          # per item: the kind's result list, or an ImageDecodeError / ItemError
     inference_ms: float
     preprocess_ms: float = 0.0                       # decode + preprocess wall time of the batch
     decoders: list[str] = field(default_factory=list)  # per item: "jpeg" (torchvision.io), "pil" or "error"
@@ -78,7 +78,7 @@ class InferenceEngine:
 
     def _prepare(self, handler, data: bytes) -> tuple[torch.Tensor | ImageDecodeError, str]:
         try:
-            if self.jpeg_fast_path and data[:3] == JPEG_MAGIC:
+            if self.jpeg_fast_path and handler.accepts_tensor and data[:3] == JPEG_MAGIC:
                 try:
                     return handler.preprocess_tensor(decode_jpeg_tensor(data)), "jpeg"
                 except ImageDecodeError as exc:
@@ -90,25 +90,26 @@ class InferenceEngine:
         except Exception as exc:  # a hostile image must fail only its own item
             return ImageDecodeError(f"cannot preprocess image: {type(exc).__name__}: {exc}"), "error"
 
-    def run(self, service: str, images: Sequence[bytes], top_ks: Sequence[int]) -> BatchResult:
-        """Classify images (bytes) of one service; a bad image fails only its own item."""
+    def run(self, service: str, images: Sequence[bytes], top_ks: Sequence[int],
+            params: Sequence[dict | None] | None = None) -> BatchResult:
+        """Run images (bytes) of one service through its kind's handler; a bad image fails only its own item."""
         handler = self.registry.get(service)
         if handler is None:
             raise KeyError(f"service {service!r} is not hosted here")
         if len(top_ks) != len(images):
             raise ValueError(f"{len(images)} images but {len(top_ks)} top_k values")
+        params = list(params) if params is not None else [None] * len(images)
         t0 = time.perf_counter()
         prepared = list(self.pool.map(lambda b: self._prepare(handler, b), images))
         preprocess_ms = (time.perf_counter() - t0) * 1000
         results: list = [p for p, _ in prepared]  # errors stay in place
-        good = [i for i, (p, _) in enumerate(prepared) if isinstance(p, torch.Tensor)]
+        good = [i for i, (_, d) in enumerate(prepared) if d != "error"]
         t1 = time.perf_counter()
         if good:
-            probs = handler.infer(torch.stack([results[i] for i in good]))
-            kmax = max(top_ks[i] for i in good)
-            ranked = handler.postprocess(probs, kmax)
+            answers = handler.run_batch([results[i] for i in good], [top_ks[i] for i in good],
+                                        [params[i] for i in good])
             for j, i in enumerate(good):
-                results[i] = ranked[j][: max(1, top_ks[i])]
+                results[i] = answers[j]
         return BatchResult(results=results, inference_ms=(time.perf_counter() - t1) * 1000,
                            preprocess_ms=preprocess_ms, decoders=[d for _, d in prepared])
 

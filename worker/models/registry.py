@@ -3,11 +3,25 @@ from __future__ import annotations
 
 import logging
 
-from shared.catalogue import Catalogue
+from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
 from worker.models.handler import ImageClassifier, WeightsError, pick_device
 
 log = logging.getLogger(__name__)
+
+
+def handler_class(spec: ServiceSpec) -> type:
+    """The handler for a service's kind (and, for classifiers run by Keras, its backend)."""
+    if spec.kind == "score":
+        from worker.models.score import ScoreHandler
+        return ScoreHandler
+    if spec.kind == "embedding":
+        from worker.models.facesearch import FaceSearch
+        return FaceSearch
+    if spec.backend == "keras":
+        from worker.models.keras_classifier import KerasClassifier
+        return KerasClassifier
+    return ImageClassifier
 
 
 class ModelRegistry:
@@ -38,7 +52,7 @@ class ModelRegistry:
                 log.warning("service %s unavailable: %s", name, reason)
                 continue
             try:
-                self.handlers[name] = ImageClassifier(spec, self.settings, self.device).load()
+                self.handlers[name] = handler_class(spec)(spec, self.settings, self.device).load()
             except (WeightsError, ValueError, OSError) as exc:
                 self.unavailable[name] = str(exc)
                 log.error("service %s failed to load: %s", name, exc)

@@ -44,8 +44,12 @@ def create(spec: ServiceSpec, settings: Settings, device: torch.device) -> Backe
     raise ValueError(f"service {spec.name!r}: unknown backend {spec.backend!r}; known: {BACKENDS}")
 
 
-def softmax_probs(logits: torch.Tensor, num_classes: int, where: str) -> torch.Tensor:
-    """Float32 CPU probabilities; raises WeightsError when the model's output width is not num_classes."""
+def softmax_probs(logits: torch.Tensor, num_classes: int, where: str, outputs: str = "logits") -> torch.Tensor:
+    """Float32 CPU probabilities (softmax of logits; probabilities/regression outputs as they are).
+
+    Raises WeightsError when the model's output width is not num_classes."""
     if logits.ndim != 2 or logits.shape[-1] != num_classes:
         raise WeightsError(f"{where}: model outputs shape {tuple(logits.shape)}, expected [N, {num_classes}]")
+    if outputs != "logits":  # the graph ends in its own softmax, or the output is a regression value
+        return logits.float().cpu()
     return logits.float().softmax(dim=-1).cpu()

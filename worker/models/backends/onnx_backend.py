@@ -57,20 +57,22 @@ class OnnxBackend:
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         crop = self.spec.preprocess.crop
-        if len(inp.shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(inp.shape[1:], (3, crop, crop))):
+        shape = (crop, crop, 3) if self.spec.layout == "nhwc" else (3, crop, crop)
+        if len(inp.shape) != 4 or any(isinstance(d, int) and d != want for d, want in zip(inp.shape[1:], shape)):
             raise WeightsError(f"service {self.spec.name!r}: artefact {path} takes input {inp.shape}, "
-                               f"expected [N, 3, {crop}, {crop}]")
+                               f"expected [N, {', '.join(map(str, shape))}] (layout {self.spec.layout})")
         self.version = digest[:12]
-        self.forward(torch.zeros(1, 3, crop, crop))  # warm-up; also checks the output width
+        self.forward(torch.zeros(1, *shape))  # warm-up; also checks the output width
         log.info("service %s: ONNX artefact %s on %s", self.spec.name, path, self.providers)
         return self
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Probabilities [N, C] (float32, CPU) for a normalised float batch [N, 3, H, W]."""
+        """Probabilities [N, C] (float32, CPU) for a normalised float batch in the artefact's layout."""
         assert self.session is not None, "load() first"
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
         (logits,) = self.session.run(None, {self.input_name: x})[:1]
-        return softmax_probs(torch.from_numpy(logits), self.spec.num_classes, f"service {self.spec.name!r}")
+        return softmax_probs(torch.from_numpy(logits), self.spec.num_classes, f"service {self.spec.name!r}",
+                             self.spec.outputs)
 
     def close(self) -> None:
         """Release the session."""

@@ -109,7 +109,7 @@ class TorchBackend:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                 logits = self.model(x)
-            return softmax_probs(logits[:n], self.spec.num_classes, f"service {self.spec.name!r}")
+            return softmax_probs(logits[:n], self.spec.num_classes, f"service {self.spec.name!r}", self.spec.outputs)
 
     def close(self) -> None:
         """Drop the model (frees device memory)."""

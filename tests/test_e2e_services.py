@@ -1,0 +1,101 @@
+"""End to end on the local stack: every real service answers through /classify and /cv/<service>."""
+from __future__ import annotations
+
+import io
+import uuid
+
+import pytest
+import requests
+from PIL import Image, ImageOps
+from skimage import data
+
+from classifycloud.local import LocalStack
+from shared.config import Settings
+
+pytestmark = pytest.mark.slow
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def stack(moto_endpoint):
+    """One web process and one worker hosting every available service."""
+    settings = Settings.from_env({}, prefix="s" + uuid.uuid4().hex[:8], metrics_enabled=False)
+    s = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, workers=1).start()
+    try:
+        s.wait_ready(timeout=300)
+        yield s
+    finally:
+        s.stop()
+
+
+def test_services_lists_at_least_five_available_services_with_their_kinds(stack):
+    services = requests.get(stack.base_url + "/services", timeout=30).json()["services"]
+    available = {s["name"]: s["kind"] for s in services if s["available"]}
+    assert available == {"imagenet": "classifier", "nsfw": "score", "skin": "classifier",
+                         "pdr": "classifier", "facesearch": "embedding"}
+
+
+def test_nsfw_skin_and_pdr_answer_through_classify_and_the_xcloud_route(stack, sample_bytes):
+    r = requests.get(stack.base_url + "/classify", timeout=120,
+                     params={"url": stack.sample_url("astronaut"), "service": "nsfw"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["kind"] == "score" and body["results"][0]["verdict"] == "sfw"
+    assert body["results"][0]["score"] < 0.5
+    r = requests.post(stack.base_url + "/cv/nsfw", files={"image": ("rocket.jpg", sample_bytes["rocket"])},
+                      timeout=120)
+    env = r.json()
+    assert r.status_code == 200 and env["code"] == 0, env
+    assert env["results"][0]["name"] == "nsfw" and env["results"][0]["verdict"] == "sfw"
+
+    r = requests.post(stack.base_url + "/classify", timeout=120,
+                      json={"url": stack.sample_url("coffee"), "service": "skin", "top_k": 7,
+                            "meta": {"sex": "female", "location": "arm", "age": 40}})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert sorted(x["label"] for x in results) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert sum(x["score"] for x in results) == pytest.approx(1.0, abs=1e-3)
+    r = requests.post(stack.base_url + "/cv/skin", files={"image": ("chelsea.jpg", sample_bytes["chelsea"])},
+                      data={"top_k": "3"}, timeout=120)
+    assert r.status_code == 200 and len(r.json()["results"]) == 3, r.text
+
+    r = requests.get(stack.base_url + "/classify", timeout=120,
+                     params={"url": stack.sample_url("chelsea"), "service": "pdr", "top_k": 38})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 38 and {x["label"] for x in results} == {f"class_{i}" for i in range(38)}
+    r = requests.post(stack.base_url + "/cv/pdr", data={"image": stack.sample_url("coffee")}, timeout=120)
+    top = r.json()["results"][0]
+    assert r.status_code == 200 and top["name"] == f"class_{top['category_id'] - 1}", r.text
+
+
+def test_facesearch_enrols_through_faces_and_finds_her_through_classify_and_cv(stack, sample_bytes):
+    r = requests.post(stack.base_url + "/faces/crew", timeout=120,
+                      files={"image": ("astronaut.jpg", sample_bytes["astronaut"])}, data={"name": "Eileen Collins"})
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "Eileen Collins" and len(r.json()["box"]) == 4
+
+    variant = ImageOps.mirror(Image.fromarray(data.astronaut()).crop((100, 30, 400, 330)).resize((220, 220)))
+    r = requests.post(stack.base_url + "/classify", timeout=120,
+                      files={"image": ("variant.jpg", _jpeg(variant))},
+                      data={"service": "facesearch", "gallery": "crew"})
+    assert r.status_code == 200, r.text
+    faces = r.json()["results"]
+    assert len(faces) == 1 and faces[0]["label"] == "Eileen Collins" and faces[0]["distance"] < 0.6
+
+    camera = _jpeg(Image.fromarray(data.camera()))
+    for name, image in (("camera", camera), ("chelsea", sample_bytes["chelsea"])):
+        r = requests.post(stack.base_url + "/cv/facesearch", timeout=120,
+                          files={"image": (f"{name}.jpg", image)}, data={"gallery": "crew"})
+        env = r.json()
+        assert r.status_code == 200 and env["code"] == 0, env
+        assert all(not face["matches"] for face in env["results"]), (name, env)
+
+    r = requests.post(stack.base_url + "/faces/crew", timeout=120,
+                      files={"image": ("coffee.jpg", sample_bytes["coffee"])}, data={"name": "cup"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_face", r.text

@@ -1,0 +1,53 @@
+"""Per-kind request parameters a client may add: `gallery` (embedding search), `meta` (skin metadata)."""
+from __future__ import annotations
+
+import json
+
+from flask import Request
+
+from shared.catalogue import ServiceSpec
+from shared.naming import GALLERY_RE
+from webserver.errors import ApiError
+
+GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
+
+
+def field_value(req: Request, key: str):
+    """A field from the JSON body, the form, or the query string (first found)."""
+    if req.is_json:
+        doc = req.get_json(silent=True)
+        if isinstance(doc, dict) and doc.get(key) is not None:
+            return doc[key]
+    if req.method != "GET" and req.form.get(key) not in (None, ""):
+        return req.form.get(key)
+    value = req.args.get(key)
+    return value if value not in (None, "") else None
+
+
+def check_gallery(value: object) -> str:
+    """A gallery name, or 400 invalid_gallery."""
+    if not isinstance(value, str) or not GALLERY_RE.match(value):
+        raise ApiError(400, "invalid_gallery", f"gallery must be {GALLERY_CHARS}")
+    return value
+
+
+def request_params(req: Request, spec: ServiceSpec) -> dict | None:
+    """The request message's `params` for this service, checked; None when the kind needs none."""
+    params: dict = {}
+    if spec.kind == "embedding":
+        gallery = field_value(req, "gallery")
+        if gallery is None:
+            raise ApiError(400, "missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
+                                                   "(enrol faces with POST /faces/<gallery>)")
+        params.update(op="search", gallery=check_gallery(gallery))
+    meta = field_value(req, "meta")
+    if meta is not None:
+        if isinstance(meta, str):  # form or query: a JSON object as text
+            try:
+                meta = json.loads(meta)
+            except ValueError:
+                raise ApiError(400, "invalid_params", "meta must be a JSON object") from None
+        if not isinstance(meta, dict) or len(json.dumps(meta)) > 1024:
+            raise ApiError(400, "invalid_params", "meta must be a JSON object of at most 1 KiB")
+        params["meta"] = meta
+    return params or None
