@@ -66,3 +66,16 @@ def heartbeat_key(instance_id: str) -> str:
 def job_key(request_id: str) -> str:
     """S3 key of a submitted job's marker (lets GET /jobs/<id> tell pending from unknown)."""
     return f"jobs/{request_id}.json"
+
+
+MODEL_ENTRY = "entry.yaml"
+
+
+def models_prefix() -> str:
+    """S3 prefix of live services: models/<service>/entry.yaml beside its weights and labels."""
+    return "models/"
+
+
+def model_key(service: str, filename: str) -> str:
+    """S3 key of one file of a live service."""
+    return f"{models_prefix()}{service}/{filename}"

@@ -76,12 +76,16 @@ def services():
     """Every catalogue service and whether it can serve (weights configured)."""
     c = ctx()
     out = []
-    for name in c.catalogue.names():
-        spec = c.catalogue[name]
+    services = c.catalogue.services  # one snapshot: a live refresh between two reads cannot split the list
+    for name, spec in services.items():
         reason = spec.unavailable_reason(c.settings.model_dir)
         out.append({"name": name, "description": spec.description, "architecture": spec.architecture,
                     "num_classes": spec.num_classes, "top_k": spec.top_k,
                     "available": reason is None, "reason": reason})
+    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries, so operators see why
+        if name not in services:
+            out.append({"name": name, "description": "", "architecture": None, "num_classes": None, "top_k": None,
+                        "available": False, "reason": f"invalid S3 entry: {error}"})
     return jsonify({"services": out})
 
 
