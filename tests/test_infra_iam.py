@@ -39,6 +39,8 @@ ROLE_OF_PATH = {
     "shared/metrics.py": ALL,                        # every component publishes metrics
     "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
+    "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
+    "shared/service_queues.py": ("autoscaler",),     # creates the queue of a service added by an S3 entry
 }
 # Code that never runs under an instance role, with the reason.
 NOT_DEPLOYED = {
@@ -46,6 +48,8 @@ NOT_DEPLOYED = {
                            "in AWS Terraform creates them",
     "classifycloud/local.py": "the embedded local stack (moto)",
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
+    "classifycloud/publish.py": "`classifycloud train` publishes from an operator's machine, with their credentials",
+    "classifycloud/train.py": "`classifycloud train` reads a dataset prefix from an operator's machine",
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
@@ -230,3 +234,18 @@ def test_metrics_may_be_put_only_into_our_namespace():
         (stmt,) = _statements(role, "cloudwatch:PutMetricData")
         assert stmt["condition"][0]["variable"] == "cloudwatch:namespace"
         assert stmt["condition"][0]["values"] == ["${var.metrics_namespace}"]
+
+
+def test_only_the_autoscaler_creates_queues_besides_web_reply_queues_and_only_request_queues():
+    (stmt,) = _statements("autoscaler", "sqs:CreateQueue")
+    assert stmt["resources"] == "${local.request_queue_arns}"
+    arns = _tool().load_tf(os.path.join(TF, "iam.tf"))["locals"][0]["request_queue_arns"]
+    assert arns == ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
+    assert not _statements("worker", "sqs:CreateQueue")
+
+
+def test_web_and_autoscaler_read_service_entries_but_not_weights():
+    for role in ("web", "autoscaler"):
+        reads = {r for s in _statements(role, "s3:GetObject") for r in s["resources"]}
+        models = {r for r in reads if "/models/" in r}
+        assert models == {"${aws_s3_bucket.data.arn}/models/*/entry.yaml"}, role

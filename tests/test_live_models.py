@@ -224,3 +224,22 @@ def test_the_web_lists_s3_services_and_refused_entries(live, imagenet_safetensor
     finally:
         app.extensions["classifycloud"].close()
 
+
+
+def test_the_autoscaler_counts_an_s3_service_and_creates_its_missing_queue(live, catalogue):
+    from autoscaler.queues import QueueReader, ServiceTimes
+    s3, sqs = client("s3", live), client("sqs", live)
+    cat = LiveCatalogue(live, catalogue)
+    reader = QueueReader(live, cat, sqs, create_missing=True)
+    assert "fresh" not in {q.service for q in reader.read()}
+    put(s3, live, "fresh", "entry.yaml", yaml.safe_dump({**ENTRY, "weights": "w.safetensors",
+                                                         "seconds_per_request": 0.07}))
+    assert "fresh" in {q.service for q in reader.read()}
+    url = sqs.get_queue_url(QueueName=naming.request_queue(live.prefix, "fresh"))["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="{}")
+    assert next(q for q in reader.read() if q.service == "fresh").visible == 1
+    dlq = sqs.get_queue_url(QueueName=naming.dead_letter_queue(live.prefix, "fresh"))["QueueUrl"]
+    assert dlq
+    assert ServiceTimes(live, cat).current()["fresh"] == 0.07
+    put(s3, live, "other", "entry.yaml", yaml.safe_dump({**ENTRY, "weights": "w.safetensors"}))
+    assert "other" not in {q.service for q in QueueReader(live, cat, sqs).read()}  # without create_missing

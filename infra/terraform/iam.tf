@@ -1,9 +1,11 @@
 # Least privilege, one role per component. Every action the Python code calls is
 # checked against these documents by tests/test_infra_iam.py (it scans the code).
 
+# request_queue_arns: every service's request queue (and its DLQ), packaged or added later by
+# an S3 entry, granted by name prefix.
 locals {
   sqs_arn_base       = "arn:${local.partition}:sqs:${local.region}:${local.account_id}"
-  request_queue_arns = [for q in aws_sqs_queue.requests : q.arn]
+  request_queue_arns = ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
   reply_queue_arns   = "${local.sqs_arn_base}:${local.reply_queue_prefix}*"
   log_group_arns     = { for c, name in local.log_group_names : c => "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${name}:*" }
   ec2_arn_base       = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
@@ -197,15 +199,22 @@ data "aws_iam_policy_document" "web" {
   }
 
   statement {
-    sid       = "ListHeartbeats"
+    sid       = "ListHeartbeatsAndModels"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.data.arn]
 
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*"]
+      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
     }
+  }
+
+  # The live catalogue: services' entries only, not their weights.
+  statement {
+    sid       = "ReadServiceEntries"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
   }
 
   statement {
@@ -233,6 +242,13 @@ data "aws_iam_policy_document" "autoscaler" {
   statement {
     sid       = "ReadQueueDepth"
     actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+    resources = local.request_queue_arns
+  }
+
+  # A service added by an S3 entry alone gets its request queue and DLQ here; only under the requests- prefix.
+  statement {
+    sid       = "CreateServiceQueues"
+    actions   = ["sqs:CreateQueue", "sqs:SetQueueAttributes"]
     resources = local.request_queue_arns
   }
 
@@ -330,15 +346,22 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   statement {
-    sid       = "ListHeartbeats"
+    sid       = "ListHeartbeatsAndModels"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.data.arn]
 
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*"]
+      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
     }
+  }
+
+  # The live catalogue: services' entries only, not their weights.
+  statement {
+    sid       = "ReadServiceEntries"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
   }
 
   statement {
