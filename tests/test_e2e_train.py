@@ -18,7 +18,7 @@ from classifycloud.local import LocalStack
 from shared.config import Settings
 
 pytestmark = pytest.mark.slow
-HELD_BACK = 10  # digits kept out of the training folder entirely, classified through the web API at the end
+HELD_BACK = 30  # digits kept out of the training folder entirely, classified through the web API at the end
 
 
 def _png(img8x8: np.ndarray) -> bytes:
@@ -94,5 +94,5 @@ def test_train_digits_then_the_running_stack_serves_them_through_the_web_api(sta
         correct += body["results"][0]["label"] == str(label)
     served_s = time.monotonic() - published
     print(f"served: {correct}/{len(held)} held-back digits correct, first answers {served_s:.0f} s after publishing")
-    assert correct >= len(held) - 2  # the held-out accuracy above is >= 0.9
+    assert correct >= 0.8 * len(held)  # the held-out accuracy above is >= 0.9 (about 0.94 measured)
     assert stack.worker_procs[0].pid == worker_pid and stack.worker_procs[0].poll() is None  # no restart
