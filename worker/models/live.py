@@ -109,8 +109,9 @@ class LiveServices:
         spec = key[0]
         url = self._queue_url(name)
         if url is None:
-            self.registry.unavailable.setdefault(
-                name, f"request queue {naming.request_queue(self.settings.prefix, name)} does not exist yet")
+            if self.registry.get(name) is None:
+                self.registry.unavailable[name] = (f"request queue {naming.request_queue(self.settings.prefix, name)}"
+                                                   " does not exist yet")
             return  # retried next check: whoever adds the service creates its queue
         hosted = self.registry.get(name) is not None
         reason = spec.unavailable_reason(self.settings.model_dir)
