@@ -40,7 +40,8 @@ ROLE_OF_PATH = {
     "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
     "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
-    "shared/service_queues.py": ("autoscaler",),     # creates the queue of a service added by an S3 entry
+    "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
+    "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
 }
 # Code that never runs under an instance role, with the reason.
 NOT_DEPLOYED = {
@@ -48,7 +49,6 @@ NOT_DEPLOYED = {
                            "in AWS Terraform creates them",
     "classifycloud/local.py": "the embedded local stack (moto)",
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
-    "classifycloud/publish.py": "`classifycloud train` publishes from an operator's machine, with their credentials",
     "classifycloud/train.py": "`classifycloud train` reads a dataset prefix from an operator's machine",
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".

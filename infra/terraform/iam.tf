@@ -424,3 +424,40 @@ resource "aws_iam_policy" "operator_review" {
   description = "Read-only access for `classifycloud metrics`: CloudWatch metrics and result records."
   policy      = data.aws_iam_policy_document.operator_review.json
 }
+
+# --- operator publish ------------------------------------------------------------------
+
+# `classifycloud train` publishes a service from an operator's machine (classifycloud/publish.py):
+# attach this managed policy to the operator's user or role to add, replace or remove services
+# without admin rights. It writes models/ and creates request queues (by name prefix) only.
+data "aws_iam_policy_document" "operator_publish" {
+  statement {
+    sid       = "WriteServices"
+    actions   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*"]
+  }
+
+  statement {
+    sid       = "ListServices"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["models/", "models/*"]
+    }
+  }
+
+  statement {
+    sid       = "CreateServiceQueues"
+    actions   = ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes"]
+    resources = local.request_queue_arns
+  }
+}
+
+resource "aws_iam_policy" "operator_publish" {
+  name        = "${var.prefix}-operator-publish"
+  description = "Publish services for `classifycloud train`: write models/ and create request queues."
+  policy      = data.aws_iam_policy_document.operator_publish.json
+}

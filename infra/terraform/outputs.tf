@@ -52,3 +52,8 @@ output "operator_review_policy_arn" {
   description = "Attach to an operator's user or role to run `classifycloud metrics` against this stack."
   value       = aws_iam_policy.operator_review.arn
 }
+
+output "operator_publish_policy_arn" {
+  description = "Attach to an operator's user or role to run `classifycloud train` (publish services) against this stack."
+  value       = aws_iam_policy.operator_publish.arn
+}
