@@ -171,10 +171,20 @@ def test_a_running_worker_adds_replaces_and_removes_an_s3_service_without_a_rest
     reply = cli.classify("cats", sample_bytes["chelsea"], "r-cats-2")
     assert reply.results[0]["label"] == imagenet_labels[reply.results[0]["index"]].upper()
     assert "cats" in w.heartbeat.services
+    # a broken version (999 labels for 1000 classes) fails to load: v2 keeps serving
+    push_service(live, "cats", imagenet_safetensors, shouting[:-1], {**ENTRY, "description": "v3"})
+    wait_for(lambda: _failed(w, "cats"), what="v3 to fail")
+    assert w.registry.catalogue.services["cats"].description == "v2" and "cats" in w.registry.hosted()
+    assert cli.classify("cats", sample_bytes["chelsea"], "r-cats-3").status == "ok"
     remove_service(live, "cats")
     wait_for(lambda: "cats" not in w.registry.hosted(), what="cats to be removed")
     assert all(c.service != "cats" for c in w.consumers) and "cats" not in w.heartbeat.services
     assert "imagenet" in w.registry.hosted()
+
+
+def _failed(worker, name: str) -> bool:
+    key = worker.live.failed.get(name)
+    return key is not None and key[0].description == "v3"
 
 
 def test_a_booby_trapped_s3_checkpoint_is_refused_and_the_worker_goes_on(
