@@ -14,6 +14,7 @@ from shared import naming
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
+from shared.live_catalogue import LiveCatalogue
 from shared.messages import Terminate, now_ms
 from shared.metrics import MetricsPublisher
 
@@ -38,13 +39,13 @@ class Autoscaler:
                  clock=time.time):
         self.settings = settings
         self.fleet = fleet
-        self.catalogue = catalogue or catalogue_for(settings)
+        self.catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
         self.policy_name = settings.policy
         self.policy = get_policy(settings.policy)
         self.sqs = sqs or client("sqs", settings)
         self.s3 = s3 or client("s3", settings)
         self.clock = clock
-        self.queues = QueueReader(settings, self.catalogue, self.sqs)
+        self.queues = QueueReader(settings, self.catalogue, self.sqs, create_missing=True)
         self.heartbeats = HeartbeatReader(settings, self.s3, clock=clock)
         cw = cloudwatch if cloudwatch is not None else (
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)

@@ -23,11 +23,17 @@ ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisi
 class QueueReader:
     """Reads visible / in-flight / delayed counts of every request queue in the catalogue."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs):
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs, create_missing: bool = False):
         self.settings = settings
-        self.services = catalogue.names()
+        self.catalogue = catalogue    # a LiveCatalogue grows with S3 entries: read its names every tick
         self.sqs = sqs
+        self.create_missing = create_missing
         self._urls: dict[str, str] = {}
+
+    @property
+    def services(self) -> list[str]:
+        """The services whose queues are read (the catalogue's, now)."""
+        return self.catalogue.names()
 
     def url(self, service: str) -> str | None:
         """A request queue's URL (cached); None when the queue does not exist."""
@@ -36,11 +42,16 @@ class QueueReader:
                 self._urls[service] = self.sqs.get_queue_url(
                     QueueName=naming.request_queue(self.settings.prefix, service))["QueueUrl"]
             except ClientError as exc:
-                if exc.response["Error"]["Code"] in ("AWS.SimpleQueueService.NonExistentQueue",
-                                                     "QueueDoesNotExist"):
+                if exc.response["Error"]["Code"] not in ("AWS.SimpleQueueService.NonExistentQueue",
+                                                         "QueueDoesNotExist"):
+                    raise
+                if not self.create_missing:
                     log.warning("request queue for service %s does not exist; not counted", service)
                     return None
-                raise
+                # a service added by an S3 entry alone: its queue is created here (IAM: the requests- prefix only)
+                from shared.service_queues import ensure_request_queue
+                self._urls[service] = ensure_request_queue(self.sqs, self.settings, service)
+                log.info("created the request queue of new service %s", service)
         return self._urls[service]
 
     def read(self) -> list[QueueStats]:
@@ -123,6 +134,7 @@ class ServiceTimes:
         self.settings = settings
         self.cw = cloudwatch
         self.clock = clock
+        self.catalogue = catalogue
         self.estimates: dict[str, float] = {
             name: (spec.seconds_per_request or settings.seconds_per_request)
             for name, spec in catalogue.services.items()}
@@ -130,6 +142,8 @@ class ServiceTimes:
 
     def current(self) -> dict[str, float]:
         """The estimates, refreshed from metrics when due."""
+        for name, spec in self.catalogue.services.items():  # services added live start from their entry's estimate
+            self.estimates.setdefault(name, spec.seconds_per_request or self.settings.seconds_per_request)
         now = self.clock()
         if self.cw is not None and (self._refreshed_at is None
                                     or now - self._refreshed_at >= self.settings.service_time_refresh_s):

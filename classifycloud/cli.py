@@ -1,4 +1,4 @@
-"""`classifycloud` command line: up | web | worker | autoscaler | simulate | convert | metrics | provision."""
+"""`classifycloud` command line: up | web | worker | autoscaler | simulate | convert | train | metrics | provision."""
 from __future__ import annotations
 
 import argparse
@@ -25,6 +25,7 @@ commands:
   autoscaler  the autoscaler loop (queue depth -> fleet size)
   simulate    replay traces through the scaling policies (no AWS)
   convert     export a service's model to ONNX / TensorRT
+  train       fine-tune a service on an ImageFolder (folder or s3://) and publish it live
   metrics     review CloudWatch metrics and result records: table, plots, HTML report
   provision   create the queues, bucket and tables at the configured AWS endpoint
   keys        API keys: create | list | revoke (stored as hashes in DynamoDB)
@@ -214,6 +215,7 @@ COMMANDS = {
     "autoscaler": _delegate("autoscaler.__main__"),
     "simulate": _delegate("autoscaler.__main__", "simulate_main"),
     "convert": _delegate("classifycloud.convert"),
+    "train": _delegate("classifycloud.train"),
     "metrics": _delegate("classifycloud.review"),
     "provision": cmd_provision,
     "keys": _delegate("classifycloud.keyadmin"),

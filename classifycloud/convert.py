@@ -39,7 +39,8 @@ def load_torch_model(spec: ServiceSpec, settings: Settings):
     path = fetch_to_local(spec.weights, settings)
     verify_sha256(path, spec.sha256)
     model = builders.build(spec.architecture, spec.num_classes)
-    load_strict(model, read_state_dict(path), f"service {spec.name!r} weights {path}")
+    state = read_state_dict(path, trusted_sha256=spec.sha256 if spec.trusted_pickle else None)
+    load_strict(model, state, f"service {spec.name!r} weights {path}")
     return model.eval()
 
 

@@ -45,6 +45,7 @@ class ServiceSpec:
     labels: str | None = None              # "torchvision:imagenet", a path, an s3:// URI, or None
     weights: str | None = None             # path, s3:// URI, "package:<module>", or None (unavailable)
     sha256: str | None = None              # optional pin of the weights file
+    trusted_pickle: bool = False           # allow a full pickle (runs code); only with a matching sha256 pin
     backend: str = "torch"                 # torch | onnx | tensorrt
     artefact: str | None = None            # converted model (ONNX file / TensorRT engine) for those backends
     preprocess: Preprocess = field(default_factory=Preprocess)
@@ -179,6 +180,23 @@ def catalogue_for(settings: Settings) -> Catalogue:
     return load_catalogue(settings.catalogue or None)
 
 
+def check_trust(entry: dict, where: str) -> None:
+    """trusted_pickle must be a boolean, and true only beside a pinned sha256 (64 hex digits)."""
+    trusted = entry.get("trusted_pickle", False)
+    if not isinstance(trusted, bool):
+        raise CatalogueError(f"{where}: trusted_pickle must be true or false")
+    sha = entry.get("sha256")
+    if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha.strip())):
+        raise CatalogueError(f"{where}: sha256 must be 64 hex digits")
+    if trusted and not sha:
+        raise CatalogueError(f"{where}: trusted_pickle needs a pinned sha256 of the weights file")
+
+
+def parse_entry(name: Any, entry: Any, where: str) -> ServiceSpec:
+    """One validated entry (the same rules as a catalogue file's); CatalogueError naming `where`."""
+    return _spec(name, entry, where)
+
+
 def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
     where = f"catalogue {path}, service {name!r}"
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -189,6 +207,7 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
     unknown = set(entry) - known
     if unknown:
         raise CatalogueError(f"{where}: unknown keys {sorted(unknown)}")
+    check_trust(entry, where)
     for key in ("architecture", "num_classes"):
         if key not in entry:
             raise CatalogueError(f"{where}: missing {key!r}")

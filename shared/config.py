@@ -25,6 +25,8 @@ class Settings:
     catalogue: str = ""                       # YAML path; "" -> the packaged shared/services.yaml
     services: tuple[str, ...] = ()            # services a worker hosts; () -> every available one
     region: str = "us-east-1"                 # used only when AWS_REGION/AWS_DEFAULT_REGION are unset
+    models_refresh_s: float = 20.0            # worker: re-read s3://<bucket>/models/*/entry.yaml this often (0: start only)
+    catalogue_ttl_s: float = 10.0             # web, autoscaler: cache the packaged + S3 catalogue this long
 
     # --- queues -------------------------------------------------------------
     visibility_timeout_s: int = 60            # request queues: time a worker holds a message

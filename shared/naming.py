@@ -74,3 +74,16 @@ GALLERY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # face gallery names (also an
 def gallery_prefix(gallery: str) -> str:
     """S3 prefix of a face gallery's entries."""
     return f"galleries/{gallery}/"
+
+
+MODEL_ENTRY = "entry.yaml"
+
+
+def models_prefix() -> str:
+    """S3 prefix of live services: models/<service>/entry.yaml beside its weights and labels."""
+    return "models/"
+
+
+def model_key(service: str, filename: str) -> str:
+    """S3 key of one file of a live service."""
+    return f"{models_prefix()}{service}/{filename}"

@@ -1,7 +1,6 @@
 """Create the queues and bucket the code expects (the local stack and tests; Terraform in AWS)."""
 from __future__ import annotations
 
-import json
 import logging
 
 from botocore.exceptions import ClientError
@@ -10,29 +9,9 @@ from shared import naming
 from shared.aws import client, region
 from shared.catalogue import Catalogue
 from shared.config import Settings
+from shared.service_queues import ensure_request_queue  # noqa: F401  (callers import it from here)
 
 log = logging.getLogger(__name__)
-
-
-def ensure_request_queue(sqs, settings: Settings, service: str) -> str:
-    """Create a service's request queue and its DLQ with a redrive policy; return the queue URL."""
-    dlq_url = sqs.create_queue(QueueName=naming.dead_letter_queue(settings.prefix, service),
-                               Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    attrs = {
-        "VisibilityTimeout": str(settings.visibility_timeout_s),
-        "MessageRetentionPeriod": str(settings.message_retention_s),
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                     "maxReceiveCount": str(settings.max_receive_count)}),
-    }
-    try:
-        url = sqs.create_queue(QueueName=naming.request_queue(settings.prefix, service), Attributes=attrs)["QueueUrl"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
-            raise
-        url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
-        sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
-    return url
 
 
 def ensure_terminate_queue(sqs, settings: Settings) -> str:

@@ -151,6 +151,9 @@ def entry_env(settings, catalogue, tmp_path):
     urls = ensure_all(s, catalogue)
     s3 = client("s3", s)
     s3.put_object(Bucket=s.bucket_name, Key="models/extra/weights.bin", Body=b"weights" * 100)
+    # a live service (it has an entry): the worker reads it from S3 itself, the sync leaves it there
+    s3.put_object(Bucket=s.bucket_name, Key="models/live/weights.bin", Body=b"live" * 100)
+    s3.put_object(Bucket=s.bucket_name, Key="models/live/entry.yaml", Body=b"architecture: efficientnet_lite0\n")
     state = tmp_path / "state"
     state.mkdir()
     env = {**os.environ, **s.to_env(), "CLASSIFYCLOUD_DEVICE": "cpu",
@@ -189,6 +192,7 @@ def _wait_ready(entry_env, proc, timeout=180):
 def test_entry_script_syncs_weights_and_requests_power_off_after_a_terminate_message(entry_env, entry):
     _wait_ready(entry_env, entry)
     assert (entry_env["models"] / "extra" / "weights.bin").read_bytes() == b"weights" * 100
+    assert not (entry_env["models"] / "live").exists()
     entry_env["sqs"].send_message(QueueUrl=entry_env["terminate"], MessageBody=Terminate().to_json())
     assert entry.wait(120) == 0, entry_env["log"].read_text()
     assert (entry_env["state"] / "poweroff-requested").exists()

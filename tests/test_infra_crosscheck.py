@@ -107,7 +107,7 @@ def test_the_root_module_names_its_queues_bucket_and_grants_through_the_naming_m
     tool = _tool()
     main = tool.load_tf(os.path.join(TF, "main.tf"))
     module = main["module"][0]["naming"]
-    assert module["source"] == "./modules/naming" and module["services"] == "${var.services}"
+    assert module["source"] == "./modules/naming" and module["services"] == "${local.packaged_services}"
     local = _locals("main.tf")
     for key in ("request_queue_names", "dlq_names", "terminate_queue", "reply_queue_prefix", "bucket_name",
                 "pool_tag_value"):

@@ -43,6 +43,9 @@ ROLE_OF_PATH = {
     "classifycloud/keyadmin.py": ("operator",),      # `classifycloud keys`
     "classifycloud/usage_report.py": ("operator",),  # `classifycloud usage`
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
+    "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
+    "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
+    "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
 }
 # Code that never runs under an instance role, with the reason.
 NOT_DEPLOYED = {
@@ -50,6 +53,7 @@ NOT_DEPLOYED = {
                            "in AWS Terraform creates them",
     "classifycloud/local.py": "the embedded local stack (moto)",
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
+    "classifycloud/train.py": "`classifycloud train` reads a dataset prefix from an operator's machine",
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
@@ -243,3 +247,18 @@ def test_web_reaches_dynamodb_only_for_the_key_and_usage_calls_it_makes():
                    if any(a.startswith("dynamodb:") for a in s["actions"])}
     assert by_resource == {("${aws_dynamodb_table.api_keys.arn}",): {"dynamodb:GetItem", "dynamodb:UpdateItem"},
                            ("${aws_dynamodb_table.usage.arn}",): {"dynamodb:BatchWriteItem"}}
+
+
+def test_only_the_autoscaler_creates_queues_besides_web_reply_queues_and_only_request_queues():
+    (stmt,) = _statements("autoscaler", "sqs:CreateQueue")
+    assert stmt["resources"] == "${local.request_queue_arns}"
+    arns = _tool().load_tf(os.path.join(TF, "iam.tf"))["locals"][0]["request_queue_arns"]
+    assert arns == ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
+    assert not _statements("worker", "sqs:CreateQueue")
+
+
+def test_web_and_autoscaler_read_service_entries_but_not_weights():
+    for role in ("web", "autoscaler"):
+        reads = {r for s in _statements(role, "s3:GetObject") for r in s["resources"]}
+        models = {r for r in reads if "/models/" in r}
+        assert models == {"${aws_s3_bucket.data.arn}/models/*/entry.yaml"}, role

@@ -119,9 +119,12 @@ def test_every_variable_has_a_description_and_a_type():
         assert body.get("type"), f"variable {name} has no type"
 
 
-def test_services_variable_defaults_to_the_catalogue_names():
-    default = _variables()["services"]["default"]
-    assert default == load_catalogue().names()
+def test_no_variable_lists_services_the_packaged_ones_come_from_the_catalogue_file():
+    assert "services" not in _variables()  # adding a service = an S3 upload + entry, not a plan/apply
+    main = open(os.path.join(TF, "main.tf")).read()
+    assert ('packaged_services = sort(keys(yamldecode(file("${path.module}/../../shared/services.yaml")).services))'
+            in main)
+    assert os.path.exists(os.path.join(TF, "..", "..", "shared", "services.yaml")) and load_catalogue().names()
 
 
 def test_variable_defaults_equal_the_settings_defaults_they_mirror():

@@ -50,15 +50,85 @@ def test_dataparallel_module_prefixes_are_stripped_on_load(tmp_path, local_setti
     assert_same_weights(handler, reference_model)
 
 
-@pytest.mark.parametrize("wrap", ["state_dict", "model_state_dict", "pickled_module"])
+@pytest.mark.parametrize("wrap", ["state_dict", "model_state_dict"])
 def test_full_checkpoints_load_like_plain_state_dicts(tmp_path, local_settings, reference_model, wrap):
-    if wrap == "pickled_module":
-        obj = reference_model
-    else:
-        obj = {wrap: reference_model.state_dict(), "epoch": 7, "optimizer": {"lr": 0.1}}
+    obj = {wrap: reference_model.state_dict(), "epoch": 7, "optimizer": {"lr": 0.1}}
     torch.save(obj, tmp_path / "ckpt.pth")
     handler = ImageClassifier(spec_for(str(tmp_path / "ckpt.pth")), local_settings).load()
     assert_same_weights(handler, reference_model)
+
+
+def test_safetensors_weights_load(tmp_path, local_settings, reference_model):
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in reference_model.state_dict().items()}, str(tmp_path / "m.safetensors"))
+    handler = ImageClassifier(spec_for("m.safetensors"), local_settings).load()
+    assert_same_weights(handler, reference_model)
+
+
+class _Trap:
+    """Unpickling this object creates a file: stands for any code a hostile checkpoint would run."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _booby_trapped(tmp_path, reference_model, name: str = "trap.pth"):
+    marker = tmp_path / f"{name}.ran"
+    path = tmp_path / name
+    torch.save({"state_dict": reference_model.state_dict(), "extra": _Trap(str(marker))}, path)
+    return path, marker
+
+
+def test_the_booby_trap_really_runs_code_when_fully_unpickled(tmp_path, reference_model):
+    path, marker = _booby_trapped(tmp_path, reference_model)
+    torch.load(path, weights_only=False)  # what loader.py did before: the trap fires
+    assert marker.exists()
+
+
+def test_a_booby_trapped_checkpoint_is_refused_and_its_code_never_runs(tmp_path, local_settings, reference_model):
+    path, marker = _booby_trapped(tmp_path, reference_model)
+    with pytest.raises(WeightsError, match="refused: the checkpoint needs a full pickle"):
+        ImageClassifier(spec_for(str(path)), local_settings).load()
+    with pytest.raises(WeightsError, match="refused"):
+        read_state_dict(str(path))
+    assert not marker.exists()
+
+
+def test_trusted_pickle_with_a_wrong_sha256_is_refused_before_unpickling(tmp_path, local_settings, reference_model):
+    path, marker = _booby_trapped(tmp_path, reference_model)
+    spec = spec_for(str(path), sha256="0" * 64, trusted_pickle=True)
+    with pytest.raises(WeightsError, match="does not match the pinned"):
+        ImageClassifier(spec, local_settings).load()
+    with pytest.raises(WeightsError, match="does not match the pinned"):
+        read_state_dict(str(path), trusted_sha256="f" * 64)
+    assert not marker.exists()
+
+
+def test_a_pickled_module_loads_only_with_trusted_pickle_and_its_pinned_sha256(tmp_path, local_settings,
+                                                                              reference_model):
+    torch.save(reference_model, tmp_path / "module.pth")
+    digest = hashlib.sha256((tmp_path / "module.pth").read_bytes()).hexdigest()
+    with pytest.raises(WeightsError, match="refused"):
+        ImageClassifier(spec_for("module.pth"), local_settings).load()
+    with pytest.raises(WeightsError, match="refused"):  # a pin alone is not the opt-in
+        ImageClassifier(spec_for("module.pth", sha256=digest), local_settings).load()
+    handler = ImageClassifier(spec_for("module.pth", sha256=digest, trusted_pickle=True), local_settings).load()
+    assert_same_weights(handler, reference_model)
+
+
+def test_the_catalogue_refuses_trusted_pickle_without_a_pin(tmp_path):
+    from shared.catalogue import CatalogueError, load_catalogue
+    path = tmp_path / "c.yaml"
+    path.write_text("services:\n  x: {architecture: torchvision:resnet18, num_classes: 2, weights: a.pth,"
+                    " trusted_pickle: true}\n")
+    with pytest.raises(CatalogueError, match="trusted_pickle needs a pinned sha256"):
+        load_catalogue(str(path))
+    path.write_text("services:\n  x: {architecture: torchvision:resnet18, num_classes: 2, weights: a.pth,"
+                    " trusted_pickle: true, sha256: '%s'}\n" % ("ab" * 32))
+    assert load_catalogue(str(path))["x"].trusted_pickle is True
 
 
 def test_wrong_num_classes_fails_naming_the_shape_mismatch(tmp_path, local_settings):

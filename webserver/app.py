@@ -8,6 +8,7 @@ from flask import Flask, request
 from shared.aws import client, sqs_long_poll_client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings, get_settings
+from shared.live_catalogue import LiveCatalogue
 from shared.metrics import MetricsPublisher
 from webserver.auth import install_edge
 from webserver.errors import install_error_handlers
@@ -66,7 +67,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
                start: bool = False) -> Flask:
     """The web app; the reply queue is created on first use (or start=True), never before fork."""
     settings = settings or get_settings()
-    catalogue = catalogue or catalogue_for(settings)
+    catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
     app = Flask(__name__)
     # the largest body any route takes; each route narrows it (webserver.limits)
     app.config["MAX_CONTENT_LENGTH"] = body_limit(settings, "api.classify")

@@ -134,8 +134,8 @@ def parse_service(value: object) -> str | None:
     return value.strip()
 
 
-def _upload(req: Request) -> bytes:
-    f = req.files["image"]
+def _upload(req: Request, field: str = "image") -> bytes:
+    f = req.files[field]
     data = f.read()
     if not data:
         raise ApiError(400, "empty_image", "the uploaded image file is empty")
@@ -179,14 +179,24 @@ def parse_classify(req: Request) -> ClassifyInput:
     return ClassifyInput(image, parse_service(form.get("service")), parse_top_k(form.get("top_k")))
 
 
+# XCloud's own POST parameters (its paper's API table): imgraw = the file, imgurl = a URL. Ours: image.
+XCLOUD_FIELDS = ("image", "imgraw", "imgurl")
+
+
 def parse_xcloud_image(req: Request) -> ImageInput:
-    """XCloud's form field 'image': an uploaded file, an http(s) URL, or base64 (data: URI allowed)."""
-    if "image" in req.files:
-        return ImageInput(data=_upload(req))
-    value = req.form.get("image")
-    if value is None or not value.strip():
-        raise ApiError(400, "missing_image", "form field 'image' (file, URL or base64) is required")
-    value = value.strip()
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
+    """One of XCloud's imgraw (file) / imgurl (URL), or our image (file, http(s) URL or base64)."""
+    given = [f for f in XCLOUD_FIELDS if f in req.files or (req.form.get(f) or "").strip()]
+    if not given:
+        raise ApiError(400, "missing_image",
+                       "form field 'image' (file, URL or base64), 'imgraw' (file) or 'imgurl' (URL) is required")
+    if len(given) > 1:
+        raise ApiError(400, "ambiguous_image", f"give one image, not {' and '.join(given)}")
+    field = given[0]
+    if field in req.files:
+        return ImageInput(data=_upload(req, field))
+    value = req.form[field].strip()
+    if field == "imgurl":
         return ImageInput(url=refuse_self(check_url(value), req))
-    return ImageInput(data=decode_base64(value))
+    if field == "imgraw" or not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", value):
+        return ImageInput(data=decode_base64(value))  # XCloud clients may post imgraw as base64 text
+    return ImageInput(url=refuse_self(check_url(value), req))

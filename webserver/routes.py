@@ -80,8 +80,8 @@ def services():
     """Every catalogue service and whether it can serve (weights configured)."""
     c = ctx()
     out = []
-    for name in c.catalogue.names():
-        spec = c.catalogue[name]
+    services = c.catalogue.services  # one snapshot: a live refresh between two reads cannot split the list
+    for name, spec in services.items():
         reason = spec.unavailable_reason(c.settings.model_dir)
         entry = {"name": name, "kind": spec.kind, "description": spec.description,
                  "architecture": spec.architecture, "backend": spec.backend,
@@ -92,6 +92,11 @@ def services():
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
         out.append(entry)
+    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries, so operators see why
+        if name not in services:
+            out.append({"name": name, "kind": None, "description": "", "architecture": None, "backend": None,
+                        "num_classes": None, "top_k": None, "available": False,
+                        "reason": f"invalid S3 entry: {error}"})
     return jsonify({"services": out})
 
 

@@ -51,10 +51,10 @@ class Submitter:
     def resolve_service(self, name: str | None) -> ServiceSpec:
         """The catalogue entry; 404 with the list when unknown, 503 with the reason when unavailable."""
         name = name or DEFAULT_SERVICE
-        if name not in self.catalogue:
-            raise ApiError(404, "unknown_service", f"no service named {name!r}",
-                           services=self.catalogue.names())
-        spec = self.catalogue[name]
+        services = self.catalogue.services  # one snapshot of the (live) catalogue
+        spec = services.get(name)
+        if spec is None:
+            raise ApiError(404, "unknown_service", f"no service named {name!r}", services=list(services))
         reason = spec.unavailable_reason(self.settings.model_dir)
         if reason:
             raise ApiError(503, "service_unavailable", f"service {name!r} is unavailable: {reason}")

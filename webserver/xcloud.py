@@ -26,7 +26,7 @@ _BY_ERROR = {
     "empty_image": CODE_INVALID_IMAGE, "image_too_large": CODE_INVALID_IMAGE, "image_not_found": CODE_INVALID_IMAGE, "too_large": CODE_INVALID_IMAGE,
     "invalid_url": CODE_INVALID_URL, "unsupported_scheme": CODE_INVALID_URL,
     "forbidden_address": CODE_INVALID_URL, "too_many_redirects": CODE_INVALID_URL,
-    "missing_image": CODE_BAD_REQUEST, "missing_gallery": CODE_BAD_REQUEST, "invalid_gallery": CODE_BAD_REQUEST,
+    "missing_image": CODE_BAD_REQUEST, "ambiguous_image": CODE_BAD_REQUEST, "missing_gallery": CODE_BAD_REQUEST, "invalid_gallery": CODE_BAD_REQUEST,
     "invalid_params": CODE_BAD_REQUEST, "no_face": CODE_INVALID_IMAGE, "method_not_allowed": CODE_BAD_REQUEST, "invalid_top_k": CODE_BAD_REQUEST,
     "bad_request": CODE_BAD_REQUEST, "not_found": CODE_BAD_REQUEST,
     "unknown_service": CODE_SERVICE, "gallery_unavailable": CODE_SERVICE, "service_unavailable": CODE_SERVICE, "queue_unavailable": CODE_SERVICE,
@@ -77,9 +77,19 @@ def envelope_for_error(err: ApiError, elapse: float = 0.0) -> dict:
     return out
 
 
+# XCloud's table routes skin under its mcloud (medical) group; the service is ours 'skin'.
+XCLOUD_ALIASES = {"mcloud/skin": "skin"}
+
+
+@bp.route("/cv/mcloud/skin", methods=["POST"])
+def classify_mcloud_skin():
+    """XCloud's POST /cv/mcloud/skin, served by the service 'skin'."""
+    return classify(XCLOUD_ALIASES["mcloud/skin"])
+
+
 @bp.route("/cv/<service>", methods=["POST"])
 def classify(service: str):
-    """XCloud's POST /cv/<service>: image = file | URL | base64; optional top_k."""
+    """XCloud's POST /cv/<service> (and /cv/mcloud/skin): imgraw | imgurl | image; optional top_k."""
     started = time.monotonic()
     c = current_app.extensions["classifycloud"]
     image = parse_xcloud_image(request)

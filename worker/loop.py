@@ -51,6 +51,7 @@ class Worker:
         self.processor: BatchProcessor | None = None
         self.sink: ResultSink | None = None
         self.metrics: MetricsPublisher | None = None
+        self.live = None              # worker.models.live.LiveServices: S3 services, picked up without a restart
         self.queue_urls: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.handled = 0
@@ -147,6 +148,8 @@ class Worker:
                                    self.buffer.held)
         self.heartbeat.beat()
         self.heartbeat.start()
+        from worker.models.live import LiveServices
+        self.live = LiveServices(self).start()
 
     def handle(self, batch: list) -> None:
         """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
@@ -165,6 +168,8 @@ class Worker:
 
     def teardown(self) -> None:
         """Release what is held, stop threads, delete the heartbeat."""
+        if self.live is not None:
+            self.live.stop()
         if self.heartbeat is not None:
             self.heartbeat.stopping()
         left = self.buffer.close()

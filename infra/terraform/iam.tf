@@ -1,9 +1,11 @@
 # Least privilege, one role per component. Every action the Python code calls is
 # checked against these documents by tests/test_infra_iam.py (it scans the code).
 
+# request_queue_arns: every service's request queue (and its DLQ), packaged or added later by
+# an S3 entry, granted by name prefix.
 locals {
   sqs_arn_base       = "arn:${local.partition}:sqs:${local.region}:${local.account_id}"
-  request_queue_arns = [for q in aws_sqs_queue.requests : q.arn]
+  request_queue_arns = ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
   reply_queue_arns   = "${local.sqs_arn_base}:${local.reply_queue_prefix}*"
   log_group_arns     = { for c, name in local.log_group_names : c => "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${name}:*" }
   ec2_arn_base       = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
@@ -215,15 +217,22 @@ data "aws_iam_policy_document" "web" {
   }
 
   statement {
-    sid       = "ListHeartbeats"
+    sid       = "ListHeartbeatsAndModels"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.data.arn]
 
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*"]
+      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
     }
+  }
+
+  # The live catalogue: services' entries only, not their weights.
+  statement {
+    sid       = "ReadServiceEntries"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
   }
 
   statement {
@@ -276,6 +285,13 @@ data "aws_iam_policy_document" "autoscaler" {
   statement {
     sid       = "ReadQueueDepth"
     actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+    resources = local.request_queue_arns
+  }
+
+  # A service added by an S3 entry alone gets its request queue and DLQ here; only under the requests- prefix.
+  statement {
+    sid       = "CreateServiceQueues"
+    actions   = ["sqs:CreateQueue", "sqs:SetQueueAttributes"]
     resources = local.request_queue_arns
   }
 
@@ -426,15 +442,22 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   statement {
-    sid       = "ListHeartbeats"
+    sid       = "ListHeartbeatsAndModels"
     actions   = ["s3:ListBucket"]
     resources = [aws_s3_bucket.data.arn]
 
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*"]
+      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
     }
+  }
+
+  # The live catalogue: services' entries only, not their weights.
+  statement {
+    sid       = "ReadServiceEntries"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
   }
 
   statement {
@@ -530,4 +553,41 @@ resource "aws_iam_policy" "operator_edge" {
   name        = "${var.prefix}-operator-edge"
   description = "`classifycloud keys` and `classifycloud usage`: administer API keys, read the usage log."
   policy      = data.aws_iam_policy_document.operator_edge.json
+}
+
+# --- operator publish ------------------------------------------------------------------
+
+# `classifycloud train` publishes a service from an operator's machine (classifycloud/publish.py):
+# attach this managed policy to the operator's user or role to add, replace or remove services
+# without admin rights. It writes models/ and creates request queues (by name prefix) only.
+data "aws_iam_policy_document" "operator_publish" {
+  statement {
+    sid       = "WriteServices"
+    actions   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*"]
+  }
+
+  statement {
+    sid       = "ListServices"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["models/", "models/*"]
+    }
+  }
+
+  statement {
+    sid       = "CreateServiceQueues"
+    actions   = ["sqs:CreateQueue", "sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SetQueueAttributes"]
+    resources = local.request_queue_arns
+  }
+}
+
+resource "aws_iam_policy" "operator_publish" {
+  name        = "${var.prefix}-operator-publish"
+  description = "Publish services for `classifycloud train`: write models/ and create request queues."
+  policy      = data.aws_iam_policy_document.operator_publish.json
 }

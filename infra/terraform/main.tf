@@ -11,7 +11,7 @@ module "naming" {
   source = "./modules/naming"
 
   prefix      = var.prefix
-  services    = var.services
+  services    = local.packaged_services
   bucket_name = var.bucket_name
 }
 
@@ -21,6 +21,11 @@ data "aws_availability_zones" "available" {
 }
 
 locals {
+  # The packaged catalogue's services get Terraform-managed queues and alarms. Services added later by an
+  # S3 entry (models/<service>/entry.yaml) get their queue from `classifycloud train`/push or the autoscaler:
+  # no variable lists services, so adding one needs no plan, no apply and no AMI rebuild.
+  packaged_services = sort(keys(yamldecode(file("${path.module}/../../shared/services.yaml")).services))
+
   account_id = data.aws_caller_identity.current.account_id
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.name

@@ -7,7 +7,7 @@ locals {
 
   # Per-service alarms on our own metrics; a name missing from the definitions fails the plan.
   metric_alarm_pairs = {
-    for pair in setproduct(keys(var.metric_alarms), var.services) :
+    for pair in setproduct(keys(var.metric_alarms), local.packaged_services) :
     "${pair[0]}-${pair[1]}" => {
       metric    = local.metrics_by_name[pair[0]]
       service   = pair[1]
@@ -50,7 +50,7 @@ locals {
         view    = "timeSeries"
         stat    = "Maximum"
         period  = 60
-        metrics = [for s in var.services : ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", local.request_queue_names[s]]]
+        metrics = [[{ id = "visible", expression = "SEARCH('{AWS/SQS,QueueName} MetricName=\"ApproximateNumberOfMessagesVisible\" QueueName=requests QueueName=${var.prefix}', 'Maximum', 60)" }]]
       }
     },
     {
@@ -65,7 +65,7 @@ locals {
         view    = "timeSeries"
         stat    = "Maximum"
         period  = 60
-        metrics = [for s in var.services : ["AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", local.request_queue_names[s]]]
+        metrics = [[{ id = "oldest", expression = "SEARCH('{AWS/SQS,QueueName} MetricName=\"ApproximateAgeOfOldestMessage\" QueueName=requests QueueName=${var.prefix}', 'Maximum', 60)" }]]
       }
     },
     {

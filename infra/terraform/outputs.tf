@@ -57,3 +57,8 @@ output "operator_edge_policy_arn" {
   description = "Attach to an operator's user or role to run `classifycloud keys` and `classifycloud usage`."
   value       = aws_iam_policy.operator_edge.arn
 }
+
+output "operator_publish_policy_arn" {
+  description = "Attach to an operator's user or role to run `classifycloud train` (publish services) against this stack."
+  value       = aws_iam_policy.operator_publish.arn
+}

@@ -32,17 +32,6 @@ variable "bucket_name" {
   default     = ""
 }
 
-variable "services" {
-  description = "Catalogue services to create request queues for; must equal the names in shared/services.yaml."
-  type        = list(string)
-  default     = ["imagenet", "nsfw", "skin", "pdr", "facesearch", "fbp", "plant", "food", "garbage", "insect"]
-
-  validation {
-    condition     = length(var.services) > 0 && alltrue([for s in var.services : can(regex("^[a-z0-9][a-z0-9_-]{0,39}$", s))])
-    error_message = "Each service name must match ^[a-z0-9][a-z0-9_-]{0,39}$ (shared/catalogue.py)."
-  }
-}
-
 variable "tags" {
   description = "Extra tags for every resource."
   type        = map(string)

@@ -46,7 +46,8 @@ def test_cv_accepts_base64_and_a_data_uri(web, peer, sample_bytes):
 def test_cv_errors_answer_the_envelope_with_a_nonzero_code_and_the_reason(web, peer):
     r = web.post("/cv/imagenet", data={})
     assert r.status_code == 400
-    assert r.get_json() == {"code": 3, "msg": "form field 'image' (file, URL or base64) is required",
+    assert r.get_json() == {"code": 3, "msg": "form field 'image' (file, URL or base64), 'imgraw' (file) or "
+                                              "'imgurl' (URL) is required",
                             "results": None, "elapse": 0.0, "error": "missing_image"}
     r = web.post("/cv/imagenet", data={"image": "%%% not base64 %%%"})
     assert r.status_code == 400 and r.get_json()["code"] == 1 and r.get_json()["results"] is None
@@ -66,3 +67,56 @@ def test_xcloud_results_use_one_based_category_ids_and_keep_unknown_at_minus_one
                                     {"name": "tench", "category_id": 1, "prob": 0.1}]
     assert xcloud_results([{"label": "Unknown", "index": -1, "score": 0.21}]) == [
         {"name": "Unknown", "category_id": -1, "prob": 0.21}]
+
+
+def test_cv_accepts_xcloud_imgraw_as_an_uploaded_file(web, peer, sample_bytes):
+    data = sample_bytes["astronaut"]
+    r = web.post("/cv/imagenet", data={"imgraw": (io.BytesIO(data), "astronaut.jpg")},
+                 content_type="multipart/form-data")
+    body = check_success(r, sha_label(data))
+    assert next(q for q in peer.requests if q.id == body["id"]).image["s3"].endswith(body["id"])
+
+
+def test_cv_accepts_xcloud_imgraw_as_base64_text(web, peer, sample_bytes):
+    data = sample_bytes["rocket"]
+    check_success(web.post("/cv/imagenet", data={"imgraw": base64.b64encode(data).decode()}), sha_label(data))
+
+
+def test_cv_accepts_xcloud_imgurl(web, peer):
+    r = web.post("/cv/imagenet", data={"imgurl": "https://example.com/leaf.jpg", "top_k": "3"})
+    body = check_success(r, "url:https://example.com/leaf.jpg")
+    assert len(body["results"]) == 3
+    assert next(q for q in peer.requests if q.id == body["id"]).image == {"url": "https://example.com/leaf.jpg"}
+
+
+def test_cv_xcloud_names_are_checked_like_ours(web, peer, sample_bytes):
+    r = web.post("/cv/imagenet", data={"imgurl": "ftp://example.com/a.jpg"})
+    assert r.status_code == 400 and r.get_json()["code"] == 2 and r.get_json()["error"] == "unsupported_scheme"
+    r = web.post("/cv/imagenet", data={"imgurl": "https://example.com/a.jpg",
+                                       "imgraw": (io.BytesIO(sample_bytes["coffee"]), "c.jpg")},
+                 content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"] == "ambiguous_image" and r.get_json()["code"] == 3
+    r = web.post("/cv/imagenet", data={"imgraw": (io.BytesIO(b""), "empty.jpg")}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"] == "empty_image"
+    assert len(peer.requests) == 0  # nothing bad was enqueued
+
+
+def test_cv_mcloud_skin_is_served_by_the_skin_service(make_app, web_settings, provisioned, catalogue, sample_bytes):
+    import dataclasses
+
+    from shared.catalogue import Catalogue
+    from web_peer import PeerWorker
+    # the web checks only that weights are configured; the peer answers on the skin queue
+    skin = dataclasses.replace(catalogue["skin"], weights="s3://bucket/models/skin/w.safetensors")
+    app = make_app(web_settings, catalogue=Catalogue({**catalogue.services, "skin": skin}))
+    peer = PeerWorker(web_settings, services=("skin",)).start()
+    try:
+        data = sample_bytes["chelsea"]
+        r = app.test_client().post("/cv/mcloud/skin", data={"imgraw": (io.BytesIO(data), "lesion.jpg")},
+                                   content_type="multipart/form-data")
+        body = check_success(r, sha_label(data))
+        assert [q.service for q in peer.requests if q.id == body["id"]] == ["skin"]
+        r = app.test_client().post("/cv/skin", data={"imgurl": "https://example.com/s.jpg"})
+        assert r.status_code == 200 and r.get_json()["results"][0]["name"] == "url:https://example.com/s.jpg"
+    finally:
+        peer.stop()

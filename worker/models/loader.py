@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import tempfile
 import threading
 from importlib import resources
@@ -71,16 +72,38 @@ def _download_s3(source: str, settings: Settings, s3_client=None) -> str:
     # The cache name hashes the URI so two services' "model.pth" never collide.
     dest = os.path.join(cache, hashlib.sha256(source.encode()).hexdigest()[:16] + "-" + os.path.basename(key))
     with _download_lock:
-        if not os.path.exists(dest):
-            s3 = s3_client or client("s3", settings)
-            tmp = f"{dest}.{os.getpid()}.part"
-            try:
-                s3.download_file(bucket, key, tmp)
-            except Exception as exc:  # botocore raises several unrelated types for a missing key
-                raise WeightsError(f"cannot download {source}: {exc}") from None
-            os.replace(tmp, dest)  # atomic: a crashed download never looks complete
-            log.info("downloaded %s to %s", source, dest)
+        s3 = s3_client or client("s3", settings)
+        etag = _etag(s3, bucket, key)
+        # An object replaced in S3 (same key, new ETag) is downloaded again: live services change in place.
+        if os.path.exists(dest) and (etag is None or _read_text(dest + ".etag") == etag):
+            if etag is None:
+                log.warning("%s: cannot check for a newer version; using the cached copy", source)
+            return dest
+        tmp = f"{dest}.{os.getpid()}.part"
+        try:
+            s3.download_file(bucket, key, tmp)
+        except Exception as exc:  # botocore raises several unrelated types for a missing key
+            raise WeightsError(f"cannot download {source}: {exc}") from None
+        os.replace(tmp, dest)  # atomic: a crashed download never looks complete
+        with open(dest + ".etag", "w", encoding="utf-8") as fh:
+            fh.write(etag or "")
+        log.info("downloaded %s to %s", source, dest)
     return dest
+
+
+def _etag(s3, bucket: str, key: str) -> str | None:
+    try:
+        return str(s3.head_object(Bucket=bucket, Key=key).get("ETag", "")).strip('"') or None
+    except Exception:  # missing or unreachable: the download (or the cache) decides
+        return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
 
 
 def sha256_of(path: str) -> str:
@@ -100,14 +123,52 @@ def verify_sha256(path: str, pinned: str | None) -> str:
     return digest
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a state_dict file, a checkpoint dict holding one, or a pickled nn.Module."""
+def read_state_dict(path: str, trusted_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """A state_dict from a .safetensors file, a state_dict file or a checkpoint dict holding one; no code runs.
+
+    A full pickle (a whole nn.Module, XCloud-era) loads only with trusted_sha256: the catalogue's
+    `trusted_pickle: true` opt-in passes its pinned sha256, and the file must match it first.
+    """
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
+    if trusted_sha256:
+        verify_sha256(path, trusted_sha256)  # the pin is checked here, right before the unsafe load
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise WeightsError(f"{path}: not a PyTorch checkpoint: {exc}") from None
+        return extract_state_dict(obj, path)
     try:
-        # weights_only=False: XCloud-era checkpoints pickle whole modules; sources are operator-configured.
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: the unpickler allows tensors and plain containers only, so a checkpoint cannot run code.
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = _unpickler_detail(str(exc))
+        if "Unsupported global" not in detail and "Unsupported class" not in detail:
+            raise WeightsError(f"{path}: not a PyTorch checkpoint: {detail}") from None
+        raise WeightsError(f"{path}: refused: the checkpoint needs a full pickle (it may run code when loaded); "
+                           "save a state_dict or .safetensors, or opt in with trusted_pickle: true and a "
+                           f"pinned sha256 ({detail})") from None
     except Exception as exc:
         raise WeightsError(f"{path}: not a PyTorch checkpoint: {exc}") from None
     return extract_state_dict(obj, path)
+
+
+def _unpickler_detail(message: str) -> str:
+    # torch wraps the unpickler's reason in advice to load with weights_only=False: keep only the reason
+    lines = [ln.strip() for ln in message.split("WeightsUnpickler error:", 1)[-1].splitlines() if ln.strip()]
+    return (lines[0] if lines else message)[:300]
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise WeightsError(f"{path}: .safetensors needs the safetensors package") from None
+    try:
+        state = load_file(path, device="cpu")
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise WeightsError(f"{path}: not a safetensors file: {exc}") from None
+    return extract_state_dict(state, path)
 
 
 def extract_state_dict(obj, where: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -69,6 +69,43 @@ class ModelRegistry:
         """Names of the loaded services."""
         return list(self.handlers)
 
+    # --- live changes (worker/models/live.py): build outside, then swap in one step -------------
+    def wants(self, name: str) -> bool:
+        """Whether this worker hosts the service when it exists (settings.services empty = every one)."""
+        return not self.settings.services or name in self.settings.services
+
+    def build_handler(self, spec: ServiceSpec):
+        """A loaded handler for spec, through load() itself (same handler choice); raises WeightsError."""
+        one = ModelRegistry(Catalogue({spec.name: spec}), self.settings.replace(services=(spec.name,)))
+        one.device = self.device
+        one.load()
+        if spec.name not in one.handlers:
+            raise WeightsError(one.unavailable.get(spec.name) or f"service {spec.name!r} did not load")
+        return one.handlers[spec.name]
+
+    def add(self, spec: ServiceSpec, handler) -> None:
+        """Host a new service with its loaded handler."""
+        self._adopt(spec, handler)
+        log.info("service %s added (%s)", spec.name, handler.model_info.get("version", ""))
+
+    def replace(self, spec: ServiceSpec, handler) -> None:
+        """Swap a hosted service's handler; a batch already running keeps the old one until it ends."""
+        self._adopt(spec, handler)
+        log.info("service %s replaced (now %s)", spec.name, handler.model_info.get("version", ""))
+
+    def remove(self, name: str) -> None:
+        """Stop hosting a service (its model is freed once no batch holds it)."""
+        self.handlers.pop(name, None)
+        self.unavailable.pop(name, None)
+        self.catalogue = Catalogue({n: s for n, s in self.catalogue.services.items() if n != name},
+                                   self.catalogue.source)
+        log.info("service %s removed", name)
+
+    def _adopt(self, spec: ServiceSpec, handler) -> None:
+        self.catalogue = Catalogue({**self.catalogue.services, spec.name: spec}, self.catalogue.source)
+        self.handlers[spec.name] = handler  # one dict store: readers see the old or the new handler
+        self.unavailable.pop(spec.name, None)
+
     def close(self) -> None:
         """Release every loaded model."""
         for handler in self.handlers.values():

@@ -56,7 +56,8 @@ class TorchBackend:
         path = fetch_to_local(spec.weights, self.settings)
         digest = verify_sha256(path, spec.sha256)
         model = builders.build(spec.architecture, spec.num_classes)
-        load_strict(model, read_state_dict(path), f"service {spec.name!r} ({spec.architecture}) weights {path}")
+        state = read_state_dict(path, trusted_sha256=spec.sha256 if spec.trusted_pickle else None)
+        load_strict(model, state, f"service {spec.name!r} ({spec.architecture}) weights {path}")
         self.set_model(model, version=digest[:12])
         return self
 

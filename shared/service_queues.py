@@ -1,0 +1,30 @@
+"""A service's request queue and its dead-letter queue, created on demand (push, autoscaler, provision)."""
+from __future__ import annotations
+
+import json
+
+from botocore.exceptions import ClientError
+
+from shared import naming
+from shared.config import Settings
+
+
+def ensure_request_queue(sqs, settings: Settings, service: str) -> str:
+    """Create a service's request queue and its DLQ with a redrive policy; return the queue URL."""
+    dlq_url = sqs.create_queue(QueueName=naming.dead_letter_queue(settings.prefix, service),
+                               Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    attrs = {
+        "VisibilityTimeout": str(settings.visibility_timeout_s),
+        "MessageRetentionPeriod": str(settings.message_retention_s),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
+                                     "maxReceiveCount": str(settings.max_receive_count)}),
+    }
+    try:
+        url = sqs.create_queue(QueueName=naming.request_queue(settings.prefix, service), Attributes=attrs)["QueueUrl"]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+            raise
+        url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
+    return url
