@@ -18,7 +18,8 @@ from botocore import xform_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF = os.path.join(ROOT, "infra", "terraform")
 SCANNED = ("shared", "webserver", "worker", "autoscaler", "classifycloud")
-SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch"}  # botocore name -> IAM prefix
+SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch",
+            "autoscaling": "autoscaling"}  # botocore name -> IAM prefix
 TRANSFER = {"upload_file": ["s3:PutObject"], "upload_fileobj": ["s3:PutObject"],
             "download_file": ["s3:GetObject"], "download_fileobj": ["s3:GetObject"]}
 # Operations whose IAM action is not "<prefix>:<OperationName>".
@@ -49,7 +50,8 @@ NOT_DEPLOYED = {
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
-                     "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus"}
+                     "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
+                     "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances"}
 
 
 @lru_cache(maxsize=1)
@@ -230,3 +232,15 @@ def test_metrics_may_be_put_only_into_our_namespace():
         (stmt,) = _statements(role, "cloudwatch:PutMetricData")
         assert stmt["condition"][0]["variable"] == "cloudwatch:namespace"
         assert stmt["condition"][0]["values"] == ["${var.metrics_namespace}"]
+
+
+def test_group_actions_are_scoped_to_the_worker_groups():
+    for role, actions in (("worker", ("autoscaling:SetInstanceProtection",
+                                      "autoscaling:TerminateInstanceInAutoScalingGroup")),
+                          ("autoscaler", ("autoscaling:SetDesiredCapacity",
+                                          "autoscaling:TerminateInstanceInAutoScalingGroup"))):
+        for action in actions:
+            (stmt,) = _statements(role, action)
+            assert stmt["resources"] == "${local.worker_group_arns}", (role, action)
+    assert not _statements("web", "autoscaling:SetDesiredCapacity")
+    assert not _statements("worker", "autoscaling:SetDesiredCapacity")     # workers never size the fleet

@@ -1,9 +1,10 @@
-# The autoscaler (classifycloud-autoscaler.service, fleet = ec2) on one small
+# The autoscaler (classifycloud-autoscaler.service, fleet = asg) on one small
 # instance; an auto scaling group of exactly one replaces it if it dies.
 
 locals {
   autoscaler_env = {
-    CLASSIFYCLOUD_FLEET            = "ec2"
+    CLASSIFYCLOUD_FLEET            = "asg"
+    CLASSIFYCLOUD_ASG_NAMES        = "${local.worker_group_names.warm},${local.worker_group_names.spot}"
     CLASSIFYCLOUD_LAUNCH_TEMPLATE  = aws_launch_template.worker.id
     CLASSIFYCLOUD_POOL_TAG         = local.pool_tag_value
     CLASSIFYCLOUD_MIN_WORKERS      = tostring(var.min_workers)
