@@ -83,7 +83,6 @@ resource "aws_launch_template" "worker" {
 # --- the burst group: on-demand with a warm pool ------------------------------------
 
 resource "aws_autoscaling_group" "worker_warm" {
-  #checkov:skip=CKV_AWS_315:It launches from the worker launch template (the check reads launch_template blocks only when no mixed_instances_policy exists; this group has one launch_template block).
   name                      = local.worker_group_names.warm
   min_size                  = 0
   max_size                  = var.worker_warm_pool_size
