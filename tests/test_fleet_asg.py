@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from autoscaler.fleet import make_fleet
-from autoscaler.fleet.asg import AsgFleet
+from autoscaler.fleet.asg import AsgFleet, tally
 from autoscaler.loop import Autoscaler
 from autoscaler.policy import HOLD, LAUNCH
 from shared.aws import client
@@ -77,13 +77,15 @@ def test_scale_out_sets_desired_capacity_warm_group_first_then_the_spot_group(se
     assert fleet.launch(1) == []                                                      # every group full
 
 
-def test_desired_capacity_not_yet_launched_counts_as_pending(settings, groups):
-    class Lagging:       # the real group's answer before it has launched anything: desired 3, one instance
-        def describe_auto_scaling_groups(self, **kw):
-            return {"AutoScalingGroups": [{"AutoScalingGroupName": groups["main"], "DesiredCapacity": 3, "MaxSize": 5,
-                                           "Instances": [{"InstanceId": "i-1", "LifecycleState": "InService"}]}]}
-    count = AsgFleet(asg_settings(settings), autoscaling=Lagging()).count()
-    assert (count.running, count.pending) == (1, 2)
+def test_desired_capacity_not_yet_launched_counts_as_pending():
+    # describe_auto_scaling_groups as AWS answers it right after SetDesiredCapacity, before the launches
+    groups = [{"AutoScalingGroupName": "warm", "DesiredCapacity": 2, "MaxSize": 2,
+               "Instances": [{"InstanceId": "i-w", "LifecycleState": "Pending:Wait"}]},
+              {"AutoScalingGroupName": "spot", "DesiredCapacity": 3, "MaxSize": 5,
+               "Instances": [{"InstanceId": "i-1", "LifecycleState": "InService"},
+                             {"InstanceId": "i-2", "LifecycleState": "Terminating"}]}]
+    count = tally(groups)
+    assert (count.running, count.pending) == (1, 1 + 1 + 2) and count.ids == ("i-1", "i-w")
 
 
 def test_the_loop_scales_out_by_setting_desired_capacity(settings, provisioned, groups):

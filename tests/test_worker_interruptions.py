@@ -161,3 +161,30 @@ def test_a_worker_that_takes_a_terminate_removes_its_instance_and_lowers_desired
     finally:
         asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
         ec2.delete_launch_template(LaunchTemplateName=lt)
+
+
+def test_a_worker_warming_for_the_warm_pool_waits_until_its_instance_is_in_service(settings, imds):
+    from worker.asg import FleetAgent
+    ec2, asg = client("ec2", settings), client("autoscaling", settings)
+    lt, group = f"{settings.prefix}-warm-lt", f"{settings.prefix}-workers-warm"
+    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
+        "ImageId": ec2.describe_images()["Images"][0]["ImageId"], "InstanceType": "g4dn.xlarge"})
+    asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=1, DesiredCapacity=1,
+                                  VPCZoneIdentifier=ec2.describe_subnets()["Subnets"][0]["SubnetId"],
+                                  LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"})
+    try:
+        iid = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0][
+            "Instances"][0]["InstanceId"]
+        imds.paths["autoscaling/target-lifecycle-state"] = "Warmed:Stopped"
+        agent = FleetAgent(settings.replace(fleet="asg", spot_poll_s=0), iid, lambda: 0, lambda r: None,
+                           imds=Imds(imds.base))
+        assert agent.group == group
+        flip = threading.Timer(0.6, lambda: imds.paths.update({"autoscaling/target-lifecycle-state": "InService"}))
+        flip.start()
+        started = time.monotonic()
+        assert agent.wait_in_service(poll_s=0.1) == "InService"
+        assert time.monotonic() - started >= 0.5
+        assert imds.gets.count("/latest/meta-data/autoscaling/target-lifecycle-state") >= 3
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
+        ec2.delete_launch_template(LaunchTemplateName=lt)

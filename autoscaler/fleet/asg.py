@@ -47,19 +47,7 @@ class AsgFleet:
 
     def count(self) -> FleetCount:
         """InService = running; Pending* plus desired capacity not yet materialised = pending."""
-        running: list[str] = []
-        pending: list[str] = []
-        gap = 0
-        for g in self.groups():
-            insts = g.get("Instances", [])
-            r = [i["InstanceId"] for i in insts if i.get("LifecycleState") in IN_SERVICE]
-            p = [i["InstanceId"] for i in insts if i.get("LifecycleState") in PENDING]
-            # capacity asked for that the group has not launched yet counts as pending,
-            # so the next tick does not ask for it again
-            gap += max(0, int(g.get("DesiredCapacity", 0)) - len(r) - len(p))
-            running += r
-            pending += p
-        return FleetCount(running=len(running), pending=len(pending) + gap, ids=tuple(running + pending))
+        return tally(self.groups())
 
     def launch(self, n: int) -> list[str]:
         """Raise desired capacity by n, each group up to its MaxSize in order; one label per unit granted."""
@@ -106,3 +94,19 @@ class AsgFleet:
             log.info("asg fleet: terminated %s (%s)", iid, "capacity lowered" if decrement else "group replaces it")
         except Exception as exc:  # gone already, or not in a group: nothing to do
             log.warning("asg fleet: could not terminate %s: %s", iid, exc)
+
+
+def tally(groups: list[dict]) -> FleetCount:
+    """FleetCount of describe_auto_scaling_groups entries: desired capacity the groups have not launched yet
+    counts as pending (capacity already bought), so the next tick does not ask for it again."""
+    running: list[str] = []
+    pending: list[str] = []
+    gap = 0
+    for g in groups:
+        insts = g.get("Instances", [])
+        r = [i["InstanceId"] for i in insts if i.get("LifecycleState") in IN_SERVICE]
+        p = [i["InstanceId"] for i in insts if i.get("LifecycleState") in PENDING]
+        gap += max(0, int(g.get("DesiredCapacity", 0)) - len(r) - len(p))
+        running += r
+        pending += p
+    return FleetCount(running=len(running), pending=len(pending) + gap, ids=tuple(running + pending))
