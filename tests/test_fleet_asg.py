@@ -174,3 +174,4 @@ def test_a_worker_stopped_for_another_reason_keeps_its_instance_in_the_group(set
     agent.close("SIGTERM: finishing the current batch, releasing held messages")
     assert not agent.removed and instance_ids(asg, groups["main"]) == [iid]
     assert describe(asg, groups["main"])["Instances"][0]["ProtectedFromScaleIn"] is False
+

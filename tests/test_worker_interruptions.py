@@ -188,3 +188,32 @@ def test_a_worker_warming_for_the_warm_pool_waits_until_its_instance_is_in_servi
     finally:
         asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
         ec2.delete_launch_template(LaunchTemplateName=lt)
+
+
+def test_a_spot_notice_takes_the_instance_out_of_its_group_which_replaces_it_at_once(settings, imds):
+    from worker.asg import FleetAgent
+    ec2, asg = client("ec2", settings), client("autoscaling", settings)
+    lt, group = f"{settings.prefix}-spot-lt", f"{settings.prefix}-workers"
+    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
+        "ImageId": ec2.describe_images()["Images"][0]["ImageId"], "InstanceType": "g4dn.xlarge"})
+    asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=2, DesiredCapacity=1,
+                                  VPCZoneIdentifier=ec2.describe_subnets()["Subnets"][0]["SubnetId"],
+                                  LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"})
+    try:
+        (iid,) = [i["InstanceId"] for i in asg.describe_auto_scaling_groups(
+            AutoScalingGroupNames=[group])["AutoScalingGroups"][0]["Instances"]]
+        notices: list[str] = []
+        agent = FleetAgent.start(settings.replace(fleet="asg", spot_poll_s=0.1, protection_poll_s=0.1), iid,
+                                 lambda: 0, notices.append, imds=Imds(imds.base))
+        imds.paths["spot/instance-action"] = json.dumps({"action": "terminate", "time": "2026-11-25T15:02:00Z"})
+        end = time.monotonic() + 10
+        while not notices and time.monotonic() < end:
+            time.sleep(0.05)
+        assert notices == ["spot interruption notice: terminate at 2026-11-25T15:02:00Z"]
+        agent.close(notices[0])                      # what the worker's teardown does after its last batch
+        g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
+        assert agent.removed and g["DesiredCapacity"] == 1            # capacity kept ...
+        assert [i["InstanceId"] for i in g["Instances"]] not in ([iid], [])   # ... by a new instance
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
+        ec2.delete_launch_template(LaunchTemplateName=lt)

@@ -146,19 +146,28 @@ class FleetAgent:
             return
         if self.protection.protected is not False:
             self.protection.set(False)
-        if (stop_reason or "").startswith("terminate"):
-            self.remove_self()
+        reason = stop_reason or ""
+        if reason.startswith("terminate"):
+            self.remove_self(decrement=True)      # scale-in: the group must not replace it
+        elif self.watch is not None and self.watch.notice and reason == self.watch.notice:
+            self.remove_self(decrement=False)     # spot / rebalance: replaced now, not after the reclaim
 
-    def remove_self(self) -> bool:
-        """TerminateInstanceInAutoScalingGroup with a decrement: the group does not replace this worker."""
-        try:
-            self.autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=self.instance_id,
-                                                                      ShouldDecrementDesiredCapacity=True)
-        except Exception as exc:   # the instance powers off anyway; the group then replaces it (no decrement)
-            log.error("instance %s not removed from %s: %s", self.instance_id, self.group, exc)
-            return False
+    def remove_self(self, decrement: bool = True, tries: int = 3) -> bool:
+        """TerminateInstanceInAutoScalingGroup (with a decrement: the group does not replace this worker)."""
+        for attempt in range(tries):
+            try:
+                self.autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=self.instance_id,
+                                                                          ShouldDecrementDesiredCapacity=decrement)
+                break
+            except Exception as exc:   # throttling or a network blip: again, then give up (logged)
+                if attempt == tries - 1:
+                    # the instance keeps running without a worker until its stale heartbeat gets it replaced
+                    log.error("instance %s not removed from %s: %s", self.instance_id, self.group, exc)
+                    return False
+                time.sleep(2 ** attempt)
         self.removed = True
-        log.info("instance %s removed from %s (desired capacity lowered)", self.instance_id, self.group)
+        log.info("instance %s removed from %s (%s)", self.instance_id, self.group,
+                 "desired capacity lowered" if decrement else "the group replaces it")
         return True
 
 
