@@ -59,13 +59,13 @@ class AsgController(PolicyController):
     spot above the on-demand base, interruptions. Same policy function, same terminate protocol.
 
     Two settings differ from the `backlog` row: a 2 s tick (tick_s; detection is now a large part of
-    the reaction, and a tick costs three SQS reads) and target_utilization 0.4 (headroom is cheap
+    the reaction, and a tick costs three SQS reads) and target_utilization 0.35 (headroom is cheap
     when most of it is spot or a stopped warm instance).
     """
 
     period_s = 2.0
 
-    def __init__(self, warm_pool: int | None = None, model: AsgModel = AsgModel(), target_utilization: float = 0.4,
+    def __init__(self, warm_pool: int | None = None, model: AsgModel = AsgModel(), target_utilization: float = 0.35,
                  **config):
         super().__init__("backlog", target_utilization=target_utilization, **config)
         self.warm_pool = warm_pool
