@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the autoscaler loop until SIGINT/SIGTERM (or one tick with --once)."""
     p = argparse.ArgumentParser(prog="classifycloud autoscaler", description=main.__doc__)
     p.add_argument("--policy", choices=["backlog", "classifycloud"], default=None)
-    p.add_argument("--fleet", choices=["local", "ec2"], default=None)
+    p.add_argument("--fleet", choices=["local", "asg", "ec2"], default=None)
     p.add_argument("--min-workers", type=int, default=None)
     p.add_argument("--max-workers", type=int, default=None)
     p.add_argument("--tick", type=float, default=None, help="seconds between decisions")
@@ -58,13 +58,15 @@ def simulate_main(argv: list[str] | None = None) -> int:
     """Compare the scaling policies on the simulated traces; print a table, write JSON and PNGs."""
     from dataclasses import replace
 
-    from autoscaler.sim import CONTROLLERS, TRACES, SimConfig, Simulation, summarise, table
+    from autoscaler.sim import CONTROLLERS, TRACES, SimConfig, table
     from autoscaler.sim.report import plot
-    from autoscaler.sim.traces import diurnal
+    from autoscaler.sim.runner import average, run_all
     p = argparse.ArgumentParser(prog="classifycloud simulate", description=simulate_main.__doc__)
     p.add_argument("--traces", default=",".join(TRACES), help=f"comma-separated, of {','.join(TRACES)}")
     p.add_argument("--policies", default=",".join(CONTROLLERS), help=f"comma-separated, of {','.join(CONTROLLERS)}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="", help="comma-separated seeds to average over (default: --seed alone)")
+    p.add_argument("--jobs", type=int, default=1, help="simulations run in parallel processes")
     p.add_argument("--day-hours", type=float, default=24.0, help="length of the diurnal trace")
     p.add_argument("--mean-rate", type=float, default=12.0, help="diurnal mean requests per second")
     p.add_argument("--boot", default="40,90", help="boot delay range in seconds, 'lo,hi' (uniform)")
@@ -79,25 +81,29 @@ def simulate_main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown trace/policy {unknown}", file=sys.stderr)
         return 2
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [args.seed]
     lo, hi = (float(x) for x in args.boot.split(","))
     cfg = replace(SimConfig(), boot_s=(lo, hi), idle_check_s=args.idle_check)
-    results, started = [], time.monotonic()
-    for name in traces:
-        trace = diurnal(args.seed, args.mean_rate, args.day_hours * 3600) if name == "diurnal" else TRACES[name](args.seed)
-        sims = {}
-        for policy in policies:
-            sim = Simulation(trace, CONTROLLERS[policy](), cfg, seed=args.seed).run()
-            sims[policy] = sim
-            results.append(summarise(sim, policy))
-        if args.png_dir:
-            os.makedirs(args.png_dir, exist_ok=True)
-            plot(name, sims, os.path.join(args.png_dir, f"autoscaling-{name}.png"), cfg.latency_budget_s)
+    started = time.monotonic()
+    per_seed, sims = run_all(traces, policies, seeds, cfg, args.day_hours, args.mean_rate, jobs=args.jobs,
+                             keep_seed=seeds[0] if args.png_dir else None)
+    results = average(per_seed) if len(seeds) > 1 else per_seed
+    if args.png_dir:
+        os.makedirs(args.png_dir, exist_ok=True)
+        for name, by_policy in sims.items():
+            plot(name, by_policy, os.path.join(args.png_dir, f"autoscaling-{name}.png"), cfg.latency_budget_s)
     print(table(results))
-    print(f"\n(seed {args.seed}, boot {lo:g}-{hi:g} s, {time.monotonic() - started:.0f} s to simulate)")
+    pools = sorted({(r.trace, r.warm_pool) for r in results if r.fleet == "asg"})
+    if pools:
+        print("warm pool (asg, burst_workers of the expected burst): "
+              + ", ".join(f"{t} {w:g}" for t, w in pools))
+    print(f"\n(seeds {','.join(map(str, seeds))}{' averaged' if len(seeds) > 1 else ''}, boot {lo:g}-{hi:g} s, "
+          f"{time.monotonic() - started:.0f} s to simulate)")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"seed": args.seed, "boot_s": [lo, hi], "config": cfg.__dict__,
-                       "results": [r.row() for r in results]}, fh, indent=1, default=str)
+            json.dump({"seeds": seeds, "boot_s": [lo, hi], "config": cfg.__dict__,
+                       "results": [r.row() for r in results], "per_seed": [r.row() for r in per_seed]},
+                      fh, indent=1, default=str)
     return 0
 
 

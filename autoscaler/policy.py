@@ -171,6 +171,12 @@ def _idle(fleet: FleetState, messages: int, active: int) -> int:
     return active if messages == 0 else 0
 
 
+def burst_workers(burst_work_s: float, cfg: PolicyConfig) -> int:
+    """Workers the backlog policy adds for a burst of this much work (its warm-pool size): required - min."""
+    required = min(cfg.max_workers, max(cfg.min_workers, math.ceil(burst_work_s / cfg.latency_budget_s - 1e-9)))
+    return max(0, required - cfg.min_workers)
+
+
 POLICIES: dict[str, Policy] = {"classifycloud": classifycloud, "backlog": backlog}
 
 

@@ -58,6 +58,9 @@ class Settings:
     decode_threads: int = 4                   # preprocessing thread pool size
     heartbeat_interval_s: float = 10.0        # worker writes heartbeats/<id>.json this often
     heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
+    protection_idle_s: float = 30.0           # asg fleet: clear scale-in protection after idle this long
+    protection_poll_s: float = 1.0            # asg fleet: how often the worker compares held work and protection
+    spot_poll_s: float = 5.0                  # on EC2: poll the metadata for spot / rebalance notices (0: off)
     # inference engine (worker/models): speed knobs; fp16/bf16 shift scores slightly
     precision: str = "auto"                   # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
     channels_last: bool = True                # NHWC memory format: tensor cores on CUDA, oneDNN on CPU
@@ -87,7 +90,8 @@ class Settings:
     scale_in_fraction: float = 0.5            # at most this share of the fleet stops per step
     launch_template: str = ""                 # EC2 launch template name or id (lt-...)
     pool_tag: str = ""                        # "" -> "<prefix>-workers"
-    fleet: str = "local"                      # local | ec2
+    fleet: str = "local"                      # local | asg (AWS: the Auto Scaling group) | ec2 (run_instances)
+    asg_names: tuple[str, ...] = ()           # asg fleet: groups, filled in order; () -> <prefix>-workers-warm,<prefix>-workers
     boot_delay_s: float = 0.0                 # local fleet: mimic EC2 start-up
     qos: float = 0.9                          # classifycloud policy: QUALITY_OF_SERVICE (messages per worker)
     scaling_factor: float = 1.0               # classifycloud policy: SCALING_FACTOR
@@ -127,6 +131,11 @@ class Settings:
     def bucket_name(self) -> str:
         """The S3 bucket for uploads, results and weights."""
         return self.bucket or f"{self.prefix}-data"
+
+    @property
+    def asg_group_names(self) -> tuple[str, ...]:
+        """The workers' Auto Scaling groups in fill order: the warm-pool burst group, then the spot group."""
+        return self.asg_names or (f"{self.prefix}-workers-warm", f"{self.prefix}-workers")
 
     @property
     def pool_tag_value(self) -> str:

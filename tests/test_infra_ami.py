@@ -200,6 +200,24 @@ def test_entry_script_syncs_weights_and_requests_power_off_after_a_terminate_mes
 
 
 @pytest.mark.slow
+def test_entry_script_leaves_the_instance_to_its_auto_scaling_group_after_a_terminate(entry_env, tmp_path):
+    env = dict(entry_env["env"], CLASSIFYCLOUD_FLEET="asg")
+    with open(entry_env["log"], "wb") as log:
+        proc = subprocess.Popen(["bash", os.path.join(SCRIPTS, "classifycloud-worker-entry.sh")], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_ready(entry_env, proc)
+            entry_env["sqs"].send_message(QueueUrl=entry_env["terminate"], MessageBody=Terminate().to_json())
+            assert proc.wait(120) == 0, entry_env["log"].read_text()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+    assert not (entry_env["state"] / "poweroff-requested").exists(), entry_env["log"].read_text()
+    assert "group owns this instance" in entry_env["log"].read_text()
+
+
+@pytest.mark.slow
 def test_entry_script_does_not_request_power_off_when_systemd_stops_it(entry_env, entry):
     _wait_ready(entry_env, entry)
     entry.send_signal(signal.SIGTERM)  # KillMode=mixed: systemd signals the entry script only

@@ -169,7 +169,8 @@ def test_literal_settings_in_user_data_parse_as_settings():
     worker = _user_data_env()["worker"]
     assert Settings.from_env({k: v for k, v in worker.items() if "${" not in v}).device == "auto"
     autoscaler = _user_data_env()["autoscaler"]
-    assert autoscaler["CLASSIFYCLOUD_FLEET"] == "ec2"
+    assert autoscaler["CLASSIFYCLOUD_FLEET"] == "asg" and worker["CLASSIFYCLOUD_FLEET"] == "asg"
+    assert autoscaler["CLASSIFYCLOUD_ASG_NAMES"] == "${local.worker_group_names.warm},${local.worker_group_names.spot}"
     assert autoscaler["CLASSIFYCLOUD_LAUNCH_TEMPLATE"] == "${aws_launch_template.worker.id}"
     assert autoscaler["CLASSIFYCLOUD_POOL_TAG"] == "${local.pool_tag_value}"
     assert _user_data_env()["web"]["CLASSIFYCLOUD_WEB_HOST"] == "0.0.0.0"
@@ -190,6 +191,13 @@ def test_units_read_the_file_the_user_data_writes_and_run_existing_cli_commands(
         assert command in COMMANDS
     entry = open(os.path.join(SCRIPTS, "classifycloud-worker-entry.sh")).read()
     assert re.search(r'"\$VENV/bin/classifycloud" worker', entry) and "worker" in COMMANDS
+
+
+def test_worker_group_names_equal_the_settings_defaults_in_fill_order():
+    text = open(os.path.join(TF, "workers.tf")).read()
+    warm = re.search(r'warm = "\$\{var\.prefix\}([^"]*)"', text).group(1)
+    spot = re.search(r'spot = "\$\{var\.prefix\}([^"]*)"', text).group(1)
+    assert Settings(prefix="p").asg_group_names == ("p" + warm, "p" + spot)
 
 
 def test_pool_tag_key_matches_the_ec2_fleet():

@@ -18,7 +18,8 @@ from botocore import xform_name
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF = os.path.join(ROOT, "infra", "terraform")
 SCANNED = ("shared", "webserver", "worker", "autoscaler", "classifycloud")
-SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch", "dynamodb": "dynamodb"}  # botocore name -> IAM prefix
+SERVICES = {"sqs": "sqs", "s3": "s3", "ec2": "ec2", "cloudwatch": "cloudwatch", "dynamodb": "dynamodb",
+            "autoscaling": "autoscaling"}  # botocore name -> IAM prefix
 TRANSFER = {"upload_file": ["s3:PutObject"], "upload_fileobj": ["s3:PutObject"],
             "download_file": ["s3:GetObject"], "download_fileobj": ["s3:GetObject"]}
 # Operations whose IAM action is not "<prefix>:<OperationName>".
@@ -60,7 +61,8 @@ NOT_DEPLOYED = {
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
-                     "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus"}
+                     "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
+                     "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances"}
 
 
 @lru_cache(maxsize=1)
@@ -265,3 +267,15 @@ def test_web_and_autoscaler_read_service_entries_but_not_weights():
         reads = {r for s in _statements(role, "s3:GetObject") for r in s["resources"]}
         models = {r for r in reads if "/models/" in r}
         assert models == {"${aws_s3_bucket.data.arn}/models/*/entry.yaml"}, role
+
+
+def test_group_actions_are_scoped_to_the_worker_groups():
+    for role, actions in (("worker", ("autoscaling:SetInstanceProtection",
+                                      "autoscaling:TerminateInstanceInAutoScalingGroup")),
+                          ("autoscaler", ("autoscaling:SetDesiredCapacity",
+                                          "autoscaling:TerminateInstanceInAutoScalingGroup"))):
+        for action in actions:
+            (stmt,) = _statements(role, action)
+            assert stmt["resources"] == "${local.worker_group_arns}", (role, action)
+    assert not _statements("web", "autoscaling:SetDesiredCapacity")
+    assert not _statements("worker", "autoscaling:SetDesiredCapacity")     # workers never size the fleet

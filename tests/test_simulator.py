@@ -91,3 +91,45 @@ def test_simulate_main_prints_the_table_and_writes_json_and_png(tmp_path, capsys
 def test_simulate_main_rejects_unknown_names(capsys):
     assert simulate_main(["--traces", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+# --- the Auto Scaling group fleet: warm pool, spot, dollars ------------------------------------------
+
+def test_burst_workers_sizes_the_warm_pool_from_the_policy():
+    cfg = policy.PolicyConfig(min_workers=1, max_workers=19, latency_budget_s=10.0)
+    assert policy.burst_workers(80.0, cfg) == 7            # burst40: 40 x 2 s -> 8 workers, 1 already there
+    assert policy.burst_workers(0.0, cfg) == 0
+    assert policy.burst_workers(10_000.0, cfg) == 18       # capped at max_workers
+
+
+def test_the_warm_pool_cuts_burst40_latency_below_0_6x_classifycloud_for_fewer_instance_minutes():
+    from autoscaler.sim.runner import average, run_all
+    results, _ = run_all(["burst40"], ["classifycloud", "asg"], seeds=[0, 1, 2])
+    by = {r.policy: r for r in average(results)}
+    ours, theirs = by["asg"], by["classifycloud"]
+    assert ours.warm_pool == 7 and ours.warm_launches >= 7
+    assert ours.mean_s <= 0.6 * theirs.mean_s
+    assert ours.instance_minutes <= theirs.instance_minutes and ours.timeouts == 0
+
+
+def test_spot_notices_drain_workers_without_killing_a_busy_one_or_losing_a_request():
+    from autoscaler.sim.controllers import AsgController
+    from autoscaler.sim.fleet import AsgModel
+    trace = TRACES["step"](0)
+    ctl = AsgController(warm_pool=2, model=AsgModel(spot_interrupt_per_h=30.0))   # a notice every 2 min per spot worker
+    sim = Simulation(trace, ctl, SimConfig()).run()
+    r = summarise(sim, "asg")
+    assert r.interruptions >= 10 and r.busy_killed == 0
+    assert r.answered == r.requests and r.timeouts == 0
+    assert any(w.kind == "spot" and w.draining for w in sim.workers)   # some were busy at their notice
+
+
+def test_dollars_price_running_hours_by_kind_and_stopped_warm_instances():
+    from autoscaler.sim.controllers import AsgController
+    from autoscaler.sim.fleet import ON_DEMAND_PRICE, STOPPED_PRICE, dollars
+    quiet = burst40()
+    quiet = type(quiet)("quiet", "no requests", (), quiet.services, duration_s=600.0)
+    ec2 = Simulation(quiet, PolicyController("backlog"), SimConfig(drain_s=0)).run()
+    assert dollars(ec2) == pytest.approx(600 / 3600 * ON_DEMAND_PRICE["g4dn.xlarge"])     # the min worker alone
+    asg = Simulation(quiet, AsgController(warm_pool=5), SimConfig(drain_s=0)).run()
+    assert dollars(asg) == pytest.approx(600 / 3600 * (ON_DEMAND_PRICE["g4dn.xlarge"] + 5 * STOPPED_PRICE))

@@ -14,6 +14,7 @@ from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.metrics import MetricsPublisher
+from worker.asg import FleetAgent
 from worker.batch import BatchProcessor
 from worker.consumer import Consumer, MessageBuffer, release
 from worker.fetch import Fetcher
@@ -52,6 +53,7 @@ class Worker:
         self.sink: ResultSink | None = None
         self.metrics: MetricsPublisher | None = None
         self.live = None              # worker.models.live.LiveServices: S3 services, picked up without a restart
+        self.fleet_agent: FleetAgent | None = None   # scale-in protection, spot notices, self-removal
         self.queue_urls: dict[str, str] = {}
         self.stop_reason: str | None = None
         self.handled = 0
@@ -140,6 +142,7 @@ class Worker:
         self.sink = ResultSink(s, self.sqs, self.s3)
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
                                         self.metrics, self.instance_id)
+        self.fleet_agent = FleetAgent.start(s, self.instance_id, self.buffer.held, self.stop)
         share = Consumer.share_for(self.buffer.capacity, len(hosted))
         self.consumers = [Consumer(s, svc, url, self.buffer, share) for svc, url in self.queue_urls.items()]
         for c in self.consumers:
@@ -190,6 +193,8 @@ class Worker:
             self.engine.close()
         if self.metrics is not None:
             self.metrics.close()
+        if self.fleet_agent is not None:   # last: the instance goes once nothing is held
+            self.fleet_agent.close(self.stop_reason)
         log.info("worker %s stopped after %d requests (%s)", self.instance_id, self.handled,
                  self.stop_reason or "error")
 

@@ -3,6 +3,8 @@
 # and when it exits 0 on its own (it obeyed a terminate message) ask for a power-off.
 # The power-off itself runs as root in ExecStopPost (this script runs unprivileged);
 # the launch template's shutdown behaviour = terminate turns it into a termination.
+# In an Auto Scaling group (CLASSIFYCLOUD_FLEET=asg) the worker has already removed its
+# instance through the group, which may return it to the warm pool: no power-off then.
 set -uo pipefail
 
 VENV="${VENV:-/opt/classifycloud/venv}"  # overridable for tests and other layouts
@@ -14,7 +16,7 @@ rm -f "$MARKER"
 
 stop_requested=0
 child=0
-# shellcheck disable=SC2317  # called by the trap below
+# shellcheck disable=SC2317,SC2329  # called by the trap below (SC2329: shellcheck >= 0.10 names it so)
 forward() {
   # systemctl stop / a second SIGTERM: pass it on; the worker finishes or releases its batch.
   stop_requested=1
@@ -38,7 +40,9 @@ while true; do
   break
 done
 
-if [ "$rc" -eq 0 ] && [ "$stop_requested" -eq 0 ]; then
+if [ "${CLASSIFYCLOUD_FLEET:-}" = "asg" ]; then
+  echo "worker exited ($rc); the auto scaling group owns this instance's lifecycle: no power-off"
+elif [ "$rc" -eq 0 ] && [ "$stop_requested" -eq 0 ]; then
   echo "worker exited 0 after a terminate message: requesting power-off"
   touch "$MARKER"
 fi

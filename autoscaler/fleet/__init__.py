@@ -34,11 +34,14 @@ class Fleet(Protocol):
 
 
 def make_fleet(settings: Settings, **kw) -> Fleet:
-    """The fleet settings.fleet names: 'local' (processes here) or 'ec2' (launch template)."""
+    """The fleet settings.fleet names: 'local' (processes here), 'asg' (AWS) or 'ec2' (run_instances)."""
     if settings.fleet == "local":
         from autoscaler.fleet.local import LocalFleet
         return LocalFleet(settings, **kw)
+    if settings.fleet == "asg":
+        from autoscaler.fleet.asg import AsgFleet
+        return AsgFleet(settings, **kw)
     if settings.fleet == "ec2":
         from autoscaler.fleet.ec2 import Ec2Fleet
         return Ec2Fleet(settings, **kw)
-    raise ValueError(f"unknown fleet {settings.fleet!r}; choose 'local' or 'ec2'")
+    raise ValueError(f"unknown fleet {settings.fleet!r}; choose 'local', 'asg' or 'ec2'")

@@ -8,9 +8,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from autoscaler.policy import QueueStats
+from autoscaler.sim.fleet import Ec2Model
 from autoscaler.sim.traces import Trace
 
-ARRIVAL, SNAPSHOT, TICK, RUNNING, READY, DONE, CHECK, BEAT, REQUEUE = range(9)
+ARRIVAL, SNAPSHOT, TICK, RUNNING, READY, DONE, CHECK, BEAT, REQUEUE, INTERRUPT = range(10)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Worker:
     hb_idle: bool | None = None     # what its last heartbeat said
     ever_busy: bool = False
     ended_at: float | None = None
+    kind: str = "on-demand"         # on-demand | spot | warm (from the warm pool)
+    slot: int | None = None         # its warm-pool slot, returned when it leaves
+    draining: bool = False          # a spot notice came: finish the batch, take nothing new, exit
 
 
 class Simulation:
@@ -83,6 +87,9 @@ class Simulation:
         self.first_new_busy: float | None = None
         self.terminates_sent = self.terminates_taken = self.terminates_stale = 0
         self.launch_refused = 0
+        self.fleet_model = getattr(controller, "fleet_model", None) or Ec2Model()
+        self.warm_free_at = [0.0] * self.fleet_model.warm_pool     # when each warm slot is ready again
+        self.interruptions = self.busy_killed = self.warm_launches = 0
 
     # --- event plumbing ----------------------------------------------------------------
     def at(self, t: float, kind: int, payload=None) -> None:
@@ -104,9 +111,11 @@ class Simulation:
             self.at(t, TICK)
             t += period
         self.controller.start(self)
+        self.fleet_model = getattr(self.controller, "fleet_model", None) or Ec2Model()   # sized in start()
+        self.warm_free_at = [0.0] * self.fleet_model.warm_pool
         handlers = {ARRIVAL: self._arrival, SNAPSHOT: self._snapshot, TICK: self._tick, RUNNING: self._running,
                     READY: self._ready, DONE: self._done, CHECK: self._check_event, BEAT: self._beat,
-                    REQUEUE: self._requeue}
+                    REQUEUE: self._requeue, INTERRUPT: self._interrupt}
         while self._heap:
             t, _, kind, payload = heapq.heappop(self._heap)
             if t > end:
@@ -129,13 +138,21 @@ class Simulation:
                  "stopping": 0}
         return list(self.snapshot), fleet
 
-    def launch(self, n: int) -> None:
-        """Start n instances (boot delay drawn per instance)."""
+    def launch(self, n: int, cold: bool = False) -> None:
+        """Start n instances: warm-pool resumes first (when the fleet has a pool), then cold boots."""
         lo, hi = self.cfg.boot_s
         allowed = max(0, min(n, self.cfg.instance_limit - len(self.alive())))   # the quota refuses the rest
         self.launch_refused += max(0, n) - allowed
+        model = self.fleet_model
         for _ in range(allowed):
-            self._new_worker(ready_at=self.now + self.rng.uniform(lo, hi))
+            slot = None if cold else next((i for i, t in enumerate(self.warm_free_at) if t <= self.now), None)
+            if slot is not None:
+                self.warm_free_at[slot] = math.inf
+                self.warm_launches += 1
+                rlo, rhi = model.resume_s
+                self._new_worker(ready_at=self.now + self.rng.uniform(rlo, rhi), kind="warm", slot=slot)
+            else:
+                self._new_worker(ready_at=self.now + self.rng.uniform(lo, hi), kind=model.cold_kind())
 
     def send_terminates(self, n: int) -> None:
         """n terminate messages stamped now."""
@@ -147,6 +164,7 @@ class Simulation:
         if w.state == "gone":
             return
         if w.batch:
+            self.busy_killed += 1
             self.held[w.batch_service] -= len(w.batch)
             self.at(self.now + self.cfg.visibility_timeout_s, REQUEUE, list(w.batch))
             w.batch = []
@@ -161,9 +179,14 @@ class Simulation:
         return [w for w in self.workers if w.state != "gone"]
 
     # --- handlers --------------------------------------------------------------------------
-    def _new_worker(self, ready_at: float, initial: bool = False) -> Worker:
-        w = Worker(id=len(self.workers), launched_at=self.now, ready_at=ready_at, initial=initial)
+    def _new_worker(self, ready_at: float, initial: bool = False, kind: str = "on-demand",
+                    slot: int | None = None) -> Worker:
+        w = Worker(id=len(self.workers), launched_at=self.now, ready_at=ready_at, initial=initial, kind=kind,
+                   slot=slot)
         self.workers.append(w)
+        rate = self.fleet_model.spot_interrupt_per_h
+        if kind == "spot" and rate > 0:
+            self.at(self.now + self.rng.expovariate(rate / 3600.0), INTERRUPT, (w, w.gen))
         if ready_at <= self.now:
             w.state = "booting"
             self._ready(w)
@@ -223,6 +246,10 @@ class Simulation:
         self.held[w.batch_service] -= len(w.batch)
         w.handled += len(w.batch)
         w.batch = []
+        if w.draining:                        # spot notice: the batch is answered, now it exits
+            self._end(w)
+            self._dispatch()
+            return
         w.state = "idle"
         every = min(self.cfg.terminate_interval_s, self.cfg.idle_check_s or self.cfg.terminate_interval_s)
         if w.handled >= self.cfg.terminate_every or self.now - w.last_check >= every:
@@ -259,7 +286,22 @@ class Simulation:
         self._schedule_check(w)
         return False
 
+    def _interrupt(self, payload) -> None:
+        """A spot notice (two minutes' warning): the worker drains and exits; the group launches a replacement."""
+        w, gen = payload
+        if w.gen != gen or w.state == "gone":
+            return
+        self.interruptions += 1
+        if w.state == "busy":
+            w.draining = True
+        else:
+            self._end(w)
+        self.launch(1, cold=True)             # desired capacity is unchanged: the spot group replaces it
+
     def _end(self, w: Worker) -> None:
+        if w.slot is not None:                # back to the warm pool once stopped (reuse on scale-in)
+            self.warm_free_at[w.slot] = self.now + self.fleet_model.refill_s
+            w.slot = None
         if w in self.idle:
             self.idle.remove(w)
         w.state, w.ended_at, w.hb_idle = "gone", self.now, None

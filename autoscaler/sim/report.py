@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from autoscaler.sim.fleet import dollars
+
 
 @dataclass(frozen=True)
 class Result:
@@ -26,6 +28,12 @@ class Result:
     reaction_s: float | None         # first backlog -> first newly launched worker busy
     terminates_sent: int
     terminates_stale: int
+    dollars: float = 0.0             # running hours x price by kind + stopped warm-pool hours (sim/fleet.py)
+    fleet: str = "ec2"               # the fleet model: ec2 (cold on-demand) or asg (warm pool + spot)
+    warm_pool: int = 0
+    warm_launches: int = 0
+    interruptions: int = 0           # spot notices
+    busy_killed: int = 0             # instances terminated while holding work
 
     def row(self) -> dict:
         """A JSON-ready dict."""
@@ -51,19 +59,22 @@ def summarise(sim, policy: str) -> Result:
                   within_budget=float((lat <= cfg.latency_budget_s).sum() / max(1, arrival.size)),
                   mean_s=float(lat.mean()) if lat.size else math.nan, p50_s=q(50), p95_s=q(95), p99_s=q(99),
                   instance_minutes=minutes, peak_fleet=int(peak), reaction_s=reaction,
-                  terminates_sent=sim.terminates_sent, terminates_stale=sim.terminates_stale)
+                  terminates_sent=sim.terminates_sent, terminates_stale=sim.terminates_stale,
+                  dollars=dollars(sim), fleet=sim.fleet_model.name, warm_pool=sim.fleet_model.warm_pool,
+                  warm_launches=sim.warm_launches, interruptions=sim.interruptions, busy_killed=sim.busy_killed)
 
 
 def table(results: list[Result]) -> str:
     """A fixed-width text table (markdown-compatible)."""
     head = ("| trace | policy | requests | timeouts | within budget | mean s | p50 s | p95 s | p99 s "
-            "| instance-min | peak fleet | reaction s |")
-    lines = [head, "|" + "---|" * 12]
+            "| instance-min | $ | peak fleet | reaction s | spot notices | busy killed |")
+    lines = [head, "|" + "---|" * 15]
     for r in results:
         react = "-" if r.reaction_s is None else f"{r.reaction_s:.0f}"
         lines.append(f"| {r.trace} | {r.policy} | {r.requests} | {r.timeouts} | {100 * r.within_budget:.2f}% "
                      f"| {r.mean_s:.1f} | {r.p50_s:.1f} | {r.p95_s:.1f} | {r.p99_s:.1f} "
-                     f"| {r.instance_minutes:.1f} | {r.peak_fleet} | {react} |")
+                     f"| {r.instance_minutes:.1f} | {r.dollars:.2f} | {r.peak_fleet} | {react} "
+                     f"| {r.interruptions} | {r.busy_killed} |")
     return "\n".join(lines)
 
 

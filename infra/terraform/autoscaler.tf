@@ -1,15 +1,20 @@
-# The autoscaler (classifycloud-autoscaler.service, fleet = ec2) on one small
-# instance; an auto scaling group of exactly one replaces it if it dies.
+# The autoscaler (classifycloud-autoscaler.service, fleet = asg) on one small
+# instance; an auto scaling group of exactly one replaces it if it dies. With the
+# worker groups it ticks every 2 s and keeps busy workers under 35 % of the fleet (the asg rows
+# of docs/AUTOSCALING.md).
 
 locals {
   autoscaler_env = {
-    CLASSIFYCLOUD_FLEET            = "ec2"
-    CLASSIFYCLOUD_LAUNCH_TEMPLATE  = aws_launch_template.worker.id
-    CLASSIFYCLOUD_POOL_TAG         = local.pool_tag_value
-    CLASSIFYCLOUD_MIN_WORKERS      = tostring(var.min_workers)
-    CLASSIFYCLOUD_MAX_WORKERS      = tostring(var.max_workers)
-    CLASSIFYCLOUD_POLICY           = var.scaling_policy
-    CLASSIFYCLOUD_LATENCY_BUDGET_S = tostring(var.latency_budget_s)
+    CLASSIFYCLOUD_FLEET              = "asg"
+    CLASSIFYCLOUD_ASG_NAMES          = "${local.worker_group_names.warm},${local.worker_group_names.spot}"
+    CLASSIFYCLOUD_TICK_S             = "2"
+    CLASSIFYCLOUD_TARGET_UTILIZATION = "0.35"
+    CLASSIFYCLOUD_LAUNCH_TEMPLATE    = aws_launch_template.worker.id
+    CLASSIFYCLOUD_POOL_TAG           = local.pool_tag_value
+    CLASSIFYCLOUD_MIN_WORKERS        = tostring(var.min_workers)
+    CLASSIFYCLOUD_MAX_WORKERS        = tostring(var.max_workers)
+    CLASSIFYCLOUD_POLICY             = var.scaling_policy
+    CLASSIFYCLOUD_LATENCY_BUDGET_S   = tostring(var.latency_budget_s)
   }
 }
 

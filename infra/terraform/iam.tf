@@ -591,3 +591,59 @@ resource "aws_iam_policy" "operator_publish" {
   description = "Publish services for `classifycloud train`: write models/ and create request queues."
   policy      = data.aws_iam_policy_document.operator_publish.json
 }
+
+# --- worker fleet: the Auto Scaling groups (workers.tf) ---------------------------------
+# Separate documents so the group permissions stay apart from the queue / instance ones.
+
+locals {
+  worker_group_arns = [aws_autoscaling_group.worker_warm.arn, aws_autoscaling_group.worker.arn]
+}
+
+data "aws_iam_policy_document" "worker_fleet" {
+  # worker/asg.py: protected from scale-in while it holds work, cleared when idle.
+  statement {
+    sid       = "ProtectWhileBusy"
+    actions   = ["autoscaling:SetInstanceProtection"]
+    resources = local.worker_group_arns
+  }
+
+  # worker/asg.py: after a terminate message, the worker removes its own instance with a decrement.
+  statement {
+    sid       = "RemoveSelfFromGroup"
+    actions   = ["autoscaling:TerminateInstanceInAutoScalingGroup"]
+    resources = local.worker_group_arns
+  }
+
+  statement {
+    sid       = "FindOwnGroup"
+    actions   = ["autoscaling:DescribeAutoScalingInstances"]
+    resources = ["*"] # Describe* calls have no resource-level permissions.
+  }
+}
+
+data "aws_iam_policy_document" "autoscaler_fleet" {
+  # autoscaler/fleet/asg.py: scale-out = desired capacity up; replace/terminate broken instances.
+  statement {
+    sid       = "SetWorkerCapacity"
+    actions   = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
+    resources = local.worker_group_arns
+  }
+
+  statement {
+    sid       = "SeeWorkerGroups"
+    actions   = ["autoscaling:DescribeAutoScalingGroups"]
+    resources = ["*"] # Describe* calls have no resource-level permissions.
+  }
+}
+
+resource "aws_iam_role_policy" "worker_fleet" {
+  name   = "${var.prefix}-worker-fleet"
+  role   = aws_iam_role.component["worker"].id
+  policy = data.aws_iam_policy_document.worker_fleet.json
+}
+
+resource "aws_iam_role_policy" "autoscaler_fleet" {
+  name   = "${var.prefix}-autoscaler-fleet"
+  role   = aws_iam_role.component["autoscaler"].id
+  policy = data.aws_iam_policy_document.autoscaler_fleet.json
+}

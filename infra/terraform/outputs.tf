@@ -28,6 +28,11 @@ output "worker_launch_template_id" {
   value       = aws_launch_template.worker.id
 }
 
+output "worker_groups" {
+  description = "Worker Auto Scaling groups in the order the autoscaler fills them (CLASSIFYCLOUD_ASG_NAMES)."
+  value       = [aws_autoscaling_group.worker_warm.name, aws_autoscaling_group.worker.name]
+}
+
 output "pool_tag" {
   description = "Tag that marks worker instances (key = value)."
   value       = "${var.pool_tag_key}=${local.pool_tag_value}"

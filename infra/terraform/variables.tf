@@ -137,6 +137,57 @@ variable "worker_instance_type" {
   default     = "g4dn.xlarge"
 }
 
+variable "worker_instance_types" {
+  description = "GPU instance types of the spot group's mixed-instances policy (at least three, so spot capacity is found in more pools); the warm group uses worker_instance_type."
+  type        = list(string)
+  default     = ["g4dn.xlarge", "g5.xlarge", "g6.xlarge"]
+
+  validation {
+    condition     = length(var.worker_instance_types) >= 3
+    error_message = "Name at least three GPU instance types for the spot group."
+  }
+}
+
+variable "worker_on_demand_base" {
+  description = "On-demand instances at the bottom of the spot group (the always-on workers); spot above it."
+  type        = number
+  default     = 1
+}
+
+variable "worker_on_demand_percentage_above_base" {
+  description = "Share of on-demand instances above the base in the spot group (0 = all spot)."
+  type        = number
+  default     = 0
+}
+
+variable "worker_warm_pool_size" {
+  description = "Stopped, pre-initialised workers kept for bursts = the burst group's size. Set it to the policy's expected burst: ceil(burst requests x seconds per request / latency_budget_s) - min_workers (`classifycloud simulate` prints it per trace; docs/AUTOSCALING.md)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.worker_warm_pool_size >= 1
+    error_message = "The warm pool needs at least one instance."
+  }
+}
+
+variable "worker_warm_pool_state" {
+  description = "State of warm-pool instances: Stopped (pay for EBS only) or Hibernated (RAM kept; needs an instance type and AMI that support hibernation)."
+  type        = string
+  default     = "Stopped"
+
+  validation {
+    condition     = contains(["Stopped", "Hibernated"], var.worker_warm_pool_state)
+    error_message = "The worker_warm_pool_state must be Stopped or Hibernated."
+  }
+}
+
+variable "worker_health_grace_s" {
+  description = "Seconds after launch before the groups' EC2 health checks count (boot + model load)."
+  type        = number
+  default     = 300
+}
+
 variable "root_volume_gb" {
   description = "Root volume size of every instance; at least the AMI's snapshot size (the Deep Learning base AMI needs about 75 GB)."
   type        = number
