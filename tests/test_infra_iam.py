@@ -54,6 +54,9 @@ NOT_DEPLOYED = {
     "classifycloud/local.py": "the embedded local stack (moto)",
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
     "classifycloud/train.py": "`classifycloud train` reads a dataset prefix from an operator's machine",
+    # Until its callers move onto it (issue 12), only tests and bench/e2e.py use the transport;
+    # once a component imports it, that component's role must grant what it calls.
+    "shared/transport.py": "not yet imported by any deployed component (tests and bench only)",
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
