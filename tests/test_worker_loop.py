@@ -332,3 +332,15 @@ def test_consumer_survives_a_dead_endpoint_and_gives_its_slots_back(stack):
         buffer.close()
         consumer.join(5)
     assert not consumer.is_alive()
+
+
+def test_a_consumer_added_later_gets_slots_while_the_others_keep_polling():
+    """Shares split the buffer over every registered consumer, so a live-added queue is not starved."""
+    from worker.consumer import MessageBuffer
+    buf = MessageBuffer(32)
+    for i in range(5):
+        buf.register(f"c{i}")
+    held = [buf.reserve(min(Consumer.share_for(32, 5), buf.fair_share()), timeout=0.1) for _ in range(5)]
+    buf.register("late")
+    assert sum(held) <= 32
+    assert buf.reserve(min(Consumer.share_for(32, 6), buf.fair_share()), timeout=0.1) >= 1

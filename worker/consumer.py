@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -74,6 +73,15 @@ class MessageBuffer:
             self._items.extend(messages)
             self._cond.notify_all()
             return True
+
+    def fair_share(self) -> int:
+        """Slots one consumer may hold reserved now: the capacity split over every registered consumer.
+
+        A share fixed at start-up goes stale when a service is added live; with more consumers than
+        their shares allow, the ones that loop fastest would keep every slot and starve the newcomer.
+        """
+        with self._cond:
+            return max(1, self.capacity // max(1, len(self._idle)))
 
     def unreserve(self, n: int) -> None:
         """Give back slots of a receive that failed (says nothing about the queue being empty)."""
@@ -187,7 +195,7 @@ class Consumer(threading.Thread):
     @staticmethod
     def share_for(capacity: int, queues: int) -> int:
         """Slots one consumer may reserve at once, so one idle queue cannot starve the others."""
-        return max(1, math.ceil(capacity / max(1, queues)))
+        return max(1, capacity // max(1, queues))  # floor: the shares together never exceed the capacity
 
     def stop(self) -> None:
         """Ask the thread to stop after its current poll."""
@@ -196,7 +204,7 @@ class Consumer(threading.Thread):
     def run(self) -> None:
         backoff = 0.5
         while not self.stopping.is_set():
-            n = self.buffer.reserve(self.share, timeout=0.5)
+            n = self.buffer.reserve(min(self.share, self.buffer.fair_share()), timeout=0.5)
             if n == 0:
                 continue
             try:
