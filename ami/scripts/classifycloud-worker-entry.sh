@@ -14,7 +14,7 @@ rm -f "$MARKER"
 
 stop_requested=0
 child=0
-# shellcheck disable=SC2317  # called by the trap below
+# shellcheck disable=SC2317,SC2329  # called by the trap below
 forward() {
   # systemctl stop / a second SIGTERM: pass it on; the worker finishes or releases its batch.
   stop_requested=1
