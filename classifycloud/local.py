@@ -158,15 +158,16 @@ class LocalStack:
         """The autoscaler's local fleet (None without autoscaling)."""
         return self._autoscaler[1] if self._autoscaler else None
 
-    def wait_ready(self, timeout: float = 180.0, progress=None) -> None:
-        """Block until /healthz answers 200 (a worker is ready); raise with the logs' tail otherwise."""
+    def wait_ready(self, timeout: float = 180.0, progress=None, workers: bool = False) -> None:
+        """Block until /readyz answers 200 (can accept work; with workers=True, /healthz: a worker is ready)."""
+        path = "/healthz" if workers else "/readyz"
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if self.web_proc is not None and self.web_proc.poll() is not None:
                 raise RuntimeError(f"web server exited ({self.web_proc.returncode}):\n{self.log_tail('web')}")
             try:
-                r = requests.get(self.base_url + "/healthz", timeout=2)
+                r = requests.get(self.base_url + path, timeout=2)
                 if r.status_code == 200:
                     return
                 reason = r.json().get("error", {}).get("message", r.text)[:120]

@@ -39,14 +39,16 @@ class Settings:
     web_processes: int = 2                    # gunicorn worker processes
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    shutdown_drain_s: float = 30.0            # on SIGTERM, waiting requests get this long for their reply, then a
+                                              # 503 with their job id; gunicorn's graceful timeout outlasts the reply wait
 
     # --- worker -------------------------------------------------------------
     instance_id: str = ""                     # "" -> EC2 metadata (IMDSv2), else hostname-pid
     buffer_size: int = 32                     # held messages per worker; > max_batch_size so receiving overlaps inference
     max_batch_size: int = 16                  # images per inference batch
     max_batch_wait_ms: int = 5                # wait for more messages of the same service
-    terminate_check_every: int = 5            # check the terminate queue every N requests ...
-    terminate_check_interval_s: float = 20.0  # ... or every this many seconds
+    terminate_check_interval_s: float = 20.0  # an idle worker checks the terminate queue this often (at most
+                                              # terminate_expiry_s / 2); a busy worker never takes a terminate
     terminate_expiry_s: float = 5.0           # terminate messages older than this are stale
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
     model_dir: str = ""                       # where catalogue weight paths are resolved from

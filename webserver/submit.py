@@ -31,6 +31,7 @@ class Outcome:
     service: str
     reply: Reply | None
     latency_ms: float
+    shutdown: bool = False      # no reply because this web process is stopping (not a timeout)
 
 
 class Submitter:
@@ -118,6 +119,10 @@ class Submitter:
         finally:
             self.listener.discard(rid)
         latency_ms = (time.monotonic() - started) * 1000
+        if reply is None and waiter.shutdown:
+            log.warning("request %s: web process stopping before its reply; 503 with the job id", rid)
+            self.jobs.write_marker(rid, spec.name, req.submitted_at)
+            return Outcome(rid, spec.name, None, latency_ms, shutdown=True)
         if reply is None:
             log.warning("request %s: no reply within %.1f s", rid, self.settings.reply_timeout_s)
             self.metrics.record("Timeouts", 1, Service=spec.name)
