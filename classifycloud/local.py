@@ -104,7 +104,9 @@ class LocalStack:
         if self.endpoint is None:
             self._moto, self.endpoint = start_moto()
         os.environ.update(aws_env(self.endpoint))
-        self.settings = self.settings.replace(fetch_allow_loopback=True)
+        # children end with this process (shared/lifeline.py); a quick drain keeps Ctrl-C quick
+        self.settings = self.settings.replace(fetch_allow_loopback=True, parent_pid=os.getpid(),
+                                              shutdown_drain_s=min(self.settings.shutdown_drain_s, 2.0))
         ensure_all(self.settings, catalogue_for(self.settings))
         self.samples = SampleServer().start()
         self.web_port = self.web_port or free_port()
@@ -193,14 +195,16 @@ class LocalStack:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop workers (SIGTERM: finish the batch, release messages), web, samples and moto."""
-        if self._autoscaler:
-            self._stop_autoscaler.set()
-            loop, fleet, thread = self._autoscaler
-            thread.join(timeout=timeout)
-            fleet.stop_all()
+        # signal everything first, then wait: the parts stop side by side, so Ctrl-C takes seconds
         for proc in [*self.worker_procs, self.web_proc]:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        if self._autoscaler:
+            self._stop_autoscaler.set()
+            loop, fleet, thread = self._autoscaler
+            fleet.terminate(list(fleet.pids()))
+            thread.join(timeout=timeout)
+            fleet.stop_all()
         for proc in [*self.worker_procs, self.web_proc]:
             if proc is None:
                 continue

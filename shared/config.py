@@ -102,6 +102,9 @@ class Settings:
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"
 
+    # --- local stack --------------------------------------------------------
+    parent_pid: int = 0                       # a child of `classifycloud up` exits when this process is gone (0: off)
+
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property

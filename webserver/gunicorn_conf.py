@@ -27,6 +27,21 @@ def _context(worker):
     return getattr(app, "extensions", {}).get("classifycloud")
 
 
+def on_starting(server):
+    """In the master: under `classifycloud up`, a quick shutdown (SIGINT) when up is gone."""
+    import os
+    import signal
+
+    from shared.lifeline import watch_parent
+    watch_parent(_settings.parent_pid, on_gone=lambda: os.kill(os.getpid(), signal.SIGINT))
+
+
+def post_fork(server, worker):
+    """In each worker: end with the master (its main thread forks us and lives as long as it does)."""
+    from shared.lifeline import set_parent_death_signal
+    set_parent_death_signal()
+
+
 def post_worker_init(worker):
     """After fork: create this worker's own reply queue and start its listener."""
     ctx = _context(worker)
