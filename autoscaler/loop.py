@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from autoscaler.fleet import Fleet
+from autoscaler.janitor import ReplyQueueJanitor
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
                                QueueStats, get_policy)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
@@ -50,6 +51,7 @@ class Autoscaler:
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
+        self.janitor = ReplyQueueJanitor(settings, self.sqs, clock=clock)
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
@@ -102,6 +104,7 @@ class Autoscaler:
         log.info("autoscaler[%s]: %s %d -> desired %d: %s", self.policy_name, decision.action,
                  decision.count, decision.desired, decision.reason)
         self._publish(queues, fleet, decision)
+        self.janitor.maybe_sweep()   # after acting: a slow sweep never delays a scaling decision
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
 

@@ -39,6 +39,8 @@ class Settings:
     web_processes: int = 2                    # gunicorn worker processes
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    reply_heartbeat_s: float = 30.0           # a web process re-tags its reply queue this often (owner alive)
+    reply_queue_grace_s: float = 300.0        # the janitor deletes a reply queue whose owner is silent this long
     shutdown_drain_s: float = 30.0            # on SIGTERM, waiting requests get this long for their reply, then a
                                               # 503 with their job id; gunicorn's graceful timeout outlasts the reply wait
 
@@ -91,6 +93,7 @@ class Settings:
     service_time_alpha: float = 0.3           # EWMA weight of a new service-time observation
     pending_timeout_s: float = 600.0          # ec2 fleet: replace an instance pending longer than this
     impaired_timeout_s: float = 300.0         # ec2 fleet: replace an instance failing status checks this long
+    janitor_interval_s: float = 60.0          # sweep orphan reply queues this often (0: never)
 
     # --- metrics ------------------------------------------------------------
     metrics_enabled: bool = True

@@ -48,7 +48,7 @@ NOT_DEPLOYED = {
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
-NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
+NO_RESOURCE_LEVEL = {"sqs:ListQueues", "cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
                      "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus"}
 
 
@@ -230,3 +230,10 @@ def test_metrics_may_be_put_only_into_our_namespace():
         (stmt,) = _statements(role, "cloudwatch:PutMetricData")
         assert stmt["condition"][0]["variable"] == "cloudwatch:namespace"
         assert stmt["condition"][0]["values"] == ["${var.metrics_namespace}"]
+
+
+def test_autoscaler_janitor_may_delete_only_reply_queues():
+    (delete,) = _statements("autoscaler", "sqs:DeleteQueue")
+    assert delete["resources"] == ["${local.reply_queue_arns}"]
+    (tags,) = _statements("autoscaler", "sqs:ListQueueTags")
+    assert tags["resources"] == ["${local.reply_queue_arns}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -11,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import MessageError, Reply
+from shared.messages import MessageError, Reply, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class ReplyListener:
         self.queue_name: str | None = None
         self.queue_url: str | None = None
         self._drain_timer: threading.Timer | None = None
+        self._beat_at = 0.0
         self._checked_at = -1e9
         self._check: str | None = None
         self.draining = False          # SIGTERM seen: waiters get drain_s for their reply, then a 503
@@ -75,9 +77,13 @@ class ReplyListener:
             self._stop.clear()
             if not self.queue_url:
                 self.queue_name = naming.reply_queue(self.settings.prefix)
+                now = str(now_ms())
                 self.queue_url = self._sqs.create_queue(
                     QueueName=self.queue_name,
-                    Attributes={"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"})["QueueUrl"]
+                    Attributes={"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"},
+                    tags={naming.REPLY_TAG_OWNER: f"{socket.gethostname()[:100]}/{os.getpid()}",
+                          naming.REPLY_TAG_CREATED: now, naming.REPLY_TAG_BEAT: now})["QueueUrl"]
+                self._beat_at = time.monotonic()
                 log.info("reply queue %s created (pid %d)", self.queue_name, os.getpid())
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
@@ -172,9 +178,20 @@ class ReplyListener:
             self._waiters.pop(request_id, None)
 
     # --- polling ------------------------------------------------------------
+    def _beat(self, url: str) -> None:
+        """Re-tag the queue with the time now: the janitor leaves queues whose owner beats alone."""
+        if time.monotonic() - self._beat_at < self.settings.reply_heartbeat_s:
+            return
+        self._beat_at = time.monotonic()
+        try:
+            self._sqs.tag_queue(QueueUrl=url, Tags={naming.REPLY_TAG_BEAT: str(now_ms())})
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("reply queue %s: heartbeat tag not written: %s", self.queue_name, exc)
+
     def _run(self) -> None:
         url = self.queue_url
         while not self._stop.is_set():
+            self._beat(url)
             try:
                 resp = self._poll_sqs.receive_message(
                     QueueUrl=url, MaxNumberOfMessages=10,

@@ -242,6 +242,20 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = [aws_sqs_queue.terminate.arn]
   }
 
+  # The janitor deletes reply queues whose web process stopped beating (autoscaler/janitor.py).
+  statement {
+    sid       = "SweepOrphanReplyQueues"
+    actions   = ["sqs:ListQueueTags", "sqs:GetQueueAttributes", "sqs:DeleteQueue"]
+    resources = [local.reply_queue_arns]
+  }
+
+  # ListQueues has no resource-level permissions; the janitor lists only the reply prefix.
+  statement {
+    sid       = "ListReplyQueues"
+    actions   = ["sqs:ListQueues"]
+    resources = ["*"]
+  }
+
   # RunInstances touches several resource types; all of them only through the worker template.
   statement {
     sid     = "RunFromWorkerTemplate"
