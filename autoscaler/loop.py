@@ -6,6 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.fleet import Fleet
 from autoscaler.janitor import ReplyQueueJanitor
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
@@ -52,6 +53,7 @@ class Autoscaler:
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
         self.janitor = ReplyQueueJanitor(settings, self.sqs, clock=clock)
+        self.dead_letters = DeadLetterSettler(settings, self.catalogue, self.sqs, self.s3, clock=clock)
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
@@ -105,6 +107,7 @@ class Autoscaler:
                  decision.count, decision.desired, decision.reason)
         self._publish(queues, fleet, decision)
         self.janitor.maybe_sweep()   # after acting: a slow sweep never delays a scaling decision
+        self.dead_letters.maybe_settle()
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
 

@@ -27,6 +27,7 @@ commands:
   convert     export a service's model to ONNX / TensorRT
   metrics     review CloudWatch metrics and result records: table, plots, HTML report
   provision   create the queues and bucket at the configured AWS endpoint
+  dlq         list | redrive dead-lettered requests
 """
 
 
@@ -151,6 +152,7 @@ COMMANDS = {
     "convert": _delegate("classifycloud.convert"),
     "metrics": _delegate("classifycloud.review"),
     "provision": cmd_provision,
+    "dlq": _delegate("classifycloud.dlq"),
 }
 
 

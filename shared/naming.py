@@ -60,6 +60,11 @@ def result_key(request_id: str) -> str:
     return f"results/{request_id}.json"
 
 
+def failure_key(request_id: str) -> str:
+    """S3 key of the last reason a worker failed a request (read when the request is dead-lettered)."""
+    return f"failures/{request_id}.json"
+
+
 def heartbeat_prefix() -> str:
     """S3 prefix of worker heartbeat records."""
     return "heartbeats/"

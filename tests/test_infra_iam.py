@@ -38,6 +38,7 @@ ROLE_OF_PATH = {
     "autoscaler/": ("autoscaler",),
     "shared/metrics.py": ALL,                        # every component publishes metrics
     "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
+    "classifycloud/dlq.py": ("operator",),           # `classifycloud dlq list|redrive`, on an operator's machine
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
 }
 # Code that never runs under an instance role, with the reason.
@@ -199,7 +200,7 @@ def test_worker_sends_only_to_reply_queues_and_reads_only_uploads_models_results
     reads = {r for s in _statements("worker", "s3:GetObject") for r in s["resources"]}
     assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in reads} == {"/uploads", "/models", "/results"}
     writes = {r for s in _statements("worker", "s3:PutObject") for r in s["resources"]}
-    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats"}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats", "/failures"}
 
 
 def test_web_creates_and_deletes_only_queues_under_the_reply_prefix():

@@ -23,6 +23,7 @@ REPLY_STATUS: dict[str, int] = {
     "service_unavailable": 503,
     "internal_error": 500,
     "inference_failed": 500,
+    "dead_lettered": 500,      # every delivery failed: the server's problem, not the client's
 }
 
 # Werkzeug's own HTTP errors get stable snake_case codes.

@@ -161,8 +161,9 @@ class Worker:
                 release(self.sqs, result.unreadable)
             self.handled += len(batch)
             log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
-        except Exception:  # never die on one batch: its messages come back after the visibility timeout
+        except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
             log.exception("batch of %d failed; its messages will be redelivered", len(batch))
+            self.sink.note_failure(batch, f"{type(exc).__name__}: {exc}")
         finally:
             self.buffer.done(len(batch))
 
