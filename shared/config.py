@@ -93,6 +93,10 @@ class Settings:
     service_time_alpha: float = 0.3           # EWMA weight of a new service-time observation
     pending_timeout_s: float = 600.0          # ec2 fleet: replace an instance pending longer than this
     impaired_timeout_s: float = 300.0         # ec2 fleet: replace an instance failing status checks this long
+    worker_start_grace_s: float = 600.0       # a running worker with no fresh heartbeat this long after it was
+                                              # first seen (boot + model load) is hung: replaced
+    crash_loop_starts: int = 3                # this many worker starts (or non-zero exits) ...
+    crash_loop_window_s: float = 600.0        # ... within this window is a crash loop: reported, replaced
     janitor_interval_s: float = 60.0          # sweep orphan reply queues this often (0: never)
 
     # --- metrics ------------------------------------------------------------
