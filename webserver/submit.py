@@ -138,8 +138,12 @@ class Submitter:
         rid = new_id()
         ref = self._image_ref(rid, image)
         submitted = now_ms()
-        self.jobs.write_marker(rid, spec.name, submitted)
+        # send first: a refused send must not leave a marker that says pending forever
         self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None,
                            top_k=top_k or spec.top_k, submitted_at=submitted))
+        try:
+            self.jobs.write_marker(rid, spec.name, submitted)
+        except ApiError:  # accepted all the same: its result record will answer GET /jobs/<id>
+            log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done", rid)
         log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
         return rid, spec.name
