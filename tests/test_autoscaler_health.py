@@ -5,7 +5,6 @@ import json
 import sys
 import time
 
-import boto3
 import pytest
 
 from autoscaler.fleet.local import LocalFleet
@@ -69,6 +68,7 @@ def loop_for(settings, provisioned, tmp_path):
             stop_all(timeout=10)
 
 
+@pytest.mark.slow
 def test_a_hung_local_worker_is_killed_and_replaced(settings, loop_for, tmp_path):
     s = settings.replace(min_workers=1, max_workers=2, worker_start_grace_s=1.0)
     fleet = LocalFleet(s, log_dir=str(tmp_path), command=HUNG)
@@ -89,6 +89,7 @@ def test_a_hung_local_worker_is_killed_and_replaced(settings, loop_for, tmp_path
     assert fleet.exited[first] == -9
 
 
+@pytest.mark.slow
 def test_a_crash_looping_local_worker_is_reported_and_never_counted(settings, loop_for, tmp_path, caplog):
     fleet = LocalFleet(settings, log_dir=str(tmp_path), command=CRASHING)
     loop = loop_for(fleet, min_workers=1, max_workers=2, crash_loop_starts=3)
@@ -150,6 +151,3 @@ def test_an_ec2_instance_whose_worker_keeps_restarting_is_replaced(ec2_fleet, pr
     assert _state(ec2, iid) in ("shutting-down", "terminated")
     assert iid not in fleet.count().ids
 
-
-def test_boto3_is_pointed_at_moto():
-    assert boto3.session.Session().client("ec2", region_name="us-east-1").meta.endpoint_url.startswith("http://127")

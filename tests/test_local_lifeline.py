@@ -116,6 +116,7 @@ def test_ctrl_c_stops_everything_within_a_few_seconds(up):
     assert "stopped." in log.read_text()
 
 
+@pytest.mark.slow
 def test_watch_parent_stops_a_child_whose_parent_died(tmp_path):
     # a grandchild whose parent exits at once: it must notice and stop by itself (no process group kill)
     code = ("import os,sys,time,signal;from shared.lifeline import watch_parent;"
