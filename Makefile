@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TOOLS  := .venv-tools
 
-.PHONY: install run test test-fast lint-infra bench bench-load bench-e2e browser clean
+.PHONY: install run test test-fast lint-infra bench bench-load bench-e2e browser clean system-tools
 
 $(VENV)/.installed: setup.cfg pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(TOOLS)/.installed:
 
 install: $(VENV)/.installed
 
+# What only the OS ships (systemd-analyze): apt-get when possible, else a clear message of what is missing.
+system-tools:
+	@bash tools/system-tools.sh
+
 run: install
 	$(VENV)/bin/classifycloud up
 
@@ -35,15 +39,15 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	else echo "error: the upload-page test needs chromium and chromedriver on PATH (Debian/Ubuntu: apt-get install chromium chromium-driver)" >&2; exit 1; fi
 
-test: install $(TOOLS)/.installed browser
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra
+test: install $(TOOLS)/.installed system-tools browser
+	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
 
 # The offline infrastructure checks alone (fmt, schema, checkov, shellcheck, systemd, cross-checks).
-lint-infra: install $(TOOLS)/.installed
-	PATH="$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra tests/test_infra_terraform.py tests/test_infra_crosscheck.py tests/test_infra_iam.py tests/test_infra_ami.py
+lint-infra: install $(TOOLS)/.installed system-tools
+	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra tests/test_infra_terraform.py tests/test_infra_crosscheck.py tests/test_infra_iam.py tests/test_infra_ami.py
 
 bench: install
 	$(PY) bench/worker_throughput.py

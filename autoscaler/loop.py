@@ -6,7 +6,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.fleet import Fleet
+from autoscaler.health import WorkerHealth, exits_in_window
+from autoscaler.janitor import ReplyQueueJanitor
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
                                QueueStats, get_policy)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
@@ -51,6 +54,12 @@ class Autoscaler:
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
+        self.janitor = ReplyQueueJanitor(settings, self.sqs, clock=clock)
+        self.health = WorkerHealth(settings, clock=clock)
+        self._exits: list[tuple[float, int]] = []
+        self._seen_exits: set[str] = set()
+        self._crash_reported = 0
+        self.dead_letters = DeadLetterSettler(settings, self.catalogue, self.sqs, self.s3, clock=clock)
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
@@ -61,6 +70,7 @@ class Autoscaler:
         """Queue counts and fleet state (heartbeats refine idle/stopping; their failure is tolerated)."""
         queues = self.queues.read()
         self.fleet.maintain()
+        self._note_exits()
         count = self.fleet.count()
         idle, stopping = None, 0
         try:
@@ -68,10 +78,45 @@ class Autoscaler:
             idle, stopping = hb.idle, hb.stopping
         except Exception as exc:   # without heartbeats the policy falls back to queue counts
             log.warning("autoscaler: heartbeats unreadable (%s); idle workers inferred from queues", exc)
+        else:
+            count = self._replace_unhealthy(count, hb)
         # terminates sent but not yet taken will stop workers too: counting them as stopping keeps the
         # next tick from asking more workers than intended (a taken one is deleted, and shows in heartbeats)
         stopping = min(stopping + self.outstanding_terminates(), count.running)
         return queues, FleetState(running=count.running, pending=count.pending, idle=idle, stopping=stopping)
+
+    def _replace_unhealthy(self, count, hb):
+        """Stop hung and crash-looping workers now; the policy launches their replacements this tick."""
+        report = self.health.check(list(count.ids[:count.running]), hb)
+        if not report.replace:
+            return count
+        kill = getattr(self.fleet, "kill", None)   # a hung local process may ignore SIGTERM
+        (kill or self.fleet.terminate)(list(report.replace))
+        self.metrics.record("WorkersReplaced", len(report.replace))
+        gone = set(report.replace)
+        running = [i for i in count.ids[:count.running] if i not in gone]
+        return type(count)(running=len(running), pending=count.pending,
+                           ids=tuple(running) + count.ids[count.running:])
+
+    def _note_exits(self) -> None:
+        """Report local workers that keep exiting non-zero (a crash loop the fleet cannot keep running)."""
+        exited = getattr(self.fleet, "exited", None)
+        if not isinstance(exited, dict):
+            return
+        now = self.clock()
+        killed = getattr(self.fleet, "killed", set())
+        for wid in [w for w in exited if w not in self._seen_exits and w not in killed]:
+            self._seen_exits.add(wid)
+            self._exits.append((now, exited[wid]))
+        window = self.settings.crash_loop_window_s
+        self._exits = [(t, c) for t, c in self._exits if now - t <= window]
+        crashes = exits_in_window(self._exits, now, window)
+        if crashes >= self.settings.crash_loop_starts and crashes != self._crash_reported:
+            log.error("autoscaler: %d workers exited non-zero in %.0f s: crash loop; see the worker logs",
+                      crashes, window)
+            self.health.crash_loops.append(f"{crashes} exits")
+            self.metrics.record("WorkerCrashes", crashes)
+        self._crash_reported = crashes
 
     def outstanding_terminates(self) -> int:
         """Terminate messages still in the queue (not yet taken or dropped by a worker)."""
@@ -103,6 +148,8 @@ class Autoscaler:
         log.info("autoscaler[%s]: %s %d -> desired %d: %s", self.policy_name, decision.action,
                  decision.count, decision.desired, decision.reason)
         self._publish(queues, fleet, decision)
+        self.janitor.maybe_sweep()   # after acting: a slow sweep never delays a scaling decision
+        self.dead_letters.maybe_settle()
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
 

@@ -77,6 +77,7 @@ class Heartbeats:
     busy: int
     stopping: int
     ids: tuple[str, ...]
+    records: tuple[dict, ...] = ()      # the fresh heartbeat documents (worker health reads started_at)
 
 
 class HeartbeatReader:
@@ -93,6 +94,7 @@ class HeartbeatReader:
         max_age_ms = self.settings.heartbeat_max_age_s * 1000
         idle = busy = stopping = 0
         ids = []
+        records = []
         paginator = self.s3.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.settings.bucket_name, Prefix=naming.heartbeat_prefix()):
             for obj in page.get("Contents", []):
@@ -112,13 +114,14 @@ class HeartbeatReader:
                 if now_ms - at > max_age_ms:
                     continue
                 ids.append(str(hb.get("instance_id", obj["Key"])))
+                records.append(hb)
                 if hb.get("state") == "stopping":
                     stopping += 1
                 elif int(hb.get("busy") or 0) > 0:
                     busy += 1
                 else:
                     idle += 1
-        return Heartbeats(idle=idle, busy=busy, stopping=stopping, ids=tuple(ids))
+        return Heartbeats(idle=idle, busy=busy, stopping=stopping, ids=tuple(ids), records=tuple(records))
 
 
 class ServiceTimes:

@@ -30,6 +30,7 @@ commands:
   provision   create the queues, bucket and tables at the configured AWS endpoint
   keys        API keys: create | list | revoke (stored as hashes in DynamoDB)
   usage       the usage log: per-key / per-service calls, errors, latency; --csv FILE
+  dlq         list | redrive dead-lettered requests
 """
 
 
@@ -41,21 +42,17 @@ def _delegate(module: str, func: str = "main"):
 
 
 def cmd_web(argv: list[str]) -> int:
-    """Serve webserver.wsgi:app with gunicorn (threaded workers: requests wait for replies)."""
+    """Serve webserver.wsgi:app with gunicorn; every gunicorn setting but these flags is in gunicorn_conf.py."""
+    from webserver.serve import gunicorn_command
     settings = Settings.from_env()
     p = argparse.ArgumentParser(prog="classifycloud web")
     p.add_argument("--processes", "-w", type=int, default=settings.web_processes)
-    p.add_argument("--threads", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="threads per process (default: gunicorn_conf.py)")
     p.add_argument("--host", default=settings.web_host)
     p.add_argument("--port", type=int, default=settings.web_port)
     args = p.parse_args(argv)
-    gargs = [sys.executable, "-m", "gunicorn", "-w", str(args.processes), "-k", "gthread",
-             "--threads", str(args.threads), "-b", f"{args.host}:{args.port}",
-             "--timeout", str(int(settings.reply_timeout_s) + 30), "--graceful-timeout", "30"]
-    if importlib.util.find_spec("webserver.gunicorn_conf") is not None:
-        gargs += ["-c", "python:webserver.gunicorn_conf"]
-    gargs.append("webserver.wsgi:app")
-    os.execv(sys.executable, gargs)
+    gargs = gunicorn_command(settings, args.processes, args.host, args.port, threads=args.threads)
+    os.execv(gargs[0], gargs)
     return 0  # not reached
 
 
@@ -220,6 +217,7 @@ COMMANDS = {
     "provision": cmd_provision,
     "keys": _delegate("classifycloud.keyadmin"),
     "usage": _delegate("classifycloud.usage_report"),
+    "dlq": _delegate("classifycloud.dlq"),
 }
 
 

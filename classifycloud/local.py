@@ -104,7 +104,9 @@ class LocalStack:
         if self.endpoint is None:
             self._moto, self.endpoint = start_moto()
         os.environ.update(aws_env(self.endpoint))
-        self.settings = self.settings.replace(fetch_allow_loopback=True)
+        # children end with this process (shared/lifeline.py); a quick drain keeps Ctrl-C quick
+        self.settings = self.settings.replace(fetch_allow_loopback=True, parent_pid=os.getpid(),
+                                              shutdown_drain_s=min(self.settings.shutdown_drain_s, 2.0))
         ensure_all(self.settings, catalogue_for(self.settings))
         self.samples = SampleServer().start()
         self.web_port = self.web_port or free_port()
@@ -158,15 +160,16 @@ class LocalStack:
         """The autoscaler's local fleet (None without autoscaling)."""
         return self._autoscaler[1] if self._autoscaler else None
 
-    def wait_ready(self, timeout: float = 180.0, progress=None) -> None:
-        """Block until /healthz answers 200 (a worker is ready); raise with the logs' tail otherwise."""
+    def wait_ready(self, timeout: float = 180.0, progress=None, workers: bool = False) -> None:
+        """Block until /readyz answers 200 (can accept work; with workers=True, /healthz: a worker is ready)."""
+        path = "/healthz" if workers else "/readyz"
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             if self.web_proc is not None and self.web_proc.poll() is not None:
                 raise RuntimeError(f"web server exited ({self.web_proc.returncode}):\n{self.log_tail('web')}")
             try:
-                r = requests.get(self.base_url + "/healthz", timeout=2)
+                r = requests.get(self.base_url + path, timeout=2)
                 if r.status_code == 200:
                     return
                 reason = r.json().get("error", {}).get("message", r.text)[:120]
@@ -192,14 +195,16 @@ class LocalStack:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop workers (SIGTERM: finish the batch, release messages), web, samples and moto."""
-        if self._autoscaler:
-            self._stop_autoscaler.set()
-            loop, fleet, thread = self._autoscaler
-            thread.join(timeout=timeout)
-            fleet.stop_all()
+        # signal everything first, then wait: the parts stop side by side, so Ctrl-C takes seconds
         for proc in [*self.worker_procs, self.web_proc]:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        if self._autoscaler:
+            self._stop_autoscaler.set()
+            loop, fleet, thread = self._autoscaler
+            fleet.terminate(list(fleet.pids()))
+            thread.join(timeout=timeout)
+            fleet.stop_all()
         for proc in [*self.worker_procs, self.web_proc]:
             if proc is None:
                 continue

@@ -44,14 +44,18 @@ class Settings:
     web_processes: int = 2                    # gunicorn worker processes
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    reply_heartbeat_s: float = 30.0           # a web process re-tags its reply queue this often (owner alive)
+    reply_queue_grace_s: float = 300.0        # the janitor deletes a reply queue whose owner is silent this long
+    shutdown_drain_s: float = 30.0            # on SIGTERM, waiting requests get this long for their reply, then a
+                                              # 503 with their job id; gunicorn's graceful timeout outlasts the reply wait
 
     # --- worker -------------------------------------------------------------
     instance_id: str = ""                     # "" -> EC2 metadata (IMDSv2), else hostname-pid
     buffer_size: int = 32                     # held messages per worker; > max_batch_size so receiving overlaps inference
     max_batch_size: int = 16                  # images per inference batch
     max_batch_wait_ms: int = 5                # wait for more messages of the same service
-    terminate_check_every: int = 5            # check the terminate queue every N requests ...
-    terminate_check_interval_s: float = 20.0  # ... or every this many seconds
+    terminate_check_interval_s: float = 20.0  # an idle worker checks the terminate queue this often (at most
+                                              # terminate_expiry_s / 2); a busy worker never takes a terminate
     terminate_expiry_s: float = 5.0           # terminate messages older than this are stale
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
     model_dir: str = ""                       # where catalogue weight paths are resolved from
@@ -102,6 +106,11 @@ class Settings:
     service_time_alpha: float = 0.3           # EWMA weight of a new service-time observation
     pending_timeout_s: float = 600.0          # ec2 fleet: replace an instance pending longer than this
     impaired_timeout_s: float = 300.0         # ec2 fleet: replace an instance failing status checks this long
+    worker_start_grace_s: float = 600.0       # a running worker with no fresh heartbeat this long after it was
+                                              # first seen (boot + model load) is hung: replaced
+    crash_loop_starts: int = 3                # this many worker starts (or non-zero exits) ...
+    crash_loop_window_s: float = 600.0        # ... within this window is a crash loop: reported, replaced
+    janitor_interval_s: float = 60.0          # sweep orphan reply queues this often (0: never)
 
     # --- metrics ------------------------------------------------------------
     metrics_enabled: bool = True
@@ -124,6 +133,9 @@ class Settings:
 
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"
+
+    # --- local stack --------------------------------------------------------
+    parent_pid: int = 0                       # a child of `classifycloud up` exits when this process is gone (0: off)
 
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 

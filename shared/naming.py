@@ -35,6 +35,13 @@ def reply_queue(prefix: str) -> str:
     return f"{reply_queue_prefix(prefix)}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:80]
 
 
+# Tags on every reply queue: who owns it, when it was made, and the owner's last sign of life (epoch ms).
+# The autoscaler's janitor deletes reply queues whose owner stopped beating (a SIGKILLed web process).
+REPLY_TAG_OWNER = "classifycloud:owner"
+REPLY_TAG_CREATED = "classifycloud:created"
+REPLY_TAG_BEAT = "classifycloud:heartbeat"
+
+
 def service_from_queue(prefix: str, queue_name: str) -> str | None:
     """Inverse of request_queue; None for other queues (DLQs included)."""
     head = f"{prefix}-requests-"
@@ -51,6 +58,11 @@ def upload_key(request_id: str) -> str:
 def result_key(request_id: str) -> str:
     """S3 key of a request's result record."""
     return f"results/{request_id}.json"
+
+
+def failure_key(request_id: str) -> str:
+    """S3 key of the last reason a worker failed a request (read when the request is dead-lettered)."""
+    return f"failures/{request_id}.json"
 
 
 def heartbeat_prefix() -> str:

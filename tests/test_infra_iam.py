@@ -43,6 +43,7 @@ ROLE_OF_PATH = {
     "shared/usage.py": ("web",),                     # the usage log writer
     "classifycloud/keyadmin.py": ("operator",),      # `classifycloud keys`
     "classifycloud/usage_report.py": ("operator",),  # `classifycloud usage`
+    "classifycloud/dlq.py": ("operator",),           # `classifycloud dlq list|redrive`, on an operator's machine
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
     "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
     "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
@@ -60,7 +61,7 @@ NOT_DEPLOYED = {
     "shared/transport.py": "not yet imported by any deployed component (tests and bench only)",
 }
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
-NO_RESOURCE_LEVEL = {"cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
+NO_RESOURCE_LEVEL = {"sqs:ListQueues", "cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
                      "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
                      "autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances"}
 
@@ -212,7 +213,7 @@ def test_worker_sends_only_to_reply_queues_and_reads_only_uploads_models_results
     reads = {r for s in _statements("worker", "s3:GetObject") for r in s["resources"]}
     assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in reads} == {"/uploads", "/models", "/results", "/galleries"}
     writes = {r for s in _statements("worker", "s3:PutObject") for r in s["resources"]}
-    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats", "/galleries"}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats", "/galleries", "/failures"}
 
 
 def test_web_creates_and_deletes_only_queues_under_the_reply_prefix():
@@ -279,3 +280,10 @@ def test_group_actions_are_scoped_to_the_worker_groups():
             assert stmt["resources"] == "${local.worker_group_arns}", (role, action)
     assert not _statements("web", "autoscaling:SetDesiredCapacity")
     assert not _statements("worker", "autoscaling:SetDesiredCapacity")     # workers never size the fleet
+
+
+def test_autoscaler_janitor_may_delete_only_reply_queues():
+    (delete,) = _statements("autoscaler", "sqs:DeleteQueue")
+    assert delete["resources"] == ["${local.reply_queue_arns}"]
+    (tags,) = _statements("autoscaler", "sqs:ListQueueTags")
+    assert tags["resources"] == ["${local.reply_queue_arns}"]

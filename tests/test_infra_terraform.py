@@ -185,10 +185,10 @@ def test_bucket_is_private_encrypted_and_expires_uploads_and_results():
     assert "uploads/" in prefixes and '"results/"' in text
 
 
-def test_web_sits_behind_an_alb_whose_health_check_is_healthz():
+def test_web_sits_behind_an_alb_whose_health_check_is_readiness():
     res = _blocks("resource")
     tg = res[("aws_lb_target_group", "web")]
-    assert tg["health_check"][0]["path"] == "/healthz"
+    assert tg["health_check"][0]["path"] == "/readyz"  # not /healthz: that needs a worker (no scale to zero)
     assert res[("aws_autoscaling_group", "web")]["target_group_arns"] == ["${aws_lb_target_group.web.arn}"]
     assert res[("aws_lb", "web")]["load_balancer_type"] == "application"
 

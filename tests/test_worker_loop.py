@@ -257,22 +257,68 @@ def test_terminate_watch_takes_one_fresh_message_and_leaves_the_others(stack):
     assert stack.counts(stack.terminate_queue) == (2, 0)      # two left for two other workers, visible now
 
 
-def test_terminate_check_is_due_after_n_requests_or_an_interval(stack):
-    watch = TerminateWatch(stack.settings.replace(terminate_check_every=5, terminate_check_interval_s=3600),
-                           stack.sqs, stack.terminate_queue)
-    assert not watch.due()
-    watch.note_handled(4)
-    assert not watch.due()
-    watch.note_handled(1)
-    assert watch.due()
-    assert watch.check() is False and not watch.due()
+def test_a_busy_worker_never_checks_for_terminate(stack):
+    watch = TerminateWatch(stack.settings.replace(terminate_check_interval_s=0.05), stack.sqs, stack.terminate_queue)
+    time.sleep(0.1)
+    assert watch.due(idle=True) and not watch.due(idle=False)
+    assert watch.check() is False and not watch.due(idle=True)
+
+
+def test_a_terminate_taken_as_work_arrives_is_passed_on_with_its_issue_time(stack):
+    issued = now_ms() - 1000
+    stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate(issued_at=issued).to_json())
+    watch = TerminateWatch(stack.settings, stack.sqs, stack.terminate_queue)
+    assert watch.check() is True
+    watch.give_back()
+    msgs = stack.sqs.receive_message(QueueUrl=stack.terminate_queue, MaxNumberOfMessages=10)["Messages"]
+    assert [Terminate.from_json(m["Body"]).issued_at for m in msgs] == [issued] and watch.passed_on == 1
+
+
+def test_only_the_idle_worker_of_three_takes_a_terminate_and_the_busy_keep_every_message(stack, model):
+    # 2 busy workers each hold 2 slow requests (3 s fetch each, one at a time); the third is idle
+    # the idle one looks only every 4 s, after the busy ones finish their first batch (3 s): were a busy
+    # worker allowed to take a terminate, it would get this one first
+    s = dict(buffer_size=2, max_batch_size=1, terminate_expiry_s=30.0)
+    workers = {name: stack.worker(model, instance_id=name, terminate_check_interval_s=4.0 if name == "idle-c"
+                                  else 0.2, **s) for name in ("busy-a", "busy-b", "idle-c")}
+    threads = {n: threading.Thread(target=w.work, kwargs={"install_signals": False}) for n, w in workers.items()}
+    with ImageServer(slow_s=3.0) as srv:
+        try:
+            for n in ("busy-a", "busy-b"):
+                threads[n].start()
+                assert workers[n].ready.wait(60)
+            for i in range(4):
+                stack.request({"url": f"{srv.base}/slow"}, f"slow-{i}")
+            end = time.monotonic() + 20
+            while not (workers["busy-a"].buffer.held() == 2 and workers["busy-b"].buffer.held() == 2) \
+                    and time.monotonic() < end:
+                time.sleep(0.05)
+            assert workers["busy-a"].buffer.held() == 2 and workers["busy-b"].buffer.held() == 2
+            threads["idle-c"].start()
+            assert workers["idle-c"].ready.wait(60)
+            stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
+            threads["idle-c"].join(15)
+            assert not threads["idle-c"].is_alive() and workers["idle-c"].stop_reason == "terminate message"
+            assert threads["busy-a"].is_alive() and threads["busy-b"].is_alive()
+            replies = stack.replies(4, timeout=60)
+            assert sorted(replies) == [f"slow-{i}" for i in range(4)]
+            by = [r.worker for r in replies.values()]
+            assert sorted(by) == ["busy-a", "busy-a", "busy-b", "busy-b"]   # none released, none redelivered
+            assert workers["busy-a"].stop_reason is None and workers["busy-b"].stop_reason is None
+            assert stack.counts() == (0, 0)
+        finally:
+            for w in workers.values():
+                w.stop("test over")
+            for t in threads.values():
+                if t.ident:
+                    t.join(30)
 
 
 def test_an_idle_worker_checks_for_terminate_before_a_message_can_go_stale(stack):
     settings = stack.settings.replace(terminate_check_interval_s=3600, terminate_expiry_s=0.4)
     watch = TerminateWatch(settings, stack.sqs, stack.terminate_queue)
     time.sleep(0.25)
-    assert watch.due(idle=True) and not watch.due(idle=False)
+    assert watch.due(idle=True)
     stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
     assert watch.check() is True
 

@@ -28,6 +28,7 @@ REPLY_STATUS: dict[str, int] = {
     "invalid_params": 400,      # a kind's parameters (gallery, name, meta) were wrong
     "no_face": 422,             # facesearch enrol: no face in the image
     "gallery_unavailable": 503,  # facesearch: the gallery in S3 cannot be read or written (retry)
+    "dead_lettered": 500,      # every delivery failed: the server's problem, not the client's
 }
 
 # Werkzeug's own HTTP errors get stable snake_case codes.

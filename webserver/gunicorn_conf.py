@@ -9,11 +9,13 @@ _settings = get_settings()
 
 bind = f"{_settings.web_host}:{_settings.web_port}"
 workers = _settings.web_processes
-worker_class = "gthread"
+worker_class = "webserver.gunicorn_worker.JsonErrorWorker"  # gthread + JSON 414/431 + draining SIGTERM
 threads = 32                 # requests block waiting for replies: many threads, little CPU
 preload_app = False          # the app (and its reply queue) is built in each worker, never in the master
 timeout = 60                 # gthread: worker silence, not request time (requests may wait reply_timeout_s)
-graceful_timeout = 15
+# a SIGTERM never cuts a waiting request: each gets its reply or a 503 with its job id before the worker exits
+graceful_timeout = int(max(_settings.reply_timeout_s, _settings.shutdown_drain_s)) + 10
+limit_request_line = 8190    # gunicorn's maximum; longer request lines get a JSON 414 (gunicorn_worker)
 keepalive = 5
 control_socket_disable = True  # one fixed ~/.gunicorn socket would be shared by every server on the host
 accesslog = "-"
@@ -26,6 +28,21 @@ loglevel = _settings.log_level.lower()
 def _context(worker):
     app = getattr(worker, "wsgi", None)
     return getattr(app, "extensions", {}).get("classifycloud")
+
+
+def on_starting(server):
+    """In the master: under `classifycloud up`, a quick shutdown (SIGINT) when up is gone."""
+    import os
+    import signal
+
+    from shared.lifeline import watch_parent
+    watch_parent(_settings.parent_pid, on_gone=lambda: os.kill(os.getpid(), signal.SIGINT))
+
+
+def post_fork(server, worker):
+    """In each worker: end with the master (its main thread forks us and lives as long as it does)."""
+    from shared.lifeline import set_parent_death_signal
+    set_parent_death_signal()
 
 
 def post_worker_init(worker):

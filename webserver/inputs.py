@@ -142,6 +142,29 @@ def _upload(req: Request, field: str = "image") -> bytes:
     return check_image_bytes(data)
 
 
+def _merged(name: str, query: object, body: object, parse):
+    """A parameter from the query string or the body; both given and different is a 400, never a silent pick."""
+    q, b = parse(query), parse(body)
+    if q is not None and b is not None and q != b:
+        raise ApiError(400, "conflicting_parameter",
+                       f"{name} is {q!r} in the query string but {b!r} in the body; give one, or the same")
+    return q if q is not None else b
+
+
+def _with_query(req: Request, image: ImageInput, service: object, top_k: object) -> ClassifyInput:
+    """service and top_k from the body, or from the query string on any method (a conflict is refused)."""
+    return ClassifyInput(image, _merged("service", req.args.get("service"), service, parse_service),
+                         _merged("top_k", req.args.get("top_k"), top_k, parse_top_k))
+
+
+def parse_json_body(req: Request) -> object:
+    """The JSON body, or None when it does not parse (too deeply nested included)."""
+    try:
+        return req.get_json(silent=True)
+    except RecursionError:  # the C decoder's depth guard; a client's problem, not a 500
+        raise ApiError(400, "malformed_json", "request body JSON is nested too deeply") from None
+
+
 def parse_classify(req: Request) -> ClassifyInput:
     """One of: GET ?url=; POST JSON {url | image_base64}; POST multipart field image (+ service, top_k)."""
     if req.method == "GET":
@@ -151,7 +174,7 @@ def parse_classify(req: Request) -> ClassifyInput:
         return ClassifyInput(ImageInput(url=refuse_self(check_url(args.get("url")), req)),
                              parse_service(args.get("service")), parse_top_k(args.get("top_k")))
     if req.is_json:
-        doc = req.get_json(silent=True)
+        doc = parse_json_body(req)
         if doc is None:
             raise ApiError(400, "malformed_json", "request body is not valid JSON")
         if not isinstance(doc, dict):
@@ -165,7 +188,7 @@ def parse_classify(req: Request) -> ClassifyInput:
             image = ImageInput(data=decode_base64(doc["image_base64"]))
         else:
             raise ApiError(400, "missing_image", "JSON body needs url or image_base64")
-        return ClassifyInput(image, parse_service(doc.get("service")), parse_top_k(doc.get("top_k")))
+        return _with_query(req, image, doc.get("service"), doc.get("top_k"))
     form = req.form  # multipart or urlencoded; reading it enforces the body limits
     if "image" in req.files:
         image = ImageInput(data=_upload(req))
@@ -176,7 +199,7 @@ def parse_classify(req: Request) -> ClassifyInput:
     else:
         raise ApiError(400, "missing_image",
                        "send JSON {url | image_base64}, or multipart with a file field 'image'")
-    return ClassifyInput(image, parse_service(form.get("service")), parse_top_k(form.get("top_k")))
+    return _with_query(req, image, form.get("service"), form.get("top_k"))
 
 
 # XCloud's own POST parameters (its paper's API table): imgraw = the file, imgurl = a URL. Ours: image.

@@ -4,13 +4,15 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import MessageError, Reply
+from shared.messages import MessageError, Reply, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +20,13 @@ log = logging.getLogger(__name__)
 class Waiter:
     """One request waiting for its reply."""
 
-    __slots__ = ("request_id", "_event", "reply")
+    __slots__ = ("request_id", "_event", "reply", "shutdown")
 
     def __init__(self, request_id: str):
         self.request_id = request_id
         self._event = threading.Event()
         self.reply: Reply | None = None
+        self.shutdown = False          # woken without a reply because this process is stopping
 
     def deliver(self, reply: Reply) -> None:
         """Hand the reply over and wake the waiting request."""
@@ -51,6 +54,11 @@ class ReplyListener:
         self._atexit = False
         self.queue_name: str | None = None
         self.queue_url: str | None = None
+        self._drain_timer: threading.Timer | None = None
+        self._beat_at = 0.0
+        self._checked_at = -1e9
+        self._check: str | None = None
+        self.draining = False          # SIGTERM seen: waiters get drain_s for their reply, then a 503
         self.delivered = 0
         self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
         self.malformed = 0
@@ -69,9 +77,13 @@ class ReplyListener:
             self._stop.clear()
             if not self.queue_url:
                 self.queue_name = naming.reply_queue(self.settings.prefix)
+                now = str(now_ms())
                 self.queue_url = self._sqs.create_queue(
                     QueueName=self.queue_name,
-                    Attributes={"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"})["QueueUrl"]
+                    Attributes={"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"},
+                    tags={naming.REPLY_TAG_OWNER: f"{socket.gethostname()[:100]}/{os.getpid()}",
+                          naming.REPLY_TAG_CREATED: now, naming.REPLY_TAG_BEAT: now})["QueueUrl"]
+                self._beat_at = time.monotonic()
                 log.info("reply queue %s created (pid %d)", self.queue_name, os.getpid())
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
@@ -90,8 +102,11 @@ class ReplyListener:
             url, self.queue_url = self.queue_url, None
             thread = self._thread
             for waiter in self._waiters.values():
-                waiter.deliver(None)  # wake them; they answer as timeouts
+                waiter.shutdown = True  # wake them; they answer 503 with their job id
+                waiter.deliver(None)
             self._waiters.clear()
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
         if url:
             try:
                 self._sqs.delete_queue(QueueUrl=url)
@@ -100,6 +115,42 @@ class ReplyListener:
                 log.warning("reply queue %s not deleted: %s", self.queue_name, exc)
         if thread is not None and thread is not threading.current_thread():
             thread.join(join_timeout)
+
+    def drain(self, grace_s: float) -> None:
+        """Shutdown began: replies keep flowing for grace_s, then every waiter still waiting is woken as 'shutdown'."""
+        with self._lock:
+            if self.draining:
+                return
+            self.draining = True
+            log.info("reply queue %s: draining %d waiting requests for up to %.0f s",
+                     self.queue_name, len(self._waiters), grace_s)
+            self._drain_timer = threading.Timer(grace_s, self._cut_waiters)
+            self._drain_timer.daemon = True
+            self._drain_timer.start()
+
+    def _cut_waiters(self) -> None:
+        with self._lock:
+            waiters = list(self._waiters.values())
+            self._waiters.clear()
+        for waiter in waiters:
+            waiter.shutdown = True
+            waiter._event.set()
+        if waiters:
+            log.warning("reply queue %s: %d requests still waiting at shutdown; answered 503 with their job ids",
+                        self.queue_name, len(waiters))
+
+    def reachable(self, cache_s: float = 2.0) -> str | None:
+        """None when the queue endpoint answered for this reply queue lately, else why not."""
+        now = time.monotonic()
+        if now - self._checked_at < cache_s:
+            return self._check
+        try:
+            self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+            self._check = None
+        except (ClientError, BotoCoreError) as exc:
+            self._check = f"queue endpoint unreachable: {type(exc).__name__}"
+        self._checked_at = time.monotonic()
+        return self._check
 
     @property
     def alive(self) -> bool:
@@ -127,9 +178,20 @@ class ReplyListener:
             self._waiters.pop(request_id, None)
 
     # --- polling ------------------------------------------------------------
+    def _beat(self, url: str) -> None:
+        """Re-tag the queue with the time now: the janitor leaves queues whose owner beats alone."""
+        if time.monotonic() - self._beat_at < self.settings.reply_heartbeat_s:
+            return
+        self._beat_at = time.monotonic()
+        try:
+            self._sqs.tag_queue(QueueUrl=url, Tags={naming.REPLY_TAG_BEAT: str(now_ms())})
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("reply queue %s: heartbeat tag not written: %s", self.queue_name, exc)
+
     def _run(self) -> None:
         url = self.queue_url
         while not self._stop.is_set():
+            self._beat(url)
             try:
                 resp = self._poll_sqs.receive_message(
                     QueueUrl=url, MaxNumberOfMessages=10,

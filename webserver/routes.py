@@ -1,4 +1,4 @@
-"""The native JSON API: /classify, /jobs, /services, /healthz."""
+"""The native JSON API: /classify, /jobs, /services, /healthz, /livez, /readyz."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
@@ -26,6 +26,9 @@ def status_url(request_id: str) -> str:
 def answer(outcome: Outcome):
     """200 with the reply; an error reply as its mapped 4xx/5xx; no reply as 504 with the job id."""
     rid, reply = outcome.request_id, outcome.reply
+    if reply is None and outcome.shutdown:
+        raise ApiError(503, "shutting_down", "this server is stopping before the reply came; "
+                       "the job continues, poll status_url", rid, status_url=status_url(rid))
     if reply is None:
         raise ApiError(504, "timeout", f"no reply within {ctx().settings.reply_timeout_s:g} s; "
                        "the job continues, poll status_url", rid, status_url=status_url(rid))
@@ -120,6 +123,40 @@ def healthz():
                    f"{c.settings.heartbeat_max_age_s:g} s")
     if problem:
         body.update(status="unavailable", error={"code": "unhealthy", "message": problem})
+        resp = jsonify(body)
+        resp.status_code = 503
+        return resp
+    body["status"] = "ok"
+    return jsonify(body)
+
+
+@bp.route("/livez", methods=["GET"])
+def livez():
+    """Liveness: this process answers (restart it if not); says nothing about queues or workers."""
+    return jsonify({"status": "ok"})
+
+
+@bp.route("/readyz", methods=["GET"])
+def readyz():
+    """Readiness: the reply queue is polled and the queue endpoint answers, so work can be accepted; workers optional."""
+    c = ctx()
+    problem = None
+    try:
+        c.listener.start()
+    except Exception as exc:  # a dead queue endpoint is a readiness fact, not a crash
+        problem = f"reply queue cannot be created: {type(exc).__name__}"
+    if problem is None:
+        if c.listener.draining:
+            problem = "this process is shutting down"
+        elif not c.listener.alive:
+            problem = "reply listener is not running"
+        else:
+            problem = c.listener.reachable()
+    workers, _ = c.heartbeats.ready_workers()
+    body = {"workers": len(workers), "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
+            "waiting": c.listener.waiting}
+    if problem:
+        body.update(status="unavailable", error={"code": "not_ready", "message": problem})
         resp = jsonify(body)
         resp.status_code = 503
         return resp

@@ -10,12 +10,18 @@ CONF = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gunicorn_conf.p
 
 
 def gunicorn_command(settings: Settings, processes: int | None = None, host: str | None = None,
-                     port: int | None = None, python: str = sys.executable) -> list[str]:
-    """argv for a gunicorn child; run it with env = os.environ | settings.to_env()."""
-    return [python, "-m", "gunicorn", "-c", CONF,
+                     port: int | None = None, python: str = sys.executable, threads: int | None = None) -> list[str]:
+    """argv for gunicorn (the one launch path: `classifycloud web`, the local stack, the systemd unit).
+
+    Run it with env = os.environ | settings.to_env(); every other setting (worker class, timeouts,
+    graceful timeout, limits) comes from gunicorn_conf.py alone.
+    """
+    argv = [python, "-m", "gunicorn", "-c", CONF,
             "-w", str(processes or settings.web_processes),
-            "-b", f"{host or settings.web_host}:{port or settings.web_port}",
-            "webserver.wsgi:app"]
+            "-b", f"{host or settings.web_host}:{port or settings.web_port}"]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return argv + ["webserver.wsgi:app"]
 
 
 def serve(settings: Settings, processes: int | None = None, host: str | None = None,
@@ -27,9 +33,9 @@ def serve(settings: Settings, processes: int | None = None, host: str | None = N
 
     class _App(BaseApplication):
         def load_config(self):
-            for key in ("worker_class", "threads", "timeout", "graceful_timeout", "keepalive",
-                        "accesslog", "loglevel", "control_socket_disable", "post_worker_init", "worker_exit"):
-                self.cfg.set(key, getattr(gunicorn_conf, key))
+            for key in self.cfg.settings:  # everything gunicorn_conf.py sets, as `gunicorn -c` would
+                if hasattr(gunicorn_conf, key):
+                    self.cfg.set(key, getattr(gunicorn_conf, key))
             self.cfg.set("preload_app", False)
             self.cfg.set("workers", processes or settings.web_processes)
             self.cfg.set("bind", [f"{host or settings.web_host}:{port or settings.web_port}"])

@@ -32,6 +32,7 @@ class Outcome:
     service: str
     reply: Reply | None
     latency_ms: float
+    shutdown: bool = False      # no reply because this web process is stopping (not a timeout)
 
 
 class Submitter:
@@ -123,6 +124,10 @@ class Submitter:
         finally:
             self.listener.discard(rid)
         latency_ms = (time.monotonic() - started) * 1000
+        if reply is None and waiter.shutdown:
+            log.warning("request %s: web process stopping before its reply; 503 with the job id", rid)
+            self.jobs.write_marker(rid, spec.name, req.submitted_at)
+            return Outcome(rid, spec.name, None, latency_ms, shutdown=True)
         if reply is None:
             log.warning("request %s: no reply within %.1f s", rid, self.settings.reply_timeout_s)
             self.metrics.record("Timeouts", 1, Service=spec.name)
@@ -139,8 +144,12 @@ class Submitter:
         rid = new_id()
         ref = self._image_ref(rid, image)
         submitted = now_ms()
-        self.jobs.write_marker(rid, spec.name, submitted)
+        # send first: a refused send must not leave a marker that says pending forever
         self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None,
                            top_k=top_k or spec.top_k, submitted_at=submitted, params=params))
+        try:
+            self.jobs.write_marker(rid, spec.name, submitted)
+        except ApiError:  # accepted all the same: its result record will answer GET /jobs/<id>
+            log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done", rid)
         log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
         return rid, spec.name

@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env(**overrides)
     logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+    from shared.lifeline import watch_parent
     from worker.loop import Worker  # after logging is set up: model loading logs
+    watch_parent(settings.parent_pid)   # a local-stack worker ends with `classifycloud up`
     return Worker(settings).work(burst=args.burst)
 
 

@@ -83,9 +83,13 @@ class Worker:
                                                self.settings.max_batch_wait_ms / 1000, timeout=0.5)
                 if batch:
                     self.handle(batch)
-                if self.terminate.due(idle=not batch and self.buffer.held() == 0) and self.terminate.check():
-                    self.heartbeat.stopping()   # at once: the autoscaler must not ask another worker too
-                    self.stop("terminate message")
+                idle = not batch and self.buffer.held() == 0   # nothing held, nothing in flight
+                if self.terminate.due(idle) and self.terminate.check():
+                    if self.buffer.held():      # a consumer received meanwhile: busy again, not ours to take
+                        self.terminate.give_back()
+                    else:
+                        self.heartbeat.stopping()   # at once: the autoscaler must not ask another worker too
+                        self.stop("terminate message")
                 if burst and self.buffer.quiescent():
                     self.stop("burst: queues empty")
             return EXIT_OK
@@ -162,10 +166,10 @@ class Worker:
             if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
                 release(self.sqs, result.unreadable)
             self.handled += len(batch)
-            self.terminate.note_handled(len(batch))
             log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
-        except Exception:  # never die on one batch: its messages come back after the visibility timeout
+        except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
             log.exception("batch of %d failed; its messages will be redelivered", len(batch))
+            self.sink.note_failure(batch, f"{type(exc).__name__}: {exc}")
         finally:
             self.buffer.done(len(batch))
 

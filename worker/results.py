@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import MessageError, Reply
+from shared.messages import MessageError, Reply, now_ms, valid_id
 from worker.consumer import Held
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,23 @@ class ResultSink:
         self.sqs = sqs
         self.s3 = s3
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="records")
+
+    def note_failure(self, held: list[Held], reason: str) -> None:
+        """Keep why these requests failed (failures/<id>.json): a dead-lettered job ends with this reason."""
+        for h in held:
+            try:
+                rid = json.loads(h.body).get("id")
+            except (ValueError, AttributeError):
+                continue
+            if not isinstance(rid, str) or not valid_id(rid):
+                continue
+            try:
+                self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.failure_key(rid),
+                                   Body=json.dumps({"id": rid, "reason": reason[:1000], "at": now_ms(),
+                                                    "receive_count": h.receive_count}).encode(),
+                                   ContentType="application/json")
+            except Exception as exc:  # best effort: the dead-letter record then gives a generic reason
+                log.warning("request %s: failure reason not stored: %s", rid, exc)
 
     def stored_reply(self, request_id: str) -> Reply | None:
         """The result record of an earlier delivery of this request, if one was written."""

@@ -1,4 +1,8 @@
-"""The terminate check: one fresh terminate message stops one worker; stale ones are dropped."""
+"""The terminate check: one fresh terminate message stops one idle worker; stale ones are dropped.
+
+Only an idle worker (nothing held, nothing in flight) looks at the terminate queue: the policy sends a
+terminate because some worker is idle, so a busy worker must leave it for that one.
+"""
 from __future__ import annotations
 
 import logging
@@ -11,33 +15,40 @@ log = logging.getLogger(__name__)
 
 
 class TerminateWatch:
-    """Checks the terminate queue every N handled requests or every T seconds, whichever comes first."""
+    """Checks the terminate queue while idle, within half the expiry, so a fresh terminate never goes stale."""
 
     def __init__(self, settings: Settings, sqs, queue_url: str | None):
         self.settings = settings
         self.sqs = sqs
         self.queue_url = queue_url
-        self.every = max(1, settings.terminate_check_every)
-        self.interval_s = settings.terminate_check_interval_s
-        self._handled = 0
+        self.interval_s = min(settings.terminate_check_interval_s, settings.terminate_expiry_s / 2)
         self._last = time.monotonic()
         self.stale_dropped = 0
+        self.passed_on = 0
+        self._taken: Terminate | None = None
 
-    def note_handled(self, n: int) -> None:
-        """Count requests handled since the last check."""
-        self._handled += n
-
-    def due(self, idle: bool = False) -> bool:
-        """True when a check is due; an idle worker checks within half the expiry, before a terminate goes stale."""
-        if self.queue_url is None:
+    def due(self, idle: bool) -> bool:
+        """True when an idle worker should look; a busy worker never does (it is not the one to stop)."""
+        if self.queue_url is None or not idle:
             return False
-        interval = min(self.interval_s, self.settings.terminate_expiry_s / 2) if idle else self.interval_s
-        return self._handled >= self.every or time.monotonic() - self._last >= interval
+        return time.monotonic() - self._last >= self.interval_s
+
+    def give_back(self) -> None:
+        """Work arrived while taking a terminate: put it back, same issue time, for another idle worker."""
+        msg, self._taken = self._taken, None
+        if msg is None:
+            return
+        try:
+            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=msg.to_json())
+            self.passed_on += 1
+            log.info("terminate passed on: work arrived while taking it")
+        except Exception as exc:  # the autoscaler sends another on its next tick if still idle somewhere
+            log.warning("could not pass a terminate on: %s", exc)
 
     def check(self) -> bool:
         """Look at the terminate queue once; True when this worker took a fresh terminate message."""
-        self._handled = 0
         self._last = time.monotonic()
+        self._taken = None
         if self.queue_url is None:
             return False
         try:
@@ -63,6 +74,7 @@ class TerminateWatch:
             elif not taken and self._delete(m):
                 log.info("terminate message %s taken: this worker stops", m["MessageId"])
                 taken = True
+                self._taken = msg
             else:  # one message = one worker: leave the others for other workers, visible now
                 self._release(m)
         return taken

@@ -50,6 +50,7 @@ class LocalFleet:
         self._seq = itertools.count(1)
         self._tag = uuid.uuid4().hex[:4]
         self.exited: dict[str, int] = {}      # id -> exit code of reaped workers (0 = terminated on request)
+        self.killed: set[str] = set()         # ids killed as hung (their -9 is not a crash)
 
     def count(self) -> FleetCount:
         """Running processes and workers still in their boot delay; reaps exited ones first."""
@@ -120,6 +121,22 @@ class LocalFleet:
                     w.timer.cancel()
                 if w.proc is not None and w.proc.poll() is None:
                     w.proc.send_signal(signal.SIGTERM)
+
+    def kill(self, ids: list[str]) -> None:
+        """SIGKILL these workers (hung ones ignore SIGTERM); what they held comes back after the visibility timeout."""
+        for wid in ids:
+            with self._lock:
+                w = self._workers.get(wid)
+            if w is None:
+                continue
+            with w.lock:
+                w.cancelled = True
+                if w.timer is not None:
+                    w.timer.cancel()
+                self.killed.add(wid)
+                if w.proc is not None and w.proc.poll() is None:
+                    w.proc.kill()
+                    log.warning("local fleet: worker %s killed (pid %d)", wid, w.proc.pid)
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """Terminate every worker, wait up to timeout, then kill what is left."""

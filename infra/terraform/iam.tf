@@ -105,12 +105,14 @@ data "aws_iam_policy_document" "worker" {
     ]
   }
 
+  # failures/: the last reason a request failed, read when it is dead-lettered.
   statement {
     sid     = "WriteResultsAndHeartbeats"
     actions = ["s3:PutObject"]
     resources = [
       "${aws_s3_bucket.data.arn}/results/*",
       "${aws_s3_bucket.data.arn}/heartbeats/*",
+      "${aws_s3_bucket.data.arn}/failures/*",
     ]
   }
 
@@ -299,6 +301,46 @@ data "aws_iam_policy_document" "autoscaler" {
     sid       = "SendTerminate"
     actions   = ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
     resources = [aws_sqs_queue.terminate.arn]
+  }
+
+  # The janitor deletes reply queues whose web process stopped beating (autoscaler/janitor.py).
+  statement {
+    sid       = "SweepOrphanReplyQueues"
+    actions   = ["sqs:ListQueueTags", "sqs:GetQueueAttributes", "sqs:DeleteQueue"]
+    resources = [local.reply_queue_arns]
+  }
+
+  # Dead-lettered requests end as errors (autoscaler/deadletters.py): read the DLQs, write the
+  # dead_lettered result record, answer a waiting web process.
+  statement {
+    sid       = "ReadDeadLetters"
+    actions   = ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"]
+    resources = [for q in aws_sqs_queue.dlq : q.arn]
+  }
+
+  statement {
+    sid       = "AnswerDeadLettered"
+    actions   = ["sqs:SendMessage"]
+    resources = [local.reply_queue_arns]
+  }
+
+  statement {
+    sid       = "ReadResultsAndFailures"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*", "${aws_s3_bucket.data.arn}/failures/*"]
+  }
+
+  statement {
+    sid       = "WriteDeadLetteredRecords"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*"]
+  }
+
+  # ListQueues has no resource-level permissions; the janitor lists only the reply prefix.
+  statement {
+    sid       = "ListReplyQueues"
+    actions   = ["sqs:ListQueues"]
+    resources = ["*"]
   }
 
   # RunInstances touches several resource types; each only as the worker template names it:
@@ -513,6 +555,39 @@ data "aws_iam_policy_document" "operator_review" {
       values   = ["results/", "results/*"]
     }
   }
+}
+
+# `classifycloud dlq list|redrive` on an operator's machine: move dead-lettered requests back.
+data "aws_iam_policy_document" "operator_dlq" {
+  statement {
+    sid       = "ReadAndRemoveDeadLetters"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"]
+    resources = [for q in aws_sqs_queue.dlq : q.arn]
+  }
+
+  statement {
+    sid       = "SendBackToRequestQueues"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueUrl"]
+    resources = local.request_queue_arns
+  }
+
+  statement {
+    sid       = "ReadDeadLetteredRecords"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*"]
+  }
+
+  statement {
+    sid       = "ClearDeadLetteredRecords"
+    actions   = ["s3:DeleteObject"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*", "${aws_s3_bucket.data.arn}/failures/*"]
+  }
+}
+
+resource "aws_iam_policy" "operator_dlq" {
+  name        = "${var.prefix}-operator-dlq"
+  description = "classifycloud dlq list|redrive: read dead-letter queues and send their requests back."
+  policy      = data.aws_iam_policy_document.operator_dlq.json
 }
 
 resource "aws_iam_policy" "operator_review" {

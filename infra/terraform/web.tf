@@ -21,8 +21,8 @@ resource "aws_autoscaling_group" "web" {
   desired_capacity    = var.web_count
   vpc_zone_identifier = aws_subnet.private[*].id
   target_group_arns   = [aws_lb_target_group.web.arn]
-  # EC2, not ELB: /healthz answers 503 while no worker is ready (e.g. scaled to zero),
-  # and that must not make the group replace healthy web instances.
+  # EC2, not ELB: /readyz answers 503 while the queue endpoint is unreachable or the process drains,
+  # and that must not make the group replace healthy web instances (systemd restarts a dead process).
   health_check_type         = "EC2"
   health_check_grace_period = 300
 
@@ -68,8 +68,9 @@ resource "aws_lb_target_group" "web" {
   vpc_id               = aws_vpc.main.id
   deregistration_delay = var.reply_timeout_s
 
+  # readiness: this process can accept work; workers are optional (the fleet may be at zero)
   health_check {
-    path                = "/healthz"
+    path                = "/readyz"
     matcher             = "200"
     interval            = 15
     timeout             = 5

@@ -290,3 +290,51 @@ def test_metrics_requests_latency_and_timeouts_reach_cloudwatch(make_app, web_se
 def test_index_serves_the_upload_page(web):
     r = web.get("/")
     assert r.status_code == 200 and b"<form" in r.data and b"/classify" in r.data
+
+
+def test_livez_is_200_with_no_worker_and_readyz_is_200_too_while_healthz_is_503(app, web):
+    assert web.get("/livez").status_code == 200
+    r = web.get("/readyz")
+    assert r.status_code == 200, r.get_json()
+    assert r.get_json()["status"] == "ok" and r.get_json()["workers"] == 0 and r.get_json()["listener"] is True
+    assert web.get("/healthz").status_code == 503      # workers are a fleet fact, not readiness
+
+
+def test_readyz_is_503_while_the_process_drains_for_shutdown(app, web):
+    assert web.get("/readyz").status_code == 200
+    app.extensions["classifycloud"].listener.drain(60)
+    r = web.get("/readyz")
+    assert r.status_code == 503 and "shutting down" in r.get_json()["error"]["message"]
+    assert web.get("/livez").status_code == 200
+
+
+def test_readyz_is_503_when_the_queue_endpoint_is_unreachable(make_app, web_settings):
+    import boto3
+    from botocore.config import Config
+
+    from classifycloud.local import free_port
+    app = make_app(web_settings)
+    ctx = app.extensions["classifycloud"]
+    ctx.start()
+    ctx.listener._sqs = boto3.session.Session().client(
+        "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    r = app.test_client().get("/readyz")
+    assert r.status_code == 503 and "unreachable" in r.get_json()["error"]["message"]
+    ctx.listener._sqs = client("sqs", web_settings)   # so the fixture can delete the queue
+
+
+def test_a_job_whose_send_is_refused_leaves_no_pending_marker(make_app, web_settings):
+    import boto3
+    from botocore.config import Config
+
+    from classifycloud.local import free_port
+    app = make_app(web_settings)
+    ctx = app.extensions["classifycloud"]
+    ctx.submitter._sqs = boto3.session.Session().client(          # the queue endpoint is down; S3 is up
+        "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    r = app.test_client().post("/jobs", json={"url": "http://example.com/a.jpg"})
+    assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
+    listed = client("s3", web_settings).list_objects_v2(Bucket=web_settings.bucket_name, Prefix="jobs/")
+    assert listed.get("KeyCount", 0) == 0                 # no marker: nothing says "pending" forever

@@ -118,3 +118,112 @@ def test_serve_runs_gunicorn_in_process_answers_and_deletes_its_reply_queue_on_s
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 0
     assert reply_queues(web_settings) == []
+
+
+class _PickyPeer(PeerWorker):
+    """Answers only URLs containing 'answer-'; leaves the rest queued (a worker that never gets to them)."""
+
+    def _answer(self, url: str, msg: dict) -> None:
+        if "answer-" in msg["Body"]:
+            super()._answer(url, msg)
+
+
+@pytest.mark.slow
+def test_sigterm_answers_each_waiting_request_or_503s_it_with_its_job_id_then_deletes_the_queue(
+        web_settings, provisioned, tmp_path):
+    from classifycloud.local import free_port
+    settings = web_settings.replace(shutdown_drain_s=3.0, reply_timeout_s=60.0)
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "w+")
+    proc = subprocess.Popen(gunicorn_command(settings, processes=1, host="127.0.0.1", port=port),
+                            env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    answers: dict[str, requests.Response] = {}
+    try:
+        wait_for(lambda: len(reply_queues(settings)) == 1)
+
+        def one(name):
+            answers[name] = requests.get(base + "/classify", params={"url": f"http://example.com/{name}.jpg"},
+                                         timeout=90)
+
+        names = [f"answer-{i}" for i in range(10)] + [f"never-{i}" for i in range(10)]
+        threads = [threading.Thread(target=one, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        wait_for(lambda: sum(int(v) for v in client("sqs", settings).get_queue_attributes(
+            QueueUrl=provisioned["imagenet"], AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"].values()) == 20)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        peer = _PickyPeer(settings).start()   # replies arriving during the drain still reach their waiters
+        try:
+            for t in threads:
+                t.join(60)
+        finally:
+            peer.stop()
+        assert proc.wait(30) == 0
+        stopped_after = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert len(answers) == 20, (tmp_path / "gunicorn.log").read_text()[-3000:]
+    for name, r in answers.items():
+        if name.startswith("answer-"):
+            assert r.status_code == 200 and r.json()["results"][0]["label"] == f"url:http://example.com/{name}.jpg"
+        else:
+            body = r.json()
+            assert r.status_code == 503 and body["error"]["code"] == "shutting_down", (name, r.text)
+            assert body["id"] and body["status_url"].endswith(f"/jobs/{body['id']}")
+    assert stopped_after < 3.0 + 10
+    assert reply_queues(settings) == []                 # deleted after the waiters were answered
+    # the 503'd jobs can be polled: their marker is in S3, so /jobs/<id> says pending (not unknown)
+    from webserver.app import create_app
+    app = create_app(settings)
+    try:
+        for name, r in answers.items():
+            if name.startswith("never-"):
+                assert app.test_client().get(f"/jobs/{r.json()['id']}").status_code == 202
+    finally:
+        app.extensions["classifycloud"].close()
+
+
+@pytest.mark.slow
+def test_request_line_over_gunicorn_limit_is_a_json_414_and_a_long_url_under_it_a_json_400(gunicorn_server):
+    base, _ = gunicorn_server
+    r = requests.get(base + "/classify", params={"url": "http://example.com/" + "a" * 9000}, timeout=10)
+    assert r.status_code == 414 and r.headers["Content-Type"] == "application/json"
+    assert r.json()["error"]["code"] == "uri_too_long" and "POST" in r.json()["error"]["message"]
+    # 5000 characters: over gunicorn's default 4094, under ours; the app's own URL check answers
+    r = requests.get(base + "/classify", params={"url": "http://example.com/" + "a" * 5000}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_url"
+    assert requests.get(base + "/livez", timeout=5).status_code == 200   # the server is fine afterwards
+
+
+def test_one_gunicorn_launch_path_cli_serve_conf_and_unit_agree(monkeypatch, web_settings):
+    import configparser
+    import sys
+
+    from classifycloud import cli
+    from shared.config import Settings
+    from webserver import gunicorn_conf
+    seen = {}
+    monkeypatch.setattr(os, "execv", lambda path, argv: seen.update(path=path, argv=argv))
+    monkeypatch.setenv("CLASSIFYCLOUD_WEB_PORT", "8099")
+    cli.cmd_web(["--processes", "3"])
+    settings = Settings.from_env()
+    assert seen["argv"] == gunicorn_command(settings, processes=3)   # the CLI is the same command line
+    flags = " ".join(seen["argv"])
+    for overriding in ("--graceful-timeout", "--timeout", "-k ", "--worker-class"):
+        assert overriding not in flags                               # gunicorn_conf.py alone decides these
+    assert gunicorn_conf.graceful_timeout >= settings.reply_timeout_s
+    assert gunicorn_conf.graceful_timeout >= settings.shutdown_drain_s
+    assert gunicorn_conf.worker_class == "webserver.gunicorn_worker.JsonErrorWorker"
+    unit = configparser.ConfigParser(strict=False, interpolation=None, delimiters=("=",))
+    unit.optionxform = str
+    unit.read(os.path.join(os.path.dirname(__file__), "..", "..", "ami", "systemd", "classifycloud-web.service"))
+    assert unit["Service"]["ExecStart"].endswith("/classifycloud web")
+    assert int(unit["Service"]["TimeoutStopSec"]) > gunicorn_conf.graceful_timeout  # systemd outwaits the drain
+    assert sys.modules["webserver.serve"].CONF.endswith("gunicorn_conf.py")

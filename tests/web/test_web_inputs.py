@@ -101,3 +101,60 @@ def test_a_good_request_after_bad_ones_still_works(web, peer):
     assert web.post("/classify", data=b"{", content_type="application/json").status_code == 400
     r = web.get("/classify?url=http://example.com/fine.jpg")
     assert r.status_code == 200 and r.get_json()["results"][0]["label"] == "url:http://example.com/fine.jpg"
+
+
+def _queued(settings) -> list[dict]:
+    """Every request message now on the imagenet queue (made visible again after reading)."""
+    import json
+    sqs = client("sqs", settings)
+    url = sqs.get_queue_url(QueueName=f"{settings.prefix}-requests-imagenet")["QueueUrl"]
+    msgs = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+    return [json.loads(m["Body"]) for m in msgs]
+
+
+@pytest.mark.parametrize("how", ["json", "multipart", "form-url"])
+def test_query_string_service_is_honoured_on_post(web, web_settings, how):
+    kw = {"json": {"url": "http://example.com/a.jpg"}} if how == "json" else \
+        {"data": {"image": (io.BytesIO(b"\xff\xd8jpeg"), "a.jpg")}, "content_type": "multipart/form-data"} \
+        if how == "multipart" else {"data": {"url": "http://example.com/a.jpg"}}
+    r = web.post("/classify?service=plant-not-here", **kw)
+    assert r.status_code == 404, r.get_data(as_text=True)   # not silently the imagenet model
+    assert r.get_json()["error"]["code"] == "unknown_service"
+    assert queue_depth(web_settings) == 0
+
+
+def test_query_string_top_k_is_honoured_on_post_jobs(web, web_settings):
+    r = web.post("/jobs?top_k=7&service=imagenet", json={"url": "http://example.com/a.jpg"})
+    assert r.status_code == 202 and r.get_json()["service"] == "imagenet"
+    (msg,) = _queued(web_settings)
+    assert msg["top_k"] == 7 and msg["service"] == "imagenet"
+
+
+@pytest.mark.parametrize("path,kw", [
+    ("/classify?service=imagenet", {"json": {"url": "http://a.b/c.jpg", "service": "plant"}}),
+    ("/jobs?top_k=3", {"json": {"url": "http://a.b/c.jpg", "top_k": 5}}),
+    ("/classify?service=imagenet", {"data": {"url": "http://a.b/c.jpg", "service": "skin"}}),
+])
+def test_conflict_between_query_and_body_is_400(web, web_settings, path, kw):
+    r = web.post(path, **kw)
+    assert r.status_code == 400, r.get_data(as_text=True)
+    err = r.get_json()["error"]
+    assert err["code"] == "conflicting_parameter" and "query string" in err["message"]
+    assert queue_depth(web_settings) == 0
+
+
+def test_same_value_in_query_and_body_is_fine(web, web_settings):
+    r = web.post("/jobs?service=imagenet&top_k=2", json={"url": "http://a.b/c.jpg", "service": "imagenet",
+                                                          "top_k": 2})
+    assert r.status_code == 202
+    assert _queued(web_settings)[0]["top_k"] == 2
+
+
+@pytest.mark.parametrize("path", ["/classify", "/jobs"])
+def test_json_nested_100000_levels_is_a_json_400(web, web_settings, path):
+    body = b"[" * 100_000 + b"]" * 100_000
+    r = web.post(path, data=body, content_type="application/json")
+    assert r.status_code == 400, r.get_data(as_text=True)[:200]
+    err = r.get_json()["error"]
+    assert err["code"] == "malformed_json" and "nested" in err["message"]
+    assert queue_depth(web_settings) == 0

@@ -1,0 +1,160 @@
+"""Dead-lettered requests end as errors: a result record (and a reply) with code dead_lettered.
+
+A request that exhausted maxReceiveCount sits in its service's DLQ; nobody would ever answer it, so
+GET /jobs/<id> would say pending forever. Each sweep (in the autoscaler loop) writes results/<id>.json
+= an error reply with code `dead_lettered` and the last reason a worker gave (failures/<id>.json), and
+sends it to the request's reply_to. The message stays in the DLQ for `classifycloud dlq list|redrive`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import naming
+from shared.catalogue import Catalogue
+from shared.config import Settings
+from shared.messages import Reply, valid_id
+
+log = logging.getLogger(__name__)
+
+CODE = "dead_lettered"
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One message in a DLQ, as much of it as could be read."""
+
+    service: str
+    message_id: str
+    request_id: str | None
+    reply_to: str | None
+    sent_at_ms: int
+    body: str
+    receipt_handle: str
+
+
+def read_dead_letters(sqs, dlq_url: str, service: str, limit: int = 100, hold_s: int = 30) -> list[DeadLetter]:
+    """Receive up to limit messages of a DLQ; each stays hidden hold_s seconds, so one pass sees it once."""
+    out: list[DeadLetter] = []
+    while len(out) < limit:
+        msgs = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=min(10, limit - len(out)),
+                                   VisibilityTimeout=hold_s, WaitTimeSeconds=0,
+                                   AttributeNames=["SentTimestamp"]).get("Messages", [])
+        if not msgs:
+            break
+        for m in msgs:
+            rid = reply_to = None
+            try:
+                doc = json.loads(m["Body"])
+                if isinstance(doc, dict):
+                    rid = doc.get("id") if isinstance(doc.get("id"), str) and valid_id(doc["id"]) else None
+                    reply_to = doc.get("reply_to") if isinstance(doc.get("reply_to"), str) else None
+            except ValueError:
+                pass
+            out.append(DeadLetter(service, m["MessageId"], rid, reply_to,
+                                  int(m.get("Attributes", {}).get("SentTimestamp", 0)), m["Body"], m["ReceiptHandle"]))
+    return out
+
+
+def release_all(sqs, dlq_url: str, letters: list[DeadLetter]) -> None:
+    """Make peeked dead letters visible again."""
+    for start in range(0, len(letters), 10):
+        chunk = letters[start:start + 10]
+        try:
+            sqs.change_message_visibility_batch(QueueUrl=dlq_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": dl.receipt_handle, "VisibilityTimeout": 0}
+                for i, dl in enumerate(chunk)])
+        except ClientError as exc:   # they come back by themselves after hold_s
+            log.info("dead letters: release failed: %s", exc)
+
+
+class DeadLetterSettler:
+    """maybe_settle(): every interval, write the dead_lettered record of each new DLQ message."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs, s3, clock=time.time):
+        self.settings = settings
+        self.services = catalogue.names()
+        self.sqs = sqs
+        self.s3 = s3
+        self.clock = clock
+        self._urls: dict[str, str | None] = {}
+        self._last = -float("inf")
+        self.settled: list[str] = []
+
+    def maybe_settle(self) -> list[str]:
+        """Settle when janitor_interval_s has passed; never raises."""
+        interval = self.settings.janitor_interval_s
+        if interval <= 0 or self.clock() - self._last < interval:
+            return []
+        self._last = self.clock()
+        try:
+            return self.settle()
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("dead letters: sweep failed: %s", exc)
+            return []
+
+    def dlq_url(self, service: str) -> str | None:
+        """A service's DLQ URL (None when it does not exist)."""
+        if service not in self._urls:
+            try:
+                self._urls[service] = self.sqs.get_queue_url(
+                    QueueName=naming.dead_letter_queue(self.settings.prefix, service))["QueueUrl"]
+            except ClientError:
+                self._urls[service] = None
+        return self._urls[service]
+
+    def settle(self) -> list[str]:
+        """Record every dead-lettered request that has no result record yet; returns their ids."""
+        done = []
+        for service in self.services:
+            url = self.dlq_url(service)
+            if url is None:
+                continue
+            letters = read_dead_letters(self.sqs, url, service)
+            try:
+                done.extend(self._settle(service, letters))
+            finally:  # a peek: visible again for `classifycloud dlq` and the next sweep
+                release_all(self.sqs, url, letters)
+        self.settled.extend(done)
+        return done
+
+    def _settle(self, service: str, letters: list[DeadLetter]) -> list[str]:
+        done = []
+        for dl in letters:
+            if dl.request_id is None or self._has_record(dl.request_id):
+                continue   # unreadable (no id to answer) or already settled
+            reply = Reply.failure(dl.request_id, service, CODE, self._reason(dl.request_id), worker="")
+            self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(dl.request_id),
+                               Body=reply.to_json().encode(), ContentType="application/json")
+            if dl.reply_to and dl.reply_to.rsplit("/", 1)[-1].startswith(
+                    naming.reply_queue_prefix(self.settings.prefix)):
+                try:
+                    self.sqs.send_message(QueueUrl=dl.reply_to, MessageBody=reply.to_json())
+                except ClientError as exc:   # the asker is gone: the record answers GET /jobs/<id>
+                    log.info("dead letters: reply for %s not sent: %s", dl.request_id, exc)
+            log.warning("request %s dead-lettered (%s): %s", dl.request_id, service, reply.error["message"])
+            done.append(dl.request_id)
+        return done
+
+    def _has_record(self, request_id: str) -> bool:
+        try:
+            self.s3.get_object(Bucket=self.settings.bucket_name, Key=naming.result_key(request_id))
+            return True
+        except ClientError:
+            return False
+
+    def _reason(self, request_id: str) -> str:
+        base = f"not answered after {self.settings.max_receive_count} deliveries"
+        try:
+            body = self.s3.get_object(Bucket=self.settings.bucket_name,
+                                      Key=naming.failure_key(request_id))["Body"].read()
+            last = json.loads(body).get("reason")
+            if last:
+                return f"{base}; last failure: {last}"
+        except (ClientError, ValueError, AttributeError):
+            pass
+        return f"{base}; each worker holding it stopped or timed out before answering"
