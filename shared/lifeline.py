@@ -23,6 +23,26 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> bool:
         return False
 
 
+def exit_when_gone(pid: int, interval_s: float = 0.5, grace_s: float = 1.0) -> threading.Thread:
+    """Start a daemon thread that exits this process hard grace_s after process pid (not our parent) ends."""
+    def run() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:  # alive, owned by someone else
+                pass
+            time.sleep(interval_s)
+        log.warning("process %d is gone (the local stack died); exiting in %.0f s", pid, grace_s)
+        time.sleep(grace_s)
+        os._exit(1)
+
+    t = threading.Thread(target=run, name="stack-watch", daemon=True)
+    t.start()
+    return t
+
+
 def watch_parent(parent_pid: int, on_gone=None, interval_s: float = 0.5, hard_exit_after_s: float = 3.0
                  ) -> threading.Thread | None:
     """Start a daemon thread: when parent_pid is no longer our parent, call on_gone (default SIGTERM to self),

@@ -125,11 +125,14 @@ def _service(body: dict) -> str:
     for value in (body.get("service"), (request.view_args or {}).get("service"), request.args.get("service")):
         if isinstance(value, str) and value:
             return value
-    if request.mimetype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        value = request.form.get("service")
-    elif request.is_json:
-        doc = request.get_json(silent=True)
-        value = doc.get("service") if isinstance(doc, dict) else None
+    # Only what the route already parsed: reading the body here would take in the very bodies the
+    # in-flight budget refused (503 busy) and block on slow or vanished clients.
+    form = request.__dict__.get("form")            # werkzeug caches the parsed form in the instance
+    doc = getattr(request, "_cached_json", (None, None))[0]
+    if form is not None:
+        value = form.get("service")
+    elif isinstance(doc, dict):
+        value = doc.get("service")
     else:
         value = None
     return value if isinstance(value, str) and value else "-"

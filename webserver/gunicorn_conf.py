@@ -41,8 +41,12 @@ def on_starting(server):
 
 def post_fork(server, worker):
     """In each worker: end with the master (its main thread forks us and lives as long as it does)."""
-    from shared.lifeline import set_parent_death_signal
+    from shared.lifeline import exit_when_gone, set_parent_death_signal
     set_parent_death_signal()
+    if _settings.parent_pid:
+        # Under `classifycloud up` the AWS endpoint dies with up: the drain and the usage-log flush that
+        # SIGTERM starts could only retry against nothing, so the worker follows up itself, not the master.
+        exit_when_gone(_settings.parent_pid)
 
 
 def post_worker_init(worker):

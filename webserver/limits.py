@@ -23,7 +23,7 @@ _DRAIN_LIMIT = 64 * 1024 * 1024  # refused bodies are read and discarded up to t
 RETRY_AFTER_S = 2
 
 # endpoints that take an image in the body (blueprint.function names)
-UPLOAD_ENDPOINTS = frozenset({"api.classify", "api.submit_job", "xcloud.classify"})
+UPLOAD_ENDPOINTS = frozenset({"api.classify", "api.submit_job", "xcloud.classify", "xcloud.classify_mcloud_skin", "faces.enroll"})
 
 
 def body_limit(settings: Settings, endpoint: str | None) -> int:

@@ -195,6 +195,7 @@ data "aws_iam_policy_document" "web" {
       "sqs:GetQueueAttributes",
       "sqs:ReceiveMessage",
       "sqs:DeleteMessage",
+      "sqs:TagQueue", # owner/created tags at creation and the heartbeat tag the janitor reads (autoscaler/janitor.py)
     ]
     resources = [local.reply_queue_arns]
   }
