@@ -195,6 +195,8 @@ data "aws_iam_policy_document" "web" {
       "sqs:GetQueueAttributes",
       "sqs:ReceiveMessage",
       "sqs:DeleteMessage",
+      # the owner's heartbeat tag that the janitor reads (webserver/replies.py)
+      "sqs:TagQueue",
     ]
     resources = [local.reply_queue_arns]
   }
