@@ -10,7 +10,8 @@ from shared.config import Settings
 from shared.messages import Reply, Request, new_id, now_ms
 from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, Transport, TransportError
-from webserver.errors import ApiError
+from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
+                                 UnknownService)
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
@@ -54,15 +55,15 @@ class Submitter:
         self.transport = Transport.of(self.settings, client)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
-        """The catalogue entry; 404 with the list when unknown, 503 with the reason when unavailable."""
+        """The catalogue entry; UnknownService (with the names) or ServiceUnavailable (with the reason)."""
         name = name or DEFAULT_SERVICE
         services = self.catalogue.services  # one snapshot of the (live) catalogue
         spec = services.get(name)
         if spec is None:
-            raise ApiError(404, "unknown_service", f"no service named {name!r}", services=list(services))
+            raise UnknownService(f"no service named {name!r}", services=list(services))
         reason = spec.unavailable_reason(self.settings.model_dir)
         if reason:
-            raise ApiError(503, "service_unavailable", f"service {name!r} is unavailable: {reason}")
+            raise ServiceUnavailable(f"service {name!r} is unavailable: {reason}")
         return spec
 
     def queue_url(self, service: str) -> str:
@@ -71,18 +72,17 @@ class Submitter:
             return self.transport.request_queue_url(service)
         except QueueGone as exc:
             log.error("request queue for %s does not exist: %s", service, exc)
-            raise ApiError(503, "service_unavailable", f"service {service!r} is not available right now") from None
+            raise ServiceUnavailable(f"service {service!r} is not available right now") from None
         except TransportError as exc:
             log.error("queue lookup for %s failed: %s", service, exc)
-            raise ApiError(503, "queue_unavailable", "the request queue cannot be reached; try again") from None
+            raise QueueUnavailable("the request queue cannot be reached; try again") from None
 
     def _image_ref(self, request_id: str, image: ImageInput) -> dict:
         if image.url is not None:
             return {"url": image.url}
         if len(image.data) > self.settings.max_upload_bytes:
-            raise ApiError(413, "image_too_large",
-                           f"image is {len(image.data)} bytes; the limit is {self.settings.max_upload_bytes}",
-                           request_id)
+            raise ImageTooLarge(f"image is {len(image.data)} bytes; the limit is {self.settings.max_upload_bytes}",
+                                request_id)
         ref = {"s3": self.jobs.upload(request_id, image.data)}
         image.release()          # in S3 now: the wait for the reply holds no copy of the body
         release_request_body()
@@ -94,7 +94,7 @@ class Submitter:
             self.transport.send(url, req)
         except TransportError as exc:
             log.error("request %s: send to %s failed: %s", req.id, req.service, exc)
-            raise ApiError(503, "queue_unavailable", "could not enqueue the request; try again", req.id) from None
+            raise QueueUnavailable("could not enqueue the request; try again", req.id) from None
 
     def classify(self, image: ImageInput, service: str | None, top_k: int | None,
                  params: dict | None = None) -> Outcome:
@@ -104,7 +104,7 @@ class Submitter:
             reply_to = self.listener.start()
         except TransportError as exc:
             log.error("reply queue cannot be created: %s", exc)
-            raise ApiError(503, "queue_unavailable", "this server's reply queue cannot be created; try again") from None
+            raise QueueUnavailable("this server's reply queue cannot be created; try again") from None
         rid = new_id()
         started = time.monotonic()
         ref = self._image_ref(rid, image)
@@ -143,7 +143,7 @@ class Submitter:
                            top_k=top_k or spec.top_k, submitted_at=submitted, params=params))
         try:
             self.jobs.write_marker(rid, spec.name, submitted)
-        except ApiError:  # accepted all the same: its result record will answer GET /jobs/<id>
+        except StorageUnavailable:  # accepted all the same: its result record will answer GET /jobs/<id>
             log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done", rid)
         log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
         return rid, spec.name
