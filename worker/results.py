@@ -1,4 +1,8 @@
-"""Delivery: write results/<id>.json, send replies in batches, then (and only then) delete the requests."""
+"""Delivery: send replies in batches, write results/<id>.json, then (and only then) delete the requests.
+
+The reply goes first because the client waits for it and not for the record; the request is deleted
+only once both are done, so a record that fails still brings the request back (at-least-once).
+"""
 from __future__ import annotations
 
 import json
@@ -64,11 +68,11 @@ class ResultSink:
             return None
 
     def deliver(self, outcomes: list[Outcome]) -> list[Held]:
-        """Record, reply, delete; returns the held messages that were deleted."""
+        """Reply, record, delete; returns the held messages that were deleted."""
         if not outcomes:
             return []
+        replied = self._send_replies(outcomes)       # first: the client waits for this, not for the record
         recorded = list(self.pool.map(self._record, outcomes))
-        replied = self._send_replies(outcomes)
         done = []
         for outcome, ok_record, ok_reply in zip(outcomes, recorded, replied):
             if ok_reply and ok_record:
