@@ -18,6 +18,7 @@ from shared import naming
 from shared.catalogue import Catalogue
 from shared.config import Settings
 from shared.messages import Reply, valid_id
+from shared.transport import QueueGone, Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -37,51 +38,52 @@ class DeadLetter:
     receipt_handle: str
 
 
-def read_dead_letters(sqs, dlq_url: str, service: str, limit: int = 100, hold_s: int = 30) -> list[DeadLetter]:
+def read_dead_letters(sqs_or_transport, dlq_url: str, service: str, limit: int = 100,
+                      hold_s: int = 30) -> list[DeadLetter]:
     """Receive up to limit messages of a DLQ; each stays hidden hold_s seconds, so one pass sees it once."""
+    queue = Transport.of(None, sqs_or_transport).consumer(dlq_url, wait_s=0, visibility_timeout=hold_s)
     out: list[DeadLetter] = []
     while len(out) < limit:
-        msgs = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=min(10, limit - len(out)),
-                                   VisibilityTimeout=hold_s, WaitTimeSeconds=0,
-                                   AttributeNames=["SentTimestamp"]).get("Messages", [])
+        msgs = queue.receive(min(10, limit - len(out)))
         if not msgs:
             break
-        for m in msgs:
-            rid = reply_to = None
-            try:
-                doc = json.loads(m["Body"])
-                if isinstance(doc, dict):
-                    rid = doc.get("id") if isinstance(doc.get("id"), str) and valid_id(doc["id"]) else None
-                    reply_to = doc.get("reply_to") if isinstance(doc.get("reply_to"), str) else None
-            except ValueError:
-                pass
-            out.append(DeadLetter(service, m["MessageId"], rid, reply_to,
-                                  int(m.get("Attributes", {}).get("SentTimestamp", 0)), m["Body"], m["ReceiptHandle"]))
+        out.extend(_letter(service, m) for m in msgs)
     return out
 
 
-def release_all(sqs, dlq_url: str, letters: list[DeadLetter]) -> None:
+def _letter(service: str, m: Received) -> DeadLetter:
+    rid = reply_to = None
+    try:
+        doc = json.loads(m.body)
+        if isinstance(doc, dict):
+            rid = doc.get("id") if isinstance(doc.get("id"), str) and valid_id(doc["id"]) else None
+            reply_to = doc.get("reply_to") if isinstance(doc.get("reply_to"), str) else None
+    except ValueError:
+        pass
+    return DeadLetter(service, m.message_id, rid, reply_to, m.sent_at or 0, m.body, m.receipt_handle)
+
+
+def release_all(sqs_or_transport, dlq_url: str, letters: list[DeadLetter]) -> None:
     """Make peeked dead letters visible again."""
-    for start in range(0, len(letters), 10):
-        chunk = letters[start:start + 10]
-        try:
-            sqs.change_message_visibility_batch(QueueUrl=dlq_url, Entries=[
-                {"Id": str(i), "ReceiptHandle": dl.receipt_handle, "VisibilityTimeout": 0}
-                for i, dl in enumerate(chunk)])
-        except ClientError as exc:   # they come back by themselves after hold_s
-            log.info("dead letters: release failed: %s", exc)
+    try:
+        result = Transport.of(None, sqs_or_transport).change_visibility_batch(
+            dlq_url, [(i, dl.receipt_handle) for i, dl in enumerate(letters)], 0)
+    except TransportError as exc:   # they come back by themselves after hold_s
+        log.info("dead letters: release failed: %s", exc)
+        return
+    if result.failed:
+        log.info("dead letters: %d not released: %s", len(result.failed), result.failed[0].message)
 
 
 class DeadLetterSettler:
     """maybe_settle(): every interval, write the dead_lettered record of each new DLQ message."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs, s3, clock=time.time):
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, s3, clock=time.time):
         self.settings = settings
         self.services = catalogue.names()
-        self.sqs = sqs
+        self.transport = Transport.of(settings, sqs_or_transport)
         self.s3 = s3
         self.clock = clock
-        self._urls: dict[str, str | None] = {}
         self._last = -float("inf")
         self.settled: list[str] = []
 
@@ -93,19 +95,16 @@ class DeadLetterSettler:
         self._last = self.clock()
         try:
             return self.settle()
-        except (ClientError, BotoCoreError) as exc:
+        except (TransportError, ClientError, BotoCoreError) as exc:
             log.warning("dead letters: sweep failed: %s", exc)
             return []
 
     def dlq_url(self, service: str) -> str | None:
         """A service's DLQ URL (None when it does not exist)."""
-        if service not in self._urls:
-            try:
-                self._urls[service] = self.sqs.get_queue_url(
-                    QueueName=naming.dead_letter_queue(self.settings.prefix, service))["QueueUrl"]
-            except ClientError:
-                self._urls[service] = None
-        return self._urls[service]
+        try:
+            return self.transport.url(naming.dead_letter_queue(self.settings.prefix, service))
+        except QueueGone:
+            return None
 
     def settle(self) -> list[str]:
         """Record every dead-lettered request that has no result record yet; returns their ids."""
@@ -114,11 +113,11 @@ class DeadLetterSettler:
             url = self.dlq_url(service)
             if url is None:
                 continue
-            letters = read_dead_letters(self.sqs, url, service)
+            letters = read_dead_letters(self.transport, url, service)
             try:
                 done.extend(self._settle(service, letters))
             finally:  # a peek: visible again for `classifycloud dlq` and the next sweep
-                release_all(self.sqs, url, letters)
+                release_all(self.transport, url, letters)
         self.settled.extend(done)
         return done
 
@@ -133,8 +132,8 @@ class DeadLetterSettler:
             if dl.reply_to and dl.reply_to.rsplit("/", 1)[-1].startswith(
                     naming.reply_queue_prefix(self.settings.prefix)):
                 try:
-                    self.sqs.send_message(QueueUrl=dl.reply_to, MessageBody=reply.to_json())
-                except ClientError as exc:   # the asker is gone: the record answers GET /jobs/<id>
+                    self.transport.send(dl.reply_to, reply)
+                except TransportError as exc:   # the asker is gone: the record answers GET /jobs/<id>
                     log.info("dead letters: reply for %s not sent: %s", dl.request_id, exc)
             log.warning("request %s dead-lettered (%s): %s", dl.request_id, service, reply.error["message"])
             done.append(dl.request_id)

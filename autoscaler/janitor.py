@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 import time
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared import naming
 from shared.config import Settings
+from shared.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +19,21 @@ log = logging.getLogger(__name__)
 class ReplyQueueJanitor:
     """sweep() deletes orphan reply queues of this prefix; maybe_sweep() does it at most every interval."""
 
-    def __init__(self, settings: Settings, sqs, clock=time.time):
+    def __init__(self, settings: Settings, sqs_or_transport, clock=time.time):
         self.settings = settings
-        self.sqs = sqs
+        self.transport = Transport.of(settings, sqs_or_transport)
         self.clock = clock
         self._last = -float("inf")
         self.deleted: list[str] = []
+
+    @property
+    def sqs(self):
+        """The SQS client under the transport."""
+        return self.transport.sqs
+
+    @sqs.setter
+    def sqs(self, client) -> None:
+        self.transport = Transport.of(self.settings, client)
 
     def maybe_sweep(self) -> list[str]:
         """Sweep when janitor_interval_s has passed; never raises (a failed sweep is retried next time)."""
@@ -35,7 +43,7 @@ class ReplyQueueJanitor:
         self._last = self.clock()
         try:
             return self.sweep()
-        except (ClientError, BotoCoreError) as exc:
+        except TransportError as exc:
             log.warning("janitor: sweep failed: %s", exc)
             return []
 
@@ -44,35 +52,31 @@ class ReplyQueueJanitor:
         now_ms = self.clock() * 1000
         grace_ms = self.settings.reply_queue_grace_s * 1000
         gone = []
-        pages = self.sqs.get_paginator("list_queues").paginate(
-            QueueNamePrefix=naming.reply_queue_prefix(self.settings.prefix))
-        for page in pages:
-            for url in page.get("QueueUrls", []):
-                seen = self._last_seen_ms(url)
-                if seen is None or now_ms - seen <= grace_ms:
-                    continue
-                try:
-                    self.sqs.delete_queue(QueueUrl=url)
-                except ClientError as exc:   # deleted meanwhile (its owner closed it) or not ours to delete
-                    log.info("janitor: %s not deleted: %s", url, exc)
-                    continue
-                tail = url.rsplit("/", 1)[-1]
-                log.warning("janitor: deleted orphan reply queue %s (owner silent %.0f s)", tail,
-                            (now_ms - seen) / 1000)
-                gone.append(url)
+        for url in self.transport.list_queues(naming.reply_queue_prefix(self.settings.prefix)):
+            seen = self._last_seen_ms(url)
+            if seen is None or now_ms - seen <= grace_ms:
+                continue
+            try:
+                self.transport.delete_queue(url)   # one deleted meanwhile (its owner closed it) counts as deleted
+            except TransportError as exc:          # not ours to delete (permissions)
+                log.info("janitor: %s not deleted: %s", url, exc)
+                continue
+            tail = url.rsplit("/", 1)[-1]
+            log.warning("janitor: deleted orphan reply queue %s (owner silent %.0f s)", tail,
+                        (now_ms - seen) / 1000)
+            gone.append(url)
         self.deleted.extend(gone)
         return gone
 
     def _last_seen_ms(self, url: str) -> float | None:
         """The owner's last heartbeat, else the creation tag, else the queue's CreatedTimestamp."""
         try:
-            tags = self.sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+            tags = self.transport.tags(url)
             for key in (naming.REPLY_TAG_BEAT, naming.REPLY_TAG_CREATED):
                 if key in tags:
                     return float(tags[key])
-            attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])["Attributes"]
-            return float(attrs["CreatedTimestamp"]) * 1000
-        except ClientError as exc:   # gone between listing and looking
+            return float(self.transport.attributes(url, ["CreatedTimestamp"])["CreatedTimestamp"]) * 1000
+        except TransportError as exc:   # gone between listing and looking
             log.debug("janitor: %s unreadable: %s", url, exc)
             return None
         except (KeyError, ValueError):

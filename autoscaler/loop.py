@@ -13,13 +13,13 @@ from autoscaler.janitor import ReplyQueueJanitor
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
                                QueueStats, get_policy)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
-from shared import naming
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.live_catalogue import LiveCatalogue
 from shared.messages import Terminate, now_ms
 from shared.metrics import MetricsPublisher
+from shared.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -45,26 +45,34 @@ class Autoscaler:
         self.catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
         self.policy_name = settings.policy
         self.policy = get_policy(settings.policy)
-        self.sqs = sqs or client("sqs", settings)
+        self.transport = Transport.of(settings, sqs or client("sqs", settings))
         self.s3 = s3 or client("s3", settings)
         self.clock = clock
-        self.queues = QueueReader(settings, self.catalogue, self.sqs, create_missing=True)
+        self.queues = QueueReader(settings, self.catalogue, self.transport, create_missing=True)
         self.heartbeats = HeartbeatReader(settings, self.s3, clock=clock)
         cw = cloudwatch if cloudwatch is not None else (
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
-        self.janitor = ReplyQueueJanitor(settings, self.sqs, clock=clock)
+        self.janitor = ReplyQueueJanitor(settings, self.transport, clock=clock)
         self.health = WorkerHealth(settings, clock=clock)
         self._exits: list[tuple[float, int]] = []
         self._seen_exits: set[str] = set()
         self._crash_reported = 0
-        self.dead_letters = DeadLetterSettler(settings, self.catalogue, self.sqs, self.s3, clock=clock)
+        self.dead_letters = DeadLetterSettler(settings, self.catalogue, self.transport, self.s3, clock=clock)
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
         self.last: TickResult | None = None
-        self._terminate_url: str | None = None
+
+    @property
+    def sqs(self):
+        """The SQS client under the transport."""
+        return self.transport.sqs
+
+    @sqs.setter
+    def sqs(self, client) -> None:
+        self.transport = Transport.of(self.settings, client)
 
     def observe(self) -> tuple[list[QueueStats], FleetState]:
         """Queue counts and fleet state (heartbeats refine idle/stopping; their failure is tolerated)."""
@@ -120,17 +128,8 @@ class Autoscaler:
 
     def outstanding_terminates(self) -> int:
         """Terminate messages still in the queue (not yet taken or dropped by a worker)."""
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=self.terminate_url(),
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        return int(attrs.get("ApproximateNumberOfMessages", 0)) + int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0))
-
-    def terminate_url(self) -> str:
-        """The terminate queue's URL (looked up once)."""
-        if self._terminate_url is None:
-            self._terminate_url = self.sqs.get_queue_url(
-                QueueName=naming.terminate_queue(self.settings.prefix))["QueueUrl"]
-        return self._terminate_url
+        depth = self.transport.depth(self.transport.terminate_queue_url())
+        return depth.visible + depth.in_flight
 
     def tick(self) -> TickResult | None:
         """One decision; an AWS (or any) error skips the tick and returns None."""
@@ -164,15 +163,11 @@ class Autoscaler:
     def send_terminates(self, n: int) -> int:
         """n terminate messages stamped now (one message stops one worker; stale ones are ignored)."""
         issued = now_ms()
-        sent = 0
-        for start in range(0, n, 10):
-            entries = [{"Id": str(i), "MessageBody": Terminate(issued_at=issued).to_json()}
-                       for i in range(start, min(n, start + 10))]
-            resp = self.sqs.send_message_batch(QueueUrl=self.terminate_url(), Entries=entries)
-            sent += len(resp.get("Successful", []))
-            for failed in resp.get("Failed", []):
-                log.warning("autoscaler: terminate message not sent: %s", failed.get("Message"))
-        return sent
+        result = self.transport.send_batch(self.transport.terminate_queue_url(),
+                                           [(i, Terminate(issued_at=issued)) for i in range(n)])
+        for failed in result.failed:
+            log.warning("autoscaler: terminate message not sent: %s %s", failed.code, failed.message)
+        return len(result.succeeded)
 
     def _publish(self, queues: list[QueueStats], fleet: FleetState, decision: Decision) -> None:
         m = self.metrics

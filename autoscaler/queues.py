@@ -1,7 +1,6 @@
 """The loop's inputs: request-queue attributes, worker heartbeats, and service-time estimates."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -13,22 +12,29 @@ from autoscaler.policy import QueueStats, ewma
 from shared import naming
 from shared.catalogue import Catalogue
 from shared.config import Settings
+from shared.messages import Heartbeat, MessageError
+from shared.transport import QueueGone, Transport
 
 log = logging.getLogger(__name__)
-
-ATTRIBUTES = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible",
-              "ApproximateNumberOfMessagesDelayed"]
 
 
 class QueueReader:
     """Reads visible / in-flight / delayed counts of every request queue in the catalogue."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs, create_missing: bool = False):
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, create_missing: bool = False):
         self.settings = settings
         self.catalogue = catalogue    # a LiveCatalogue grows with S3 entries: read its names every tick
-        self.sqs = sqs
+        self.transport = Transport.of(settings, sqs_or_transport)
         self.create_missing = create_missing
-        self._urls: dict[str, str] = {}
+
+    @property
+    def sqs(self):
+        """The SQS client under the transport."""
+        return self.transport.sqs
+
+    @sqs.setter
+    def sqs(self, client) -> None:
+        self.transport = Transport.of(self.settings, client)
 
     @property
     def services(self) -> list[str]:
@@ -36,23 +42,18 @@ class QueueReader:
         return self.catalogue.names()
 
     def url(self, service: str) -> str | None:
-        """A request queue's URL (cached); None when the queue does not exist."""
-        if service not in self._urls:
-            try:
-                self._urls[service] = self.sqs.get_queue_url(
-                    QueueName=naming.request_queue(self.settings.prefix, service))["QueueUrl"]
-            except ClientError as exc:
-                if exc.response["Error"]["Code"] not in ("AWS.SimpleQueueService.NonExistentQueue",
-                                                         "QueueDoesNotExist"):
-                    raise
-                if not self.create_missing:
-                    log.warning("request queue for service %s does not exist; not counted", service)
-                    return None
-                # a service added by an S3 entry alone: its queue is created here (IAM: the requests- prefix only)
-                from shared.service_queues import ensure_request_queue
-                self._urls[service] = ensure_request_queue(self.sqs, self.settings, service)
-                log.info("created the request queue of new service %s", service)
-        return self._urls[service]
+        """A request queue's URL (the transport caches it); None when the queue does not exist."""
+        try:
+            return self.transport.request_queue_url(service)
+        except QueueGone:
+            if not self.create_missing:
+                log.warning("request queue for service %s does not exist; not counted", service)
+                return None
+        # a service added by an S3 entry alone: its queue is created here (IAM: the requests- prefix only)
+        from shared.service_queues import ensure_request_queue
+        url = ensure_request_queue(self.transport.sqs, self.settings, service)
+        log.info("created the request queue of new service %s", service)
+        return url
 
     def read(self) -> list[QueueStats]:
         """One QueueStats per existing request queue; AWS errors propagate (the loop skips the tick)."""
@@ -61,11 +62,13 @@ class QueueReader:
             url = self.url(service)
             if url is None:
                 continue
-            attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=ATTRIBUTES)["Attributes"]
-            out.append(QueueStats(service=service,
-                                  visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
-                                  in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
-                                  delayed=int(attrs.get("ApproximateNumberOfMessagesDelayed", 0))))
+            try:
+                depth = self.transport.depth(url)
+            except QueueGone:   # deleted since it was looked up: found (or created) again next tick
+                log.warning("request queue for service %s is gone; not counted this tick", service)
+                continue
+            out.append(QueueStats(service=service, visible=depth.visible, in_flight=depth.in_flight,
+                                  delayed=depth.delayed))
         return out
 
 
@@ -102,22 +105,21 @@ class HeartbeatReader:
                     continue                       # old object: skip the GET
                 try:
                     body = self.s3.get_object(Bucket=self.settings.bucket_name, Key=obj["Key"])["Body"].read()
-                    hb = json.loads(body)
-                    at = float(hb["at"])
+                    hb = Heartbeat.from_json(body)
                 except ClientError as exc:
                     if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
                         continue                   # deleted between list and get
                     raise
-                except (ValueError, KeyError, TypeError):
-                    log.warning("heartbeat %s is malformed; ignored", obj["Key"])
+                except MessageError as exc:
+                    log.warning("heartbeat %s is malformed (%s); ignored", obj["Key"], exc)
                     continue
-                if now_ms - at > max_age_ms:
+                if not hb.is_fresh(self.settings.heartbeat_max_age_s, now_ms):
                     continue
-                ids.append(str(hb.get("instance_id", obj["Key"])))
-                records.append(hb)
-                if hb.get("state") == "stopping":
+                ids.append(hb.instance_id)
+                records.append(hb.to_dict())
+                if hb.state == "stopping":
                     stopping += 1
-                elif int(hb.get("busy") or 0) > 0:
+                elif hb.busy > 0:
                     busy += 1
                 else:
                     idle += 1

@@ -85,3 +85,25 @@ def open_checked(data: bytes, max_pixels: int):
         img.close()
         raise ImageRefused("image_too_large", f"image too large: {width}x{height} pixels; the limit is {limit}")
     return img
+
+
+class CheckedImage(bytes):
+    """Image bytes whose header was already opened and checked (open_checked): the decoder takes the
+    lazily opened image (`header`) instead of opening and checking the bytes a second time."""
+
+    header = None   # the PIL image open_checked returned (lazy: no pixels decoded yet); taken once
+
+
+def checked_image(data: bytes, max_pixels: int) -> CheckedImage:
+    """The bytes as a CheckedImage, header opened and checked once; ImageRefused as open_checked."""
+    out = CheckedImage(data)
+    out.header = open_checked(out, max_pixels)
+    return out
+
+
+def take_header(data: bytes):
+    """The already checked lazy image of CheckedImage bytes (once: a second caller opens again), else None."""
+    header = getattr(data, "header", None)
+    if header is not None:
+        data.header = None
+    return header

@@ -153,7 +153,7 @@ def _chunks(entries: list[tuple[Hashable, Any]], sizer=None) -> Iterable[list[tu
 class Transport:
     """The broker: clients, the queue-URL cache, queue lifecycle, sends and batched operations."""
 
-    def __init__(self, settings: Settings, sqs=None, poll_sqs=None):
+    def __init__(self, settings: Settings | None, sqs=None, poll_sqs=None):
         from shared.aws import client, sqs_long_poll_client
         self.settings = settings
         self.sqs = sqs if sqs is not None else client("sqs", settings)
@@ -166,8 +166,11 @@ class Transport:
         self.url_misses = 0
 
     @classmethod
-    def of(cls, settings: Settings, sqs_or_transport=None) -> "Transport":
-        """A Transport as given, or one around a boto3 SQS client (callers that still hold a raw client)."""
+    def of(cls, settings: Settings | None, sqs_or_transport=None) -> "Transport":
+        """A Transport as given, or one around a boto3 SQS client (callers that still hold a raw client).
+
+        settings may be None with a client given, for batched operations on known URLs only.
+        """
         if isinstance(sqs_or_transport, Transport):
             return sqs_or_transport
         return cls(settings, sqs=sqs_or_transport)
@@ -211,10 +214,14 @@ class Transport:
         return err
 
     # --- queue lifecycle --------------------------------------------------------------------------------
-    def create_queue(self, name: str, attributes: dict[str, str] | None = None) -> str:
+    def create_queue(self, name: str, attributes: dict[str, str] | None = None,
+                     tags: dict[str, str] | None = None) -> str:
         """Create (or find, when it exists with the same attributes) a queue; its URL, cached."""
+        kwargs: dict[str, Any] = {"QueueName": name, "Attributes": dict(attributes or {})}
+        if tags:
+            kwargs["tags"] = dict(tags)
         try:
-            url = self.sqs.create_queue(QueueName=name, Attributes=dict(attributes or {}))["QueueUrl"]
+            url = self.sqs.create_queue(**kwargs)["QueueUrl"]
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, name) from None
         with self._lock:
@@ -230,6 +237,35 @@ class Transport:
             err = _translate(exc, url)
             if not isinstance(err, QueueGone):
                 raise err from None
+
+    def list_queues(self, prefix: str) -> list[str]:
+        """URLs of every queue whose name starts with prefix."""
+        try:
+            pages = self.sqs.get_paginator("list_queues").paginate(QueueNamePrefix=prefix)
+            return [url for page in pages for url in page.get("QueueUrls", [])]
+        except (ClientError, BotoCoreError) as exc:
+            raise _translate(exc, prefix + "*") from None
+
+    def attributes(self, url: str, names: Iterable[str]) -> dict[str, str]:
+        """Some attributes of a queue (QueueArn, CreatedTimestamp, ...)."""
+        try:
+            return self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=list(names))["Attributes"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._gone(exc, url) from None
+
+    def tags(self, url: str) -> dict[str, str]:
+        """A queue's tags."""
+        try:
+            return self.sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+        except (ClientError, BotoCoreError) as exc:
+            raise self._gone(exc, url) from None
+
+    def tag(self, url: str, tags: dict[str, str]) -> None:
+        """Set tags on a queue."""
+        try:
+            self.sqs.tag_queue(QueueUrl=url, Tags=dict(tags))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._gone(exc, url) from None
 
     def depth(self, url: str) -> QueueDepth:
         """Visible, in-flight and delayed counts of a queue."""

@@ -47,6 +47,7 @@ ROLE_OF_PATH = {
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
     "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
     "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
+    "shared/transport.py": ALL,                      # every component's queue calls (checked per method: below)
     "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
 }
 # Code that never runs under an instance role, with the reason.
@@ -56,10 +57,13 @@ NOT_DEPLOYED = {
     "classifycloud/local.py": "the embedded local stack (moto)",
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",
     "classifycloud/train.py": "`classifycloud train` reads a dataset prefix from an operator's machine",
-    # Until its callers move onto it (issue 12), only tests and bench/e2e.py use the transport;
-    # once a component imports it, that component's role must grant what it calls.
-    "shared/transport.py": "not yet imported by any deployed component (tests and bench only)",
 }
+# Libraries whose AWS calls are made on behalf of their callers: each method's operations are
+# charged to the files that call the method (self.transport.send(...) -> send_message in that
+# file), so every role is checked for exactly the queue operations it uses, not all of them.
+BROKERED = {"shared/transport.py": ("Transport", "QueueConsumer")}
+# A call is a brokered one when its receiver names the transport or one of its queue consumers.
+BROKER_RECEIVER = re.compile(r"transport|queue", re.I)
 # Actions that have no resource-level permissions in IAM: the only ones allowed on "*".
 NO_RESOURCE_LEVEL = {"sqs:ListQueues", "cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData",
                      "cloudwatch:ListMetrics", "ec2:DescribeInstances", "ec2:DescribeInstanceStatus",
@@ -93,17 +97,72 @@ def calls_in_source(source: str) -> set[str]:
     return found
 
 
+def broker_methods(root: str = ROOT) -> dict[str, set[str]]:
+    """{method name: AWS operations it makes} for the brokered classes: direct client calls, operation
+    names passed as strings (the batched calls go through getattr), and the methods it uses (self.m,
+    self.transport.m), followed through."""
+    ops = operation_actions()
+    direct: dict[tuple[str, str], set[str]] = {}
+    uses: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for rel, classes in BROKERED.items():
+        path = os.path.join(root, rel)
+        if not os.path.exists(path):
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in classes):
+            for fn in (n for n in cls.body if isinstance(n, ast.FunctionDef)):
+                key = (cls.name, fn.name)
+                found, used = direct.setdefault(key, set()), uses.setdefault(key, set())
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in ops:
+                        found.add(node.value)
+                    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ops:
+                        found.add(node.func.attr)
+                    if isinstance(node, ast.Attribute):
+                        owner = ast.unparse(node.value)
+                        if owner == "self":
+                            used.add((cls.name, node.attr))
+                        elif owner.endswith("transport"):
+                            used.add(("Transport", node.attr))
+    out: dict[str, set[str]] = {}
+    for start in direct:
+        seen, todo = set(), [start]
+        while todo:
+            key = todo.pop()
+            if key in seen or key not in direct:
+                continue
+            seen.add(key)
+            out.setdefault(start[1], set()).update(direct[key])
+            todo.extend(uses[key])
+    return out
+
+
+def brokered_calls(source: str, methods: dict[str, set[str]]) -> set[str]:
+    """AWS operations a file makes through the transport: transport.send(...), queue.receive(...)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in methods
+                and BROKER_RECEIVER.search(ast.unparse(node.func.value))):
+            found |= methods[node.func.attr]
+    return found
+
+
 def scan(root: str = ROOT) -> dict[str, set[str]]:
     """{relative path: operations} for the Python packages and the Python embedded in ami/scripts."""
     out = {}
+    methods = broker_methods(root)
     for top in SCANNED:
         for dirpath, _, files in os.walk(os.path.join(root, top)):
             for name in files:
                 if name.endswith(".py"):
                     path = os.path.join(dirpath, name)
-                    found = calls_in_source(open(path, encoding="utf-8").read())
+                    rel = os.path.relpath(path, root)
+                    source = open(path, encoding="utf-8").read()
+                    found = calls_in_source(source)
+                    if rel not in BROKERED:
+                        found |= brokered_calls(source, methods)
                     if found:
-                        out[os.path.relpath(path, root)] = found
+                        out[rel] = found
     scripts = os.path.join(root, "ami", "scripts")
     for name in sorted(os.listdir(scripts)) if os.path.isdir(scripts) else []:
         text = open(os.path.join(scripts, name), encoding="utf-8").read()
@@ -156,7 +215,7 @@ def ungranted(found: dict[str, set[str]]) -> list[str]:
     """'path: op -> actions not granted to role' for every call the roles do not cover."""
     problems = []
     for path, ops in sorted(found.items()):
-        if path in NOT_DEPLOYED:
+        if path in NOT_DEPLOYED or path in BROKERED:   # a brokered file's calls are checked at its callers
             continue
         roles = roles_of(path)
         if roles is None:
@@ -176,7 +235,8 @@ def test_the_scan_finds_the_calls_each_component_is_known_to_make():
     worker = set().union(*(ops for p, ops in found.items() if p.startswith("worker/")))
     autoscaler = set().union(*(ops for p, ops in found.items() if p.startswith("autoscaler/")))
     assert {"send_message", "create_queue", "delete_queue", "receive_message", "put_object"} <= web
-    assert {"receive_message", "delete_message", "get_object", "put_object"} <= worker
+    assert {"receive_message", "get_object", "put_object"} <= worker
+    assert {"delete_message", "delete_message_batch"} & worker     # through the transport: batched
     assert {"run_instances", "terminate_instances", "describe_instances", "get_queue_attributes"} <= autoscaler
     assert "put_metric_data" in found["shared/metrics.py"]
 

@@ -185,3 +185,21 @@ def test_grouped_operations_span_queues_and_report_a_gone_queue_per_entry(transp
     assert acked.ok and sorted(acked.succeeded) == list(range(len(held) - 3))
     assert transport.depth(other) == transport.depth(other).__class__(0, 0, 0)
     transport.delete_queue(other)
+
+
+def test_queue_admin_calls_list_tag_and_read_attributes_and_recognise_a_gone_queue(transport, settings):
+    url = transport.create_queue(f"{settings.prefix}-adm-a", tags={"owner": "me"})
+    other = transport.create_queue(f"{settings.prefix}-adm-b")
+    assert sorted(transport.list_queues(f"{settings.prefix}-adm-")) == sorted([url, other])
+    assert transport.tags(url) == {"owner": "me"}
+    transport.tag(url, {"beat": "42"})
+    assert transport.tags(url) == {"owner": "me", "beat": "42"}
+    assert transport.attributes(url, ["QueueArn"])["QueueArn"].endswith(f"{settings.prefix}-adm-a")
+    transport.delete_queue(other)
+    transport.delete_queue(url)
+    transport.delete_queue(url)                     # already gone: counts as deleted
+    for call in (lambda: transport.tags(url), lambda: transport.tag(url, {"beat": "43"}),
+                 lambda: transport.attributes(url, ["QueueArn"])):
+        with pytest.raises(QueueGone):
+            call()
+    assert transport.list_queues(f"{settings.prefix}-adm-") == []

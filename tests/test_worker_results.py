@@ -106,3 +106,21 @@ def test_a_reply_queue_that_is_gone_counts_as_answered_once_recorded(sink_env):
     out = _outcome(sink_env, "asker-gone", gone)
     assert [h.message_id for h in sink.deliver([out])] == [out.held.message_id]
     assert _left(sink_env) == 0 and sink.stored_reply("asker-gone") is not None
+
+
+def test_the_reply_is_sent_before_the_record_is_written_and_the_delete_comes_last(sink_env):
+    sink = sink_env["make"]()
+    order: list[str] = []
+    hooks = [(sink_env["sqs"], "before-call.sqs"), (sink_env["s3"], "before-call.s3")]
+    for c, event in hooks:
+        c.meta.events.register(event, lambda model, **_: order.append(model.name), unique_id="order")
+    try:
+        out = [_outcome(sink_env, f"ordered-{i}", sink_env["reply"]) for i in range(3)]
+        order.clear()
+        assert len(sink.deliver(out)) == 3
+    finally:
+        for c, event in hooks:
+            c.meta.events.unregister(event, unique_id="order")
+    assert order[0] == "SendMessageBatch" and order[-1] == "DeleteMessageBatch", order
+    assert order.count("PutObject") == 3 and order.index("PutObject") > order.index("SendMessageBatch")
+    assert _replies(sink_env, sink_env["reply"]) == ["ordered-0", "ordered-1", "ordered-2"]

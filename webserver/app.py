@@ -5,11 +5,12 @@ import logging
 
 from flask import Flask, request
 
-from shared.aws import client, sqs_long_poll_client
+from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings, get_settings
 from shared.live_catalogue import LiveCatalogue
 from shared.metrics import MetricsPublisher
+from shared.transport import Transport
 from webserver.auth import install_edge
 from webserver.errors import install_error_handlers
 from webserver.health import HeartbeatMonitor
@@ -30,13 +31,13 @@ class WebContext:
     def __init__(self, settings: Settings, catalogue: Catalogue):
         self.settings = settings
         self.catalogue = catalogue
-        self.sqs = client("sqs", settings)
+        self.transport = Transport(settings)
         self.s3 = client("s3", settings)
         self.metrics = MetricsPublisher(settings, "web")
-        self.listener = ReplyListener(settings, self.sqs, sqs_long_poll_client(settings))
+        self.listener = ReplyListener(settings, self.transport)
         self.jobs = JobStore(settings, self.s3)
         self.heartbeats = HeartbeatMonitor(settings, self.s3)
-        self.submitter = Submitter(settings, catalogue, self.sqs, self.jobs, self.listener, self.metrics)
+        self.submitter = Submitter(settings, catalogue, self.transport, self.jobs, self.listener, self.metrics)
         self._metrics_started = False
 
     def start(self) -> None:

@@ -1,39 +1,75 @@
-"""API errors: one exception type, JSON error bodies, and reply-code to HTTP-status mapping."""
+"""API errors: one error table, one exception type, and the two bodies derived from them.
+
+ERRORS maps every error code to its HTTP status and its XCloud envelope code; the native
+{"error": ...} body and XCloud's {code, msg, results, elapse} envelope are both rendered from an
+ApiError here, so no route module is imported by the error layer.
+"""
 from __future__ import annotations
 
 import logging
 import re
+from typing import NamedTuple
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from webserver.failures import WebFailure
+
 log = logging.getLogger(__name__)
 
-# A worker's error reply code -> the HTTP status the web answers with.
-REPLY_STATUS: dict[str, int] = {
-    "invalid_image": 422,
-    "image_too_large": 413,
-    "invalid_url": 400,
-    "forbidden_address": 400,
-    "unsupported_scheme": 400,
-    "too_many_redirects": 400,
-    "redirect_loop": 400,
-    "unsupported_format": 415,
-    "malformed_message": 400,
-    "unsupported_version": 400,
-    "unknown_service": 404,
-    "service_unavailable": 503,
-    "internal_error": 500,
-    "inference_failed": 500,
-    "invalid_params": 400,      # a kind's parameters (gallery, name, meta) were wrong
-    "no_face": 422,             # facesearch enrol: no face in the image
-    "gallery_unavailable": 503,  # facesearch: the gallery in S3 cannot be read or written (retry)
-    "dead_lettered": 500,      # every delivery failed: the server's problem, not the client's
+# XCloud's envelope codes: 0 success; it used 1-3 for bad images, URLs and requests. We keep
+# those meanings and add codes for what XCloud could not fail with (queues, timeouts).
+XCLOUD_OK = 0
+XCLOUD_INVALID_IMAGE = 1
+XCLOUD_INVALID_URL = 2
+XCLOUD_BAD_REQUEST = 3
+XCLOUD_SERVICE = 4
+XCLOUD_TIMEOUT = 5
+XCLOUD_INTERNAL = 6
+
+
+class ErrorKind(NamedTuple):
+    """How one error code is answered: HTTP status and XCloud envelope code."""
+
+    status: int
+    xcloud: int
+
+
+_I, _U, _B, _S, _T, _X = (XCLOUD_INVALID_IMAGE, XCLOUD_INVALID_URL, XCLOUD_BAD_REQUEST, XCLOUD_SERVICE,
+                          XCLOUD_TIMEOUT, XCLOUD_INTERNAL)
+
+# The one error table: worker reply codes and the web's own codes.
+ERRORS: dict[str, ErrorKind] = {
+    # the image
+    "invalid_image": ErrorKind(422, _I), "invalid_base64": ErrorKind(400, _I), "empty_image": ErrorKind(400, _I),
+    "image_too_large": ErrorKind(413, _I), "image_not_found": ErrorKind(422, _I), "too_large": ErrorKind(413, _I),
+    "unsupported_format": ErrorKind(415, _X), "no_face": ErrorKind(422, _I),
+    # the image URL
+    "invalid_url": ErrorKind(400, _U), "unsupported_scheme": ErrorKind(400, _U),
+    "forbidden_address": ErrorKind(400, _U), "too_many_redirects": ErrorKind(400, _U),
+    "redirect_loop": ErrorKind(400, _X),
+    # the request
+    "missing_image": ErrorKind(400, _B), "ambiguous_image": ErrorKind(400, _B),
+    "missing_gallery": ErrorKind(400, _B), "invalid_gallery": ErrorKind(400, _B),
+    "invalid_params": ErrorKind(400, _B),      # a kind's parameters (gallery, name, meta) were wrong
+    "invalid_top_k": ErrorKind(400, _B), "method_not_allowed": ErrorKind(405, _B),
+    "bad_request": ErrorKind(400, _B), "not_found": ErrorKind(404, _B),
+    "malformed_message": ErrorKind(400, _X), "unsupported_version": ErrorKind(400, _X),
+    # the service and its queues
+    "unknown_service": ErrorKind(404, _S), "service_unavailable": ErrorKind(503, _S),
+    "queue_unavailable": ErrorKind(503, _S),
+    "gallery_unavailable": ErrorKind(503, _S),  # facesearch: the gallery in S3 cannot be read or written
+    "storage_unavailable": ErrorKind(503, _X), "corrupt_record": ErrorKind(502, _X),
+    "timeout": ErrorKind(504, _T),
+    # the server
+    "internal_error": ErrorKind(500, _X), "inference_failed": ErrorKind(500, _X),
+    "dead_lettered": ErrorKind(500, _X),       # every delivery failed: the server's problem, not the client's
 }
 
 # Werkzeug's own HTTP errors get stable snake_case codes.
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
                413: "too_large", 415: "unsupported_media_type", 500: "internal_error"}
+_URL_PREFIXES = ("fetch_", "http_", "download_")   # a worker's failure to fetch the client's URL
 
 
 class ApiError(Exception):
@@ -49,6 +85,16 @@ class ApiError(Exception):
         self.allow: list[str] | None = None   # 405: the methods the route accepts
         self.retry_after: int | None = None   # 503: seconds after which a retry may succeed
 
+    @classmethod
+    def of(cls, code: str, message: str, request_id: str | None = None, **extra) -> "ApiError":
+        """An ApiError whose HTTP status comes from the error table."""
+        return cls(status_for_code(code), code, message, request_id, **extra)
+
+    @classmethod
+    def from_failure(cls, failure: WebFailure) -> "ApiError":
+        """The HTTP form of a domain failure (storage, submission)."""
+        return cls.of(failure.code, failure.message, failure.request_id, **failure.extra)
+
     def body(self) -> dict:
         """The native JSON error body."""
         err = {"code": self.code, "message": self.message}
@@ -60,16 +106,42 @@ class ApiError(Exception):
         out.update(self.extra)
         return out
 
+    def envelope(self, elapse: float = 0.0) -> dict:
+        """XCloud's envelope for this failure (results null, as XCloud answered)."""
+        out = {"code": xcloud_code(self.code), "msg": self.message, "results": None,
+               "elapse": round(elapse, 2), "error": self.code}
+        if self.request_id:
+            out["id"] = self.request_id
+        if self.extra.get("status_url"):
+            out["status_url"] = self.extra["status_url"]
+        if self.extra.get("services"):
+            out["services"] = self.extra["services"]
+        return out
 
-def status_for_reply_code(code: str) -> int:
-    """HTTP status for a worker error code (fetch problems are the client's URL: 422)."""
-    if code in REPLY_STATUS:
-        return REPLY_STATUS[code]
-    if re.match(r"^(fetch|http|download)_", code):
+
+def status_for_code(code: str) -> int:
+    """HTTP status for an error code (a worker's fetch problems are the client's URL: 422)."""
+    kind = ERRORS.get(code)
+    if kind is not None:
+        return kind.status
+    if code.startswith(_URL_PREFIXES):
         return 422
     if code.startswith("internal"):
         return 500
     return 422
+
+
+status_for_reply_code = status_for_code   # a worker's error reply code is looked up in the same table
+
+
+def xcloud_code(code: str) -> int:
+    """The XCloud envelope's non-zero code for one of our error codes."""
+    kind = ERRORS.get(code)
+    if kind is not None:
+        return kind.xcloud
+    if code.startswith(_URL_PREFIXES):
+        return XCLOUD_INVALID_URL
+    return XCLOUD_INTERNAL
 
 
 def http_error_as_api(exc: HTTPException) -> ApiError:
@@ -86,11 +158,7 @@ def install_error_handlers(app: Flask, xcloud_prefix: str = "/cv/") -> None:
     """Every error is JSON: the native {"error": ...} body, or XCloud's envelope under /cv/."""
 
     def render(err: ApiError):
-        if request.path.startswith(xcloud_prefix):
-            from webserver.xcloud import envelope_for_error
-            resp = jsonify(envelope_for_error(err))
-        else:
-            resp = jsonify(err.body())
+        resp = jsonify(err.envelope() if request.path.startswith(xcloud_prefix) else err.body())
         resp.status_code = err.status
         if err.allow:
             resp.headers["Allow"] = ", ".join(err.allow)
@@ -101,6 +169,10 @@ def install_error_handlers(app: Flask, xcloud_prefix: str = "/cv/") -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError):
         return render(err)
+
+    @app.errorhandler(WebFailure)
+    def _failure(failure: WebFailure):
+        return render(ApiError.from_failure(failure))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

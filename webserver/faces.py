@@ -6,6 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from webserver.errors import ApiError
 from webserver.inputs import parse_classify
 from webserver.params import check_gallery, field_value
+from webserver.routes import answer
 
 bp = Blueprint("faces", __name__)
 
@@ -15,7 +16,6 @@ FACE_SERVICE = "facesearch"
 @bp.route("/faces/<gallery>", methods=["POST"])
 def enroll(gallery: str):
     """Enrol the most confident face of the image as `name`: 201 {gallery, name, box, faces, id}."""
-    from webserver.routes import answer
     c = current_app.extensions["classifycloud"]
     gallery = check_gallery(gallery)
     name = field_value(request, "name")

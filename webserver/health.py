@@ -1,7 +1,6 @@
 """Worker liveness from S3 heartbeats (heartbeats/<instance>.json), cached for a couple of seconds."""
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -10,7 +9,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import now_ms
+from shared.messages import Heartbeat, MessageError, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -48,24 +47,19 @@ class HeartbeatMonitor:
                     if now - obj["LastModified"].timestamp() * 1000 > max_age_ms + 5000:
                         continue
                     beat = self._get(obj["Key"])
-                    if beat is None:
-                        continue
-                    at = beat.get("at")
-                    if (beat.get("state") == "ready" and isinstance(at, (int, float))
-                            and now - at <= max_age_ms):
-                        out.append(beat)
+                    if beat is not None and beat.state == "ready" and beat.is_fresh(self.settings.heartbeat_max_age_s, now):
+                        out.append(beat.to_dict())
         except (ClientError, BotoCoreError) as exc:
             log.warning("heartbeats unreadable: %s", exc)
             return [], f"cannot read worker heartbeats: {exc}"
         return out, None
 
-    def _get(self, key: str) -> dict | None:
+    def _get(self, key: str) -> Heartbeat | None:
         try:
             body = self._s3.get_object(Bucket=self.settings.bucket_name, Key=key)["Body"].read()
-            beat = json.loads(body)
+            return Heartbeat.from_json(body)
         except ClientError:
             return None  # deleted between listing and reading: a worker that just left
-        except ValueError:
-            log.warning("heartbeat %s is not JSON; ignored", key)
+        except MessageError as exc:
+            log.warning("heartbeat %s is malformed (%s); ignored", key, exc)
             return None
-        return beat if isinstance(beat, dict) else None

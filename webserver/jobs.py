@@ -10,7 +10,7 @@ from shared import naming
 from shared.config import Settings
 from shared.messages import now_ms
 from webserver.auth import current_owner
-from webserver.errors import ApiError
+from webserver.failures import CorruptRecord, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ class JobStore:
                                 ContentType="application/octet-stream")
         except (ClientError, BotoCoreError) as exc:
             log.error("request %s: upload to s3://%s/%s failed: %s", request_id, self.bucket, key, exc)
-            raise ApiError(503, "storage_unavailable", "could not store the uploaded image; try again",
-                           request_id) from None
+            raise StorageUnavailable("could not store the uploaded image; try again", request_id) from None
         return f"s3://{self.bucket}/{key}"
 
     def write_marker(self, request_id: str, service: str, submitted_at: int | None = None) -> None:
@@ -46,7 +45,7 @@ class JobStore:
                                 Body=json.dumps(body).encode(), ContentType="application/json")
         except (ClientError, BotoCoreError) as exc:
             log.error("request %s: job marker not written: %s", request_id, exc)
-            raise ApiError(503, "storage_unavailable", "could not record the job; try again", request_id) from None
+            raise StorageUnavailable("could not record the job; try again", request_id) from None
 
     def result(self, request_id: str) -> dict | None:
         """The result record (the worker's reply), or None when there is none yet."""
@@ -63,15 +62,13 @@ class JobStore:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return None
             log.error("request %s: reading s3://%s/%s failed: %s", request_id, self.bucket, key, exc)
-            raise ApiError(503, "storage_unavailable", "could not read the job state; try again",
-                           request_id) from None
+            raise StorageUnavailable("could not read the job state; try again", request_id) from None
         except BotoCoreError as exc:
             log.error("request %s: reading s3://%s/%s failed: %s", request_id, self.bucket, key, exc)
-            raise ApiError(503, "storage_unavailable", "could not read the job state; try again",
-                           request_id) from None
+            raise StorageUnavailable("could not read the job state; try again", request_id) from None
         try:
             doc = json.loads(obj["Body"].read())
         except ValueError:
             log.error("request %s: s3://%s/%s is not JSON", request_id, self.bucket, key)
-            raise ApiError(502, "corrupt_record", "the stored record is not valid JSON", request_id) from None
+            raise CorruptRecord("the stored record is not valid JSON", request_id) from None
         return doc if isinstance(doc, dict) else None

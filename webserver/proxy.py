@@ -29,3 +29,8 @@ def external_url(endpoint: str, **values) -> str:
     if host not in trusted:
         host = trusted[0]
     return f"{request.scheme}://{host}{url_for(endpoint, **values)}"
+
+
+def status_url(request_id: str) -> str:
+    """Where the client polls for a job's result (on a trusted host name)."""
+    return external_url("api.get_job", job_id=request_id)

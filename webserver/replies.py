@@ -8,11 +8,10 @@ import socket
 import threading
 import time
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from shared import naming
 from shared.config import Settings
 from shared.messages import MessageError, Reply, now_ms
+from shared.transport import Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +41,11 @@ class Waiter:
 class ReplyListener:
     """Owns one reply queue per process (created after fork), polls it, wakes waiters, deletes it on close."""
 
-    def __init__(self, settings: Settings, sqs, poll_sqs):
+    def __init__(self, settings: Settings, sqs_or_transport, poll_sqs=None):
         self.settings = settings
-        self._sqs = sqs                # ordinary client: create/delete queue, delete messages
-        self._poll_sqs = poll_sqs      # read timeout longer than the long poll
+        # the transport's poll client has a read timeout longer than the long poll
+        self.transport = (Transport(settings, sqs=sqs_or_transport, poll_sqs=poll_sqs) if poll_sqs is not None
+                          else Transport.of(settings, sqs_or_transport))
         self._lock = threading.Lock()
         self._waiters: dict[str, Waiter] = {}
         self._stop = threading.Event()
@@ -63,6 +63,15 @@ class ReplyListener:
         self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
         self.malformed = 0
 
+    @property
+    def _sqs(self):
+        """The ordinary SQS client under the transport (tests swap it for a dead endpoint)."""
+        return self.transport.sqs
+
+    @_sqs.setter
+    def _sqs(self, client) -> None:
+        self.transport = Transport(self.settings, sqs=client, poll_sqs=self.transport.poll_sqs)
+
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> str:
         """Create this process's queue and start polling (idempotent; a forked child gets its own)."""
@@ -78,11 +87,10 @@ class ReplyListener:
             if not self.queue_url:
                 self.queue_name = naming.reply_queue(self.settings.prefix)
                 now = str(now_ms())
-                self.queue_url = self._sqs.create_queue(
-                    QueueName=self.queue_name,
-                    Attributes={"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"},
+                self.queue_url = self.transport.create_queue(
+                    self.queue_name, {"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"},
                     tags={naming.REPLY_TAG_OWNER: f"{socket.gethostname()[:100]}/{os.getpid()}",
-                          naming.REPLY_TAG_CREATED: now, naming.REPLY_TAG_BEAT: now})["QueueUrl"]
+                          naming.REPLY_TAG_CREATED: now, naming.REPLY_TAG_BEAT: now})
                 self._beat_at = time.monotonic()
                 log.info("reply queue %s created (pid %d)", self.queue_name, os.getpid())
             self._pid = os.getpid()
@@ -109,9 +117,9 @@ class ReplyListener:
                 self._drain_timer.cancel()
         if url:
             try:
-                self._sqs.delete_queue(QueueUrl=url)
+                self.transport.delete_queue(url)
                 log.info("reply queue %s deleted", self.queue_name)
-            except (ClientError, BotoCoreError) as exc:
+            except TransportError as exc:
                 log.warning("reply queue %s not deleted: %s", self.queue_name, exc)
         if thread is not None and thread is not threading.current_thread():
             thread.join(join_timeout)
@@ -145,9 +153,9 @@ class ReplyListener:
         if now - self._checked_at < cache_s:
             return self._check
         try:
-            self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+            self.transport.attributes(self.queue_url, ["QueueArn"])
             self._check = None
-        except (ClientError, BotoCoreError) as exc:
+        except TransportError as exc:
             self._check = f"queue endpoint unreachable: {type(exc).__name__}"
         self._checked_at = time.monotonic()
         return self._check
@@ -184,52 +192,52 @@ class ReplyListener:
             return
         self._beat_at = time.monotonic()
         try:
-            self._sqs.tag_queue(QueueUrl=url, Tags={naming.REPLY_TAG_BEAT: str(now_ms())})
-        except (ClientError, BotoCoreError) as exc:
+            self.transport.tag(url, {naming.REPLY_TAG_BEAT: str(now_ms())})
+        except TransportError as exc:
             log.warning("reply queue %s: heartbeat tag not written: %s", self.queue_name, exc)
 
     def _run(self) -> None:
         url = self.queue_url
+        queue = self.transport.consumer(url)
         while not self._stop.is_set():
             self._beat(url)
             try:
-                resp = self._poll_sqs.receive_message(
-                    QueueUrl=url, MaxNumberOfMessages=10,
-                    WaitTimeSeconds=min(20, max(0, int(self.settings.wait_time_s))))
-            except (ClientError, BotoCoreError) as exc:
+                messages = queue.receive(10)
+            except TransportError as exc:
                 if self._stop.is_set():
                     break
                 log.warning("reply queue %s: receive failed: %s", self.queue_name, exc)
                 self._stop.wait(1.0)
                 continue
-            messages = resp.get("Messages", [])
             try:
                 if messages:
-                    self._handle(url, messages)
+                    self._handle(queue, messages)
             except Exception:  # one bad batch must not end the only listener of this process
                 log.exception("reply queue %s: handling a batch failed", self.queue_name)
         log.info("reply listener for %s stopped", self.queue_name)
 
-    def _handle(self, url: str, messages: list[dict]) -> None:
-        done = []
+    def _handle(self, queue, messages: list[Received]) -> None:
         for msg in messages:
             try:
-                reply = Reply.from_json(msg["Body"])
+                reply = msg.parse(Reply)
             except MessageError as exc:
                 # nothing to wake; keeping it would only redeliver the same garbage
                 self.malformed += 1
                 log.warning("reply queue %s: malformed reply dropped: %s", self.queue_name, exc.message)
+                continue
+            with self._lock:
+                waiter = self._waiters.pop(reply.id, None)
+            if waiter is None:
+                self.orphans += 1
+                log.info("reply %s has no waiter (timed out or duplicate); its record is in S3", reply.id)
             else:
-                with self._lock:
-                    waiter = self._waiters.pop(reply.id, None)
-                if waiter is None:
-                    self.orphans += 1
-                    log.info("reply %s has no waiter (timed out or duplicate); its record is in S3", reply.id)
-                else:
-                    self.delivered += 1
-                    waiter.deliver(reply)
-            done.append({"Id": str(len(done)), "ReceiptHandle": msg["ReceiptHandle"]})
+                self.delivered += 1
+                waiter.deliver(reply)
         try:
-            self._sqs.delete_message_batch(QueueUrl=url, Entries=done)
-        except (ClientError, BotoCoreError) as exc:
+            result = queue.ack(messages)
+        except TransportError as exc:
             log.warning("reply queue %s: delete failed (%s); duplicates will be ignored", self.queue_name, exc)
+            return
+        if result.failed:
+            log.warning("reply queue %s: %d not deleted (%s); duplicates will be ignored", self.queue_name,
+                        len(result.failed), result.failed[0].code)

@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 from shared.messages import valid_id
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_classify
-from webserver.proxy import external_url
+from webserver.proxy import status_url
 from webserver.params import request_params
 from webserver.submit import Outcome
 
@@ -16,11 +16,6 @@ bp = Blueprint("api", __name__)
 def ctx():
     """This app's WebContext (clients, listener, submitter)."""
     return current_app.extensions["classifycloud"]
-
-
-def status_url(request_id: str) -> str:
-    """Where the client polls for a job's result (on a trusted host name: webserver.proxy)."""
-    return external_url("api.get_job", job_id=request_id)
 
 
 def answer(outcome: Outcome):

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from shared import naming
 from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
 from shared.messages import Reply, Request, new_id, now_ms
 from shared.metrics import MetricsPublisher
-from webserver.errors import ApiError
+from shared.transport import QueueGone, Transport, TransportError
+from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
+                                 UnknownService)
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
@@ -38,69 +36,65 @@ class Outcome:
 class Submitter:
     """Sends requests to the service queues and (for synchronous calls) waits on the reply listener."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs, jobs: JobStore,
+    def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, jobs: JobStore,
                  listener: ReplyListener, metrics: MetricsPublisher):
         self.settings = settings
         self.catalogue = catalogue
         self.jobs = jobs
         self.listener = listener
         self.metrics = metrics
-        self._sqs = sqs
-        self._urls: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self.transport = Transport.of(settings, sqs_or_transport)
+
+    @property
+    def _sqs(self):
+        """The SQS client under the transport (tests swap it for a dead endpoint)."""
+        return self.transport.sqs
+
+    @_sqs.setter
+    def _sqs(self, client) -> None:
+        self.transport = Transport.of(self.settings, client)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
-        """The catalogue entry; 404 with the list when unknown, 503 with the reason when unavailable."""
+        """The catalogue entry; UnknownService (with the names) or ServiceUnavailable (with the reason)."""
         name = name or DEFAULT_SERVICE
         services = self.catalogue.services  # one snapshot of the (live) catalogue
         spec = services.get(name)
         if spec is None:
-            raise ApiError(404, "unknown_service", f"no service named {name!r}", services=list(services))
+            raise UnknownService(f"no service named {name!r}", services=list(services))
         reason = spec.unavailable_reason(self.settings.model_dir)
         if reason:
-            raise ApiError(503, "service_unavailable", f"service {name!r} is unavailable: {reason}")
+            raise ServiceUnavailable(f"service {name!r} is unavailable: {reason}")
         return spec
 
     def queue_url(self, service: str) -> str:
-        """The service's request queue URL (looked up once per process)."""
-        with self._lock:
-            url = self._urls.get(service)
-        if url:
-            return url
+        """The service's request queue URL (the transport looks it up once per process)."""
         try:
-            url = self._sqs.get_queue_url(QueueName=naming.request_queue(self.settings.prefix, service))["QueueUrl"]
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if "NonExistentQueue" in code or "QueueDoesNotExist" in code:
-                log.error("request queue for %s does not exist: %s", service, exc)
-            raise ApiError(503, "service_unavailable", f"service {service!r} is not available right now") from None
+            return self.transport.request_queue_url(service)
+        except QueueGone as exc:
+            log.error("request queue for %s does not exist: %s", service, exc)
+            raise ServiceUnavailable(f"service {service!r} is not available right now") from None
+        except TransportError as exc:
             log.error("queue lookup for %s failed: %s", service, exc)
-            raise ApiError(503, "queue_unavailable", "the request queue cannot be reached; try again") from None
-        except BotoCoreError as exc:
-            log.error("queue lookup for %s failed: %s", service, exc)
-            raise ApiError(503, "queue_unavailable", "the request queue cannot be reached; try again") from None
-        with self._lock:
-            self._urls[service] = url
-        return url
+            raise QueueUnavailable("the request queue cannot be reached; try again") from None
 
     def _image_ref(self, request_id: str, image: ImageInput) -> dict:
         if image.url is not None:
             return {"url": image.url}
         if len(image.data) > self.settings.max_upload_bytes:
-            raise ApiError(413, "image_too_large",
-                           f"image is {len(image.data)} bytes; the limit is {self.settings.max_upload_bytes}",
-                           request_id)
+            raise ImageTooLarge(f"image is {len(image.data)} bytes; the limit is {self.settings.max_upload_bytes}",
+                                request_id)
         ref = {"s3": self.jobs.upload(request_id, image.data)}
         image.release()          # in S3 now: the wait for the reply holds no copy of the body
         release_request_body()
         return ref
 
     def _send(self, req: Request) -> None:
+        url = self.queue_url(req.service)
         try:
-            self._sqs.send_message(QueueUrl=self.queue_url(req.service), MessageBody=req.to_json())
-        except (ClientError, BotoCoreError) as exc:
+            self.transport.send(url, req)
+        except TransportError as exc:
             log.error("request %s: send to %s failed: %s", req.id, req.service, exc)
-            raise ApiError(503, "queue_unavailable", "could not enqueue the request; try again", req.id) from None
+            raise QueueUnavailable("could not enqueue the request; try again", req.id) from None
 
     def classify(self, image: ImageInput, service: str | None, top_k: int | None,
                  params: dict | None = None) -> Outcome:
@@ -108,9 +102,9 @@ class Submitter:
         spec = self.resolve_service(service)
         try:
             reply_to = self.listener.start()
-        except (ClientError, BotoCoreError) as exc:
+        except TransportError as exc:
             log.error("reply queue cannot be created: %s", exc)
-            raise ApiError(503, "queue_unavailable", "this server's reply queue cannot be created; try again") from None
+            raise QueueUnavailable("this server's reply queue cannot be created; try again") from None
         rid = new_id()
         started = time.monotonic()
         ref = self._image_ref(rid, image)
@@ -149,7 +143,7 @@ class Submitter:
                            top_k=top_k or spec.top_k, submitted_at=submitted, params=params))
         try:
             self.jobs.write_marker(rid, spec.name, submitted)
-        except ApiError:  # accepted all the same: its result record will answer GET /jobs/<id>
+        except StorageUnavailable:  # accepted all the same: its result record will answer GET /jobs/<id>
             log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done", rid)
         log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
         return rid, spec.name

@@ -5,43 +5,12 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from webserver.errors import ApiError, status_for_reply_code
+from webserver.errors import XCLOUD_OK, ApiError, status_for_reply_code
 from webserver.inputs import parse_top_k, parse_xcloud_image
 from webserver.params import request_params
+from webserver.proxy import status_url
 
 bp = Blueprint("xcloud", __name__)
-
-# XCloud's envelope codes: 0 success; it used 1-3 for bad images, URLs and requests. We keep
-# those meanings and add codes for what XCloud could not fail with (queues, timeouts).
-CODE_OK = 0
-CODE_INVALID_IMAGE = 1
-CODE_INVALID_URL = 2
-CODE_BAD_REQUEST = 3
-CODE_SERVICE = 4
-CODE_TIMEOUT = 5
-CODE_INTERNAL = 6
-
-_BY_ERROR = {
-    "invalid_image": CODE_INVALID_IMAGE, "invalid_base64": CODE_INVALID_IMAGE,
-    "empty_image": CODE_INVALID_IMAGE, "image_too_large": CODE_INVALID_IMAGE, "image_not_found": CODE_INVALID_IMAGE, "too_large": CODE_INVALID_IMAGE,
-    "invalid_url": CODE_INVALID_URL, "unsupported_scheme": CODE_INVALID_URL,
-    "forbidden_address": CODE_INVALID_URL, "too_many_redirects": CODE_INVALID_URL,
-    "missing_image": CODE_BAD_REQUEST, "ambiguous_image": CODE_BAD_REQUEST, "missing_gallery": CODE_BAD_REQUEST, "invalid_gallery": CODE_BAD_REQUEST,
-    "invalid_params": CODE_BAD_REQUEST, "no_face": CODE_INVALID_IMAGE, "method_not_allowed": CODE_BAD_REQUEST, "invalid_top_k": CODE_BAD_REQUEST,
-    "bad_request": CODE_BAD_REQUEST, "not_found": CODE_BAD_REQUEST,
-    "unknown_service": CODE_SERVICE, "gallery_unavailable": CODE_SERVICE, "service_unavailable": CODE_SERVICE, "queue_unavailable": CODE_SERVICE,
-    "timeout": CODE_TIMEOUT,
-}
-
-
-def xcloud_code(error_code: str) -> int:
-    """The envelope's non-zero code for one of our error codes."""
-    if error_code in _BY_ERROR:
-        return _BY_ERROR[error_code]
-    if error_code.startswith(("fetch_", "http_", "download_")):
-        return CODE_INVALID_URL
-    return CODE_INTERNAL
-
 
 def xcloud_results(results: list[dict], kind: str = "classifier") -> list[dict]:
     """Our results in XCloud's style, by service kind (docs/API.md).
@@ -61,19 +30,6 @@ def xcloud_results(results: list[dict], kind: str = "classifier") -> list[dict]:
                     "prob": round(float(r.get("score", 0.0)), 4)})
         if kind == "score":
             out[-1].update(verdict=r.get("verdict"), threshold=r.get("threshold"))
-    return out
-
-
-def envelope_for_error(err: ApiError, elapse: float = 0.0) -> dict:
-    """XCloud's envelope for a failure (results null, as XCloud answered)."""
-    out = {"code": xcloud_code(err.code), "msg": err.message, "results": None,
-           "elapse": round(elapse, 2), "error": err.code}
-    if err.request_id:
-        out["id"] = err.request_id
-    if err.extra.get("status_url"):
-        out["status_url"] = err.extra["status_url"]
-    if err.extra.get("services"):
-        out["services"] = err.extra["services"]
     return out
 
 
@@ -98,11 +54,10 @@ def classify(service: str):
     outcome = c.submitter.classify(image, service, top_k, params)
     rid, reply = outcome.request_id, outcome.reply
     if reply is None:
-        from webserver.routes import status_url
         raise ApiError(504, "timeout", f"no reply within {c.settings.reply_timeout_s:g} s",
                        rid, status_url=status_url(rid))
     if reply.status == "error":
         code = reply.error.get("code", "error")
         raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
-    return jsonify({"code": CODE_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
+    return jsonify({"code": XCLOUD_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
                     "elapse": round(time.monotonic() - started, 2), "id": rid})

@@ -150,8 +150,8 @@ class BatchProcessor:
 
     def keep_visible(self, held: list[Held]) -> None:
         """Extend the visibility of messages still being worked on, so no other worker gets them meanwhile."""
-        if held and self.sink is not None and getattr(self.sink, "sqs", None) is not None:
-            extend_visibility(self.sink.sqs, held, self.settings.visibility_timeout_s)
+        if held and self.sink is not None and getattr(self.sink, "transport", None) is not None:
+            extend_visibility(self.sink.transport, held, self.settings.visibility_timeout_s)
 
     @staticmethod
     def _log(item: _Item) -> None:

@@ -8,7 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from shared.config import Settings
-from shared.messages import now_ms
+from shared.transport import Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,13 @@ class Held:
     body: str
     received_at: int          # epoch ms
     receive_count: int        # ApproximateReceiveCount: > 1 means delivered before
+
+    @classmethod
+    def from_received(cls, service: str, r: Received) -> "Held":
+        """A held request from the transport's received message."""
+        return cls(service=service, queue_url=r.queue_url, message_id=r.message_id,
+                   receipt_handle=r.receipt_handle, body=r.body, received_at=r.received_at,
+                   receive_count=r.receive_count)
 
 
 class MessageBuffer:
@@ -143,36 +150,32 @@ class MessageBuffer:
         return sum(1 for item in self._items if item.service == service)
 
 
-def release(sqs, messages: list[Held]) -> int:
+def release(sqs_or_transport, messages: list[Held]) -> int:
     """Make messages visible again now (ChangeMessageVisibility 0); returns how many were released."""
-    return set_visibility(sqs, messages, 0)
+    return set_visibility(sqs_or_transport, messages, 0)
 
 
-def extend_visibility(sqs, messages: list[Held], seconds: int) -> int:
+def extend_visibility(sqs_or_transport, messages: list[Held], seconds: int) -> int:
     """Keep messages a worker is still working on invisible for `seconds` more; returns how many."""
-    return set_visibility(sqs, messages, seconds)
+    return set_visibility(sqs_or_transport, messages, seconds)
 
 
-def set_visibility(sqs, messages: list[Held], seconds: int) -> int:
-    """ChangeMessageVisibility in batches of 10 per queue; returns how many succeeded."""
-    changed = 0
-    by_queue: dict[str, list[Held]] = {}
-    for m in messages:
-        by_queue.setdefault(m.queue_url, []).append(m)
-    for url, group in by_queue.items():
-        for i in range(0, len(group), 10):
-            chunk = group[i:i + 10]
-            entries = [{"Id": str(j), "ReceiptHandle": m.receipt_handle, "VisibilityTimeout": int(seconds)}
-                       for j, m in enumerate(chunk)]
-            try:
-                resp = sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
-                changed += len(resp.get("Successful", []))
-                for f in resp.get("Failed", []):
-                    log.warning("visibility %ds failed for %s: %s", seconds, chunk[int(f["Id"])].message_id,
-                                f.get("Message"))
-            except Exception as exc:  # released: visible after the timeout anyway; extended: maybe redelivered
-                log.warning("visibility %ds of %d messages on %s failed: %s", seconds, len(chunk), url, exc)
-    return changed
+def set_visibility(sqs_or_transport, messages: list[Held], seconds: int) -> int:
+    """Change the visibility of held messages (batched per queue by the transport); returns how many succeeded."""
+    try:
+        result = Transport.of(None, sqs_or_transport).release_received(messages, seconds)
+    except TransportError as exc:  # released: visible after the timeout anyway; extended: maybe redelivered
+        log.warning("visibility %ds of %d messages failed: %s", seconds, len(messages), exc)
+        return 0
+    for f in result.failed:
+        log.warning("visibility %ds failed for %s: %s", seconds, messages[f.key].message_id, f.message)
+    return len(result.succeeded)
+
+
+def own_transport(settings: Settings) -> Transport:
+    """A transport with its own long-poll client: one per consumer thread, so polls never share a pool."""
+    from shared.aws import client, sqs_long_poll_client
+    return Transport(settings, sqs=client("sqs", settings), poll_sqs=sqs_long_poll_client(settings))
 
 
 class Consumer(threading.Thread):
@@ -181,13 +184,13 @@ class Consumer(threading.Thread):
     def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer,
                  share: int, sqs=None):
         super().__init__(name=f"consumer-{service}", daemon=True)  # daemon: a 20 s poll never blocks exit
-        from shared.aws import sqs_long_poll_client
         self.settings = settings
         self.service = service
         self.queue_url = queue_url
         self.buffer = buffer
         self.share = max(1, min(10, share))
-        self.sqs = sqs or sqs_long_poll_client(settings)  # one long-poll client per thread
+        self.transport = Transport.of(settings, sqs) if sqs is not None else own_transport(settings)
+        self.queue = self.transport.consumer(queue_url)
         self.stopping = threading.Event()
         self.received = 0
         buffer.register(self.name)
@@ -208,24 +211,17 @@ class Consumer(threading.Thread):
             if n == 0:
                 continue
             try:
-                resp = self.sqs.receive_message(
-                    QueueUrl=self.queue_url, MaxNumberOfMessages=n, WaitTimeSeconds=self.settings.wait_time_s,
-                    MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"])
-            except Exception as exc:
+                messages = [Held.from_received(self.service, r) for r in self.queue.receive(n)]
+            except TransportError as exc:   # QueueGone too: a re-provisioned queue is found again by URL
                 self.buffer.unreserve(n)
                 log.warning("receive from %s failed: %s (retrying in %.1fs)", self.queue_url, exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 20.0)
                 continue
             backoff = 0.5
-            at = now_ms()
-            messages = [Held(service=self.service, queue_url=self.queue_url, message_id=m["MessageId"],
-                             receipt_handle=m["ReceiptHandle"], body=m.get("Body", ""), received_at=at,
-                             receive_count=int(m.get("Attributes", {}).get("ApproximateReceiveCount", "1")))
-                        for m in resp.get("Messages", [])]
             self.received += len(messages)
             for m in messages:
                 log.debug("received %s from %s (delivery %d)", m.message_id, self.service, m.receive_count)
             if not self.buffer.put(self.name, n, messages):
                 log.info("buffer closed: releasing %d just-received messages", len(messages))
-                release(self.sqs, messages)
+                release(self.transport, messages)

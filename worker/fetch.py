@@ -19,7 +19,7 @@ from urllib3.util.ssl_match_hostname import CertificateError
 from shared import naming
 from shared.aws import parse_s3_uri
 from shared.config import Settings
-from shared.images import ImageRefused, open_checked
+from shared.images import ImageRefused, checked_image, open_checked
 from shared.redact import safe_url
 
 log = logging.getLogger(__name__)
@@ -167,15 +167,18 @@ class Fetcher:
         self._s3 = s3_client
 
     def fetch(self, image: dict, request_id: str | None = None) -> bytes:
-        """The bytes of a request's image ({"url": ...} or {"s3": uploads/<request_id>}), checked to be an image."""
+        """The bytes of a request's image ({"url": ...} or {"s3": uploads/<request_id>}), checked to be an image
+        (a shared.images.CheckedImage: its header travels with it to the decoder)."""
         if "url" in image:
             data = self.fetch_url(image["url"])
         elif "s3" in image:
             data = self.fetch_s3(image["s3"], request_id)
         else:
             raise FetchError("invalid_url", "image must be {'url': ...} or {'s3': ...}")
-        check_image_header(data, self.max_pixels)
-        return data
+        try:  # opened and checked once: the engine decodes from this header, it does not open the bytes again
+            return checked_image(data, self.max_pixels)
+        except ImageRefused as exc:
+            raise FetchError(exc.code, exc.message) from None
 
     def fetch_url(self, url: str) -> bytes:
         """GET a URL within fetch_deadline_s, following redirects by hand and re-checking every hop."""

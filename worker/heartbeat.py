@@ -1,14 +1,13 @@
 """Heartbeat: heartbeats/<instance_id>.json in the bucket, rewritten on an interval, deleted on exit."""
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from typing import Callable
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import now_ms
+from shared.messages import Heartbeat as HeartbeatRecord, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +29,17 @@ class Heartbeat(threading.Thread):
         self.key = naming.heartbeat_key(instance_id)
         self._stop_event = threading.Event()
 
-    def record(self) -> dict:
-        """The heartbeat document."""
-        return {"instance_id": self.instance_id, "services": self.services, "unavailable": self.unavailable,
-                "state": self.state, "busy": self.busy(), "started_at": self.started_at, "at": now_ms()}
+    def record(self) -> HeartbeatRecord:
+        """The heartbeat document (the typed record of shared.messages)."""
+        return HeartbeatRecord(instance_id=self.instance_id, services=list(self.services),
+                               unavailable=dict(self.unavailable), state=self.state, busy=self.busy(),
+                               started_at=self.started_at, at=now_ms())
 
     def beat(self) -> bool:
         """Write the heartbeat once; False (logged) on failure."""
         try:
             self.s3.put_object(Bucket=self.settings.bucket_name, Key=self.key,
-                               Body=json.dumps(self.record()).encode(), ContentType="application/json")
+                               Body=self.record().to_json().encode(), ContentType="application/json")
             return True
         except Exception as exc:  # a missed beat only makes the worker look older
             log.warning("heartbeat %s not written: %s", self.key, exc)

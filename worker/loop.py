@@ -7,13 +7,12 @@ import signal
 import threading
 import time
 
-from botocore.exceptions import ClientError
-
 from shared import naming
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.metrics import MetricsPublisher
+from shared.transport import QueueGone, Transport, TransportError
 from worker.asg import FleetAgent
 from worker.batch import BatchProcessor
 from worker.consumer import Consumer, MessageBuffer, release
@@ -43,7 +42,7 @@ class Worker:
         self.engine = engine
         self._own_engine = engine is None
         self.instance_id = ""
-        self.sqs = None
+        self.transport: Transport | None = None
         self.s3 = None
         self.buffer = MessageBuffer(settings.buffer_size)
         self.consumers: list[Consumer] = []
@@ -110,7 +109,7 @@ class Worker:
         """Load models, resolve queues, start consumers, heartbeat and metrics; StartupError when it cannot."""
         s = self.settings
         self.instance_id = instance_id(s)
-        self.sqs = client("sqs", s)
+        self.transport = Transport(s)
         self.s3 = client("s3", s)
         registry = self.registry
         if registry is None:
@@ -124,9 +123,11 @@ class Worker:
         for svc in wanted:  # before loading models: a missing queue fails in a second, not after a download
             name = naming.request_queue(s.prefix, svc)
             try:
-                urls[svc] = self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
-            except ClientError as exc:
-                raise StartupError(f"request queue {name} not found ({exc}); provision it first") from None
+                urls[svc] = self.transport.request_queue_url(svc)
+            except QueueGone:
+                raise StartupError(f"request queue {name} not found; provision it first") from None
+            except TransportError as exc:
+                raise StartupError(f"request queue {name} cannot be looked up ({exc})") from None
         if self.registry is None:
             self.registry = registry.load()
         if self.engine is None:
@@ -137,13 +138,13 @@ class Worker:
             raise StartupError(f"no service can be hosted: {self.registry.unavailable or 'none wanted'}")
         self.queue_urls = {svc: urls[svc] for svc in hosted if svc in urls}
         try:
-            term_url = self.sqs.get_queue_url(QueueName=naming.terminate_queue(s.prefix))["QueueUrl"]
-        except Exception as exc:
+            term_url = self.transport.terminate_queue_url()
+        except TransportError as exc:
             log.warning("no terminate queue (%s): terminate messages cannot reach this worker", exc)
             term_url = None
-        self.terminate = TerminateWatch(s, self.sqs, term_url)
+        self.terminate = TerminateWatch(s, self.transport, term_url)
         self.metrics = MetricsPublisher(s, "worker").start()
-        self.sink = ResultSink(s, self.sqs, self.s3)
+        self.sink = ResultSink(s, self.transport, self.s3)
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
                                         self.metrics, self.instance_id)
         self.fleet_agent = FleetAgent.start(s, self.instance_id, self.buffer.held, self.stop)
@@ -164,7 +165,7 @@ class Worker:
             result = self.processor.process(batch)
             deleted = self.sink.deliver(result.outcomes)
             if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
-                release(self.sqs, result.unreadable)
+                release(self.transport, result.unreadable)
             self.handled += len(batch)
             log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
         except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
@@ -180,8 +181,8 @@ class Worker:
         if self.heartbeat is not None:
             self.heartbeat.stopping()
         left = self.buffer.close()
-        if left and self.sqs is not None:
-            n = release(self.sqs, left)
+        if left and self.transport is not None:
+            n = release(self.transport, left)
             log.info("released %d of %d held messages", n, len(left))
         for c in self.consumers:
             c.stop()

@@ -1,4 +1,8 @@
-"""Delivery: write results/<id>.json, send replies in batches, then (and only then) delete the requests."""
+"""Delivery: send replies in batches, write results/<id>.json, then (and only then) delete the requests.
+
+The reply goes first because the client waits for it and not for the record; the request is deleted
+only once both are done, so a record that fails still brings the request back (at-least-once).
+"""
 from __future__ import annotations
 
 import json
@@ -11,11 +15,10 @@ from botocore.exceptions import ClientError
 from shared import naming
 from shared.config import Settings
 from shared.messages import MessageError, Reply, now_ms, valid_id
+from shared.transport import Transport
 from worker.consumer import Held
 
 log = logging.getLogger(__name__)
-
-_GONE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "NonExistentQueue")
 
 
 @dataclass
@@ -30,9 +33,9 @@ class Outcome:
 class ResultSink:
     """Records, replies and deletes for one batch; a message is deleted only once it was answered."""
 
-    def __init__(self, settings: Settings, sqs, s3, threads: int = 8):
+    def __init__(self, settings: Settings, sqs_or_transport, s3, threads: int = 8):
         self.settings = settings
-        self.sqs = sqs
+        self.transport = Transport.of(settings, sqs_or_transport)
         self.s3 = s3
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="records")
 
@@ -65,11 +68,11 @@ class ResultSink:
             return None
 
     def deliver(self, outcomes: list[Outcome]) -> list[Held]:
-        """Record, reply, delete; returns the held messages that were deleted."""
+        """Reply, record, delete; returns the held messages that were deleted."""
         if not outcomes:
             return []
+        replied = self._send_replies(outcomes)       # first: the client waits for this, not for the record
         recorded = list(self.pool.map(self._record, outcomes))
-        replied = self._send_replies(outcomes)
         done = []
         for outcome, ok_record, ok_reply in zip(outcomes, recorded, replied):
             if ok_reply and ok_record:
@@ -88,56 +91,28 @@ class ResultSink:
             return False
 
     def _send_replies(self, outcomes: list[Outcome]) -> list[bool]:
-        """send_message_batch per reply queue; True per outcome that was answered (or needs no answer)."""
+        """Send the replies, batched per reply queue; True per outcome that was answered (or needs no answer)."""
         sent = [o.reply_to is None for o in outcomes]
-        by_queue: dict[str, list[int]] = {}
-        for i, o in enumerate(outcomes):
-            if o.reply_to is not None:
-                by_queue.setdefault(o.reply_to, []).append(i)
-        for url, idx in by_queue.items():
-            for start in range(0, len(idx), 10):
-                chunk = idx[start:start + 10]
-                entries = [{"Id": str(i), "MessageBody": outcomes[i].reply.to_json()} for i in chunk]
-                try:
-                    resp = self.sqs.send_message_batch(QueueUrl=url, Entries=entries)
-                except ClientError as exc:
-                    code = exc.response.get("Error", {}).get("Code", "")
-                    if code in _GONE:
-                        # the asking web process is gone; the record answers GET /jobs/<id>
-                        log.warning("reply queue %s is gone; %d results kept as records only", url, len(chunk))
-                        for i in chunk:
-                            sent[i] = True
-                    else:
-                        log.error("replies to %s failed (%s); requests stay queued", url, code or exc)
-                    continue
-                except Exception as exc:
-                    log.error("replies to %s failed (%s); requests stay queued", url, exc)
-                    continue
-                for ok in resp.get("Successful", []):
-                    sent[int(ok["Id"])] = True
-                for bad in resp.get("Failed", []):
-                    log.error("request %s: reply not sent: %s", outcomes[int(bad["Id"])].reply.id, bad.get("Message"))
+        result = self.transport.send_grouped((i, o.reply_to, o.reply) for i, o in enumerate(outcomes)
+                                             if o.reply_to is not None)
+        for i in result.succeeded:
+            sent[i] = True
+        for f in result.failed:
+            if f.queue_gone:  # the asking web process is gone; the record answers GET /jobs/<id>
+                log.warning("request %s: reply queue %s is gone; kept as a record only",
+                            outcomes[f.key].reply.id, outcomes[f.key].reply_to)
+                sent[f.key] = True
+            else:
+                log.error("request %s: reply not sent (%s: %s); request stays queued",
+                          outcomes[f.key].reply.id, f.code, f.message)
         return sent
 
     def delete(self, messages: list[Held]) -> list[Held]:
-        """delete_message_batch per queue; returns the messages deleted."""
-        deleted = []
-        by_queue: dict[str, list[Held]] = {}
-        for m in messages:
-            by_queue.setdefault(m.queue_url, []).append(m)
-        for url, group in by_queue.items():
-            for start in range(0, len(group), 10):
-                chunk = group[start:start + 10]
-                entries = [{"Id": str(j), "ReceiptHandle": m.receipt_handle} for j, m in enumerate(chunk)]
-                try:
-                    resp = self.sqs.delete_message_batch(QueueUrl=url, Entries=entries)
-                except Exception as exc:  # answered but not deleted: it comes back, the stored record answers it
-                    log.error("delete of %d messages on %s failed: %s", len(chunk), url, exc)
-                    continue
-                deleted.extend(chunk[int(ok["Id"])] for ok in resp.get("Successful", []))
-                for bad in resp.get("Failed", []):
-                    log.warning("message %s not deleted: %s", chunk[int(bad["Id"])].message_id, bad.get("Message"))
-        return deleted
+        """Delete answered requests, batched per queue; returns the messages deleted."""
+        result = self.transport.ack_received(messages)
+        for f in result.failed:  # answered but not deleted: it comes back, the stored record answers it
+            log.warning("message %s not deleted: %s %s", messages[f.key].message_id, f.code, f.message)
+        return [messages[i] for i in sorted(result.succeeded)]
 
     def close(self) -> None:
         """Stop the record-writer pool."""

@@ -10,6 +10,7 @@ import time
 
 from shared.config import Settings
 from shared.messages import MessageError, Terminate, now_ms
+from shared.transport import Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -17,10 +18,12 @@ log = logging.getLogger(__name__)
 class TerminateWatch:
     """Checks the terminate queue while idle, within half the expiry, so a fresh terminate never goes stale."""
 
-    def __init__(self, settings: Settings, sqs, queue_url: str | None):
+    def __init__(self, settings: Settings, sqs_or_transport, queue_url: str | None):
         self.settings = settings
-        self.sqs = sqs
+        self.transport = Transport.of(settings, sqs_or_transport)
         self.queue_url = queue_url
+        self.queue = (self.transport.consumer(queue_url, wait_s=0, visibility_timeout=30)
+                      if queue_url is not None else None)
         self.interval_s = min(settings.terminate_check_interval_s, settings.terminate_expiry_s / 2)
         self._last = time.monotonic()
         self.stale_dropped = 0
@@ -39,7 +42,7 @@ class TerminateWatch:
         if msg is None:
             return
         try:
-            self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=msg.to_json())
+            self.transport.send(self.queue_url, msg)
             self.passed_on += 1
             log.info("terminate passed on: work arrived while taking it")
         except Exception as exc:  # the autoscaler sends another on its next tick if still idle somewhere
@@ -52,44 +55,47 @@ class TerminateWatch:
         if self.queue_url is None:
             return False
         try:
-            resp = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10,
-                                            WaitTimeSeconds=0, VisibilityTimeout=30)
-        except Exception as exc:  # a failed check is retried at the next one
+            messages = self.queue.receive(10)
+        except TransportError as exc:  # a failed check is retried at the next one
             log.warning("terminate check failed: %s", exc)
             return False
         taken = False
         now = now_ms()
-        for m in resp.get("Messages", []):
+        for m in messages:
             try:
-                msg = Terminate.from_json(m.get("Body", ""))
+                msg = m.parse(Terminate)
             except MessageError as exc:
-                log.warning("dropping malformed terminate message %s: %s", m["MessageId"], exc)
+                log.warning("dropping malformed terminate message %s: %s", m.message_id, exc)
                 self._delete(m)
                 continue
             if not msg.is_fresh(self.settings.terminate_expiry_s, now):
-                log.info("ignoring stale terminate message %s (issued %.1fs ago)", m["MessageId"],
+                log.info("ignoring stale terminate message %s (issued %.1fs ago)", m.message_id,
                          (now - msg.issued_at) / 1000)
                 self._delete(m)
                 self.stale_dropped += 1         # after the delete: counted means gone
             elif not taken and self._delete(m):
-                log.info("terminate message %s taken: this worker stops", m["MessageId"])
+                log.info("terminate message %s taken: this worker stops", m.message_id)
                 taken = True
                 self._taken = msg
             else:  # one message = one worker: leave the others for other workers, visible now
                 self._release(m)
         return taken
 
-    def _delete(self, m: dict) -> bool:
+    def _delete(self, m: Received) -> bool:
         try:
-            self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"])
-            return True
-        except Exception as exc:
-            log.warning("could not delete terminate message %s: %s", m["MessageId"], exc)
-            return False
+            result = self.queue.ack([m])
+        except TransportError as exc:
+            result = None
+            log.warning("could not delete terminate message %s: %s", m.message_id, exc)
+        if result is not None and not result.ok:
+            log.warning("could not delete terminate message %s: %s", m.message_id, result.failed[0].message)
+        return result is not None and result.ok
 
-    def _release(self, m: dict) -> None:
+    def _release(self, m: Received) -> None:
         try:
-            self.sqs.change_message_visibility(QueueUrl=self.queue_url, ReceiptHandle=m["ReceiptHandle"],
-                                               VisibilityTimeout=0)
-        except Exception as exc:
-            log.warning("could not release terminate message %s: %s", m["MessageId"], exc)
+            result = self.queue.release([m])
+        except TransportError as exc:
+            log.warning("could not release terminate message %s: %s", m.message_id, exc)
+            return
+        if not result.ok:
+            log.warning("could not release terminate message %s: %s", m.message_id, result.failed[0].message)

@@ -13,7 +13,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from shared.config import get_settings
-from shared.images import ImageRefused, open_checked
+from shared.images import ImageRefused, CheckedImage, open_checked, take_header
 from worker.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def _open_header(data: bytes) -> Image.Image:
 
 def decode_image(data: bytes) -> Image.Image:
     """Fully decode bytes to an RGB image with EXIF orientation applied (Pillow path)."""
-    img = _open_header(data)
+    img = take_header(data) or _open_header(data)   # fetched bytes arrive opened and checked
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -60,7 +60,8 @@ def decode_image(data: bytes) -> Image.Image:
 
 def decode_jpeg_tensor(data: bytes) -> torch.Tensor:
     """A JPEG as uint8 [3, H, W] via torchvision.io (libjpeg-turbo), dimensions checked first."""
-    _open_header(data)  # size check before allocating the decoded pixels
+    if not isinstance(data, CheckedImage):
+        _open_header(data)  # size check before allocating the decoded pixels (fetched bytes had theirs)
     try:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
                            mode=ImageReadMode.RGB, apply_exif_orientation=True)

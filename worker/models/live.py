@@ -5,10 +5,9 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from botocore.exceptions import ClientError
-
 from shared import naming
 from shared.live_catalogue import S3Entries, merge
+from shared.transport import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +153,8 @@ class LiveServices:
         if url:
             return url
         try:
-            return self.worker.sqs.get_queue_url(QueueName=naming.request_queue(self.settings.prefix, name))["QueueUrl"]
-        except ClientError:
+            return self.worker.transport.request_queue_url(name)
+        except TransportError:  # not provisioned yet (QueueGone) or unreachable: tried again next scan
             return None
 
     def _start_consumer(self, name: str, url: str) -> None:
