@@ -110,20 +110,13 @@ class LocalFleet:
 
     def terminate(self, ids: list[str]) -> None:
         """SIGTERM these workers (a worker finishes its batch and releases what it holds)."""
-        for wid in ids:
-            with self._lock:
-                w = self._workers.get(wid)
-            if w is None:
-                continue
-            with w.lock:
-                w.cancelled = True
-                if w.timer is not None:
-                    w.timer.cancel()
-                if w.proc is not None and w.proc.poll() is None:
-                    w.proc.send_signal(signal.SIGTERM)
+        self._signal(ids, hard=False)
 
     def kill(self, ids: list[str]) -> None:
         """SIGKILL these workers (hung ones ignore SIGTERM); what they held comes back after the visibility timeout."""
+        self._signal(ids, hard=True)
+
+    def _signal(self, ids: list[str], hard: bool) -> None:
         for wid in ids:
             with self._lock:
                 w = self._workers.get(wid)
@@ -133,10 +126,15 @@ class LocalFleet:
                 w.cancelled = True
                 if w.timer is not None:
                     w.timer.cancel()
-                self.killed.add(wid)
-                if w.proc is not None and w.proc.poll() is None:
+                if hard:
+                    self.killed.add(wid)
+                if w.proc is None or w.proc.poll() is not None:
+                    continue
+                if hard:
                     w.proc.kill()
                     log.warning("local fleet: worker %s killed (pid %d)", wid, w.proc.pid)
+                else:
+                    w.proc.send_signal(signal.SIGTERM)
 
     def stop_all(self, timeout: float = 30.0) -> None:
         """Terminate every worker, wait up to timeout, then kill what is left."""
