@@ -11,7 +11,7 @@ import time
 
 from shared import naming
 from shared.config import Settings
-from shared.transport import Transport, TransportError
+from shared.transport import SqsAttribute, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,7 @@ class ReplyQueueJanitor:
         self._last = -float("inf")
         self.deleted: list[str] = []
 
-    @property
-    def sqs(self):
-        """The SQS client under the transport."""
-        return self.transport.sqs
-
-    @sqs.setter
-    def sqs(self, client) -> None:
-        self.transport = Transport.of(self.settings, client)
+    sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def maybe_sweep(self) -> list[str]:
         """Sweep when janitor_interval_s has passed; never raises (a failed sweep is retried next time)."""

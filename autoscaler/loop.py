@@ -19,7 +19,7 @@ from shared.config import Settings
 from shared.live_catalogue import LiveCatalogue
 from shared.messages import Terminate, now_ms
 from shared.metrics import MetricsPublisher
-from shared.transport import Transport
+from shared.transport import SqsAttribute, Transport
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,7 @@ class Autoscaler:
         self.errors = 0
         self.last: TickResult | None = None
 
-    @property
-    def sqs(self):
-        """The SQS client under the transport."""
-        return self.transport.sqs
-
-    @sqs.setter
-    def sqs(self, client) -> None:
-        self.transport = Transport.of(self.settings, client)
+    sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def observe(self) -> tuple[list[QueueStats], FleetState]:
         """Queue counts and fleet state (heartbeats refine idle/stopping; their failure is tolerated)."""

@@ -13,7 +13,7 @@ from shared import naming
 from shared.catalogue import Catalogue
 from shared.config import Settings
 from shared.messages import Heartbeat, MessageError
-from shared.transport import QueueGone, Transport
+from shared.transport import QueueGone, SqsAttribute, Transport
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,7 @@ class QueueReader:
         self.transport = Transport.of(settings, sqs_or_transport)
         self.create_missing = create_missing
 
-    @property
-    def sqs(self):
-        """The SQS client under the transport."""
-        return self.transport.sqs
-
-    @sqs.setter
-    def sqs(self, client) -> None:
-        self.transport = Transport.of(self.settings, client)
+    sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     @property
     def services(self) -> list[str]:

@@ -150,6 +150,26 @@ def _chunks(entries: list[tuple[Hashable, Any]], sizer=None) -> Iterable[list[tu
         yield chunk
 
 
+class SqsAttribute:
+    """Descriptor: the SQS client under the owner's `transport`; assigning a client re-wraps it.
+
+    Components hold a Transport; tests (and only tests) swap the raw client for a dead endpoint.
+    keep_poll keeps the owner's long-poll client when only the ordinary one is swapped.
+    """
+
+    def __init__(self, keep_poll: bool = False):
+        self.keep_poll = keep_poll
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.transport.sqs
+
+    def __set__(self, obj, client) -> None:
+        if self.keep_poll:
+            obj.transport = Transport(obj.settings, sqs=client, poll_sqs=obj.transport.poll_sqs)
+        else:
+            obj.transport = Transport.of(obj.settings, client)
+
+
 class Transport:
     """The broker: clients, the queue-URL cache, queue lifecycle, sends and batched operations."""
 

@@ -11,7 +11,7 @@ import time
 from shared import naming
 from shared.config import Settings
 from shared.messages import MessageError, Reply, now_ms
-from shared.transport import Received, Transport, TransportError
+from shared.transport import Received, SqsAttribute, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,7 @@ class ReplyListener:
         self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
         self.malformed = 0
 
-    @property
-    def _sqs(self):
-        """The ordinary SQS client under the transport (tests swap it for a dead endpoint)."""
-        return self.transport.sqs
-
-    @_sqs.setter
-    def _sqs(self, client) -> None:
-        self.transport = Transport(self.settings, sqs=client, poll_sqs=self.transport.poll_sqs)
+    _sqs = SqsAttribute(keep_poll=True)  # the client under the transport (tests swap it)
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> str:

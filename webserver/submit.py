@@ -9,7 +9,7 @@ from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
 from shared.messages import Reply, Request, new_id, now_ms
 from shared.metrics import MetricsPublisher
-from shared.transport import QueueGone, Transport, TransportError
+from shared.transport import QueueGone, SqsAttribute, Transport, TransportError
 from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
                                  UnknownService)
 from webserver.inputs import ImageInput
@@ -45,14 +45,7 @@ class Submitter:
         self.metrics = metrics
         self.transport = Transport.of(settings, sqs_or_transport)
 
-    @property
-    def _sqs(self):
-        """The SQS client under the transport (tests swap it for a dead endpoint)."""
-        return self.transport.sqs
-
-    @_sqs.setter
-    def _sqs(self, client) -> None:
-        self.transport = Transport.of(self.settings, client)
+    _sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
         """The catalogue entry; UnknownService (with the names) or ServiceUnavailable (with the reason)."""
