@@ -84,12 +84,10 @@ class ServiceSpec:
         return None
 
 
-@dataclass(frozen=True)
-class Catalogue:
-    """All services, by name, in file order."""
+class ServiceLookup:
+    """Lookups over a `services` mapping (the packaged catalogue and the live one share them)."""
 
     services: dict[str, ServiceSpec]
-    source: str = ""
 
     def __contains__(self, name: str) -> bool:
         return name in self.services
@@ -104,6 +102,14 @@ class Catalogue:
     def available(self, model_dir: str = "") -> list[str]:
         """Names of the services that can serve."""
         return [n for n, s in self.services.items() if s.unavailable_reason(model_dir) is None]
+
+
+@dataclass(frozen=True)
+class Catalogue(ServiceLookup):
+    """All services, by name, in file order."""
+
+    services: dict[str, ServiceSpec]
+    source: str = ""
 
 
 def split_package_source(ref: str) -> tuple[str, str]:

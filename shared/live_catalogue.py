@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from shared import naming
-from shared.catalogue import Catalogue, CatalogueError, ServiceSpec, catalogue_for, parse_entry
+from shared.catalogue import Catalogue, CatalogueError, ServiceLookup, ServiceSpec, catalogue_for, parse_entry
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -152,7 +152,7 @@ def merge(packaged: Catalogue, entries: dict[str, S3Entry], errors: dict[str, st
                     {n: e.fingerprint for n, e in entries.items()}, dict(errors or {}))
 
 
-class LiveCatalogue:
+class LiveCatalogue(ServiceLookup):
     """A Catalogue look-alike for the web and the autoscaler: packaged + S3, re-read at most every ttl seconds.
 
     A failed S3 read keeps the last good snapshot (the packaged catalogue at first): S3 trouble never
@@ -199,17 +199,3 @@ class LiveCatalogue:
     def errors(self) -> dict[str, str]:
         """S3 entries that were refused, with the reason."""
         return self.snapshot().errors
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.services
-
-    def __getitem__(self, name: str) -> ServiceSpec:
-        return self.services[name]
-
-    def names(self) -> list[str]:
-        """Every service name."""
-        return list(self.services)
-
-    def available(self, model_dir: str = "") -> list[str]:
-        """Names of the services that can serve."""
-        return self.snapshot().catalogue.available(model_dir)
