@@ -70,21 +70,30 @@ def cmd_provision(argv: list[str]) -> int:
     return 0
 
 
+def _timed(request, label: str, out=print):
+    """(response, JSON body, ms) of one request(); None after printing why it failed."""
+    t0 = time.perf_counter()
+    try:
+        r = request()
+        body = r.json()
+    except (requests.RequestException, ValueError) as exc:
+        out(f"{label} request failed: {exc}")
+        return None
+    return r, body, (time.perf_counter() - t0) * 1000
+
+
 def _classify_samples(stack, out=print) -> bool:
     """Classify each bundled photo once through the public API; print a table. True if all succeeded."""
     from classifycloud.local import SAMPLES
     ok = True
     out(f"\n{'photo':10s} {'top-1':28s} {'score':>6s} {'class':>5s} {'ms':>6s}")
     for name in SAMPLES:
-        t0 = time.perf_counter()
-        try:
-            r = requests.get(stack.base_url + "/classify", params={"url": stack.sample_url(name)}, timeout=180)
-            body = r.json()
-        except (requests.RequestException, ValueError) as exc:
-            out(f"{name:10s} request failed: {exc}")
+        done = _timed(lambda: requests.get(stack.base_url + "/classify", params={"url": stack.sample_url(name)},
+                                           timeout=180), f"{name:10s}", out)
+        if done is None:
             ok = False
             continue
-        ms = (time.perf_counter() - t0) * 1000
+        r, body, ms = done
         if r.status_code != 200 or not body.get("results"):
             out(f"{name:10s} HTTP {r.status_code}: {body.get('error')}")
             ok = False
@@ -127,21 +136,21 @@ def _service_samples(stack, out=print) -> bool:
         if not svc["available"] or name == "imagenet":
             continue
         params = {"url": stack.sample_url(photo), "service": name}
-        t0 = time.perf_counter()
-        try:
-            if svc["kind"] == "embedding":
+
+        def request(kind=svc["kind"], params=params, photo=photo):
+            if kind == "embedding":
                 r = requests.post(f"{stack.base_url}/faces/{SAMPLE_GALLERY}", timeout=180,
                                   data={"url": stack.sample_url(photo), "name": photo})
                 if r.status_code != 201:
                     raise ValueError(f"enrol: HTTP {r.status_code} {r.text[:120]}")
                 params["gallery"] = SAMPLE_GALLERY
-            r = requests.get(stack.base_url + "/classify", params=params, timeout=180)
-            body = r.json()
-        except (requests.RequestException, ValueError) as exc:
-            out(f"{name:11s} request failed: {exc}")
+            return requests.get(stack.base_url + "/classify", params=params, timeout=180)
+
+        done = _timed(request, f"{name:11s}", out)
+        if done is None:
             ok = False
             continue
-        ms = (time.perf_counter() - t0) * 1000
+        r, body, ms = done
         if r.status_code != 200:
             out(f"{name:11s} HTTP {r.status_code}: {body.get('error')}")
             ok = False

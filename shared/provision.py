@@ -9,7 +9,7 @@ from shared import naming
 from shared.aws import client, region
 from shared.catalogue import Catalogue
 from shared.config import Settings
-from shared.service_queues import ensure_request_queue  # noqa: F401  (callers import it from here)
+from shared.service_queues import ensure_request_queue
 
 log = logging.getLogger(__name__)
 

@@ -189,9 +189,18 @@ def _tool():
 def role_statements() -> dict[str, list[dict]]:
     """{role: [Allow statements]} from iam.tf: role policies by their role, the operator managed policy."""
     doc = _tool().load_tf(os.path.join(TF, "iam.tf"))
-    documents = {name: body.get("statement", []) for entry in doc["data"]
-                 for rtype, named in entry.items() if rtype == "aws_iam_policy_document"
-                 for name, body in named.items()}
+    bodies = {name: body for entry in doc["data"]
+              for rtype, named in entry.items() if rtype == "aws_iam_policy_document"
+              for name, body in named.items()}
+
+    def statements(name: str) -> list[dict]:
+        """A document's statements, those of its source_policy_documents first (as Terraform merges them)."""
+        body = bodies[name]
+        sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
+                   for ref in body.get("source_policy_documents", [])]
+        return [st for src in sources for st in statements(src)] + body.get("statement", [])
+
+    documents = {name: statements(name) for name in bodies}
     out: dict[str, list[dict]] = {}
     for entry in doc["resource"]:
         for rtype, named in entry.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.util
 import os
+import re
 
 import pytest
 
@@ -73,7 +74,11 @@ def blocks(kind: str) -> dict[tuple[str, str], dict]:
 
 
 def policy(name: str) -> list[dict]:
-    return blocks("data")[("aws_iam_policy_document", name)]["statement"]
+    """A policy document's statements, those of its source_policy_documents included (as Terraform merges them)."""
+    body = blocks("data")[("aws_iam_policy_document", name)]
+    sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
+               for ref in body.get("source_policy_documents", [])]
+    return [st for src in sources for st in policy(src)] + body.get("statement", [])
 
 
 def _condition_holds(cond: dict, context: dict) -> bool:

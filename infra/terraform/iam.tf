@@ -62,9 +62,63 @@ resource "aws_iam_role_policy" "autoscaler" {
   policy = data.aws_iam_policy_document.autoscaler.json
 }
 
+# --- statements several roles share (merged in with source_policy_documents) --------------
+
+data "aws_iam_policy_document" "put_metrics" {
+  statement {
+    sid       = "PutMetrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource-level permissions; the namespace condition narrows it.
+
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metrics_namespace]
+    }
+  }
+}
+
+# The live catalogue and the fleet's heartbeats: list them, read services' entries (not their weights).
+data "aws_iam_policy_document" "read_catalogue" {
+  statement {
+    sid       = "ListHeartbeatsAndModels"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadServiceEntries"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
+  }
+}
+
+# The DynamoDB tables' customer key, only through DynamoDB.
+data "aws_iam_policy_document" "use_table_key" {
+  statement {
+    sid       = "UseTableKey"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [aws_kms_key.tables.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["dynamodb.${local.region}.amazonaws.com"]
+    }
+  }
+}
+
 # --- worker --------------------------------------------------------------------
 
 data "aws_iam_policy_document" "worker" {
+  source_policy_documents = [data.aws_iam_policy_document.put_metrics.json]
+
   statement {
     sid = "ConsumeRequests"
     actions = [
@@ -155,18 +209,6 @@ data "aws_iam_policy_document" "worker" {
   }
 
   statement {
-    sid       = "PutMetrics"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"] # PutMetricData has no resource-level permissions; the namespace condition narrows it.
-
-    condition {
-      test     = "StringEquals"
-      variable = "cloudwatch:namespace"
-      values   = [var.metrics_namespace]
-    }
-  }
-
-  statement {
     sid       = "ShipLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
     resources = [local.log_group_arns["worker"]]
@@ -176,6 +218,12 @@ data "aws_iam_policy_document" "worker" {
 # --- web -------------------------------------------------------------------------
 
 data "aws_iam_policy_document" "web" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.read_catalogue.json,
+    data.aws_iam_policy_document.put_metrics.json,
+    data.aws_iam_policy_document.use_table_key.json,
+  ]
+
   statement {
     sid = "SubmitRequests"
     actions = [
@@ -220,37 +268,6 @@ data "aws_iam_policy_document" "web" {
   }
 
   statement {
-    sid       = "ListHeartbeatsAndModels"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
-    }
-  }
-
-  # The live catalogue: services' entries only, not their weights.
-  statement {
-    sid       = "ReadServiceEntries"
-    actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
-  }
-
-  statement {
-    sid       = "PutMetrics"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"] # no resource-level permissions; narrowed by namespace
-
-    condition {
-      test     = "StringEquals"
-      variable = "cloudwatch:namespace"
-      values   = [var.metrics_namespace]
-    }
-  }
-
-  statement {
     sid       = "ShipLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
     resources = [local.log_group_arns["web"]]
@@ -268,23 +285,16 @@ data "aws_iam_policy_document" "web" {
     actions   = ["dynamodb:BatchWriteItem"]
     resources = [aws_dynamodb_table.usage.arn]
   }
-
-  statement {
-    sid       = "UseTableKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.tables.arn]
-
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["dynamodb.${local.region}.amazonaws.com"]
-    }
-  }
 }
 
 # --- autoscaler -------------------------------------------------------------------
 
 data "aws_iam_policy_document" "autoscaler" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.read_catalogue.json,
+    data.aws_iam_policy_document.put_metrics.json,
+  ]
+
   statement {
     sid       = "ReadQueueDepth"
     actions   = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
@@ -485,37 +495,6 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   statement {
-    sid       = "ListHeartbeatsAndModels"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
-    }
-  }
-
-  # The live catalogue: services' entries only, not their weights.
-  statement {
-    sid       = "ReadServiceEntries"
-    actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/models/*/entry.yaml"]
-  }
-
-  statement {
-    sid       = "PutMetrics"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"] # no resource-level permissions; narrowed by namespace
-
-    condition {
-      test     = "StringEquals"
-      variable = "cloudwatch:namespace"
-      values   = [var.metrics_namespace]
-    }
-  }
-
-  statement {
     sid       = "ReadOwnMetrics"
     actions   = ["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"]
     resources = ["*"] # read-only metric queries have no resource-level permissions.
@@ -600,6 +579,8 @@ resource "aws_iam_policy" "operator_review" {
 # `classifycloud keys` and `classifycloud usage` (classifycloud/keyadmin.py, usage_report.py) on an
 # operator's machine: create, list and revoke keys; read the usage log.
 data "aws_iam_policy_document" "operator_edge" {
+  source_policy_documents = [data.aws_iam_policy_document.use_table_key.json]
+
   statement {
     sid       = "AdministerApiKeys"
     actions   = ["dynamodb:PutItem", "dynamodb:Scan", "dynamodb:UpdateItem"]
@@ -610,18 +591,6 @@ data "aws_iam_policy_document" "operator_edge" {
     sid       = "ReadUsageLog"
     actions   = ["dynamodb:Query"]
     resources = [aws_dynamodb_table.usage.arn]
-  }
-
-  statement {
-    sid       = "UseTableKey"
-    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.tables.arn]
-
-    condition {
-      test     = "StringEquals"
-      variable = "kms:ViaService"
-      values   = ["dynamodb.${local.region}.amazonaws.com"]
-    }
   }
 }
 

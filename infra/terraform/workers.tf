@@ -17,6 +17,12 @@ locals {
     spot = "${var.prefix}-workers"
   }
 
+  # Both groups tag their instances alike: the pool tag scopes the autoscaler's IAM (iam.tf).
+  worker_instance_tags = {
+    (var.pool_tag_key) = local.pool_tag_value
+    Name               = "${var.prefix}-worker"
+  }
+
   worker_env = {
     CLASSIFYCLOUD_FLEET     = "asg"
     CLASSIFYCLOUD_DEVICE    = "auto"
@@ -109,16 +115,13 @@ resource "aws_autoscaling_group" "worker_warm" {
     }
   }
 
-  tag {
-    key                 = var.pool_tag_key
-    value               = local.pool_tag_value
-    propagate_at_launch = true
-  }
-
-  tag {
-    key                 = "Name"
-    value               = "${var.prefix}-worker"
-    propagate_at_launch = true
+  dynamic "tag" {
+    for_each = local.worker_instance_tags
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
   }
 
   # The autoscaler owns desired capacity; an apply must not reset it.
@@ -162,16 +165,13 @@ resource "aws_autoscaling_group" "worker" {
     }
   }
 
-  tag {
-    key                 = var.pool_tag_key
-    value               = local.pool_tag_value
-    propagate_at_launch = true
-  }
-
-  tag {
-    key                 = "Name"
-    value               = "${var.prefix}-worker"
-    propagate_at_launch = true
+  dynamic "tag" {
+    for_each = local.worker_instance_tags
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
   }
 
   lifecycle {
