@@ -80,7 +80,7 @@ class DeadLetterSettler:
 
     def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, s3, clock=time.time):
         self.settings = settings
-        self.services = catalogue.names()
+        self.catalogue = catalogue    # a LiveCatalogue grows with S3 entries: read its names every sweep
         self.transport = Transport.of(settings, sqs_or_transport)
         self.s3 = s3
         self.clock = clock
@@ -98,6 +98,11 @@ class DeadLetterSettler:
         except (TransportError, ClientError, BotoCoreError) as exc:
             log.warning("dead letters: sweep failed: %s", exc)
             return []
+
+    @property
+    def services(self) -> list[str]:
+        """The services whose DLQs are swept (services added live included)."""
+        return self.catalogue.names()
 
     def dlq_url(self, service: str) -> str | None:
         """A service's DLQ URL (None when it does not exist)."""

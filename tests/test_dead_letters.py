@@ -129,3 +129,15 @@ def test_the_autoscaler_tick_settles_dead_letters(env, catalogue):
                                                 reply_to=None).to_json())
     loop = Autoscaler(s.replace(min_workers=0), LocalFleet(s, command=["true"]), catalogue, sqs=sqs, s3=s3)
     assert loop.tick() is not None and loop.dead_letters.settled == [rid]
+
+
+def test_a_service_added_after_start_has_its_dead_letters_settled_too(env, catalogue):
+    from shared.catalogue import Catalogue
+    s, urls, sqs, s3, app = env
+    grown = {"imagenet": catalogue["imagenet"]}
+    settler = DeadLetterSettler(s, Catalogue(grown), sqs, s3)   # the live catalogue's view at start: imagenet only
+    grown["pdr"] = catalogue["pdr"]                              # a service appears later (an S3 entry)
+    rid = new_id()
+    _dead_letter(sqs, urls["pdr"], Request(id=rid, service="pdr", image={"url": "http://example.com/x.jpg"},
+                                           reply_to=None, top_k=1, submitted_at=int(time.time() * 1000)).to_json())
+    assert settler.settle() == [rid]
