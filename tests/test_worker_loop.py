@@ -327,7 +327,7 @@ def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
     for i in range(10):
         stack.send(json.dumps({"n": i}))
     buffer = MessageBuffer(3)
-    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, share=10)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer)
     consumer.start()
     try:
         end = time.monotonic() + 20
@@ -366,7 +366,7 @@ def test_consumer_survives_a_dead_endpoint_and_gives_its_slots_back(stack):
         "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     buffer = MessageBuffer(3)
-    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, share=3, sqs=dead)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, sqs=dead)
     consumer.start()
     try:
         time.sleep(1.5)
@@ -386,7 +386,7 @@ def test_a_consumer_added_later_gets_slots_while_the_others_keep_polling():
     buf = MessageBuffer(32)
     for i in range(5):
         buf.register(f"c{i}")
-    held = [buf.reserve(min(Consumer.share_for(32, 5), buf.fair_share()), timeout=0.1) for _ in range(5)]
+    held = [buf.reserve(min(10, buf.fair_share()), timeout=0.1) for _ in range(5)]
     buf.register("late")
     assert sum(held) <= 32
-    assert buf.reserve(min(Consumer.share_for(32, 6), buf.fair_share()), timeout=0.1) >= 1
+    assert buf.reserve(min(10, buf.fair_share()), timeout=0.1) >= 1
