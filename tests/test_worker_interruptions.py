@@ -12,7 +12,7 @@ import pytest
 from shared.aws import client
 from shared.messages import Terminate
 from test_fetch import ImageServer
-from test_worker_loop import Stack, model  # noqa: F401  (the module-scoped model fixture)
+from test_worker_loop import Stack, in_thread, model  # noqa: F401  (the module-scoped model fixture)
 from shared.provision import ensure_all
 from worker.imds import Imds
 from worker.spot import InterruptionWatch
@@ -123,9 +123,7 @@ def test_a_spot_notice_makes_the_worker_release_what_it_holds_and_exit_with_noth
         for rid in ids:
             stack.request({"url": images.base + ("/chelsea.jpg" if len(rid) % 2 else "/coffee.jpg")}, rid)
         w = stack.worker(model)
-        t = threading.Thread(target=w.work, kwargs={"install_signals": False})
-        t.start()
-        try:
+        with in_thread(w) as t:
             answered = stack.replies(1, timeout=60)          # it works, and holds more than it answered
             assert answered
             noticed = time.monotonic()
@@ -133,9 +131,6 @@ def test_a_spot_notice_makes_the_worker_release_what_it_holds_and_exit_with_noth
             t.join(60)
             exited_in = time.monotonic() - noticed
             assert not t.is_alive()
-        finally:
-            w.stop("test over")
-            t.join(30)
         assert w.stop_reason.startswith("spot interruption notice")
         assert exited_in < 30                                  # well inside the two-minute warning
         answered.update(stack.replies(n, timeout=3))
@@ -159,16 +154,11 @@ def test_a_worker_that_takes_a_terminate_removes_its_instance_and_lowers_desired
     with asg_group(s, f"{s.prefix}-worker", group, 0, 3, 2) as (ec2, asg):
         me, other = group_instances(asg, group)
         w = stack.worker(model, fleet="asg", instance_id=me, spot_poll_s=0)
-        t = threading.Thread(target=w.work, kwargs={"install_signals": False})
-        t.start()
-        try:
+        with in_thread(w) as t:
             assert w.ready.wait(60) and w.fleet_agent.group == group
             stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
             t.join(30)
             assert not t.is_alive() and w.stop_reason == "terminate message"
-        finally:
-            w.stop("test over")
-            t.join(30)
         g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
         assert g["DesiredCapacity"] == 1 and [i["InstanceId"] for i in g["Instances"]] == [other]   # not replaced
         state = ec2.describe_instances(InstanceIds=[me])["Reservations"][0]["Instances"][0]["State"]["Name"]
