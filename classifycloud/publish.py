@@ -12,16 +12,9 @@ from shared.aws import client
 from shared.config import Settings
 from shared.live_catalogue import entry_uri, parse_s3_entry
 from shared.service_queues import ensure_request_queue
+from worker.models.loader import sha256_of
 
 log = logging.getLogger(__name__)
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def push_service(settings: Settings, service: str, weights_path: str, labels: list[str], entry: dict,
@@ -36,7 +29,7 @@ def push_service(settings: Settings, service: str, weights_path: str, labels: li
     s3 = s3 or client("s3", settings)
     sqs = sqs or client("sqs", settings)
     bucket = settings.bucket_name
-    weights_sha = _sha256(weights_path)
+    weights_sha = sha256_of(weights_path)
     ext = ".safetensors" if weights_path.endswith(".safetensors") else ".pth"
     labels_text = "\n".join(labels) + "\n"
     labels_sha = hashlib.sha256(labels_text.encode()).hexdigest()

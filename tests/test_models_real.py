@@ -29,16 +29,21 @@ def photos() -> dict[str, bytes]:
     return {name: _jpeg(Image.fromarray(getattr(data, name)())) for name in PHOTOS}
 
 
-@pytest.fixture(scope="module")
-def engine():
-    """nsfw, skin and pdr loaded once (no AWS needed)."""
-    settings = Settings.from_env({}, metrics_enabled=False, device="cpu", services=("nsfw", "skin", "pdr"))
+def _serving(settings: Settings):
+    """An engine over the settings' services, every one loaded; closed after the yield."""
     registry = ModelRegistry(load_catalogue(), settings).load()
     assert registry.unavailable == {}
     eng = InferenceEngine(registry, decode_threads=2)
     yield eng
     eng.close()
     registry.close()
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """nsfw, skin and pdr loaded once (no AWS needed)."""
+    settings = Settings.from_env({}, metrics_enabled=False, device="cpu", services=("nsfw", "skin", "pdr"))
+    yield from _serving(settings)
 
 
 def test_nsfw_scores_every_everyday_photo_below_the_threshold(engine, photos):
@@ -117,12 +122,7 @@ def faces(moto_endpoint):
     settings = Settings.from_env({}, prefix="f" + uuid.uuid4().hex[:10], metrics_enabled=False,
                                  services=("facesearch",))
     ensure_bucket(client("s3", settings), settings)
-    registry = ModelRegistry(load_catalogue(), settings).load()
-    assert registry.unavailable == {}
-    eng = InferenceEngine(registry, decode_threads=2)
-    yield eng
-    eng.close()
-    registry.close()
+    yield from _serving(settings)
 
 
 def test_facesearch_finds_an_enrolled_face_in_a_resized_cropped_mirrored_copy(faces, photos):

@@ -6,20 +6,12 @@ import time
 
 import pytest
 
-from test_fetch import ImageServer
 from test_security_fetch import _eps, _psd
 from test_worker_loop import CATS, ESPRESSO, Stack, run_burst  # noqa: F401
-from test_worker_loop import model, stack  # noqa: F401  (fixtures)
+from test_worker_loop import images, model, stack  # noqa: F401  (fixtures; ImageServer serves /drip/* too)
 
 DEADLINE_S = 6.0
 BATCH_WAIT_S = 1.0
-
-
-@pytest.fixture
-def images():
-    """The sample photos (and /drip/*) served on loopback."""
-    with ImageServer() as srv:
-        yield srv
 
 
 def _collect(stack, n: int, timeout: float, box: dict) -> None:

@@ -5,13 +5,14 @@ import http.server
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
 from shared.aws import client
 from shared.messages import Terminate
 from test_fetch import ImageServer
-from test_worker_loop import Stack, model  # noqa: F401  (the module-scoped model fixture)
+from test_worker_loop import Stack, in_thread, model  # noqa: F401  (the module-scoped model fixture)
 from shared.provision import ensure_all
 from worker.imds import Imds
 from worker.spot import InterruptionWatch
@@ -74,6 +75,29 @@ def imds(monkeypatch):
     srv.httpd.server_close()
 
 
+@contextmanager
+def asg_group(settings, lt: str, group: str, min_size: int, max_size: int, desired: int):
+    """A launch template and an Auto Scaling group of it on moto; yields (ec2, autoscaling), deletes both."""
+    ec2, asg = client("ec2", settings), client("autoscaling", settings)
+    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
+        "ImageId": ec2.describe_images()["Images"][0]["ImageId"], "InstanceType": "g4dn.xlarge"})
+    asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=min_size, MaxSize=max_size,
+                                  DesiredCapacity=desired,
+                                  VPCZoneIdentifier=ec2.describe_subnets()["Subnets"][0]["SubnetId"],
+                                  LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"})
+    try:
+        yield ec2, asg
+    finally:
+        asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
+        ec2.delete_launch_template(LaunchTemplateName=lt)
+
+
+def group_instances(asg, group: str) -> list[str]:
+    """The instance ids of a group."""
+    return [i["InstanceId"] for i in asg.describe_auto_scaling_groups(
+        AutoScalingGroupNames=[group])["AutoScalingGroups"][0]["Instances"]]
+
+
 @pytest.fixture
 def stack(settings, catalogue):
     s = settings.replace(wait_time_s=1, fetch_allow_loopback=True, visibility_timeout_s=60, instance_id="w-spot",
@@ -99,9 +123,7 @@ def test_a_spot_notice_makes_the_worker_release_what_it_holds_and_exit_with_noth
         for rid in ids:
             stack.request({"url": images.base + ("/chelsea.jpg" if len(rid) % 2 else "/coffee.jpg")}, rid)
         w = stack.worker(model)
-        t = threading.Thread(target=w.work, kwargs={"install_signals": False})
-        t.start()
-        try:
+        with in_thread(w) as t:
             answered = stack.replies(1, timeout=60)          # it works, and holds more than it answered
             assert answered
             noticed = time.monotonic()
@@ -109,9 +131,6 @@ def test_a_spot_notice_makes_the_worker_release_what_it_holds_and_exit_with_noth
             t.join(60)
             exited_in = time.monotonic() - noticed
             assert not t.is_alive()
-        finally:
-            w.stop("test over")
-            t.join(30)
         assert w.stop_reason.startswith("spot interruption notice")
         assert exited_in < 30                                  # well inside the two-minute warning
         answered.update(stack.replies(n, timeout=3))
@@ -131,50 +150,26 @@ def test_a_spot_notice_makes_the_worker_release_what_it_holds_and_exit_with_noth
 
 def test_a_worker_that_takes_a_terminate_removes_its_instance_and_lowers_desired_capacity(stack, model):
     s = stack.settings
-    ec2, asg = client("ec2", s), client("autoscaling", s)
-    lt = f"{s.prefix}-worker"
-    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
-        "ImageId": ec2.describe_images()["Images"][0]["ImageId"], "InstanceType": "g4dn.xlarge"})
     group = f"{s.prefix}-workers"
-    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
-    asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=0, MaxSize=3, DesiredCapacity=2,
-                                  VPCZoneIdentifier=subnet,
-                                  LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"})
-    try:
-        me, other = [i["InstanceId"] for i in asg.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[group])["AutoScalingGroups"][0]["Instances"]]
+    with asg_group(s, f"{s.prefix}-worker", group, 0, 3, 2) as (ec2, asg):
+        me, other = group_instances(asg, group)
         w = stack.worker(model, fleet="asg", instance_id=me, spot_poll_s=0)
-        t = threading.Thread(target=w.work, kwargs={"install_signals": False})
-        t.start()
-        try:
+        with in_thread(w) as t:
             assert w.ready.wait(60) and w.fleet_agent.group == group
             stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
             t.join(30)
             assert not t.is_alive() and w.stop_reason == "terminate message"
-        finally:
-            w.stop("test over")
-            t.join(30)
         g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
         assert g["DesiredCapacity"] == 1 and [i["InstanceId"] for i in g["Instances"]] == [other]   # not replaced
         state = ec2.describe_instances(InstanceIds=[me])["Reservations"][0]["Instances"][0]["State"]["Name"]
         assert state in ("shutting-down", "terminated")
-    finally:
-        asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
-        ec2.delete_launch_template(LaunchTemplateName=lt)
 
 
 def test_a_worker_warming_for_the_warm_pool_waits_until_its_instance_is_in_service(settings, imds):
     from worker.asg import FleetAgent
-    ec2, asg = client("ec2", settings), client("autoscaling", settings)
-    lt, group = f"{settings.prefix}-warm-lt", f"{settings.prefix}-workers-warm"
-    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
-        "ImageId": ec2.describe_images()["Images"][0]["ImageId"], "InstanceType": "g4dn.xlarge"})
-    asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=1, DesiredCapacity=1,
-                                  VPCZoneIdentifier=ec2.describe_subnets()["Subnets"][0]["SubnetId"],
-                                  LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"})
-    try:
-        iid = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0][
-            "Instances"][0]["InstanceId"]
+    group = f"{settings.prefix}-workers-warm"
+    with asg_group(settings, f"{settings.prefix}-warm-lt", group, 1, 1, 1) as (_, asg):
+        iid = group_instances(asg, group)[0]
         imds.paths["autoscaling/target-lifecycle-state"] = "Warmed:Stopped"
         agent = FleetAgent(settings.replace(fleet="asg", spot_poll_s=0), iid, lambda: 0, lambda r: None,
                            imds=Imds(imds.base))
@@ -185,23 +180,13 @@ def test_a_worker_warming_for_the_warm_pool_waits_until_its_instance_is_in_servi
         assert agent.wait_in_service(poll_s=0.1) == "InService"
         assert time.monotonic() - started >= 0.5
         assert imds.gets.count("/latest/meta-data/autoscaling/target-lifecycle-state") >= 3
-    finally:
-        asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
-        ec2.delete_launch_template(LaunchTemplateName=lt)
 
 
 def test_a_spot_notice_takes_the_instance_out_of_its_group_which_replaces_it_at_once(settings, imds):
     from worker.asg import FleetAgent
-    ec2, asg = client("ec2", settings), client("autoscaling", settings)
-    lt, group = f"{settings.prefix}-spot-lt", f"{settings.prefix}-workers"
-    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={
-        "ImageId": ec2.describe_images()["Images"][0]["ImageId"], "InstanceType": "g4dn.xlarge"})
-    asg.create_auto_scaling_group(AutoScalingGroupName=group, MinSize=1, MaxSize=2, DesiredCapacity=1,
-                                  VPCZoneIdentifier=ec2.describe_subnets()["Subnets"][0]["SubnetId"],
-                                  LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"})
-    try:
-        (iid,) = [i["InstanceId"] for i in asg.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[group])["AutoScalingGroups"][0]["Instances"]]
+    group = f"{settings.prefix}-workers"
+    with asg_group(settings, f"{settings.prefix}-spot-lt", group, 1, 2, 1) as (_, asg):
+        (iid,) = group_instances(asg, group)
         notices: list[str] = []
         agent = FleetAgent.start(settings.replace(fleet="asg", spot_poll_s=0.1, protection_poll_s=0.1), iid,
                                  lambda: 0, notices.append, imds=Imds(imds.base))
@@ -214,6 +199,3 @@ def test_a_spot_notice_takes_the_instance_out_of_its_group_which_replaces_it_at_
         g = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
         assert agent.removed and g["DesiredCapacity"] == 1            # capacity kept ...
         assert [i["InstanceId"] for i in g["Instances"]] not in ([iid], [])   # ... by a new instance
-    finally:
-        asg.delete_auto_scaling_group(AutoScalingGroupName=group, ForceDelete=True)
-        ec2.delete_launch_template(LaunchTemplateName=lt)

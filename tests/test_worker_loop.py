@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -103,6 +104,18 @@ def run_burst(worker: Worker, timeout: float = 120) -> int:
     t.join(timeout)
     assert not t.is_alive(), "burst worker did not finish"
     return box["rc"]
+
+
+@contextmanager
+def in_thread(worker: Worker):
+    """A worker's loop in a thread (yielded); stopped and joined afterwards."""
+    t = threading.Thread(target=worker.work, kwargs={"install_signals": False})
+    t.start()
+    try:
+        yield t
+    finally:
+        worker.stop("test over")
+        t.join(30)
 
 
 @pytest.fixture
@@ -211,17 +224,12 @@ def test_worker_resends_the_stored_result_when_a_request_is_redelivered(stack, m
 
 def test_worker_heartbeat_is_written_while_running_and_deleted_on_exit(stack, model):
     w = stack.worker(model)
-    t = threading.Thread(target=w.work, kwargs={"install_signals": False})
-    t.start()
-    try:
+    with in_thread(w) as t:
         assert w.ready.wait(60)
         key = naming.heartbeat_key("w-test")
         beat = json.loads(stack.s3.get_object(Bucket=stack.settings.bucket_name, Key=key)["Body"].read())
         assert beat["instance_id"] == "w-test" and beat["services"] == ["imagenet"]
         assert beat["state"] == "ready" and beat["busy"] == 0 and beat["at"] >= beat["started_at"]
-    finally:
-        w.stop("test over")
-        t.join(30)
     assert not t.is_alive()
     listed = stack.s3.list_objects_v2(Bucket=stack.settings.bucket_name, Prefix="heartbeats/")
     assert listed.get("KeyCount", 0) == 0
@@ -229,9 +237,7 @@ def test_worker_heartbeat_is_written_while_running_and_deleted_on_exit(stack, mo
 
 def test_worker_ignores_a_stale_terminate_and_stops_on_a_fresh_one(stack, model):
     w = stack.worker(model)
-    t = threading.Thread(target=w.work, kwargs={"install_signals": False})
-    t.start()
-    try:
+    with in_thread(w) as t:
         assert w.ready.wait(60)
         stale = Terminate(issued_at=now_ms() - 60_000)
         stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=stale.to_json())
@@ -243,9 +249,6 @@ def test_worker_ignores_a_stale_terminate_and_stops_on_a_fresh_one(stack, model)
         stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
         t.join(30)
         assert not t.is_alive() and w.stop_reason == "terminate message"
-    finally:
-        w.stop("test over")
-        t.join(30)
 
 
 def test_terminate_watch_takes_one_fresh_message_and_leaves_the_others(stack):
@@ -327,7 +330,7 @@ def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
     for i in range(10):
         stack.send(json.dumps({"n": i}))
     buffer = MessageBuffer(3)
-    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, share=10)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer)
     consumer.start()
     try:
         end = time.monotonic() + 20
@@ -366,7 +369,7 @@ def test_consumer_survives_a_dead_endpoint_and_gives_its_slots_back(stack):
         "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     buffer = MessageBuffer(3)
-    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, share=3, sqs=dead)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, sqs=dead)
     consumer.start()
     try:
         time.sleep(1.5)
@@ -386,7 +389,7 @@ def test_a_consumer_added_later_gets_slots_while_the_others_keep_polling():
     buf = MessageBuffer(32)
     for i in range(5):
         buf.register(f"c{i}")
-    held = [buf.reserve(min(Consumer.share_for(32, 5), buf.fair_share()), timeout=0.1) for _ in range(5)]
+    held = [buf.reserve(min(10, buf.fair_share()), timeout=0.1) for _ in range(5)]
     buf.register("late")
     assert sum(held) <= 32
-    assert buf.reserve(min(Consumer.share_for(32, 6), buf.fair_share()), timeout=0.1) >= 1
+    assert buf.reserve(min(10, buf.fair_share()), timeout=0.1) >= 1

@@ -15,8 +15,7 @@ from typing import Callable
 
 from shared.aws import client
 from shared.config import Settings
-from worker.identity import imds_base
-from worker.imds import Imds
+from worker.imds import Imds, imds_base
 from worker.spot import InterruptionWatch
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ from shared.transport import Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
+_MAX_RECEIVE = 10  # ReceiveMessage's MaxNumberOfMessages limit
+
 
 @dataclass
 class Held:
@@ -181,24 +183,17 @@ def own_transport(settings: Settings) -> Transport:
 class Consumer(threading.Thread):
     """Long-polls one request queue, receiving only as many messages as the buffer has room for."""
 
-    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer,
-                 share: int, sqs=None):
+    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, sqs=None):
         super().__init__(name=f"consumer-{service}", daemon=True)  # daemon: a 20 s poll never blocks exit
         self.settings = settings
         self.service = service
         self.queue_url = queue_url
         self.buffer = buffer
-        self.share = max(1, min(10, share))
         self.transport = Transport.of(settings, sqs) if sqs is not None else own_transport(settings)
         self.queue = self.transport.consumer(queue_url)
         self.stopping = threading.Event()
         self.received = 0
         buffer.register(self.name)
-
-    @staticmethod
-    def share_for(capacity: int, queues: int) -> int:
-        """Slots one consumer may reserve at once, so one idle queue cannot starve the others."""
-        return max(1, capacity // max(1, queues))  # floor: the shares together never exceed the capacity
 
     def stop(self) -> None:
         """Ask the thread to stop after its current poll."""
@@ -207,7 +202,8 @@ class Consumer(threading.Thread):
     def run(self) -> None:
         backoff = 0.5
         while not self.stopping.is_set():
-            n = self.buffer.reserve(min(self.share, self.buffer.fair_share()), timeout=0.5)
+            # the buffer's fair share, so no queue starves the others; SQS returns 10 messages at most
+            n = self.buffer.reserve(min(_MAX_RECEIVE, self.buffer.fair_share()), timeout=0.5)
             if n == 0:
                 continue
             try:

@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import urllib3
 
-from worker.identity import imds_base
-
 log = logging.getLogger(__name__)
 
+IMDS = "http://169.254.169.254"
 TOKEN_TTL_S = 21600          # the longest IMDSv2 allows; refreshed well before it ends
+
+
+def imds_base() -> str | None:
+    """The metadata endpoint, by the SDK's variables (AWS_EC2_METADATA_SERVICE_ENDPOINT / _DISABLED)."""
+    if os.environ.get("AWS_EC2_METADATA_DISABLED", "").strip().lower() == "true":
+        return None
+    return os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT", IMDS).rstrip("/")
 
 
 class Imds:

@@ -148,8 +148,7 @@ class Worker:
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
                                         self.metrics, self.instance_id)
         self.fleet_agent = FleetAgent.start(s, self.instance_id, self.buffer.held, self.stop)
-        share = Consumer.share_for(self.buffer.capacity, len(hosted))
-        self.consumers = [Consumer(s, svc, url, self.buffer, share) for svc, url in self.queue_urls.items()]
+        self.consumers = [Consumer(s, svc, url, self.buffer) for svc, url in self.queue_urls.items()]
         for c in self.consumers:
             c.start()
         self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,

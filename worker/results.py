@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import MessageError, Reply, now_ms, valid_id
+from shared.messages import MessageError, Reply, now_ms, readable_reply_to
 from shared.transport import Transport
 from worker.consumer import Held
 
@@ -42,11 +42,8 @@ class ResultSink:
     def note_failure(self, held: list[Held], reason: str) -> None:
         """Keep why these requests failed (failures/<id>.json): a dead-lettered job ends with this reason."""
         for h in held:
-            try:
-                rid = json.loads(h.body).get("id")
-            except (ValueError, AttributeError):
-                continue
-            if not isinstance(rid, str) or not valid_id(rid):
+            rid, _ = readable_reply_to(h.body)
+            if rid is None:
                 continue
             try:
                 self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.failure_key(rid),
@@ -117,11 +114,3 @@ class ResultSink:
     def close(self) -> None:
         """Stop the record-writer pool."""
         self.pool.shutdown(wait=True)
-
-
-def reply_summary(reply: Reply) -> str:
-    """A short log form of a reply."""
-    if reply.status == "ok":
-        top = reply.results[0] if reply.results else {}
-        return f"ok {top.get('label')!r} ({top.get('index')}, {top.get('score')})"
-    return f"error {json.dumps(reply.error)}"

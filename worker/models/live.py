@@ -162,8 +162,7 @@ class LiveServices:
         w = self.worker
         if any(c.service == name for c in w.consumers):
             return
-        share = Consumer.share_for(w.buffer.capacity, len(self.registry.hosted()))
-        consumer = Consumer(self.settings, name, url, w.buffer, share)
+        consumer = Consumer(self.settings, name, url, w.buffer)
         consumer.start()
         w.consumers.append(consumer)
         w.queue_urls[name] = url
