@@ -116,13 +116,7 @@ def healthz():
     elif problem is None and not workers:
         problem = (f"no worker heartbeat with state 'ready' in the last "
                    f"{c.settings.heartbeat_max_age_s:g} s")
-    if problem:
-        body.update(status="unavailable", error={"code": "unhealthy", "message": problem})
-        resp = jsonify(body)
-        resp.status_code = 503
-        return resp
-    body["status"] = "ok"
-    return jsonify(body)
+    return _probe_answer(body, problem, "unhealthy")
 
 
 @bp.route("/livez", methods=["GET"])
@@ -150,8 +144,13 @@ def readyz():
     workers, _ = c.heartbeats.ready_workers()
     body = {"workers": len(workers), "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
             "waiting": c.listener.waiting}
+    return _probe_answer(body, problem, "not_ready")
+
+
+def _probe_answer(body: dict, problem: str | None, code: str):
+    """A probe's reply: 200 with status ok, or 503 with status unavailable and the problem as the error."""
     if problem:
-        body.update(status="unavailable", error={"code": "not_ready", "message": problem})
+        body.update(status="unavailable", error={"code": code, "message": problem})
         resp = jsonify(body)
         resp.status_code = 503
         return resp
