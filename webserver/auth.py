@@ -41,6 +41,14 @@ def current_owner() -> str | None:
     return key.key_id if key is not None else None
 
 
+def tag_usage(request_id: str | None, service: str | None = None) -> None:
+    """Name the id and service of the reply being built, for its usage record (so the body is not re-parsed)."""
+    if isinstance(request_id, str) and request_id:
+        g.usage_id = request_id
+    if isinstance(service, str) and service:
+        g.usage_service = service
+
+
 def presented_key() -> str | None:
     """The key the client sent: Authorization: Bearer <key>, else X-Api-Key."""
     auth = request.headers.get("Authorization", "")
@@ -102,15 +110,13 @@ class Edge:
     def record(self, resp) -> None:
         """Queue the usage record of the request just answered."""
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        body = resp.get_json(silent=True) if resp.is_json and not resp.is_streamed else None
-        body = body if isinstance(body, dict) else {}
         started = g.get("edge_started", time.perf_counter())
         key = g.get("api_key")
-        rid = body.get("id") if isinstance(body.get("id"), str) else None
+        rid = g.get("usage_id")
         self.usage.start()
         self.usage.record(UsageRecord(
             key_id=key.key_id if key is not None else ANONYMOUS, route=rule, method=request.method,
-            service=_service(body), status=resp.status_code,
+            service=_service(), status=resp.status_code,
             latency_ms=(time.perf_counter() - started) * 1000, bytes_in=request.content_length or 0,
             bytes_out=resp.calculate_content_length() or 0,
             request_id=rid or request.headers.get("X-Request-Id", "") or new_id(), at=now_ms()))
@@ -120,9 +126,9 @@ class Edge:
         self.usage.close()
 
 
-def _service(body: dict) -> str:
+def _service() -> str:
     """The service a call was for: the reply's, the route's, or what the client named."""
-    for value in (body.get("service"), (request.view_args or {}).get("service"), request.args.get("service")):
+    for value in (g.get("usage_service"), (request.view_args or {}).get("service"), request.args.get("service")):
         if isinstance(value, str) and value:
             return value
     # Only what the route already parsed: reading the body here would take in the very bodies the

@@ -158,6 +158,8 @@ def install_error_handlers(app: Flask, xcloud_prefix: str = "/cv/") -> None:
     """Every error is JSON: the native {"error": ...} body, or XCloud's envelope under /cv/."""
 
     def render(err: ApiError):
+        from webserver.auth import tag_usage  # auth raises ApiError: imported here, not at the top
+        tag_usage(err.request_id)
         resp = jsonify(err.envelope() if request.path.startswith(xcloud_prefix) else err.body())
         resp.status_code = err.status
         if err.allow:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from webserver.auth import tag_usage
 from webserver.errors import ApiError
 from webserver.inputs import parse_classify
 from webserver.params import check_gallery, field_value
@@ -29,6 +30,7 @@ def enroll(gallery: str):
     if outcome.reply is None or outcome.reply.status == "error":
         answer(outcome)  # raises the mapped error: 504 with the job id, no_face 422, unavailable 503 ...
     entry = outcome.reply.results[0]
+    tag_usage(outcome.request_id)
     resp = jsonify({"id": outcome.request_id, "gallery": gallery, "name": entry.get("label"),
                     "box": entry.get("box"), "faces": entry.get("faces"),
                     "latency_ms": round(outcome.latency_ms, 1)})

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import valid_id
+from webserver.auth import tag_usage
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_classify
 from webserver.proxy import status_url
@@ -31,6 +32,7 @@ def answer(outcome: Outcome):
         code = reply.error.get("code", "error")
         raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
     body = reply.to_dict()
+    tag_usage(reply.id, reply.service)
     body["latency_ms"] = round(outcome.latency_ms, 1)
     return jsonify(body)
 
@@ -49,6 +51,7 @@ def submit_job():
     parsed = parse_classify(request)
     params = request_params(request, ctx().submitter.resolve_service(parsed.service))
     rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params)
+    tag_usage(rid, service)
     resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid)})
     resp.status_code = 202
     resp.headers["Location"] = status_url(rid)
@@ -63,10 +66,12 @@ def get_job(job_id: str):
     jobs = ctx().jobs
     record = jobs.result(job_id)
     if record is not None:
+        tag_usage(record.get("id"), record.get("service"))
         return jsonify(record)
     marker = jobs.marker(job_id)
     if marker is None:
         raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
+    tag_usage(job_id, marker.get("service"))
     resp = jsonify({"id": job_id, "status": "pending", "service": marker.get("service"),
                     "submitted_at": marker.get("submitted_at")})
     resp.status_code = 202
@@ -116,13 +121,7 @@ def healthz():
     elif problem is None and not workers:
         problem = (f"no worker heartbeat with state 'ready' in the last "
                    f"{c.settings.heartbeat_max_age_s:g} s")
-    if problem:
-        body.update(status="unavailable", error={"code": "unhealthy", "message": problem})
-        resp = jsonify(body)
-        resp.status_code = 503
-        return resp
-    body["status"] = "ok"
-    return jsonify(body)
+    return _probe_answer(body, problem, "unhealthy")
 
 
 @bp.route("/livez", methods=["GET"])
@@ -150,8 +149,13 @@ def readyz():
     workers, _ = c.heartbeats.ready_workers()
     body = {"workers": len(workers), "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
             "waiting": c.listener.waiting}
+    return _probe_answer(body, problem, "not_ready")
+
+
+def _probe_answer(body: dict, problem: str | None, code: str):
+    """A probe's reply: 200 with status ok, or 503 with status unavailable and the problem as the error."""
     if problem:
-        body.update(status="unavailable", error={"code": "not_ready", "message": problem})
+        body.update(status="unavailable", error={"code": code, "message": problem})
         resp = jsonify(body)
         resp.status_code = 503
         return resp

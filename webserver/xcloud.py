@@ -5,6 +5,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
+from webserver.auth import tag_usage
 from webserver.errors import XCLOUD_OK, ApiError, status_for_reply_code
 from webserver.inputs import parse_top_k, parse_xcloud_image
 from webserver.params import request_params
@@ -59,5 +60,6 @@ def classify(service: str):
     if reply.status == "error":
         code = reply.error.get("code", "error")
         raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
+    tag_usage(rid)
     return jsonify({"code": XCLOUD_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
                     "elapse": round(time.monotonic() - started, 2), "id": rid})

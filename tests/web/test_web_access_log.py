@@ -1,9 +1,6 @@
 """gunicorn's access log: paths without query strings, no credentials, the client's X-Forwarded-For."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 
 import pytest
@@ -14,33 +11,12 @@ from webserver.serve import gunicorn_command
 
 
 @pytest.fixture
-def gunicorn_logged(web_settings, provisioned, tmp_path):
+def gunicorn_logged(web_settings, start_server, tmp_path):
     """gunicorn (1 process) on a free port with its output in a file; yields (base URL, log path)."""
     port = free_port()
     log_path = tmp_path / "gunicorn.log"
-    log = open(log_path, "w+")
-    proc = subprocess.Popen(gunicorn_command(web_settings, processes=1, host="127.0.0.1", port=port),
-                            env={**os.environ, **web_settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "gunicorn did not answer"
-            try:
-                if requests.get(base + "/services", timeout=30).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(0.3)
-        yield base, log_path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    base, _ = start_server(gunicorn_command(web_settings, processes=1, host="127.0.0.1", port=port), port, log_path)
+    return base, log_path
 
 
 @pytest.mark.slow

@@ -4,12 +4,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import requests
 
+from classifycloud.local import free_port
 from shared import naming
 from shared.aws import client
 from web_peer import PeerWorker
@@ -35,41 +37,14 @@ SERVE = ("from shared.config import get_settings; from webserver import serve; "
 
 
 @pytest.fixture(params=["command"])
-def gunicorn_server(request, web_settings, provisioned, tmp_path):
+def gunicorn_server(request, web_settings, start_server, tmp_path):
     """gunicorn on a free port, from gunicorn_command (2 processes) or serve() (1); stopped with SIGTERM."""
-    import socket
-    import sys
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     if request.param == "command":
         cmd = gunicorn_command(web_settings, processes=2, host="127.0.0.1", port=port)
     else:
         cmd = [sys.executable, "-c", SERVE.format(port=port)]
-    log = open(tmp_path / "gunicorn.log", "w+")  # a file, not a pipe: a full pipe would block gunicorn
-    proc = subprocess.Popen(cmd, env={**os.environ, **web_settings.to_env()},
-                            stdout=log, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-
-    def up():
-        try:
-            return requests.get(base + "/services", timeout=2).status_code == 200
-        except requests.ConnectionError:
-            assert proc.poll() is None, (tmp_path / "gunicorn.log").read_text()
-            return False
-
-    try:
-        wait_for(up)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.close()
+    return start_server(cmd, port, tmp_path / "gunicorn.log")
 
 
 @pytest.mark.slow
@@ -131,7 +106,6 @@ class _PickyPeer(PeerWorker):
 @pytest.mark.slow
 def test_sigterm_answers_each_waiting_request_or_503s_it_with_its_job_id_then_deletes_the_queue(
         web_settings, provisioned, tmp_path):
-    from classifycloud.local import free_port
     settings = web_settings.replace(shutdown_drain_s=3.0, reply_timeout_s=60.0)
     port = free_port()
     log = open(tmp_path / "gunicorn.log", "w+")
