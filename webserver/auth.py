@@ -19,6 +19,7 @@ from shared.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
 from shared.messages import new_id, now_ms, valid_id
 from shared.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.errors import ApiError
+from webserver.usage_tags import tagged
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ def current_owner() -> str | None:
         return None
     key = g.get("api_key")
     return key.key_id if key is not None else None
-
-
-def tag_usage(request_id: str | None, service: str | None = None) -> None:
-    """Name the id and service of the reply being built, for its usage record (so the body is not re-parsed)."""
-    if isinstance(request_id, str) and request_id:
-        g.usage_id = request_id
-    if isinstance(service, str) and service:
-        g.usage_service = service
 
 
 def presented_key() -> str | None:
@@ -112,11 +105,11 @@ class Edge:
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = g.get("edge_started", time.perf_counter())
         key = g.get("api_key")
-        rid = g.get("usage_id")
+        rid, service = tagged()
         self.usage.start()
         self.usage.record(UsageRecord(
             key_id=key.key_id if key is not None else ANONYMOUS, route=rule, method=request.method,
-            service=_service(), status=resp.status_code,
+            service=_service(service), status=resp.status_code,
             latency_ms=(time.perf_counter() - started) * 1000, bytes_in=request.content_length or 0,
             bytes_out=resp.calculate_content_length() or 0,
             request_id=rid or request.headers.get("X-Request-Id", "") or new_id(), at=now_ms()))
@@ -126,9 +119,9 @@ class Edge:
         self.usage.close()
 
 
-def _service() -> str:
+def _service(tagged_service: str | None) -> str:
     """The service a call was for: the reply's, the route's, or what the client named."""
-    for value in (g.get("usage_service"), (request.view_args or {}).get("service"), request.args.get("service")):
+    for value in (tagged_service, (request.view_args or {}).get("service"), request.args.get("service")):
         if isinstance(value, str) and value:
             return value
     # Only what the route already parsed: reading the body here would take in the very bodies the

@@ -14,6 +14,7 @@ from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from webserver.failures import WebFailure
+from webserver.usage_tags import tag_usage
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,6 @@ def install_error_handlers(app: Flask, xcloud_prefix: str = "/cv/") -> None:
     """Every error is JSON: the native {"error": ...} body, or XCloud's envelope under /cv/."""
 
     def render(err: ApiError):
-        from webserver.auth import tag_usage  # auth raises ApiError: imported here, not at the top
         tag_usage(err.request_id)
         resp = jsonify(err.envelope() if request.path.startswith(xcloud_prefix) else err.body())
         resp.status_code = err.status

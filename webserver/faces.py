@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from webserver.auth import tag_usage
+from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError
 from webserver.inputs import parse_classify
 from webserver.params import check_gallery, field_value

@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import valid_id
-from webserver.auth import tag_usage
+from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_classify
 from webserver.proxy import status_url

@@ -5,7 +5,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from webserver.auth import tag_usage
+from webserver.usage_tags import tag_usage
 from webserver.errors import XCLOUD_OK, ApiError, status_for_reply_code
 from webserver.inputs import parse_top_k, parse_xcloud_image
 from webserver.params import request_params
