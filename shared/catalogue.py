@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata, resources
 from typing import Any
 
@@ -60,6 +60,9 @@ class ServiceSpec:
     labels_note: str = ""                  # why labels are what they are (e.g. class ids: order unknown)
     note: str = ""                         # added to the unavailable reason (e.g. why no weights exist)
     options: dict = field(default_factory=dict, hash=False)  # kind-specific settings (see docs/SERVICES.md)
+    derived_from: str | None = None        # a label subset of this service's model (same forward pass)
+    classes: tuple[int, ...] = ()          # derived: the parent's class indices this service answers
+    min_share: float = 0.0                 # derived: Unknown when the subset holds less of the probability
 
     def unavailable_reason(self, model_dir: str = "") -> str | None:
         """Why this service cannot serve (None when it can, as far as can be told without loading)."""
@@ -177,8 +180,13 @@ def load_catalogue(path: str | None = None) -> Catalogue:
         raise CatalogueError(f"catalogue {path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) or not doc["services"]:
         raise CatalogueError(f"catalogue {path}: needs a non-empty 'services' mapping")
-    services = {name: _spec(name, entry, path) for name, entry in doc["services"].items()}
-    return Catalogue(services=services, source=path)
+    entries = doc["services"]
+    services = {name: _spec(name, entry, path) for name, entry in entries.items()
+                if not (isinstance(entry, dict) and "derived_from" in entry)}
+    for name, entry in entries.items():  # derived services after every model service: they copy their parent
+        if isinstance(entry, dict) and "derived_from" in entry:
+            services[name] = derive(name, entry, services, f"catalogue {path}, service {name!r}")
+    return Catalogue(services={n: services[n] for n in entries}, source=path)
 
 
 def catalogue_for(settings: Settings) -> Catalogue:
@@ -209,7 +217,9 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
         raise CatalogueError(f"{where}: name must match {_NAME_RE.pattern}")
     if not isinstance(entry, dict):
         raise CatalogueError(f"{where}: entry must be a mapping")
-    known = set(ServiceSpec.__dataclass_fields__) - {"name"}
+    if "derived_from" in entry:
+        raise CatalogueError(f"{where}: derived services are declared in the packaged catalogue only")
+    known = set(ServiceSpec.__dataclass_fields__) - {"name", "classes", "min_share"}
     unknown = set(entry) - known
     if unknown:
         raise CatalogueError(f"{where}: unknown keys {sorted(unknown)}")
@@ -244,3 +254,57 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
     if not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
         raise CatalogueError(f"{where}: unknown_threshold must be in [0, 1]")
     return ServiceSpec(name=name, preprocess=Preprocess(**pre), **kw)
+
+
+DERIVED_KEYS = {"derived_from", "classes", "min_share", "description", "top_k", "unknown_threshold",
+                "seconds_per_request", "kind", "labels_note"}
+
+
+def class_indices(value: Any, num_classes: int, where: str) -> tuple[int, ...]:
+    """[i, "a-b", ...] -> sorted unique indices, each below num_classes."""
+    if not isinstance(value, list) or not value:
+        raise CatalogueError(f"{where}: classes must be a non-empty list of indices or 'a-b' ranges")
+    out: set[int] = set()
+    for item in value:
+        if isinstance(item, bool):
+            raise CatalogueError(f"{where}: classes: {item!r} is not an index")
+        if isinstance(item, int):
+            lo = hi = item
+        elif isinstance(item, str) and re.fullmatch(r"\d+-\d+", item.strip()):
+            lo, hi = (int(x) for x in item.split("-"))
+        else:
+            raise CatalogueError(f"{where}: classes: {item!r} is neither an index nor an 'a-b' range")
+        if not 0 <= lo <= hi < num_classes:
+            raise CatalogueError(f"{where}: classes: {item!r} lies outside the parent's 0..{num_classes - 1}")
+        out.update(range(lo, hi + 1))
+    return tuple(sorted(out))
+
+
+def derive(name: Any, entry: dict, services: dict[str, ServiceSpec], where: str) -> ServiceSpec:
+    """A label-subset service: the parent's model, weights and preprocessing, answering `classes` only."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise CatalogueError(f"{where}: name must match {_NAME_RE.pattern}")
+    unknown = set(entry) - DERIVED_KEYS
+    if unknown:
+        raise CatalogueError(f"{where}: a derived service takes only {sorted(DERIVED_KEYS)}; "
+                             f"not {sorted(unknown)} (the model is the parent's)")
+    parent = services.get(entry["derived_from"])
+    if parent is None or parent.derived_from or parent.kind != "classifier":
+        raise CatalogueError(f"{where}: derived_from must name a model service of kind classifier "
+                             f"(got {entry['derived_from']!r})")
+    if entry.get("kind", "classifier") != "classifier":
+        raise CatalogueError(f"{where}: a derived service is a classifier")
+    share = entry.get("min_share", 0.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise CatalogueError(f"{where}: min_share must be in [0, 1]")
+    threshold = entry.get("unknown_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise CatalogueError(f"{where}: unknown_threshold must be in [0, 1]")
+    top_k = entry.get("top_k", parent.top_k)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise CatalogueError(f"{where}: top_k must be a positive integer")
+    classes = class_indices(entry.get("classes"), parent.num_classes, where)
+    return replace(parent, name=name, derived_from=parent.name, classes=classes, num_classes=len(classes),
+                   min_share=float(share), unknown_threshold=float(threshold), top_k=top_k,
+                   description=str(entry.get("description", "")), labels_note=str(entry.get("labels_note", "")),
+                   seconds_per_request=entry.get("seconds_per_request", parent.seconds_per_request), note="")

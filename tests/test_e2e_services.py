@@ -36,8 +36,30 @@ def stack(moto_endpoint):
 def test_services_lists_at_least_five_available_services_with_their_kinds(stack):
     services = requests.get(stack.base_url + "/services", timeout=30).json()["services"]
     available = {s["name"]: s["kind"] for s in services if s["available"]}
+    # food and insect: derived from imagenet's model (issue 21), so available wherever imagenet is
     assert available == {"imagenet": "classifier", "nsfw": "score", "skin": "classifier",
-                         "pdr": "classifier", "facesearch": "embedding"}
+                         "pdr": "classifier", "facesearch": "embedding", "food": "classifier",
+                         "insect": "classifier"}
+    food = next(s for s in services if s["name"] == "food")
+    assert "ImageNet's 44 food classes" in food["description"] and "Not Food-101" in food["description"]
+
+
+def test_food_and_insect_answer_through_classify_and_the_xcloud_route(stack, sample_bytes):
+    r = requests.get(stack.base_url + "/classify", timeout=120,
+                     params={"url": stack.sample_url("coffee"), "service": "food", "top_k": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["label"] == "espresso" and body["model"]["derived_from"] == "imagenet"
+    camera = _jpeg(Image.fromarray(data.camera()))
+    r = requests.post(stack.base_url + "/cv/food", files={"image": ("camera.jpg", camera)}, timeout=120)
+    env = r.json()
+    assert r.status_code == 200 and env["code"] == 0, env
+    assert env["results"][0]["name"] == "Unknown", env
+    r = requests.post(stack.base_url + "/classify", files={"image": ("chelsea.jpg", sample_bytes["chelsea"])},
+                      data={"service": "insect"}, timeout=120)
+    assert r.status_code == 200 and r.json()["results"][0]["label"] == "Unknown", r.text
+    r = requests.post(stack.base_url + "/cv/insect", data={"image": stack.sample_url("chelsea")}, timeout=120)
+    assert r.status_code == 200 and r.json()["results"][0]["name"] == "Unknown", r.text
 
 
 def test_nsfw_skin_and_pdr_answer_through_classify_and_the_xcloud_route(stack, sample_bytes):

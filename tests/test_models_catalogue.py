@@ -15,9 +15,9 @@ from worker.models.registry import ModelRegistry
 
 XCLOUD = {  # service: (architecture, num_classes), as XCloud's code builds them (no weights published)
     "plant": ("torchvision:resnet50", 998),
-    "food": ("torchvision:densenet161", 251),
+    "ifood": ("torchvision:densenet161", 251),   # XCloud's food (the name food is derived now)
     "garbage": ("torchvision:resnet152", 40),
-    "insect": ("torchvision:densenet121", 102),
+    "ip102": ("torchvision:densenet121", 102),   # XCloud's insect (the name insect is derived now)
 }
 REAL = ("imagenet", "nsfw", "skin", "pdr", "facesearch")  # real weights from installed packages
 
@@ -51,7 +51,7 @@ def test_xcloud_services_without_weights_are_unavailable_with_the_reason(local_s
     for name in XCLOUD:
         assert registry.unavailable[name] == f"weights not configured for service {name!r}"
     assert registry.unavailable["fbp"].startswith("weights not configured for service 'fbp' (XCloud never published")
-    assert cat.available() == list(REAL)
+    assert cat.available() == [*REAL, "food", "insect"]  # the derived services serve with imagenet's weights
 
 
 def test_builtin_label_files_have_one_label_per_class(local_settings, cat):
@@ -62,12 +62,12 @@ def test_builtin_label_files_have_one_label_per_class(local_settings, cat):
     assert load_labels("builtin:insect", 102, local_settings)
     nsfw = load_labels("builtin:nsfw", 5, local_settings)
     assert nsfw == ["drawings", "hentai", "neutral", "porn", "sexy"]
-    insect = load_labels(cat["insect"].labels, 102, local_settings)
+    insect = load_labels(cat["ip102"].labels, 102, local_settings)
     assert insect[0] == "rice leaf roller" and insect[-1] == "Cicadellidae"
 
 
 def test_services_without_public_labels_answer_with_index_names(local_settings, cat):
-    for name in ("plant", "food", "garbage"):
+    for name in ("plant", "ifood", "garbage"):
         assert cat[name].labels is None
         assert load_labels(None, cat[name].num_classes, local_settings)[:2] == ["0", "1"]
 

@@ -141,12 +141,14 @@ class BatchProcessor:
             item.image = image
 
     def _infer_ready(self, group: list[_Item]) -> None:
-        by_service: dict[str, list[_Item]] = {}
+        # one forward pass per model: a service derived from another shares its parent's pass
+        by_model: dict[int, list[_Item]] = {}
         for item in group:
             if item.reply is None:
-                by_service.setdefault(item.request.service, []).append(item)
-        for service, members in by_service.items():
-            self._infer(service, members)
+                handler = self.registry.get(item.request.service)
+                by_model.setdefault(id(getattr(handler, "forward_owner", handler)), []).append(item)
+        for members in by_model.values():
+            self._infer(members[0].request.service, members)
 
     def keep_visible(self, held: list[Held]) -> None:
         """Extend the visibility of messages still being worked on, so no other worker gets them meanwhile."""
@@ -179,18 +181,22 @@ class BatchProcessor:
             self.metrics.record("FetchTime", (time.perf_counter() - t0) * 1000, Service=request.service)
 
     def _infer(self, service: str, group: list[_Item]) -> None:
+        services = [i.request.service for i in group]
+        mixed = any(s != service for s in services)
         try:
             result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group],
-                                     [i.request.params for i in group])
+                                     [i.request.params for i in group], answer_as=services if mixed else None)
         except Exception as exc:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
             for item in group:
                 self._fail(item, "inference_failed", "the model failed on this batch; try again")  # detail: the log
             return
-        handler = self.registry.get(service)
-        self.metrics.record("InferenceTime", result.inference_ms, Service=service)
-        self.metrics.record("BatchSize", len(group), Service=service)
+        for name in dict.fromkeys(services):
+            self.metrics.record("InferenceTime", result.inference_ms, Service=name)
+            self.metrics.record("BatchSize", len(group), Service=name)
         for item, res in zip(group, result.results):
+            service = item.request.service
+            handler = self.registry.get(service)
             timings = self._timings(item.held, item.request, item.fetch_ms, result.inference_ms)
             if isinstance(res, (ImageDecodeError, Exception)):
                 self._fail(item, getattr(res, "code", "invalid_image"), str(res), inference_ms=result.inference_ms)

@@ -91,26 +91,42 @@ class InferenceEngine:
         except Exception as exc:  # a hostile image must fail only its own item
             return ImageDecodeError(f"cannot preprocess image: {type(exc).__name__}: {exc}"), "error"
 
-    def run(self, service: str, images: Sequence[bytes], top_ks: Sequence[int],
-            params: Sequence[dict | None] | None = None) -> BatchResult:
-        """Run images (bytes) of one service through its kind's handler; a bad image fails only its own item."""
+    def _handler(self, service: str):
         handler = self.registry.get(service)
         if handler is None:
             raise KeyError(f"service {service!r} is not hosted here")
+        return handler
+
+    def run(self, service: str, images: Sequence[bytes], top_ks: Sequence[int],
+            params: Sequence[dict | None] | None = None, answer_as: Sequence[str] | None = None) -> BatchResult:
+        """Run images (bytes) of one service through its kind's handler; a bad image fails only its own item.
+
+        answer_as names each item's service when the batch mixes a model service with services derived
+        from it (forward_owner): one forward pass, each item answered by its own service's postprocess.
+        """
+        handler = self._handler(service)
         if len(top_ks) != len(images):
             raise ValueError(f"{len(images)} images but {len(top_ks)} top_k values")
         params = list(params) if params is not None else [None] * len(images)
+        answerers = [self._handler(s) for s in answer_as] if answer_as else [handler] * len(images)
+        owner = getattr(handler, "forward_owner", handler)
+        if any(getattr(a, "forward_owner", a) is not owner for a in answerers):
+            raise ValueError("answer_as mixes services that do not share one model")
         t0 = time.perf_counter()
-        prepared = list(self.pool.map(lambda b: self._prepare(handler, b), images))
+        prepared = list(self.pool.map(lambda b: self._prepare(owner, b), images))
         preprocess_ms = (time.perf_counter() - t0) * 1000
         results: list = [p for p, _ in prepared]  # errors stay in place
         good = [i for i, (_, d) in enumerate(prepared) if d != "error"]
         t1 = time.perf_counter()
-        if good:
+        if good and all(a is handler for a in answerers):
             answers = handler.run_batch([results[i] for i in good], [top_ks[i] for i in good],
                                         [params[i] for i in good])
             for j, i in enumerate(good):
                 results[i] = answers[j]
+        elif good:  # a model service and its derived services: one forward pass, answered per item
+            probs = owner.infer(torch.stack([results[i] for i in good]))
+            for j, i in enumerate(good):
+                results[i] = answerers[i].postprocess(probs[j:j + 1], top_ks[i])[0][: max(1, top_ks[i])]
         return BatchResult(results=results, inference_ms=(time.perf_counter() - t1) * 1000,
                            preprocess_ms=preprocess_ms, decoders=[d for _, d in prepared])
 

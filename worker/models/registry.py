@@ -33,6 +33,7 @@ class ModelRegistry:
         self.device = pick_device(settings.device)
         self.handlers: dict[str, ImageClassifier] = {}
         self.unavailable: dict[str, str] = {}
+        self._bases: dict[str, ImageClassifier] = {}  # parents loaded only for their derived services
 
     def wanted(self) -> list[str]:
         """Services named in settings.services, or every catalogue service."""
@@ -44,7 +45,8 @@ class ModelRegistry:
 
     def load(self) -> "ModelRegistry":
         """Load every wanted service that is configured; record why the others are not."""
-        for name in self.wanted():
+        # model services first, so a derived service finds its parent hosted rather than loading it again
+        for name in sorted(self.wanted(), key=lambda n: bool(self.catalogue[n].derived_from)):
             spec = self.catalogue[name]
             reason = spec.unavailable_reason(self.settings.model_dir)
             if reason:
@@ -52,7 +54,7 @@ class ModelRegistry:
                 log.warning("service %s unavailable: %s", name, reason)
                 continue
             try:
-                self.handlers[name] = handler_class(spec)(spec, self.settings, self.device).load()
+                self.handlers[name] = self._build(spec)
             except (WeightsError, ValueError, OSError) as exc:
                 self.unavailable[name] = str(exc)
                 log.error("service %s failed to load: %s", name, exc)
@@ -60,6 +62,22 @@ class ModelRegistry:
                 self.unavailable[name] = f"{type(exc).__name__}: {exc}"
                 log.exception("service %s failed to load", name)
         return self
+
+    def _build(self, spec: ServiceSpec):
+        if spec.derived_from:
+            from worker.models.derived import DerivedClassifier
+            return DerivedClassifier(spec, self.settings, self._base(spec.derived_from))
+        return handler_class(spec)(spec, self.settings, self.device).load()
+
+    def _base(self, parent: str):
+        """The parent's handler: the hosted one, else one loaded once for the derived services alone."""
+        hosted = self.handlers.get(parent) or self._bases.get(parent)
+        if hosted is not None:
+            return hosted
+        if parent not in self.catalogue:
+            raise WeightsError(f"parent service {parent!r} is not in the catalogue")
+        self._bases[parent] = self._build(self.catalogue[parent])
+        return self._bases[parent]
 
     def get(self, name: str) -> ImageClassifier | None:
         """The loaded handler, or None."""
@@ -76,8 +94,11 @@ class ModelRegistry:
 
     def build_handler(self, spec: ServiceSpec):
         """A loaded handler for spec, through load() itself (same handler choice); raises WeightsError."""
-        one = ModelRegistry(Catalogue({spec.name: spec}), self.settings.replace(services=(spec.name,)))
+        parent = {spec.derived_from: self.catalogue[spec.derived_from]} if spec.derived_from in self.catalogue else {}
+        one = ModelRegistry(Catalogue({**parent, spec.name: spec}), self.settings.replace(services=(spec.name,)))
         one.device = self.device
+        if spec.derived_from and spec.derived_from in self.handlers:
+            one.handlers[spec.derived_from] = self.handlers[spec.derived_from]  # share the hosted model
         one.load()
         if spec.name not in one.handlers:
             raise WeightsError(one.unavailable.get(spec.name) or f"service {spec.name!r} did not load")
@@ -105,9 +126,13 @@ class ModelRegistry:
         self.catalogue = Catalogue({**self.catalogue.services, spec.name: spec}, self.catalogue.source)
         self.handlers[spec.name] = handler  # one dict store: readers see the old or the new handler
         self.unavailable.pop(spec.name, None)
+        for name, other in list(self.handlers.items()):  # derived services follow their parent's new model
+            if getattr(other, "base", None) is not None and other.spec.derived_from == spec.name:
+                self.handlers[name] = self._build(other.spec)
 
     def close(self) -> None:
         """Release every loaded model."""
-        for handler in self.handlers.values():
+        for handler in [*self.handlers.values(), *self._bases.values()]:
             handler.close()
         self.handlers.clear()
+        self._bases.clear()
