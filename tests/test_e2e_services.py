@@ -42,6 +42,7 @@ def test_services_lists_at_least_five_available_services_with_their_kinds(stack)
                          "insect": "classifier"}
     food = next(s for s in services if s["name"] == "food")
     assert "ImageNet's 44 food classes" in food["description"] and "Not Food-101" in food["description"]
+    assert food["derived_from"] == "imagenet" and len(food["classes"]) == 44 and 967 in food["classes"]
 
 
 def test_food_and_insect_answer_through_classify_and_the_xcloud_route(stack, sample_bytes):

@@ -94,6 +94,10 @@ def services():
             entry["threshold"] = spec.threshold
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
+        if spec.derived_from:  # what it covers: these classes of its parent's model (docs/SERVICES.md)
+            entry["derived_from"] = spec.derived_from
+            entry["classes"] = list(spec.classes)
+            entry["min_share"] = spec.min_share
         out.append(entry)
     for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries, so operators see why
         if name not in services:
