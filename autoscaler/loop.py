@@ -17,6 +17,7 @@ from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.live_catalogue import LiveCatalogue
+from shared.liveness import stall_limit_s
 from shared.messages import Terminate, now_ms
 from shared.metrics import MetricsPublisher
 from shared.transport import SqsAttribute, Transport
@@ -55,7 +56,8 @@ class Autoscaler:
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
         self.janitor = ReplyQueueJanitor(settings, self.transport, clock=clock)
-        self.health = WorkerHealth(settings, clock=clock)
+        self.health = WorkerHealth(settings, clock=clock, stall_limit=lambda services: stall_limit_s(
+            settings, services, self.catalogue, self.service_times.estimates))
         self._exits: list[tuple[float, int]] = []
         self._seen_exits: set[str] = set()
         self._crash_reported = 0

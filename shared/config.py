@@ -62,6 +62,9 @@ class Settings:
     decode_threads: int = 4                   # preprocessing thread pool size
     heartbeat_interval_s: float = 10.0        # worker writes heartbeats/<id>.json this often
     heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
+    worker_stall_s: float = 60.0              # a worker holding work whose loop made no step for a full batch's
+                                              # expected time (fetch deadline + batch x s/request) plus this is
+                                              # wedged: it releases its messages and exits; the autoscaler replaces it
     protection_idle_s: float = 30.0           # asg fleet: clear scale-in protection after idle this long
     protection_poll_s: float = 1.0            # asg fleet: how often the worker compares held work and protection
     spot_poll_s: float = 5.0                  # on EC2: poll the metadata for spot / rebalance notices (0: off)

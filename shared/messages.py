@@ -226,6 +226,8 @@ class Heartbeat:
     busy: int = 0                                    # messages held (waiting + being processed)
     started_at: int = field(default_factory=now_ms)
     at: int = field(default_factory=now_ms)          # when written, epoch ms
+    step_at: int = 0                                 # the worker loop's last step, epoch ms (0: unknown)
+    oldest_held_at: int = 0                          # receive time of the oldest message held, epoch ms (0: none)
     v: int = VERSION
 
     def to_dict(self) -> dict:
@@ -277,5 +279,11 @@ class Heartbeat:
         started = data.get("started_at", int(at))
         if not isinstance(started, (int, float)) or isinstance(started, bool):
             raise MessageError("malformed_message", "heartbeat: started_at must be epoch milliseconds")
+        progress = {}
+        for name in ("step_at", "oldest_held_at"):   # absent in records written before liveness by progress
+            value = data.get(name, 0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise MessageError("malformed_message", f"heartbeat: {name} must be epoch milliseconds")
+            progress[name] = int(value)
         return cls(instance_id=instance_id, services=list(services), unavailable=dict(unavailable), state=state,
-                   busy=busy, started_at=int(started), at=int(at))
+                   busy=busy, started_at=int(started), at=int(at), **progress)
