@@ -6,10 +6,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.fleet import Fleet
 from autoscaler.health import WorkerHealth, exits_in_window
-from autoscaler.janitor import ReplyQueueJanitor
+from autoscaler.housekeeping import Housekeeping
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
                                QueueStats, get_policy)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
@@ -55,13 +54,14 @@ class Autoscaler:
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
-        self.janitor = ReplyQueueJanitor(settings, self.transport, clock=clock)
+        self.housekeeping = Housekeeping(settings, self.catalogue, self.transport, self.s3, clock=clock)
+        self.janitor = self.housekeeping.janitor
         self.health = WorkerHealth(settings, clock=clock, stall_limit=lambda services: stall_limit_s(
             settings, services, self.catalogue, self.service_times.estimates))
         self._exits: list[tuple[float, int]] = []
         self._seen_exits: set[str] = set()
         self._crash_reported = 0
-        self.dead_letters = DeadLetterSettler(settings, self.catalogue, self.transport, self.s3, clock=clock)
+        self.dead_letters = self.housekeeping.dead_letters
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
@@ -142,8 +142,7 @@ class Autoscaler:
         log.info("autoscaler[%s]: %s %d -> desired %d: %s", self.policy_name, decision.action,
                  decision.count, decision.desired, decision.reason)
         self._publish(queues, fleet, decision)
-        self.janitor.maybe_sweep()   # after acting: a slow sweep never delays a scaling decision
-        self.dead_letters.maybe_settle()
+        self.housekeeping.maybe_run()   # after acting: a slow sweep never delays a scaling decision
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
 
