@@ -66,6 +66,7 @@ class Autoscaler:
         self.ticks = 0
         self.errors = 0
         self.last: TickResult | None = None
+        self._status: tuple[int, int, int, int] | None = None   # (running, pending, queued, in flight) last shown
 
     sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
@@ -139,12 +140,23 @@ class Autoscaler:
             log.error("autoscaler: tick %d skipped: %s: %s", self.ticks, type(exc).__name__, exc)
             return None
         self.state = decision.state
-        log.info("autoscaler[%s]: %s %d -> desired %d: %s", self.policy_name, decision.action,
-                 decision.count, decision.desired, decision.reason)
+        self._log(queues, fleet, decision)
         self._publish(queues, fleet, decision)
         self.housekeeping.maybe_run()   # after acting: a slow sweep never delays a scaling decision
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
+
+    def _log(self, queues: list[QueueStats], fleet: FleetState, decision: Decision) -> None:
+        """A decision that changes something at INFO (a hold only at DEBUG); a status line when it changes."""
+        changes = decision.action != HOLD and decision.count > 0
+        log.log(logging.INFO if changes else logging.DEBUG, "autoscaler[%s]: %s %d -> desired %d: %s",
+                self.policy_name, decision.action, decision.count, decision.desired, decision.reason)
+        status = (fleet.running, fleet.pending, sum(q.visible + q.delayed for q in queues),
+                  sum(q.in_flight for q in queues))
+        if status != self._status:
+            self._status = status
+            log.info("status: %d worker(s)%s, %d queued, %d in flight", status[0],
+                     f" + {status[1]} starting" if status[1] else "", status[2], status[3])
 
     def act(self, decision: Decision) -> int:
         """Launch instances or send terminate messages; returns how many."""

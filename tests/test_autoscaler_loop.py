@@ -226,3 +226,25 @@ def test_service_times_are_refined_from_worker_metrics_and_survive_failures(sett
                                           config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     broken = ServiceTimes(s, catalogue, dead)
     assert broken.current()["imagenet"] == start
+
+
+def test_the_console_shows_decisions_that_change_something_and_a_status_line_when_it_changes(
+        settings, provisioned, caplog):
+    import logging
+
+    from autoscaler.fleet.local import LocalFleet
+    s = settings.replace(min_workers=0, max_workers=2, janitor_interval_s=0)
+    loop = Autoscaler(s, LocalFleet(s, command=["true"]))
+    with caplog.at_level(logging.INFO, logger="autoscaler.loop"):
+        for _ in range(3):
+            assert loop.tick() is not None and loop.last.decision.action == HOLD
+    lines = [r.getMessage() for r in caplog.records if r.name == "autoscaler.loop"]
+    assert lines == ["status: 0 worker(s), 0 queued, 0 in flight"]   # no "hold" line every tick
+    caplog.clear()
+    enqueue(s, provisioned, 3)
+    with caplog.at_level(logging.INFO, logger="autoscaler.loop"):
+        assert loop.tick() is not None
+    lines = [r.getMessage() for r in caplog.records if r.name == "autoscaler.loop"]
+    assert any(line.startswith("autoscaler[backlog]: launch") for line in lines)
+    assert "status: 0 worker(s), 3 queued, 0 in flight" in lines
+    loop.fleet.stop_all(timeout=10)
