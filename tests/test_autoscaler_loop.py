@@ -210,12 +210,10 @@ def test_heartbeats_tell_idle_busy_and_stopping_workers(settings, provisioned):
 def test_service_times_are_refined_from_worker_metrics_and_survive_failures(settings, catalogue):
     s = settings.replace(metrics_namespace="T" + settings.prefix, service_time_alpha=0.5, service_time_refresh_s=0)
     cw = client("cloudwatch", s)
-    for _ in range(3):
+    for _ in range(3):   # the worker's measured time per request (before issue 19: InferenceTime / BatchSize)
         cw.put_metric_data(Namespace=s.metrics_namespace, MetricData=[
-            {"MetricName": "InferenceTime", "Dimensions": [{"Name": "Service", "Value": "imagenet"}],
-             "Value": 400.0, "Unit": "Milliseconds"},
-            {"MetricName": "BatchSize", "Dimensions": [{"Name": "Service", "Value": "imagenet"}],
-             "Value": 4.0, "Unit": "Count"}])
+            {"MetricName": "WorkTime", "Dimensions": [{"Name": "Service", "Value": "imagenet"}],
+             "Value": 100.0, "Unit": "Milliseconds"}])
     times = ServiceTimes(s, catalogue, cw)
     start = times.estimates["imagenet"]
     assert start == catalogue["imagenet"].seconds_per_request

@@ -429,3 +429,17 @@ def test_one_forward_pass_covers_messages_from_more_than_one_receive(stack, mode
     assert len(got) == 12 and all(r.status == "ok" and r.results[0]["index"] == ESPRESSO for r in got.values())
     assert counting.passes == [12]            # every one of them in a single forward pass
     assert sum(c.received for c in w.consumers) == 12 and w.handled == 12
+
+
+def test_the_service_time_the_autoscaler_reads_is_the_workers_whole_time_per_request(stack, model):
+    from autoscaler.queues import ServiceTimes
+    namespace = f"cc-wt-{stack.settings.prefix}"
+    with ImageServer(slow_s=1.5) as srv:        # a slow origin (of a text body): fetching is the big part
+        for i in range(2):
+            stack.request({"url": f"{srv.base}/slow"}, f"slowfetch-{i}")
+        assert run_burst(stack.worker(model, metrics_enabled=True, metrics_namespace=namespace,
+                                      max_batch_size=1)) == 0
+    assert sorted(stack.replies(2)) == ["slowfetch-0", "slowfetch-1"]
+    s = stack.settings.replace(metrics_namespace=namespace, service_time_alpha=1.0, service_time_refresh_s=0)
+    times = ServiceTimes(s, stack.catalogue, client("cloudwatch", s))
+    assert times.current()["imagenet"] >= 1.5       # fetch + decode + inference + reply + delete, per request

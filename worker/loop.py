@@ -170,12 +170,17 @@ class Worker:
 
     def handle(self, batch: list) -> None:
         """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
+        started = time.perf_counter()
         try:
             result = self.processor.process(batch)
             deleted = self.sink.deliver(result.outcomes)
             if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
                 release(self.transport, result.unreadable)
             self.handled += len(batch)
+            # what one request really costs this worker (fetch, decode, inference, reply, record, delete):
+            # the autoscaler sizes the fleet by it (autoscaler.queues.ServiceTimes)
+            self.metrics.record("WorkTime", (time.perf_counter() - started) * 1000 / len(batch),
+                                Service=batch[0].service)
             log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
         except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
             log.exception("batch of %d failed; its messages will be redelivered", len(batch))
