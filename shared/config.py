@@ -54,8 +54,8 @@ class Settings:
     buffer_size: int = 32                     # held messages per worker; > max_batch_size so receiving overlaps inference
     max_batch_size: int = 16                  # images per inference batch
     max_batch_wait_ms: int = 5                # wait for more messages of the same service
-    terminate_check_interval_s: float = 20.0  # an idle worker checks the terminate queue this often (at most
-                                              # terminate_expiry_s / 2); a busy worker never takes a terminate
+    terminate_check_interval_s: float = 2.5   # an idle worker checks the terminate queue this often, capped at
+                                              # terminate_expiry_s / 2 (logged); a busy worker never takes one
     terminate_expiry_s: float = 5.0           # terminate messages older than this are stale
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
     model_dir: str = ""                       # where catalogue weight paths are resolved from

@@ -202,6 +202,20 @@ class Terminate:
         now = now_ms() if now is None else now
         return now - self.issued_at <= expiry_s * 1000
 
+    @staticmethod
+    def check_interval_s(check_interval_s: float, expiry_s: float) -> float:
+        """How often an idle worker looks: the setting, but at most half the expiry (a fresh one never goes stale)."""
+        return min(check_interval_s, expiry_s / 2)
+
+    @staticmethod
+    def check_due(idle: bool, since_check_s: float, interval_s: float) -> bool:
+        """The worker's rule (worker/terminate.py, and the simulator's): only an idle worker, once per interval.
+
+        Idle = nothing held, nothing in flight, and its last look for work came back empty; a worker
+        that just finished a batch with work waiting is not idle, however long since its last check.
+        """
+        return idle and since_check_s >= interval_s
+
     @classmethod
     def from_json(cls, body: str | bytes | dict) -> "Terminate":
         """Parse and validate; raises MessageError."""
