@@ -130,3 +130,17 @@ def _held(service: str):
     from worker.consumer import Held
     return Held(service=service, queue_url="q", message_id=service, receipt_handle="r", body="{}",
                 received_at=int(time.time() * 1000), receive_count=1)
+
+
+def test_burst_is_not_over_while_a_released_message_may_wait_in_a_queue_seen_empty():
+    # the race the loaded host showed: a queue polls empty while the loop still holds its message,
+    # then the loop releases the message (unreadable: toward the DLQ); burst mode must poll again
+    buf = MessageBuffer(4)
+    buf.register("c")
+    buf.put("c", 0, [_held("svc")])
+    batch = buf.take_batch(1, 0, 1)
+    buf.put("c", 0, [])                                 # the poll during the batch came back empty
+    buf.done(batch, requeued=True)
+    assert not buf.quiescent()
+    buf.put("c", 0, [])                                 # polled again after the release: now it is over
+    assert buf.quiescent()

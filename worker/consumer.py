@@ -147,11 +147,18 @@ class MessageBuffer:
             self._taken.update((id(h), h) for h in batch)
             return batch
 
-    def done(self, messages: list[Held]) -> None:
-        """Taken messages were deleted or released: their slots are free again."""
+    def done(self, messages: list[Held], requeued: bool = False) -> None:
+        """Taken messages were deleted or released: their slots are free again.
+
+        requeued: some were made visible again, so a queue seen empty may not be empty any more
+        (burst mode must poll once more, or a message released after that poll would be left behind).
+        """
         with self._cond:
             for h in messages:
                 self._taken.pop(id(h), None)
+            if requeued:
+                for name in self._idle:
+                    self._idle[name] = False
             self._cond.notify_all()
 
     def close(self) -> list[Held]:

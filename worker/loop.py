@@ -171,11 +171,13 @@ class Worker:
     def handle(self, batch: list) -> None:
         """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
         started = time.perf_counter()
+        requeued = False
         try:
             result = self.processor.process(batch)
             deleted = self.sink.deliver(result.outcomes)
             if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
                 release(self.transport, result.unreadable)
+                requeued = True
             self.handled += len(batch)
             # what one request really costs this worker (fetch, decode, inference, reply, record, delete):
             # the autoscaler sizes the fleet by it (autoscaler.queues.ServiceTimes)
@@ -186,7 +188,7 @@ class Worker:
             log.exception("batch of %d failed; its messages will be redelivered", len(batch))
             self.sink.note_failure(batch, f"{type(exc).__name__}: {exc}")
         finally:
-            self.buffer.done(batch)
+            self.buffer.done(batch, requeued)
 
     def _progress(self) -> tuple[int, int]:
         """(loop's last step, oldest held message's receive time), epoch ms: the heartbeat's liveness fields."""
