@@ -70,8 +70,8 @@ def simulate_main(argv: list[str] | None = None) -> int:
     p.add_argument("--day-hours", type=float, default=24.0, help="length of the diurnal trace")
     p.add_argument("--mean-rate", type=float, default=12.0, help="diurnal mean requests per second")
     p.add_argument("--boot", default="40,90", help="boot delay range in seconds, 'lo,hi' (uniform)")
-    p.add_argument("--idle-check", type=float, default=None,
-                   help="idle workers' terminate-check interval, s (default: the 20 s of the protocol)")
+    p.add_argument("--idle-check", type=float, default=2.5,
+                   help="idle workers' terminate_check_interval_s (capped at half the expiry, like the worker)")
     p.add_argument("--png-dir", default="", help="write one PNG per trace here (autoscaling-<trace>.png)")
     p.add_argument("--json", default="", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -83,7 +83,7 @@ def simulate_main(argv: list[str] | None = None) -> int:
         return 2
     seeds = [int(x) for x in args.seeds.split(",") if x.strip()] or [args.seed]
     lo, hi = (float(x) for x in args.boot.split(","))
-    cfg = replace(SimConfig(), boot_s=(lo, hi), idle_check_s=args.idle_check)
+    cfg = replace(SimConfig(), boot_s=(lo, hi), terminate_check_interval_s=args.idle_check)
     started = time.monotonic()
     per_seed, sims = run_all(traces, policies, seeds, cfg, args.day_hours, args.mean_rate, jobs=args.jobs,
                              keep_seed=seeds[0] if args.png_dir else None)

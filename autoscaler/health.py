@@ -1,7 +1,9 @@
-"""Worker health from heartbeats: hung workers (silent while the fleet says running) and crash loops.
+"""Worker health from heartbeats: hung workers (silent, or beating without progress) and crash loops.
 
 A worker that the fleet lists as running but whose heartbeat is missing or stale past the start grace
-is hung (or never came up): it is replaced. A worker whose heartbeat shows a new started_at again and
+is hung (or never came up): it is replaced. A worker that beats while holding work but whose loop has
+made no progress (shared.liveness: last step, oldest held message, against the expected batch time) is
+wedged: replaced too, its messages visible again once its instance is gone. A worker whose heartbeat shows a new started_at again and
 again (systemd restarting a crashing worker on EC2), or a local worker process that keeps exiting
 non-zero, is crash-looping: it is reported and, on a fleet that keeps it, replaced and not counted.
 """
@@ -11,8 +13,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+from typing import Callable
+
 from autoscaler.queues import Heartbeats
 from shared.config import Settings
+from shared.liveness import stall_limit_s, stalled_s
 
 log = logging.getLogger(__name__)
 
@@ -23,19 +28,23 @@ class HealthReport:
 
     stale: tuple[str, ...] = ()
     crash_looping: tuple[str, ...] = ()
+    wedged: tuple[str, ...] = ()
 
     @property
     def replace(self) -> tuple[str, ...]:
         """Every id to replace (each once)."""
-        return tuple(dict.fromkeys(self.stale + self.crash_looping))
+        return tuple(dict.fromkeys(self.stale + self.crash_looping + self.wedged))
 
 
 class WorkerHealth:
     """check(running ids, heartbeats) once per tick; remembers first sightings and process starts."""
 
-    def __init__(self, settings: Settings, clock=time.time):
+    def __init__(self, settings: Settings, clock=time.time,
+                 stall_limit: Callable[[list[str]], float] | None = None):
         self.settings = settings
         self.clock = clock
+        # services -> seconds a worker holding work may go without progress (the autoscaler passes its estimates)
+        self.stall_limit = stall_limit or (lambda services: stall_limit_s(settings, services, None))
         self._first_seen: dict[str, float] = {}
         self._stopping_at: dict[str, float] = {}
         self._starts: dict[str, dict[float, float]] = {}   # id -> {started_at: when seen}
@@ -68,6 +77,15 @@ class WorkerHealth:
                       and now - self._first_seen[w] > s.worker_start_grace_s
                       and now - self._stopping_at.get(w, -float("inf")) > s.worker_start_grace_s)
         looping = tuple(w for w in running if len(self._starts.get(w, {})) >= s.crash_loop_starts)
+        wedged = []
+        for wid, rec in fresh.items():
+            if wid in alive:
+                limit = self.stall_limit(list(rec.get("services") or []))
+                stalled = stalled_s(rec, now, limit, s)
+                if stalled is not None:
+                    log.error("worker %s: holds %s messages and made no progress for %.0f s (limit %.0f s): "
+                              "wedged; replacing it", wid, rec.get("busy"), stalled, limit)
+                    wedged.append(wid)
         for wid in stale:
             log.error("worker %s: no fresh heartbeat for %.0f s while the fleet says running; replacing it",
                       wid, s.heartbeat_max_age_s)
@@ -75,7 +93,7 @@ class WorkerHealth:
             log.error("worker %s: crash loop (%d starts in %.0f s); replacing it, not counted as capacity",
                       wid, len(self._starts[wid]), s.crash_loop_window_s)
             self.crash_loops.append(wid)
-        report = HealthReport(stale, looping)
+        report = HealthReport(stale, looping, tuple(wedged))
         self.replaced.extend(report.replace)
         for wid in report.replace:   # a replaced id is gone: forget it
             self._first_seen.pop(wid, None)

@@ -6,10 +6,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.fleet import Fleet
 from autoscaler.health import WorkerHealth, exits_in_window
-from autoscaler.janitor import ReplyQueueJanitor
+from autoscaler.housekeeping import Housekeeping
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
                                QueueStats, get_policy)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
@@ -17,6 +16,7 @@ from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.live_catalogue import LiveCatalogue
+from shared.liveness import stall_limit_s
 from shared.messages import Terminate, now_ms
 from shared.metrics import MetricsPublisher
 from shared.transport import SqsAttribute, Transport
@@ -54,16 +54,19 @@ class Autoscaler:
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
-        self.janitor = ReplyQueueJanitor(settings, self.transport, clock=clock)
-        self.health = WorkerHealth(settings, clock=clock)
+        self.housekeeping = Housekeeping(settings, self.catalogue, self.transport, self.s3, clock=clock)
+        self.janitor = self.housekeeping.janitor
+        self.health = WorkerHealth(settings, clock=clock, stall_limit=lambda services: stall_limit_s(
+            settings, services, self.catalogue, self.service_times.estimates))
         self._exits: list[tuple[float, int]] = []
         self._seen_exits: set[str] = set()
         self._crash_reported = 0
-        self.dead_letters = DeadLetterSettler(settings, self.catalogue, self.transport, self.s3, clock=clock)
+        self.dead_letters = self.housekeeping.dead_letters
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
         self.last: TickResult | None = None
+        self._status: tuple[int, int, int, int] | None = None   # (running, pending, queued, in flight) last shown
 
     sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
@@ -137,13 +140,23 @@ class Autoscaler:
             log.error("autoscaler: tick %d skipped: %s: %s", self.ticks, type(exc).__name__, exc)
             return None
         self.state = decision.state
-        log.info("autoscaler[%s]: %s %d -> desired %d: %s", self.policy_name, decision.action,
-                 decision.count, decision.desired, decision.reason)
+        self._log(queues, fleet, decision)
         self._publish(queues, fleet, decision)
-        self.janitor.maybe_sweep()   # after acting: a slow sweep never delays a scaling decision
-        self.dead_letters.maybe_settle()
+        self.housekeeping.maybe_run()   # after acting: a slow sweep never delays a scaling decision
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
+
+    def _log(self, queues: list[QueueStats], fleet: FleetState, decision: Decision) -> None:
+        """A decision that changes something at INFO (a hold only at DEBUG); a status line when it changes."""
+        changes = decision.action != HOLD and decision.count > 0
+        log.log(logging.INFO if changes else logging.DEBUG, "autoscaler[%s]: %s %d -> desired %d: %s",
+                self.policy_name, decision.action, decision.count, decision.desired, decision.reason)
+        status = (fleet.running, fleet.pending, sum(q.visible + q.delayed for q in queues),
+                  sum(q.in_flight for q in queues))
+        if status != self._status:
+            self._status = status
+            log.info("status: %d worker(s)%s, %d queued, %d in flight", status[0],
+                     f" + {status[1]} starting" if status[1] else "", status[2], status[3])
 
     def act(self, decision: Decision) -> int:
         """Launch instances or send terminate messages; returns how many."""

@@ -122,8 +122,9 @@ class HeartbeatReader:
 class ServiceTimes:
     """seconds_per_request per service: catalogue estimate, refined by EWMA from worker metrics.
 
-    Source: CloudWatch InferenceTime (ms per batch) / BatchSize (images per batch), Average over
-    the last five minutes. Any failure keeps the current estimate.
+    Source: CloudWatch WorkTime, the worker's measured time per request (its batch's fetch, decode,
+    inference, reply, record and delete over the batch size), Average over the last five minutes.
+    The forward pass alone under-sizes the fleet for slow fetches. Any failure keeps the current estimate.
     """
 
     WINDOW_S = 300
@@ -163,11 +164,8 @@ class ServiceTimes:
                                            self.settings.service_time_alpha)
 
     def _observe(self, service: str, now: float) -> float | None:
-        inference = self._average("InferenceTime", service, now)
-        batch = self._average("BatchSize", service, now)
-        if inference is None or not batch:
-            return None
-        return inference / 1000.0 / max(batch, 1.0)
+        work_ms = self._average("WorkTime", service, now)
+        return None if work_ms is None else work_ms / 1000.0
 
     def _average(self, metric: str, service: str, now: float) -> float | None:
         end = datetime.fromtimestamp(now, tz=timezone.utc)

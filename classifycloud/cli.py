@@ -159,18 +159,20 @@ def _service_samples(stack, out=print) -> bool:
     return ok
 
 
-def cmd_up(argv: list[str]) -> int:
-    """Run the whole system on this machine until Ctrl-C."""
+def up_stack(argv: list[str]):
+    """The arguments of `classifycloud up` and the (not yet started) LocalStack they describe."""
     from classifycloud.local import LocalStack
     p = argparse.ArgumentParser(prog="classifycloud up", description=cmd_up.__doc__)
     p.add_argument("--port", type=int, default=8080, help="web port (0 = any free port)")
     p.add_argument("--web-processes", type=int, default=2)
     p.add_argument("--workers", type=int, default=None,
-                   help="a fixed number of workers instead of the autoscaler")
+                   help="a fixed number of workers (0 allowed) instead of the autoscaler")
     p.add_argument("--min-workers", type=int, default=None)
     p.add_argument("--max-workers", type=int, default=None)
     p.add_argument("--once", action="store_true", help="classify the samples, then stop (for CI)")
     args = p.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        p.error("--workers must be 0 or more")
     overrides = {"metrics_enabled": Settings.from_env().metrics_enabled}
     if args.min_workers is not None:
         overrides["min_workers"] = args.min_workers
@@ -178,14 +180,21 @@ def cmd_up(argv: list[str]) -> int:
         overrides["max_workers"] = args.max_workers
     settings = Settings.from_env(**overrides)
     autoscale = args.workers is None and importlib.util.find_spec("autoscaler.local") is not None
-    stack = LocalStack(settings, web_port=args.port, web_processes=args.web_processes,
-                       workers=args.workers or 1, autoscale=autoscale)
+    workers = 1 if args.workers is None else args.workers
+    return args, LocalStack(settings, web_port=args.port, web_processes=args.web_processes,
+                            workers=workers, autoscale=autoscale)
+
+
+def cmd_up(argv: list[str]) -> int:
+    """Run the whole system on this machine until Ctrl-C."""
+    args, stack = up_stack(argv)
+    settings, autoscale = stack.settings, stack.autoscale
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("starting ClassifyCloud locally: moto server, queues, web, "
           + (f"autoscaled workers ({settings.min_workers}..{settings.max_workers})" if autoscale
-             else f"{args.workers or 1} worker(s)"), flush=True)
+             else f"{stack.workers} worker(s)"), flush=True)
     try:
         stack.start()
         print(f"logs: {stack.log_dir}", flush=True)

@@ -12,12 +12,13 @@ from autoscaler.deadletters import CODE, read_dead_letters, release_all
 from shared import naming
 from shared.aws import client
 from shared.catalogue import catalogue_for
+from shared.live_catalogue import LiveCatalogue
 from shared.config import Settings
 
 
 def _dlqs(settings: Settings, sqs, only: str | None) -> dict[str, str]:
     out = {}
-    for service in catalogue_for(settings).names():
+    for service in LiveCatalogue(settings, catalogue_for(settings)).names():   # services published to S3 too
         if only and service != only:
             continue
         try:

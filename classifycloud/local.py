@@ -97,6 +97,7 @@ class LocalStack:
     _moto: object = None
     _autoscaler: object = None
     _stop_autoscaler: threading.Event = field(default_factory=threading.Event)
+    _housekeeping: threading.Thread | None = None
 
     def start(self) -> "LocalStack":
         """Start moto (unless given an endpoint), provision, serve samples, start web and workers."""
@@ -118,6 +119,7 @@ class LocalStack:
         else:
             for _ in range(self.workers):
                 self.start_worker()
+            self._start_housekeeping()
         return self
 
     @property
@@ -149,6 +151,15 @@ class LocalStack:
                            CLASSIFYCLOUD_INSTANCE_ID=instance_id, **extra_env)
         self.worker_procs.append(proc)
         return proc
+
+    def _start_housekeeping(self) -> None:
+        """No autoscaler: its housekeeping (orphan reply queues, dead letters) runs in a thread of its own."""
+        try:
+            from autoscaler.housekeeping import start_housekeeping
+        except ImportError:   # an install without the autoscaler package
+            log.warning("no autoscaler package: orphan reply queues and dead letters are not swept")
+            return
+        self._housekeeping = start_housekeeping(self.settings, self._stop_autoscaler)
 
     def _start_autoscaler(self) -> None:
         from autoscaler.local import start_local_autoscaler
@@ -199,8 +210,10 @@ class LocalStack:
         for proc in [*self.worker_procs, self.web_proc]:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        self._stop_autoscaler.set()
+        if self._housekeeping is not None:
+            self._housekeeping.join(timeout=timeout)
         if self._autoscaler:
-            self._stop_autoscaler.set()
             loop, fleet, thread = self._autoscaler
             fleet.terminate(list(fleet.pids()))
             thread.join(timeout=timeout)

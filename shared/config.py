@@ -54,14 +54,17 @@ class Settings:
     buffer_size: int = 32                     # held messages per worker; > max_batch_size so receiving overlaps inference
     max_batch_size: int = 16                  # images per inference batch
     max_batch_wait_ms: int = 5                # wait for more messages of the same service
-    terminate_check_interval_s: float = 20.0  # an idle worker checks the terminate queue this often (at most
-                                              # terminate_expiry_s / 2); a busy worker never takes a terminate
+    terminate_check_interval_s: float = 2.5   # an idle worker checks the terminate queue this often, capped at
+                                              # terminate_expiry_s / 2 (logged); a busy worker never takes one
     terminate_expiry_s: float = 5.0           # terminate messages older than this are stale
     device: str = "auto"                      # auto | cpu | cuda | cuda:N
     model_dir: str = ""                       # where catalogue weight paths are resolved from
     decode_threads: int = 4                   # preprocessing thread pool size
     heartbeat_interval_s: float = 10.0        # worker writes heartbeats/<id>.json this often
     heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
+    worker_stall_s: float = 60.0              # a worker holding work whose loop made no step for a full batch's
+                                              # expected time (fetch deadline + batch x s/request) plus this is
+                                              # wedged: it releases its messages and exits; the autoscaler replaces it
     protection_idle_s: float = 30.0           # asg fleet: clear scale-in protection after idle this long
     protection_poll_s: float = 1.0            # asg fleet: how often the worker compares held work and protection
     spot_poll_s: float = 5.0                  # on EC2: poll the metadata for spot / rebalance notices (0: off)

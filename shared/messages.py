@@ -202,6 +202,20 @@ class Terminate:
         now = now_ms() if now is None else now
         return now - self.issued_at <= expiry_s * 1000
 
+    @staticmethod
+    def check_interval_s(check_interval_s: float, expiry_s: float) -> float:
+        """How often an idle worker looks: the setting, but at most half the expiry (a fresh one never goes stale)."""
+        return min(check_interval_s, expiry_s / 2)
+
+    @staticmethod
+    def check_due(idle: bool, since_check_s: float, interval_s: float) -> bool:
+        """The worker's rule (worker/terminate.py, and the simulator's): only an idle worker, once per interval.
+
+        Idle = nothing held, nothing in flight, and its last look for work came back empty; a worker
+        that just finished a batch with work waiting is not idle, however long since its last check.
+        """
+        return idle and since_check_s >= interval_s
+
     @classmethod
     def from_json(cls, body: str | bytes | dict) -> "Terminate":
         """Parse and validate; raises MessageError."""
@@ -226,6 +240,8 @@ class Heartbeat:
     busy: int = 0                                    # messages held (waiting + being processed)
     started_at: int = field(default_factory=now_ms)
     at: int = field(default_factory=now_ms)          # when written, epoch ms
+    step_at: int = 0                                 # the worker loop's last step, epoch ms (0: unknown)
+    oldest_held_at: int = 0                          # receive time of the oldest message held, epoch ms (0: none)
     v: int = VERSION
 
     def to_dict(self) -> dict:
@@ -277,5 +293,11 @@ class Heartbeat:
         started = data.get("started_at", int(at))
         if not isinstance(started, (int, float)) or isinstance(started, bool):
             raise MessageError("malformed_message", "heartbeat: started_at must be epoch milliseconds")
+        progress = {}
+        for name in ("step_at", "oldest_held_at"):   # absent in records written before liveness by progress
+            value = data.get(name, 0)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise MessageError("malformed_message", f"heartbeat: {name} must be epoch milliseconds")
+            progress[name] = int(value)
         return cls(instance_id=instance_id, services=list(services), unavailable=dict(unavailable), state=state,
-                   busy=busy, started_at=int(started), at=int(at))
+                   busy=busy, started_at=int(started), at=int(at), **progress)

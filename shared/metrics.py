@@ -46,6 +46,8 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     MetricDef("InferenceTime", "Milliseconds", ("Service",), "worker", "Average", "model time per batch"),
     MetricDef("TotalTime", "Milliseconds", ("Service",), "worker", "Average", "submit to reply sent"),
     MetricDef("BatchSize", "Count", ("Service",), "worker", "Average", "images per inference batch"),
+    MetricDef("WorkTime", "Milliseconds", ("Service",), "worker", "Average",
+              "worker time per request: its batch's fetch, decode, inference, reply, record, delete / batch size"),
     MetricDef("Images", "Count", ("Service",), "worker", "Sum", "images classified (images/s = Sum / period)"),
     MetricDef("Errors", "Count", ("Service", "Code"), "worker", "Sum", "error replies by code"),
     # autoscaler

@@ -210,12 +210,10 @@ def test_heartbeats_tell_idle_busy_and_stopping_workers(settings, provisioned):
 def test_service_times_are_refined_from_worker_metrics_and_survive_failures(settings, catalogue):
     s = settings.replace(metrics_namespace="T" + settings.prefix, service_time_alpha=0.5, service_time_refresh_s=0)
     cw = client("cloudwatch", s)
-    for _ in range(3):
+    for _ in range(3):   # the worker's measured time per request (before issue 19: InferenceTime / BatchSize)
         cw.put_metric_data(Namespace=s.metrics_namespace, MetricData=[
-            {"MetricName": "InferenceTime", "Dimensions": [{"Name": "Service", "Value": "imagenet"}],
-             "Value": 400.0, "Unit": "Milliseconds"},
-            {"MetricName": "BatchSize", "Dimensions": [{"Name": "Service", "Value": "imagenet"}],
-             "Value": 4.0, "Unit": "Count"}])
+            {"MetricName": "WorkTime", "Dimensions": [{"Name": "Service", "Value": "imagenet"}],
+             "Value": 100.0, "Unit": "Milliseconds"}])
     times = ServiceTimes(s, catalogue, cw)
     start = times.estimates["imagenet"]
     assert start == catalogue["imagenet"].seconds_per_request
@@ -226,3 +224,25 @@ def test_service_times_are_refined_from_worker_metrics_and_survive_failures(sett
                                           config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     broken = ServiceTimes(s, catalogue, dead)
     assert broken.current()["imagenet"] == start
+
+
+def test_the_console_shows_decisions_that_change_something_and_a_status_line_when_it_changes(
+        settings, provisioned, caplog):
+    import logging
+
+    from autoscaler.fleet.local import LocalFleet
+    s = settings.replace(min_workers=0, max_workers=2, janitor_interval_s=0)
+    loop = Autoscaler(s, LocalFleet(s, command=["true"]))
+    with caplog.at_level(logging.INFO, logger="autoscaler.loop"):
+        for _ in range(3):
+            assert loop.tick() is not None and loop.last.decision.action == HOLD
+    lines = [r.getMessage() for r in caplog.records if r.name == "autoscaler.loop"]
+    assert lines == ["status: 0 worker(s), 0 queued, 0 in flight"]   # no "hold" line every tick
+    caplog.clear()
+    enqueue(s, provisioned, 3)
+    with caplog.at_level(logging.INFO, logger="autoscaler.loop"):
+        assert loop.tick() is not None
+    lines = [r.getMessage() for r in caplog.records if r.name == "autoscaler.loop"]
+    assert any(line.startswith("autoscaler[backlog]: launch") for line in lines)
+    assert "status: 0 worker(s), 3 queued, 0 in flight" in lines
+    loop.fleet.stop_all(timeout=10)

@@ -143,3 +143,30 @@ def test_tensorrt_backend_serves_or_says_clearly_what_is_missing(imagenet, onnx_
     handler = ImageClassifier(spec, local_settings.replace(device="cuda")).load()
     probs = handler.infer(photo_batch(imagenet, sample_bytes))
     assert probs.argmax(-1).tolist() == [285, 967]
+
+
+def test_a_converted_entry_is_the_original_with_only_backend_and_artefact_changed_and_answers_the_same(
+        tmp_path, local_settings, capsys, sample_bytes, monkeypatch):
+    monkeypatch.delenv("CLASSIFYCLOUD_CATALOGUE", raising=False)
+    from shared.catalogue import default_catalogue_path
+    original = yaml.safe_load(open(default_catalogue_path(), encoding="utf-8"))["services"]["pdr"]
+    out = tmp_path / "pdr.onnx"
+    assert convert_main(["--service", "pdr", "--to", "onnx", "--out", str(out)]) == 0
+    entry = yaml.safe_load(capsys.readouterr().out)["services"]["pdr"]
+    changed = {k for k in set(entry) | set(original) if entry.get(k) != original.get(k)}
+    assert changed == {"backend", "artefact", "sha256"}      # squash resize, labels_note, ... all kept
+    assert entry["preprocess"]["mode"] == "squash" and entry["labels_note"] == original["labels_note"]
+    path = tmp_path / "catalogue.yaml"
+    path.write_text(yaml.safe_dump({"services": {"pdr": entry}}))
+    converted = ModelRegistry(load_catalogue(str(path)), local_settings).load()
+    torch_reg = ModelRegistry(load_catalogue(), local_settings.replace(services=("pdr",))).load()
+    try:
+        photos = [sample_bytes["chelsea"], sample_bytes["astronaut"]]
+        got = InferenceEngine(converted, 1).run("pdr", photos, [3, 3]).results
+        want = InferenceEngine(torch_reg, 1).run("pdr", photos, [3, 3]).results
+        for g, w in zip(got, want):
+            assert [r["index"] for r in g] == [r["index"] for r in w]
+            assert [r["score"] for r in g] == pytest.approx([r["score"] for r in w], abs=1e-3)
+    finally:
+        converted.close()
+        torch_reg.close()

@@ -141,3 +141,21 @@ def test_a_service_added_after_start_has_its_dead_letters_settled_too(env, catal
     _dead_letter(sqs, urls["pdr"], Request(id=rid, service="pdr", image={"url": "http://example.com/x.jpg"},
                                            reply_to=None, top_k=1, submitted_at=int(time.time() * 1000)).to_json())
     assert settler.settle() == [rid]
+
+
+def test_dlq_list_and_redrive_see_a_service_published_to_s3(env, tmp_path):
+    from classifycloud.publish import push_service
+    from test_live_models import ENTRY
+    s, urls, sqs, s3, _ = env
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights are not read by a listing")
+    push_service(s, "mycats", str(weights), ["cat", "not cat"], {**ENTRY, "num_classes": 2}, s3=s3, sqs=sqs)
+    queue = sqs.get_queue_url(QueueName=naming.request_queue(s.prefix, "mycats"))["QueueUrl"]
+    rid = new_id()
+    _dead_letter(sqs, queue, Request(id=rid, service="mycats", image={"url": "http://x/c.jpg"},
+                                     reply_to=None).to_json())
+    lines = []
+    assert list_dead_letters(s, "mycats", out=lines.append) == 1 and rid in "\n".join(lines)
+    assert redrive(s, "mycats", out=lines.append) == 1
+    (m,) = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert Request.from_json(m["Body"]).id == rid

@@ -247,6 +247,12 @@ def test_fetch_times_out_on_a_slow_server(server):
     assert _code(_fetcher(fetch_read_timeout_s=0.3), {"url": server.base + "/slow"}) == "fetch_timeout"
 
 
+def test_fetch_waits_for_a_slow_first_byte_up_to_the_read_timeout_not_the_connect_timeout(server):
+    # the server answers after 2 s: inside the 5 s read timeout, past the 0.5 s connect timeout
+    assert _code(_fetcher(fetch_connect_timeout_s=0.5, fetch_read_timeout_s=5.0),
+                 {"url": server.base + "/slow"}) == "invalid_image"      # its body is text: fetched, then refused
+
+
 def test_fetch_reports_http_errors_with_the_status(server):
     with pytest.raises(FetchError) as info:
         _fetcher().fetch({"url": server.base + "/status/404"})

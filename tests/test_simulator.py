@@ -133,3 +133,49 @@ def test_dollars_price_running_hours_by_kind_and_stopped_warm_instances():
     assert dollars(ec2) == pytest.approx(600 / 3600 * ON_DEMAND_PRICE["g4dn.xlarge"])     # the min worker alone
     asg = Simulation(quiet, AsgController(warm_pool=5), SimConfig(drain_s=0)).run()
     assert dollars(asg) == pytest.approx(600 / 3600 * (ON_DEMAND_PRICE["g4dn.xlarge"] + 5 * STOPPED_PRICE))
+
+
+class _TerminateEveryTick:
+    """A controller that asks one worker to stop on every tick (nothing else): who takes it is the worker's rule."""
+
+    def start(self, sim) -> None:
+        pass
+
+    def tick(self, sim, now: float) -> None:
+        sim.send_terminates(1)
+
+
+def _steady(rate_per_s: float, seconds: float, service_s: float):
+    from autoscaler.sim.traces import ServiceModel, Trace
+    arrivals = tuple((i / rate_per_s, "svc") for i in range(int(seconds * rate_per_s)))
+    return Trace("steady", "steady work", arrivals, {"svc": ServiceModel("svc", service_s, jitter=0.0)}, seconds)
+
+
+def test_a_simulated_worker_with_work_waiting_never_takes_a_terminate_like_the_real_one():
+    # one worker, always a request waiting after each (3 req/s at 0.5 s each): the real worker never
+    # looks at the terminate queue; the old model took one after every 5 requests
+    sim = Simulation(_steady(3.0, 120, 0.5), _TerminateEveryTick(), SimConfig(min_workers=1, drain_s=0)).run()
+    assert sim.terminates_sent > 20 and sim.terminates_taken == 0
+    assert sim.workers[0].ended_at == sim.now                  # it worked to the end
+
+
+def test_a_simulated_idle_worker_takes_a_fresh_terminate_within_its_check_interval():
+    sim = Simulation(_steady(0.01, 60, 0.1), _TerminateEveryTick(), SimConfig(min_workers=1, drain_s=0)).run()
+    # idle from the start; the first terminate (t = 5 s) is taken within 2.5 s + one 0.5 s wait
+    assert sim.terminates_taken == 1 and sim.workers[0].ended_at <= 5.0 + 2.5 + 0.5
+
+
+def test_the_simulator_and_the_worker_use_the_same_terminate_rule(monkeypatch, settings):
+    from shared.messages import Terminate
+    from worker.terminate import TerminateWatch
+    calls = []
+    real = Terminate.check_due
+
+    def spy(idle, since, interval):
+        calls.append(interval)
+        return real(idle, since, interval)
+    monkeypatch.setattr(Terminate, "check_due", staticmethod(spy))
+    Simulation(_steady(0.01, 30, 0.1), _TerminateEveryTick(), SimConfig(min_workers=1, drain_s=0)).run()
+    watch = TerminateWatch(settings.replace(terminate_check_interval_s=20, terminate_expiry_s=5), None, "q")
+    watch.due(idle=True)
+    assert calls and set(calls) == {2.5}    # both: 20 s capped at half the 5 s expiry, by the same function

@@ -38,8 +38,13 @@ class Held:
 class MessageBuffer:
     """Bounded buffer of held messages: consumers reserve room before receiving, so nothing is hoarded.
 
-    `capacity` bounds everything the worker holds: messages waiting here, slots reserved by
-    a receive in progress, and messages taken by the inference loop until done() is called.
+    Reservations follow the work. A busy queue (its last receive brought messages) waits its turn,
+    first come first served, for free slots: one busy queue can fill the buffer, several split it.
+    A queue that came back empty (or has not polled yet) long-polls for one message without
+    keeping a slot: an idle poll never holds room a busy queue needs, and each idle queue can add
+    at most one message past `capacity` (its next receive waits its turn like any busy one).
+    `capacity` otherwise bounds everything the worker holds: messages waiting here, slots
+    reserved by a receive in progress, and messages taken by the inference loop until done().
     """
 
     def __init__(self, capacity: int):
@@ -47,35 +52,65 @@ class MessageBuffer:
         self._cond = threading.Condition()
         self._items: deque[Held] = deque()
         self._reserved = 0
-        self._taken = 0
+        self._taken: dict[int, Held] = {}     # id(held) -> held: taken by the loop, not done yet
         self._closed = False
-        self._idle: dict[str, bool] = {}   # consumer name -> last receive came back empty
+        self._idle: dict[str, bool] = {}      # consumer name -> last receive came back empty (burst's end)
+        self._busy: dict[str, bool] = {}      # consumer name -> last receive brought messages
+        self._claims: dict[str, int] = {}     # consumer name -> slots its receive in progress reserved
+        self._turns: list[str] = []           # busy consumers waiting for room, in the order they asked
 
     def register(self, name: str) -> None:
         """Declare a consumer (burst mode waits until each has seen its queue empty)."""
         with self._cond:
             self._idle[name] = False
+            self._busy[name] = False
 
-    def reserve(self, most: int, timeout: float) -> int:
-        """Claim up to `most` free slots (0 after a timeout or once closed)."""
+    def reserve(self, most: int, timeout: float, name: str = "") -> int:
+        """Slots for consumer `name`'s next receive (0 after a timeout or once closed).
+
+        An idle queue gets one at once, reserving nothing; a busy one (or an unnamed caller) waits
+        its turn for up to `most` free slots, at most an even split of the buffer over the busy queues.
+        """
         with self._cond:
-            end = time.monotonic() + timeout
-            while not self._closed and self._free() <= 0:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return 0
-                self._cond.wait(left)
             if self._closed:
                 return 0
-            n = min(most, self._free())
+            if name and not self._busy.get(name, False):
+                self._claims[name] = 0           # a probe: one message, borrowed room
+                return 1
+            turn = name or f"anonymous-{threading.get_ident()}"
+            if turn not in self._turns:           # a caller that timed out keeps its place
+                self._turns.append(turn)
+            end = time.monotonic() + timeout
+            while not self._closed and not (self._turns[0] == turn and self._free() > 0):
+                left = end - time.monotonic()
+                if left <= 0:
+                    if not name:
+                        self._turns.remove(turn)
+                        self._cond.notify_all()
+                    return 0
+                self._cond.wait(left)
+            self._turns.remove(turn)
+            self._cond.notify_all()              # the next in line may take what is left
+            if self._closed:
+                return 0
+            busy = max(1, sum(self._busy.values()))
+            n = min(most, self._free(), max(1, self.capacity // busy))
             self._reserved += n
+            if name:
+                self._claims[name] = n
             return n
 
     def put(self, name: str, reserved: int, messages: list[Held]) -> bool:
-        """Add received messages and return unused reservations; False when closed (caller releases)."""
+        """Add received messages and return the receive's reservation; False when closed (caller releases).
+
+        `reserved` is what the receive asked for; the buffer returns what it actually reserved.
+        """
         with self._cond:
-            self._reserved -= reserved
+            self._reserved -= self._claims.pop(name, 0)
             self._idle[name] = not messages
+            self._busy[name] = bool(messages)
+            if not messages and name in self._turns:   # a stopped consumer leaves the line
+                self._turns.remove(name)
             if self._closed:
                 self._cond.notify_all()
                 return not messages
@@ -83,19 +118,10 @@ class MessageBuffer:
             self._cond.notify_all()
             return True
 
-    def fair_share(self) -> int:
-        """Slots one consumer may hold reserved now: the capacity split over every registered consumer.
-
-        A share fixed at start-up goes stale when a service is added live; with more consumers than
-        their shares allow, the ones that loop fastest would keep every slot and starve the newcomer.
-        """
-        with self._cond:
-            return max(1, self.capacity // max(1, len(self._idle)))
-
-    def unreserve(self, n: int) -> None:
+    def unreserve(self, n: int, name: str = "") -> None:
         """Give back slots of a receive that failed (says nothing about the queue being empty)."""
         with self._cond:
-            self._reserved -= n
+            self._reserved -= self._claims.pop(name, 0) if name else n
             self._cond.notify_all()
 
     def take_batch(self, max_size: int, max_wait_s: float, timeout: float) -> list[Held]:
@@ -118,13 +144,21 @@ class MessageBuffer:
             for item in self._items:
                 (batch if item.service == service and len(batch) < max_size else rest).append(item)
             self._items = rest
-            self._taken += len(batch)
+            self._taken.update((id(h), h) for h in batch)
             return batch
 
-    def done(self, n: int) -> None:
-        """n taken messages were deleted or released: their slots are free again."""
+    def done(self, messages: list[Held], requeued: bool = False) -> None:
+        """Taken messages were deleted or released: their slots are free again.
+
+        requeued: some were made visible again, so a queue seen empty may not be empty any more
+        (burst mode must poll once more, or a message released after that poll would be left behind).
+        """
         with self._cond:
-            self._taken -= n
+            for h in messages:
+                self._taken.pop(id(h), None)
+            if requeued:
+                for name in self._idle:
+                    self._idle[name] = False
             self._cond.notify_all()
 
     def close(self) -> list[Held]:
@@ -138,7 +172,18 @@ class MessageBuffer:
     def held(self) -> int:
         """Messages held: waiting plus being processed."""
         with self._cond:
-            return len(self._items) + self._taken
+            return len(self._items) + len(self._taken)
+
+    def holding(self) -> list[Held]:
+        """Every message held: waiting and taken (a wedged worker releases them all)."""
+        with self._cond:
+            return list(self._items) + list(self._taken.values())
+
+    def oldest_received_at(self) -> int | None:
+        """Receive time (epoch ms) of the oldest message held, waiting or being processed; None when empty."""
+        with self._cond:
+            times = [h.received_at for h in self._items] + [h.received_at for h in self._taken.values()]
+            return min(times) if times else None
 
     def quiescent(self) -> bool:
         """Nothing held, and every consumer's last receive came back empty (burst mode's end)."""
@@ -146,7 +191,7 @@ class MessageBuffer:
             return not self._items and not self._taken and all(self._idle.values())
 
     def _free(self) -> int:
-        return self.capacity - len(self._items) - self._reserved - self._taken
+        return self.capacity - len(self._items) - self._reserved - len(self._taken)
 
     def _count(self, service: str) -> int:
         return sum(1 for item in self._items if item.service == service)
@@ -202,14 +247,14 @@ class Consumer(threading.Thread):
     def run(self) -> None:
         backoff = 0.5
         while not self.stopping.is_set():
-            # the buffer's fair share, so no queue starves the others; SQS returns 10 messages at most
-            n = self.buffer.reserve(min(_MAX_RECEIVE, self.buffer.fair_share()), timeout=0.5)
+            # the buffer decides by this queue's last receive; SQS returns 10 messages at most
+            n = self.buffer.reserve(_MAX_RECEIVE, timeout=0.5, name=self.name)
             if n == 0:
                 continue
             try:
                 messages = [Held.from_received(self.service, r) for r in self.queue.receive(n)]
             except TransportError as exc:   # QueueGone too: a re-provisioned queue is found again by URL
-                self.buffer.unreserve(n)
+                self.buffer.unreserve(n, name=self.name)
                 log.warning("receive from %s failed: %s (retrying in %.1fs)", self.queue_url, exc, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 20.0)
@@ -221,3 +266,4 @@ class Consumer(threading.Thread):
             if not self.buffer.put(self.name, n, messages):
                 log.info("buffer closed: releasing %d just-received messages", len(messages))
                 release(self.transport, messages)
+        self.buffer.put(self.name, 0, [])   # leaves the line for slots: a stopped consumer must not block it

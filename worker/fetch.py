@@ -226,7 +226,9 @@ class Fetcher:
             watchdog.sock = conn.sock
             if watchdog.fired:  # fired while connecting: nothing to close then
                 raise self._timeout(url)
-            conn.sock.settimeout(min(self.settings.fetch_read_timeout_s, max(0.01, deadline - time.monotonic())))
+            read_s = min(self.settings.fetch_read_timeout_s, max(0.01, deadline - time.monotonic()))
+            conn.timeout = read_s   # urllib3's getresponse() resets the socket to conn.timeout (was: the connect timeout)
+            conn.sock.settimeout(read_s)
             conn.request("GET", target.path, headers=headers, preload_content=False, decode_content=False)
             resp = conn.getresponse()
             if resp.status in _REDIRECTS:

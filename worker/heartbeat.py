@@ -13,10 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Writes {instance_id, services, unavailable, state, busy, started_at, at} every interval."""
+    """Writes {instance_id, services, unavailable, state, busy, started_at, at, step_at, oldest_held_at} every interval."""
 
     def __init__(self, settings: Settings, s3, instance_id: str, services: list[str],
-                 unavailable: dict[str, str], busy: Callable[[], int]):
+                 unavailable: dict[str, str], busy: Callable[[], int],
+                 progress: Callable[[], tuple[int, int]] | None = None):
         super().__init__(name="heartbeat", daemon=True)
         self.settings = settings
         self.s3 = s3
@@ -24,6 +25,7 @@ class Heartbeat(threading.Thread):
         self.services = list(services)
         self.unavailable = dict(unavailable)
         self.busy = busy
+        self.progress = progress    # () -> (loop's last step, oldest held message's receive time), epoch ms
         self.state = "ready"
         self.started_at = now_ms()
         self.key = naming.heartbeat_key(instance_id)
@@ -31,9 +33,11 @@ class Heartbeat(threading.Thread):
 
     def record(self) -> HeartbeatRecord:
         """The heartbeat document (the typed record of shared.messages)."""
+        step_at, oldest = self.progress() if self.progress is not None else (0, 0)
         return HeartbeatRecord(instance_id=self.instance_id, services=list(self.services),
                                unavailable=dict(self.unavailable), state=self.state, busy=self.busy(),
-                               started_at=self.started_at, at=now_ms())
+                               started_at=self.started_at, at=now_ms(), step_at=step_at,
+                               oldest_held_at=oldest or 0)
 
     def beat(self) -> bool:
         """Write the heartbeat once; False (logged) on failure."""

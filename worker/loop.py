@@ -11,6 +11,7 @@ from shared import naming
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
+from shared.liveness import stall_limit_s
 from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, Transport, TransportError
 from worker.asg import FleetAgent
@@ -19,6 +20,7 @@ from worker.consumer import Consumer, MessageBuffer, release
 from worker.fetch import Fetcher
 from worker.heartbeat import Heartbeat
 from worker.identity import instance_id
+from worker.liveness import Progress, Watchdog
 from worker.results import ResultSink
 from worker.terminate import TerminateWatch
 
@@ -47,6 +49,9 @@ class Worker:
         self.buffer = MessageBuffer(settings.buffer_size)
         self.consumers: list[Consumer] = []
         self.heartbeat: Heartbeat | None = None
+        self.progress = Progress()
+        self.watchdog: Watchdog | None = None
+        self.wedged_exit = os._exit   # what the watchdog calls once it released a wedged worker's messages
         self.terminate: TerminateWatch | None = None
         self.processor: BatchProcessor | None = None
         self.sink: ResultSink | None = None
@@ -78,6 +83,7 @@ class Worker:
             log.info("worker %s ready: services %s%s", self.instance_id, self.registry.hosted(),
                      " (burst)" if burst else "")
             while not self._stop.is_set():
+                self.progress.step()
                 batch = self.buffer.take_batch(self.settings.max_batch_size,
                                                self.settings.max_batch_wait_ms / 1000, timeout=0.5)
                 if batch:
@@ -152,29 +158,55 @@ class Worker:
         for c in self.consumers:
             c.start()
         self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
-                                   self.buffer.held)
+                                   self.buffer.held, self._progress)
         self.heartbeat.beat()
         self.heartbeat.start()
+        self.watchdog = Watchdog(s, stall_limit_s(s, hosted, self.catalogue),
+                                 lambda: self.heartbeat.record().to_dict(), self._release_wedged,
+                                 exit=lambda code: self.wedged_exit(code))
+        self.watchdog.start()
         from worker.models.live import LiveServices
         self.live = LiveServices(self).start()
 
     def handle(self, batch: list) -> None:
         """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
+        started = time.perf_counter()
+        requeued = False
         try:
             result = self.processor.process(batch)
             deleted = self.sink.deliver(result.outcomes)
             if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
                 release(self.transport, result.unreadable)
+                requeued = True
             self.handled += len(batch)
+            # what one request really costs this worker (fetch, decode, inference, reply, record, delete):
+            # the autoscaler sizes the fleet by it (autoscaler.queues.ServiceTimes)
+            self.metrics.record("WorkTime", (time.perf_counter() - started) * 1000 / len(batch),
+                                Service=batch[0].service)
             log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
         except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
             log.exception("batch of %d failed; its messages will be redelivered", len(batch))
             self.sink.note_failure(batch, f"{type(exc).__name__}: {exc}")
         finally:
-            self.buffer.done(len(batch))
+            self.buffer.done(batch, requeued)
+
+    def _progress(self) -> tuple[int, int]:
+        """(loop's last step, oldest held message's receive time), epoch ms: the heartbeat's liveness fields."""
+        return self.progress.step_at, self.buffer.oldest_received_at() or 0
+
+    def _release_wedged(self) -> int:
+        """The loop is stuck: stop receiving and make every held message visible again, for another worker."""
+        self.stop("wedged: no progress while holding work")
+        held = self.buffer.holding()
+        self.buffer.close()
+        for c in self.consumers:
+            c.stop()
+        return release(self.transport, held) if held else 0
 
     def teardown(self) -> None:
         """Release what is held, stop threads, delete the heartbeat."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
         if self.live is not None:
             self.live.stop()
         if self.heartbeat is not None:

@@ -24,7 +24,11 @@ class TerminateWatch:
         self.queue_url = queue_url
         self.queue = (self.transport.consumer(queue_url, wait_s=0, visibility_timeout=30)
                       if queue_url is not None else None)
-        self.interval_s = min(settings.terminate_check_interval_s, settings.terminate_expiry_s / 2)
+        self.interval_s = Terminate.check_interval_s(settings.terminate_check_interval_s, settings.terminate_expiry_s)
+        if self.interval_s < settings.terminate_check_interval_s:
+            log.info("terminate checks every %.1f s while idle: terminate_check_interval_s %.1f s is capped at half"
+                     " the expiry (%.1f s)", self.interval_s, settings.terminate_check_interval_s,
+                     settings.terminate_expiry_s)
         self._last = time.monotonic()
         self.stale_dropped = 0
         self.passed_on = 0
@@ -32,9 +36,9 @@ class TerminateWatch:
 
     def due(self, idle: bool) -> bool:
         """True when an idle worker should look; a busy worker never does (it is not the one to stop)."""
-        if self.queue_url is None or not idle:
+        if self.queue_url is None:
             return False
-        return time.monotonic() - self._last >= self.interval_s
+        return Terminate.check_due(idle, time.monotonic() - self._last, self.interval_s)
 
     def give_back(self) -> None:
         """Work arrived while taking a terminate: put it back, same issue time, for another idle worker."""

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from autoscaler.policy import QueueStats
 from autoscaler.sim.fleet import Ec2Model
 from autoscaler.sim.traces import Trace
+from shared.messages import Terminate
 
 ARRIVAL, SNAPSHOT, TICK, RUNNING, READY, DONE, CHECK, BEAT, REQUEUE, INTERRUPT = range(10)
 
@@ -27,10 +28,9 @@ class SimConfig:
     sqs_staleness_s: float = 5.0                   # queue attributes lag reality by this much
     client_timeout_s: float = 120.0
     heartbeat_s: float = 10.0
-    terminate_every: int = 5
-    terminate_interval_s: float = 20.0
-    idle_check_s: float | None = None              # idle workers' check interval (None: terminate_interval_s)
-    check_jitter_s: float = 0.5                    # the worker loop notices a due check within its 0.5 s wait
+    terminate_check_interval_s: float = 2.5        # the worker's setting, capped at half the expiry like it
+    idle_wait_s: float = 0.5                       # the worker loop's empty wait for work: an idle worker looks
+                                                   # (and notices a due check) once per wait
     terminate_expiry_s: float = 5.0
     visibility_timeout_s: float = 60.0
     scale_in_window_s: float = 60.0
@@ -53,8 +53,8 @@ class Worker:
     batch: list = field(default_factory=list)
     batch_service: str = ""
     gen: int = 0                    # invalidates scheduled events of a killed/reused worker
-    handled: int = 0                # requests since the last terminate check
     last_check: float = 0.0
+    idle_since: float = 0.0         # when it last found no work (its terminate checks start from here)
     hb_idle: bool | None = None     # what its last heartbeat said
     ever_busy: bool = False
     ended_at: float | None = None
@@ -203,11 +203,12 @@ class Simulation:
     def _ready(self, w: Worker) -> None:
         if w.state == "gone":
             return
-        w.state, w.last_check = "idle", self.now
+        w.state, w.last_check, w.idle_since = "idle", self.now, self.now
         self.idle.append(w)
         self.at(self.now + self.rng.uniform(0, self.cfg.heartbeat_s), BEAT, (w, w.gen))
-        self._schedule_check(w)
         self._dispatch()
+        if w.state == "idle":
+            self._schedule_check(w)
 
     def _arrival(self, i: int) -> None:
         self.queue[self.service_of[i]].append(i)
@@ -244,37 +245,42 @@ class Simulation:
         for i in w.batch:
             self.finish[i] = self.now
         self.held[w.batch_service] -= len(w.batch)
-        w.handled += len(w.batch)
         w.batch = []
         if w.draining:                        # spot notice: the batch is answered, now it exits
             self._end(w)
             self._dispatch()
             return
-        w.state = "idle"
-        every = min(self.cfg.terminate_interval_s, self.cfg.idle_check_s or self.cfg.terminate_interval_s)
-        if w.handled >= self.cfg.terminate_every or self.now - w.last_check >= every:
-            if self._check_terminate(w):
-                return
+        # the real worker (worker/loop.py): after a batch it looks for work; with work waiting it is not
+        # idle and never checks for a terminate, however long since its last check
+        w.state, w.idle_since = "idle", self.now
         self.idle.append(w)
         self._dispatch()
+        if w.state == "idle":
+            self._schedule_check(w)
+
+    def _expiry_s(self) -> float:
+        return getattr(self.controller, "terminate_expiry_s", self.cfg.terminate_expiry_s)
+
+    def _check_interval_s(self) -> float:
+        return Terminate.check_interval_s(self.cfg.terminate_check_interval_s, self._expiry_s())
 
     def _schedule_check(self, w: Worker) -> None:
-        every = self.cfg.idle_check_s or self.cfg.terminate_interval_s
-        self.at(w.last_check + every + self.rng.uniform(0, self.cfg.check_jitter_s),
-                CHECK, (w, w.gen, w.last_check))
+        """The idle worker's next look: once its interval is over and it has waited for work once, at the
+        first of its loop's waits after that (uniform within one wait)."""
+        due = max(w.last_check + self._check_interval_s(), w.idle_since + self.cfg.idle_wait_s)
+        self.at(due + self.rng.uniform(0, self.cfg.idle_wait_s), CHECK, (w, w.gen, w.last_check, w.idle_since))
 
     def _check_event(self, payload) -> None:
-        w, gen, stamp = payload
-        if w.gen != gen or w.state == "gone" or w.last_check != stamp:
-            return
-        if w.state == "idle":
+        w, gen, stamp, idle_since = payload
+        if w.gen != gen or w.state != "idle" or w.last_check != stamp or w.idle_since != idle_since:
+            return                            # busy since (its next idle spell schedules anew), or gone
+        if Terminate.check_due(True, self.now - w.last_check, self._check_interval_s()):
             self._check_terminate(w)          # taken: _end() removed it from the idle list
-        # busy: the interval is over, so it checks as soon as its batch is done
 
     def _check_terminate(self, w: Worker) -> bool:
         """The worker's terminate check: drop stale messages, take one fresh one (then exit)."""
-        w.handled, w.last_check = 0, self.now
-        expiry = getattr(self.controller, "terminate_expiry_s", self.cfg.terminate_expiry_s)
+        w.last_check = self.now
+        expiry = self._expiry_s()
         while self.terminates and self.now - self.terminates[0] > expiry:
             self.terminates.popleft()
             self.terminates_stale += 1
