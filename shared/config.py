@@ -27,6 +27,8 @@ class Settings:
     region: str = "us-east-1"                 # used only when AWS_REGION/AWS_DEFAULT_REGION are unset
     models_refresh_s: float = 20.0            # worker: re-read s3://<bucket>/models/*/entry.yaml this often (0: start only)
     catalogue_ttl_s: float = 10.0             # web, autoscaler: cache the packaged + S3 catalogue this long
+    catalogue_s3_replaces_packaged: bool = False  # an S3 entry may replace a packaged service of its name
+                                              # (off: such an entry is refused and listed with its reason)
 
     # --- queues -------------------------------------------------------------
     visibility_timeout_s: int = 60            # request queues: time a worker holds a message
@@ -70,6 +72,7 @@ class Settings:
     channels_last: bool = True                # NHWC memory format: tensor cores on CUDA, oneDNN on CPU
     compile_mode: str = ""                    # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
     onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> its default (all cores)
+    gallery_max_entries: int = 1000          # facesearch: faces per gallery (an enrolment past it -> 409 gallery_full)
     weights_cache: str = ""                   # where s3:// weights are downloaded; "" -> <tmp>/classifycloud-weights
 
     # --- safe fetch ---------------------------------------------------------

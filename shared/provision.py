@@ -31,6 +31,8 @@ def ensure_bucket(s3, settings: Settings) -> str:
         if reg != "us-east-1":
             kw["CreateBucketConfiguration"] = {"LocationConstraint": reg}
         s3.create_bucket(Bucket=name, **kw)
+        # versioned as Terraform makes it (storage.tf), so erasure is tested against old versions too
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
 
 

@@ -60,8 +60,11 @@ ERRORS: dict[str, ErrorKind] = {
     "unknown_service": ErrorKind(404, _S), "service_unavailable": ErrorKind(503, _S),
     "queue_unavailable": ErrorKind(503, _S),
     "gallery_unavailable": ErrorKind(503, _S),  # facesearch: the gallery in S3 cannot be read or written
+    "gallery_full": ErrorKind(409, _B),         # facesearch: the gallery holds gallery_max_entries faces
+    "unknown_face": ErrorKind(404, _B),         # DELETE /faces/<gallery>[/<name>]: nothing enrolled there
     "storage_unavailable": ErrorKind(503, _X), "corrupt_record": ErrorKind(502, _X),
     "timeout": ErrorKind(504, _T),
+    "shutting_down": ErrorKind(503, _S),      # this web process stops before the reply came (job continues)
     # the server
     "internal_error": ErrorKind(500, _X), "inference_failed": ErrorKind(500, _X),
     "dead_lettered": ErrorKind(500, _X),       # every delivery failed: the server's problem, not the client's

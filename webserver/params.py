@@ -7,6 +7,7 @@ from flask import Request
 
 from shared.catalogue import ServiceSpec
 from shared.naming import GALLERY_RE
+from webserver.auth import current_tenant
 from webserver.errors import ApiError
 
 GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
@@ -39,7 +40,7 @@ def request_params(req: Request, spec: ServiceSpec) -> dict | None:
         if gallery is None:
             raise ApiError(400, "missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
                                                    "(enrol faces with POST /faces/<gallery>)")
-        params.update(op="search", gallery=check_gallery(gallery))
+        params.update(op="search", gallery=check_gallery(gallery), tenant=current_tenant())
     meta = field_value(req, "meta")
     if meta is not None:
         if isinstance(meta, str):  # form or query: a JSON object as text
