@@ -229,6 +229,8 @@ def test_the_web_lists_s3_services_and_refused_entries(live, imagenet_safetensor
         by_name = {s["name"]: s for s in body}
         assert by_name["cats"]["available"] is True and by_name["imagenet"]["available"] is True
         assert by_name["broken"]["available"] is False and "invalid S3 entry" in by_name["broken"]["reason"]
+        # where things live and what botocore said are for the log, not for any client
+        assert live.bucket_name not in str(body) and "s3://" not in str(body)
         r = app.test_client().get("/classify", query_string={"url": "https://example.com/a.jpg", "service": "nope"})
         assert r.status_code == 404 and "cats" in r.get_json()["services"]
     finally:
@@ -300,3 +302,20 @@ def test_the_installed_keras_carries_the_cve_2025_9905_fix():
     from importlib.metadata import version
     major, minor, patch = (int(x) for x in version("keras").split(".")[:3])
     assert (major, minor, patch) >= (3, 11, 3)
+
+
+def test_unavailable_reasons_name_no_bucket_or_path_to_clients(live, catalogue):
+    import dataclasses
+
+    from shared.catalogue import Catalogue
+    from webserver.app import create_app
+    hidden = dataclasses.replace(catalogue["imagenet"], name="hidden", weights="/srv/secret-models/w.pth")
+    app = create_app(live, Catalogue(services={**catalogue.services, "hidden": hidden}, source="test"))
+    try:
+        web = app.test_client()
+        (entry,) = [s for s in web.get("/services").get_json()["services"] if s["name"] == "hidden"]
+        assert entry["available"] is False and "not found" in entry["reason"] and "secret-models" not in entry["reason"]
+        r = web.get("/classify", query_string={"url": "https://example.com/a.jpg", "service": "hidden"})
+        assert r.status_code == 503 and "secret-models" not in r.get_data(as_text=True)
+    finally:
+        app.extensions["classifycloud"].close()

@@ -148,6 +148,17 @@ def xcloud_code(code: str) -> int:
     return XCLOUD_INTERNAL
 
 
+def public_reason(reason: str | None) -> str | None:
+    """An unavailable reason fit for any client: no bucket, key or file path (those stay in the log)."""
+    if reason is None:
+        return None
+    return _LOCATION.sub("<location>", reason)
+
+
+# s3://bucket/key, file://..., and absolute paths: where things live is operators' business
+_LOCATION = re.compile(r"(?:s3|file)://[^\s'\")]+|(?<![\w.])/[^\s'\")]+")
+
+
 def http_error_as_api(exc: HTTPException) -> ApiError:
     """Translate a werkzeug HTTPException (404, 405, 413, ...) into an ApiError."""
     status = exc.code or 500

@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import Reply, valid_id
 from webserver.usage_tags import tag_usage
-from webserver.errors import ApiError, status_for_reply_code
+from webserver.errors import ApiError, public_reason, status_for_reply_code
 from webserver.inputs import parse_classify
 from webserver.proxy import status_url
 from webserver.params import request_params
@@ -92,7 +92,7 @@ def services():
     out = []
     services = c.catalogue.services  # one snapshot: a live refresh between two reads cannot split the list
     for name, spec in services.items():
-        reason = spec.unavailable_reason(c.settings.model_dir)
+        reason = public_reason(spec.unavailable_reason(c.settings.model_dir))
         entry = {"name": name, "kind": spec.kind, "description": spec.description,
                  "architecture": spec.architecture, "backend": spec.backend,
                  "num_classes": spec.num_classes, "top_k": spec.top_k,
@@ -102,11 +102,11 @@ def services():
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
         out.append(entry)
-    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries, so operators see why
+    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries (why: the log)
         if name not in services:
             out.append({"name": name, "kind": None, "description": "", "architecture": None, "backend": None,
                         "num_classes": None, "top_k": None, "available": False,
-                        "reason": f"invalid S3 entry: {error}"})
+                        "reason": "invalid S3 entry; its publisher finds the reason in the server log"})
     return jsonify({"services": out})
 
 

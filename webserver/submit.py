@@ -10,10 +10,11 @@ from shared.config import Settings
 from shared.messages import Reply, Request, now_ms
 from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, SqsAttribute, Transport, TransportError
+from webserver.auth import current_owner, owned_id
+from webserver.errors import public_reason
 from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
                                  UnknownService)
 from webserver.inputs import ImageInput
-from webserver.auth import current_owner, owned_id
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
 from webserver.replies import ReplyListener
@@ -57,7 +58,7 @@ class Submitter:
             raise UnknownService(f"no service named {name!r}", services=list(services))
         reason = spec.unavailable_reason(self.settings.model_dir)
         if reason:
-            raise ServiceUnavailable(f"service {name!r} is unavailable: {reason}")
+            raise ServiceUnavailable(f"service {name!r} is unavailable: {public_reason(reason)}")
         return spec
 
     def queue_url(self, service: str) -> str:
