@@ -123,8 +123,8 @@ class Settings:
     metrics_emf_path: str = ""                # emf sink: file the CloudWatch agent tails; "" -> stdout
 
     # --- edge: API keys and the usage log (webserver/auth.py, shared/keys.py, shared/usage.py) ---
-    api_keys: str = "auto"                    # on | off | auto: on in AWS, off when AWS_ENDPOINT_URL names a
-                                              # local endpoint (the embedded stack, moto in tests)
+    api_keys: str = "auto"                    # on | off | auto: on everywhere except in `classifycloud up` (the
+                                              # embedded stack turns auto into off); an endpoint variable never does
     api_key_rate_limit: float = 10.0          # default for new keys: sustained requests/s per key (per web process)
     api_key_burst: int = 20                   # default for new keys: token-bucket size
     api_key_monthly_quota: int = 100000       # default for new keys: calls per calendar month (UTC)
@@ -159,13 +159,8 @@ class Settings:
 
     @property
     def api_keys_enabled(self) -> bool:
-        """Whether requests need an API key (api_keys=auto: on unless AWS_ENDPOINT_URL is set)."""
-        mode = self.api_keys.strip().lower()
-        if mode in ("on", "true", "1", "yes"):
-            return True
-        if mode in ("off", "false", "0", "no"):
-            return False
-        return not os.environ.get("AWS_ENDPOINT_URL")
+        """Whether requests need an API key: only an explicit off turns them off (auto fails closed)."""
+        return self.api_keys.strip().lower() not in ("off", "false", "0", "no")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -244,3 +244,27 @@ def test_a_job_accepted_without_its_marker_still_answers_its_owner_once_done(key
     assert web.open("GET", f"/jobs/{job_id}", theirs).status_code == 404
     forged = job_id.rpartition("_")[0] + "_" + "0" * 16        # a made-up owner digest proves nothing
     assert web.open("GET", f"/jobs/{forged}", mine).status_code == 404
+
+
+def test_a_flood_of_unknown_key_ids_never_evicts_a_key_in_use(keyed):
+    import secrets
+
+    from shared.keys import KeyStore
+    secret, rec = create_key(keyed, "ivy")
+    store = KeyStore(keyed.replace(api_key_cache_s=3600.0), client("dynamodb", keyed), max_cached=20)
+    assert store.verify(secret).key_id == rec.key_id
+    # the key's record leaves DynamoDB: from now on only the cache can still answer for it
+    client("dynamodb", keyed).delete_item(TableName=f"{keyed.prefix}-api-keys", Key={"key_id": {"S": rec.key_id}})
+    for i in range(60):                      # 3x the cache of random, well-formed, unknown key ids
+        assert store.verify(f"cc_k{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}") is None
+        if i % 5 == 0:
+            assert store.verify(secret) is not None, i   # in use: kept
+    assert len(store._cache) <= 20
+
+
+def test_api_keys_auto_stays_on_whatever_endpoint_the_environment_names(moto_endpoint, monkeypatch):
+    from shared.config import Settings
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)        # once enough to turn authentication off
+    assert Settings(api_keys="auto").api_keys_enabled is True
+    assert Settings.from_env({}).api_keys_enabled is True
+    assert Settings(api_keys="off").api_keys_enabled is False and Settings(api_keys="on").api_keys_enabled is True
