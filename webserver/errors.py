@@ -55,6 +55,7 @@ ERRORS: dict[str, ErrorKind] = {
     "invalid_params": ErrorKind(400, _B),      # a kind's parameters (gallery, name, meta) were wrong
     "invalid_top_k": ErrorKind(400, _B), "method_not_allowed": ErrorKind(405, _B),
     "bad_request": ErrorKind(400, _B), "not_found": ErrorKind(404, _B),
+    "malformed_json": ErrorKind(400, _B),
     "malformed_message": ErrorKind(400, _X), "unsupported_version": ErrorKind(400, _X),
     # the service and its queues
     "unknown_service": ErrorKind(404, _S), "service_unavailable": ErrorKind(503, _S),

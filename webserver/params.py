@@ -9,6 +9,7 @@ from shared.catalogue import ServiceSpec
 from shared.naming import GALLERY_RE
 from webserver.auth import current_tenant
 from webserver.errors import ApiError
+from webserver.inputs import parse_json_body
 
 GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
 
@@ -16,7 +17,7 @@ GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
 def field_value(req: Request, key: str):
     """A field from the JSON body, the form, or the query string (first found)."""
     if req.is_json:
-        doc = req.get_json(silent=True)
+        doc = parse_json_body(req)   # too deeply nested: 400, not a RecursionError
         if isinstance(doc, dict) and doc.get(key) is not None:
             return doc[key]
     if req.method != "GET" and req.form.get(key) not in (None, ""):

@@ -90,3 +90,10 @@ def test_hsts_is_sent_when_the_load_balancer_says_the_client_came_over_tls(make_
     r = app.test_client().get("/services", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
     assert r.headers["Strict-Transport-Security"].startswith("max-age=")
     assert "Strict-Transport-Security" not in app.test_client().get("/services").headers
+
+
+@pytest.mark.parametrize("path", ["/faces/crew", "/classify", "/jobs", "/classify?service=facesearch"])
+def test_deeply_nested_json_is_a_400_on_every_route_that_reads_json(web, path):
+    body = "[" * 200_000 + "]" * 200_000
+    r = web.post(path, data=body, content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "malformed_json", r.get_data(as_text=True)[:200]
