@@ -131,7 +131,8 @@ class DeadLetterSettler:
         for dl in letters:
             if dl.request_id is None or self._has_record(dl.request_id):
                 continue   # unreadable (no id to answer) or already settled
-            reply = Reply.failure(dl.request_id, service, CODE, self._reason(dl.request_id), worker="")
+            message, detail = self._reason(dl.request_id)
+            reply = Reply.failure(dl.request_id, service, CODE, message, worker="")
             self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(dl.request_id),
                                Body=reply.to_json().encode(), ContentType="application/json")
             if dl.reply_to and dl.reply_to.rsplit("/", 1)[-1].startswith(
@@ -140,7 +141,8 @@ class DeadLetterSettler:
                     self.transport.send(dl.reply_to, reply)
                 except TransportError as exc:   # the asker is gone: the record answers GET /jobs/<id>
                     log.info("dead letters: reply for %s not sent: %s", dl.request_id, exc)
-            log.warning("request %s dead-lettered (%s): %s", dl.request_id, service, reply.error["message"])
+            log.warning("request %s dead-lettered (%s): %s; last failure: %s", dl.request_id, service,
+                        message, detail)
             done.append(dl.request_id)
         return done
 
@@ -151,14 +153,15 @@ class DeadLetterSettler:
         except ClientError:
             return False
 
-    def _reason(self, request_id: str) -> str:
+    def _reason(self, request_id: str) -> tuple[str, str]:
+        """(what the client is told, what the log gets): a worker's exception text stays in the log."""
         base = f"not answered after {self.settings.max_receive_count} deliveries"
         try:
             body = self.s3.get_object(Bucket=self.settings.bucket_name,
                                       Key=naming.failure_key(request_id))["Body"].read()
             last = json.loads(body).get("reason")
             if last:
-                return f"{base}; last failure: {last}"
+                return f"{base}; the last attempt failed with an internal error (operators: see the log)", str(last)
         except (ClientError, ValueError, AttributeError):
             pass
-        return f"{base}; each worker holding it stopped or timed out before answering"
+        return f"{base}; each worker holding it stopped or timed out before answering", "none recorded"

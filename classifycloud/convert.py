@@ -44,25 +44,22 @@ def load_torch_model(spec: ServiceSpec, settings: Settings):
     return model.eval()
 
 
-def catalogue_snippet(spec: ServiceSpec, backend: str, artefact: str, sha256: str | None = None) -> str:
-    """A catalogue entry (YAML) serving the converted artefact; only the backend/artefact keys change."""
-    p = spec.preprocess
-    entry = {
-        "description": spec.description or f"{spec.name} ({backend})",
-        "architecture": spec.architecture,
-        "num_classes": spec.num_classes,
-        "labels": spec.labels,
-        "weights": spec.weights,
-        "backend": backend,
-        "artefact": os.path.abspath(artefact),
-        "sha256": sha256,
-        "preprocess": {"resize": p.resize, "crop": p.crop, "mean": list(p.mean), "std": list(p.std),
-                       "interpolation": p.interpolation},
-        "top_k": spec.top_k,
-        "unknown_threshold": spec.unknown_threshold,
-    }
-    entry = {k: v for k, v in entry.items() if v is not None}
-    return yaml.safe_dump({"services": {spec.name: entry}}, sort_keys=False, allow_unicode=True,
+def original_entry(catalogue_path: str, service: str) -> dict:
+    """The service's entry exactly as its catalogue YAML has it (every key, including ones this version ignores)."""
+    with open(catalogue_path, encoding="utf-8") as fh:
+        return dict(yaml.safe_load(fh)["services"][service])
+
+
+def catalogue_snippet(entry: dict, service: str, backend: str, artefact: str, sha256: str | None = None) -> str:
+    """The original catalogue entry serving the converted artefact: only backend, artefact and its sha256 pin change.
+
+    Preprocessing (resize mode, interpolation), kind, layout, outputs, labels and their notes are the
+    model's, not the format's: a converted service must answer as the original does.
+    """
+    converted = {**entry, "backend": backend, "artefact": os.path.abspath(artefact)}
+    if sha256 is not None:
+        converted["sha256"] = sha256      # the pin checks the file the backend loads: the artefact
+    return yaml.safe_dump({"services": {service: converted}}, sort_keys=False, allow_unicode=True,
                           default_flow_style=None)
 
 
@@ -124,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"wrote {out}", file=sys.stderr)
     print("# add to the catalogue (replaces the entry, or rename it to serve both):")
-    print(catalogue_snippet(spec, args.to, out, sha256_of(out)), end="")
+    entry = original_entry(catalogue.source, spec.name)
+    print(catalogue_snippet(entry, spec.name, args.to, out, sha256_of(out)), end="")
     return 0
 
 

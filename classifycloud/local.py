@@ -106,7 +106,9 @@ class LocalStack:
             self._moto, self.endpoint = start_moto()
         os.environ.update(aws_env(self.endpoint))
         # children end with this process (shared/lifeline.py); a quick drain keeps Ctrl-C quick
-        self.settings = self.settings.replace(fetch_allow_loopback=True, parent_pid=os.getpid(),
+        # `classifycloud up` is the one place keys default to off: a stack on this machine, for its user
+        api_keys = "off" if self.settings.api_keys.strip().lower() == "auto" else self.settings.api_keys
+        self.settings = self.settings.replace(fetch_allow_loopback=True, parent_pid=os.getpid(), api_keys=api_keys,
                                               shutdown_drain_s=min(self.settings.shutdown_drain_s, 2.0))
         ensure_all(self.settings, catalogue_for(self.settings))
         self.samples = SampleServer().start()

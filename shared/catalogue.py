@@ -240,6 +240,9 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
         raise CatalogueError(f"{where}: num_classes must be a positive integer")
     if kw.get("backend", "torch") not in BACKENDS:
         raise CatalogueError(f"{where}: backend must be one of {', '.join(BACKENDS)}")
+    if kw.get("backend") == "keras" and not str(kw.get("weights") or "").endswith(".keras"):
+        # Keras picks its loader by file name: .h5 takes the legacy path, where safe_mode is ignored
+        raise CatalogueError(f"{where}: backend keras takes only a .keras weights file (no .h5: it can run code)")
     for key, allowed in (("kind", KINDS), ("layout", ("nchw", "nhwc")),
                          ("outputs", ("logits", "probabilities", "regression"))):
         if key in kw and kw[key] not in allowed:

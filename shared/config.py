@@ -27,6 +27,8 @@ class Settings:
     region: str = "us-east-1"                 # used only when AWS_REGION/AWS_DEFAULT_REGION are unset
     models_refresh_s: float = 20.0            # worker: re-read s3://<bucket>/models/*/entry.yaml this often (0: start only)
     catalogue_ttl_s: float = 10.0             # web, autoscaler: cache the packaged + S3 catalogue this long
+    catalogue_s3_replaces_packaged: bool = False  # an S3 entry may replace a packaged service of its name
+                                              # (off: such an entry is refused and listed with its reason)
 
     # --- queues -------------------------------------------------------------
     visibility_timeout_s: int = 60            # request queues: time a worker holds a message
@@ -73,6 +75,7 @@ class Settings:
     channels_last: bool = True                # NHWC memory format: tensor cores on CUDA, oneDNN on CPU
     compile_mode: str = ""                    # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
     onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> its default (all cores)
+    gallery_max_entries: int = 1000          # facesearch: faces per gallery (an enrolment past it -> 409 gallery_full)
     weights_cache: str = ""                   # where s3:// weights are downloaded; "" -> <tmp>/classifycloud-weights
 
     # --- safe fetch ---------------------------------------------------------
@@ -123,8 +126,8 @@ class Settings:
     metrics_emf_path: str = ""                # emf sink: file the CloudWatch agent tails; "" -> stdout
 
     # --- edge: API keys and the usage log (webserver/auth.py, shared/keys.py, shared/usage.py) ---
-    api_keys: str = "auto"                    # on | off | auto: on in AWS, off when AWS_ENDPOINT_URL names a
-                                              # local endpoint (the embedded stack, moto in tests)
+    api_keys: str = "auto"                    # on | off | auto: on everywhere except in `classifycloud up` (the
+                                              # embedded stack turns auto into off); an endpoint variable never does
     api_key_rate_limit: float = 10.0          # default for new keys: sustained requests/s per key (per web process)
     api_key_burst: int = 20                   # default for new keys: token-bucket size
     api_key_monthly_quota: int = 100000       # default for new keys: calls per calendar month (UTC)
@@ -159,13 +162,8 @@ class Settings:
 
     @property
     def api_keys_enabled(self) -> bool:
-        """Whether requests need an API key (api_keys=auto: on unless AWS_ENDPOINT_URL is set)."""
-        mode = self.api_keys.strip().lower()
-        if mode in ("on", "true", "1", "yes"):
-            return True
-        if mode in ("off", "false", "0", "no"):
-            return False
-        return not os.environ.get("AWS_ENDPOINT_URL")
+        """Whether requests need an API key: only an explicit off turns them off (auto fails closed)."""
+        return self.api_keys.strip().lower() not in ("off", "false", "0", "no")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

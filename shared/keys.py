@@ -15,6 +15,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -104,12 +105,14 @@ class QuotaExceeded(Exception):
 class KeyStore:
     """The web's view of the key table: look a key up (cached briefly) and count a call against its quota."""
 
-    def __init__(self, settings: Settings, dynamodb):
+    def __init__(self, settings: Settings, dynamodb, max_cached: int = 10000):
         self.table = table_name(settings)
         self.cache_s = settings.api_key_cache_s
+        self.max_cached = max_cached
         self._db = dynamodb
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        # least recently used first: a flood of random key ids evicts other unknown ids, not the keys in use
+        self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
 
     def verify(self, secret: str) -> ApiKey | None:
         """The key record matching this key string (revoked ones too: check .active), or None."""
@@ -126,6 +129,8 @@ class KeyStore:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key_id)
+            if hit is not None:
+                self._cache.move_to_end(key_id)
         if hit is not None and now - hit[0] < self.cache_s:
             return hit[1]
         try:
@@ -136,9 +141,10 @@ class KeyStore:
             raise KeyStoreError(str(exc)) from None
         record = ApiKey.from_item(item) if item else None
         with self._lock:
-            if len(self._cache) > 10000:  # bounded: a flood of random key ids cannot grow it without limit
-                self._cache.clear()
             self._cache[key_id] = (now, record)
+            self._cache.move_to_end(key_id)
+            while len(self._cache) > self.max_cached:   # bounded; the least recently used go first
+                self._cache.popitem(last=False)
         return record
 
     def count_call(self, key: ApiKey) -> int:
@@ -165,7 +171,11 @@ class KeyStore:
 
 
 class RateLimiter:
-    """Token buckets per key id in this process (N web processes allow up to N x the rate)."""
+    """Token buckets per key id in this web process.
+
+    The limit is per process, by design (no DynamoDB write per call): a stack of W web instances with
+    P processes each admits up to W x P x rate_limit requests/s per key (and W x P x burst at once).
+    docs/API.md says so; operators size a key's rate_limit for that."""
 
     def __init__(self, clock=time.monotonic):
         self._clock = clock

@@ -17,7 +17,11 @@ log = logging.getLogger(__name__)
 
 MAX_ENTRY_BYTES = 64 * 1024
 _SOURCE_KEYS = ("weights", "labels", "artefact")
+_OPTION_SOURCES = ("shape_predictor",)          # options that name a file to load (facesearch)
 _PASS_THROUGH = ("package:", "builtin:", "torchvision:")
+# Backends whose model files can carry code (Keras' legacy H5 path ignores safe_mode: CVE-2025-9905):
+# served only from the packaged catalogue, which ships with the AMI.
+_PACKAGED_ONLY_BACKENDS = ("keras",)
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,18 @@ def parse_s3_entry(service: str, text: str | bytes, bucket: str) -> ServiceSpec:
     if doc.get("trusted_pickle"):
         # whoever can write the prefix could pin the sha256 of their own pickle: the opt-in stays with the AMI's
         raise CatalogueError(f"{where}: trusted_pickle is accepted only in the packaged catalogue, not from S3")
+    if doc.get("backend") in _PACKAGED_ONLY_BACKENDS:
+        raise CatalogueError(f"{where}: backend {doc['backend']!r} is accepted only in the packaged catalogue, "
+                             "not from S3 (its model files can run code)")
     doc = dict(doc)
     for key in _SOURCE_KEYS:
         if doc.get(key) is not None:
             doc[key] = _source(doc[key], key, service, bucket, where)
+    if isinstance(doc.get("options"), dict):
+        doc["options"] = dict(doc["options"])
+        for key in _OPTION_SOURCES:
+            if doc["options"].get(key) is not None:
+                doc["options"][key] = _source(doc["options"][key], f"options.{key}", service, bucket, where)
     return parse_entry(service, doc, where)
 
 
@@ -66,6 +78,10 @@ def _source(value: object, key: str, service: str, bucket: str, where: str) -> s
         raise CatalogueError(f"{where}: {key} must be a non-empty string")
     value = value.strip()
     if value.startswith(_PASS_THROUGH):
+        rest = value.split(":", 1)[1]
+        if not rest or rest.startswith(("/", "~")) or "\\" in rest or "://" in rest or ".." in rest.split("/"):
+            raise CatalogueError(f"{where}: {key} {value!r} must name a file inside the package or built-ins "
+                                 "(no '..', no absolute path)")
         return value
     models = f"s3://{bucket}/{naming.models_prefix()}"
     if value.startswith("s3://"):
@@ -141,15 +157,26 @@ class S3Entries:
         return spec, None
 
 
-def merge(packaged: Catalogue, entries: dict[str, S3Entry], errors: dict[str, str] | None = None) -> Snapshot:
-    """Packaged services, then S3 ones; an S3 entry replaces the packaged service of the same name."""
+def merge(packaged: Catalogue, entries: dict[str, S3Entry], errors: dict[str, str] | None = None,
+          replace_packaged: bool = False) -> Snapshot:
+    """Packaged services, then S3 ones. An S3 entry may fill a packaged placeholder (no weights or artefact
+    configured), but one naming a packaged service that has its model is refused (reported in errors)
+    unless the operator allows S3 to replace packaged services (catalogue_s3_replaces_packaged)."""
     services = dict(packaged.services)
+    errors = dict(errors or {})
+    taken = {}
     for name, entry in entries.items():
+        own = packaged.services.get(name)
+        if own is not None and (own.weights or own.artefact) and not replace_packaged:
+            log.error("service %s: S3 entry refused: it names a packaged service", name)
+            errors[name] = (f"names the packaged service {name!r}; S3 entries may replace packaged services "
+                            "only with CLASSIFYCLOUD_CATALOGUE_S3_REPLACES_PACKAGED=true")
+            continue
         if name in services and services[name] != entry.spec:
-            log.debug("service %s: the S3 entry replaces the packaged one", name)
+            log.warning("service %s: the S3 entry replaces the packaged one (operator setting)", name)
         services[name] = entry.spec
-    return Snapshot(Catalogue(services=services, source=f"{packaged.source} + s3 models/"),
-                    {n: e.fingerprint for n, e in entries.items()}, dict(errors or {}))
+        taken[name] = entry.fingerprint
+    return Snapshot(Catalogue(services=services, source=f"{packaged.source} + s3 models/"), taken, errors)
 
 
 class LiveCatalogue(ServiceLookup):
@@ -176,7 +203,7 @@ class LiveCatalogue(ServiceLookup):
             try:
                 self._read_at = now
                 entries, errors = self.reader.read()
-                self._snapshot = merge(self.packaged, entries, errors)
+                self._snapshot = merge(self.packaged, entries, errors, self.settings.catalogue_s3_replaces_packaged)
             except Exception as exc:
                 log.warning("catalogue: S3 entries unreadable (%s); keeping %d services",
                             exc, len(self._snapshot.catalogue.services))

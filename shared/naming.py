@@ -1,6 +1,7 @@
 """Queue and object names, derived in one place (Terraform mirrors these rules)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -80,12 +81,30 @@ def job_key(request_id: str) -> str:
     return f"jobs/{request_id}.json"
 
 
-GALLERY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # face gallery names (also an S3 key part)
+GALLERY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # face gallery names and tenants (also S3 key parts)
+# The one tenant of a stack without API keys (the local stack); with keys on, a tenant is a key id
+# ("k" + 12 hex digits), so no key can ever name this one.
+DEFAULT_TENANT = "default"
 
 
-def gallery_prefix(gallery: str) -> str:
-    """S3 prefix of a face gallery's entries."""
-    return f"galleries/{gallery}/"
+def galleries_prefix(tenant: str) -> str:
+    """S3 prefix of every gallery of one tenant (the server derives the tenant from the API key)."""
+    return f"galleries/{tenant}/"
+
+
+def gallery_prefix(tenant: str, gallery: str) -> str:
+    """S3 prefix of one tenant's face gallery."""
+    return f"{galleries_prefix(tenant)}{gallery}/"
+
+
+def face_name_id(name: str) -> str:
+    """The key part that stands for an enrolled name (names may hold characters keys should not)."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def face_prefix(tenant: str, gallery: str, name: str) -> str:
+    """S3 prefix of every face enrolled under one name in one tenant's gallery."""
+    return f"{gallery_prefix(tenant, gallery)}{face_name_id(name)}/"
 
 
 MODEL_ENTRY = "entry.yaml"

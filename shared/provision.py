@@ -31,6 +31,8 @@ def ensure_bucket(s3, settings: Settings) -> str:
         if reg != "us-east-1":
             kw["CreateBucketConfiguration"] = {"LocationConstraint": reg}
         s3.create_bucket(Bucket=name, **kw)
+        # versioned as Terraform makes it (storage.tf), so erasure is tested against old versions too
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
 
 
@@ -59,7 +61,8 @@ def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
     """Every request queue (with DLQ), the terminate queue and the bucket; {name: url}."""
     sqs = client("sqs", settings)
     s3 = client("s3", settings)
-    urls = {svc: ensure_request_queue(sqs, settings, svc) for svc in catalogue.names()}
+    urls = {svc: ensure_request_queue(sqs, settings, svc, reconcile=lambda url, attrs: sqs.set_queue_attributes(
+        QueueUrl=url, Attributes=attrs)) for svc in catalogue.names()}
     urls["__terminate__"] = ensure_terminate_queue(sqs, settings)
     ensure_bucket(s3, settings)
     ensure_tables(client("dynamodb", settings), settings)

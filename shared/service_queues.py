@@ -2,15 +2,22 @@
 from __future__ import annotations
 
 import json
+import logging
 
 from botocore.exceptions import ClientError
 
 from shared import naming
 from shared.config import Settings
 
+log = logging.getLogger(__name__)
 
-def ensure_request_queue(sqs, settings: Settings, service: str) -> str:
-    """Create a service's request queue and its DLQ with a redrive policy; return the queue URL."""
+
+def ensure_request_queue(sqs, settings: Settings, service: str, reconcile=None) -> str:
+    """Create a service's request queue and its DLQ with a redrive policy; return the queue URL.
+
+    A queue that exists with other attributes is left as it is unless `reconcile(url, attrs)` is given:
+    only operator tools pass one (SetQueueAttributes could also rewrite the queue policy, so the
+    autoscaler's role has none; infra/terraform/iam.tf)."""
     dlq_url = sqs.create_queue(QueueName=naming.dead_letter_queue(settings.prefix, service),
                                Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -26,5 +33,8 @@ def ensure_request_queue(sqs, settings: Settings, service: str) -> str:
         if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
             raise
         url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
-        sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
+        if reconcile is None:
+            log.warning("request queue of %s exists with other attributes; left as it is", service)
+        else:
+            reconcile(url, attrs)
     return url

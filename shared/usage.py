@@ -1,18 +1,21 @@
 """The usage log: one DynamoDB record per API call, buffered in memory and written by a background thread.
 
 Items: partition key ``day`` (UTC date, so a time range is a few queries), sort key
-``sk`` = ``<epoch ms, 13 digits>#<request id>``; attributes key_id, route, method,
+``sk`` = ``<epoch ms, 13 digits>#<request id>#<nonce>`` (the nonce keeps two records of one id in
+one millisecond apart; the web bounds request ids to 64 safe characters); attributes key_id, route, method,
 service, status, latency_ms, bytes_in, bytes_out, request_id, at, expires_at (TTL).
 The request thread only appends to a deque; the writer sends batch_write_item (25 a
-call), retries unprocessed items with backoff, and close() drains everything.
+call), retries unprocessed items with backoff, splits a batch DynamoDB rejects as a whole until the
+one bad record is alone (dropped and counted, never its 24 neighbours), and close() drains everything.
 """
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -23,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 25                       # DynamoDB's batch_write_item limit
 ANONYMOUS = "anonymous"          # the key id of calls made without a (valid) key
+REJECTED = frozenset({"ValidationException"})   # DynamoDB refuses the call for one of its items: no retry helps
 
 
 def table_name(settings: Settings) -> str:
@@ -49,10 +53,11 @@ class UsageRecord:
     bytes_out: int
     request_id: str
     at: int                  # epoch ms
+    nonce: str = field(default_factory=lambda: secrets.token_hex(4), compare=False)
 
     def to_item(self, ttl_days: int) -> dict:
         """The DynamoDB item (low-level format)."""
-        return {"day": {"S": day_of(self.at)}, "sk": {"S": f"{self.at:013d}#{self.request_id}"},
+        return {"day": {"S": day_of(self.at)}, "sk": {"S": f"{self.at:013d}#{self.request_id[:64]}#{self.nonce}"},
                 "key_id": {"S": self.key_id}, "route": {"S": self.route}, "method": {"S": self.method},
                 "service": {"S": self.service or "-"}, "status": {"N": str(self.status)},
                 "latency_ms": {"N": f"{self.latency_ms:.3f}"}, "bytes_in": {"N": str(self.bytes_in)},
@@ -133,23 +138,35 @@ class UsageLog:
                 self._write(batch)
 
     def _write(self, batch: list[UsageRecord]) -> None:
-        requests = [{"PutRequest": {"Item": r.to_item(self.ttl_days)}} for r in batch]
+        lost = self._put([{"PutRequest": {"Item": r.to_item(self.ttl_days)}} for r in batch])
+        self.written += len(batch) - lost
+        self.dropped += lost
+
+    def _put(self, requests: list[dict]) -> int:
+        """Write these items (unprocessed ones retried with backoff); returns how many were lost."""
         delay = 0.05
         for attempt in range(1, self.max_attempts + 1):
             try:
                 out = self._db.batch_write_item(RequestItems={self.table: requests})
                 requests = out.get("UnprocessedItems", {}).get(self.table, [])
-            except (ClientError, BotoCoreError) as exc:
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in REJECTED:
+                    if len(requests) > 1:   # one bad item fails the whole call: halve until it is alone
+                        mid = len(requests) // 2
+                        return self._put(requests[:mid]) + self._put(requests[mid:])
+                    log.error("usage log: record %s refused, dropped: %s",
+                              requests[0]["PutRequest"]["Item"]["sk"]["S"][:100], exc)
+                    return 1
+                log.warning("usage log: batch of %d not written (attempt %d): %s", len(requests), attempt, exc)
+            except BotoCoreError as exc:
                 log.warning("usage log: batch of %d not written (attempt %d): %s", len(requests), attempt, exc)
             if not requests:
-                break
+                return 0
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
-        self.written += len(batch) - len(requests)
-        if requests:
-            self.dropped += len(requests)
-            log.error("usage log: %d records lost after %d attempts (table %s)", len(requests),
-                      self.max_attempts, self.table)
+        log.error("usage log: %d records lost after %d attempts (table %s)", len(requests),
+                  self.max_attempts, self.table)
+        return len(requests)
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the writer and flush every buffered record."""

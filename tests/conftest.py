@@ -31,8 +31,8 @@ def moto_endpoint():
 
 @pytest.fixture
 def settings(moto_endpoint) -> Settings:
-    """Settings with a prefix of their own, so tests never share queues."""
-    return Settings.from_env({}, prefix="t" + uuid.uuid4().hex[:10], metrics_enabled=False)
+    """Settings with a prefix of their own, so tests never share queues; keys off (the edge tests turn them on)."""
+    return Settings.from_env({}, prefix="t" + uuid.uuid4().hex[:10], metrics_enabled=False, api_keys="off")
 
 
 @pytest.fixture(scope="session")

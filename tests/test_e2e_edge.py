@@ -151,6 +151,9 @@ def test_uploading_chelsea_in_chromium_shows_a_cat_with_score_bars(stack, browse
     bars = [e.get_attribute("style") for e in browser.find_elements(By.CSS_SELECTOR, "#results .bar > div")]
     assert len(labels) == 5 and labels[0] in CAT_NAMES, labels
     assert all("width" in b for b in bars) and not browser.find_element(By.ID, "error").is_displayed()
+    # the page ran under its CSP, and the key lives in this tab only
+    assert browser.execute_script("return localStorage.getItem('classifycloud-key')") is None
+    assert browser.execute_script("return sessionStorage.getItem('classifycloud-key')")
     _screenshot(browser, "upload-page.png", tmp_path)
 
 

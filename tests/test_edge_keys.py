@@ -188,3 +188,83 @@ def test_the_token_bucket_refills_at_the_key_rate():
     assert rl.acquire("k", rate=2.0, burst=2) == pytest.approx(0.5)
     now[0] = 0.5
     assert rl.acquire("k", rate=2.0, burst=2) == 0.0
+
+
+def test_one_refused_usage_record_never_takes_its_batch_with_it(keyed):
+    log = UsageLog(keyed.replace(usage_flush_interval_s=30.0), client("dynamodb", keyed), max_attempts=2)
+    at = now_ms()
+    good = [UsageRecord("kbatch", "/classify", "GET", "imagenet", 200, 1.0, 0, 10, f"g{i:02d}", at + i)
+            for i in range(23)]
+    too_long = UsageRecord("kbatch", "/classify", "GET", "-", 401, 1.0, 0, 10, "x" * 2000, at)
+    twin = UsageRecord("kbatch", "/classify", "GET", "-", 404, 1.0, 0, 10, "g00", at)  # g00's id, same ms
+    huge = UsageRecord("kbatch", "/" + "r" * 410_000, "GET", "-", 404, 1.0, 0, 10, "h", at)  # > 400 KB item
+    for rec in good[:10] + [too_long, huge] + good[10:] + [twin]:   # the first batch of 25 holds all three
+        log.record(rec)
+    log.close()
+    stored = [r for r in _scan_usage(keyed) if r.key_id == "kbatch"]
+    assert sorted(r.request_id for r in stored if r.status == 200) == sorted(r.request_id for r in good)
+    assert [r.status for r in stored if r.request_id == "g00"].count(404) == 1
+    assert len([r for r in stored if r.status == 401 and len(r.request_id) == 2000]) == 1
+    assert (log.written, log.dropped) == (25, 1)
+
+
+def test_a_client_request_id_is_logged_only_when_short_and_safe(keyed, app, web):
+    web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": "client-id_01"})
+    web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": "y" * 5000})
+    web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": "no spaces#or/slashes"})
+    app.extensions["classifycloud"].edge.usage.flush()
+    records = [r for r in _scan_usage(keyed) if r.status == 401]
+    assert len(records) == 3 and "client-id_01" in {r.request_id for r in records}
+    assert all(len(r.request_id) <= 64 and all(c.isalnum() or c in "-_" for c in r.request_id) for r in records)
+
+
+def test_a_job_accepted_without_its_marker_still_answers_its_owner_once_done(keyed, app, web):
+    import boto3
+
+    from classifycloud.local import free_port
+    from shared import naming
+    from shared.messages import Reply
+    mine, _ = create_key(keyed, "gina")
+    theirs, _ = create_key(keyed, "hal")
+    jobs = app.extensions["classifycloud"].jobs
+    s3 = jobs._s3
+    jobs._s3 = boto3.session.Session().client("s3", region_name="us-east-1",
+                                              endpoint_url=f"http://127.0.0.1:{free_port()}")  # nothing listens
+    try:
+        r = _job(web, mine)
+    finally:
+        jobs._s3 = s3
+    assert r.status_code == 202, r.json
+    job_id = r.json["id"]
+    assert jobs.marker(job_id) is None                       # the marker was never written
+    reply = Reply.ok(job_id, "imagenet", [{"label": "tabby", "index": 281, "score": 0.9}], worker="w-1")
+    s3.put_object(Bucket=keyed.bucket_name, Key=naming.result_key(job_id), Body=reply.to_json().encode())
+    done = web.open("GET", f"/jobs/{job_id}", mine)
+    assert done.status_code == 200 and done.json["results"][0]["label"] == "tabby"
+    assert web.open("GET", f"/jobs/{job_id}", theirs).status_code == 404
+    forged = job_id.rpartition("_")[0] + "_" + "0" * 16        # a made-up owner digest proves nothing
+    assert web.open("GET", f"/jobs/{forged}", mine).status_code == 404
+
+
+def test_a_flood_of_unknown_key_ids_never_evicts_a_key_in_use(keyed):
+    import secrets
+
+    from shared.keys import KeyStore
+    secret, rec = create_key(keyed, "ivy")
+    store = KeyStore(keyed.replace(api_key_cache_s=3600.0), client("dynamodb", keyed), max_cached=20)
+    assert store.verify(secret).key_id == rec.key_id
+    # the key's record leaves DynamoDB: from now on only the cache can still answer for it
+    client("dynamodb", keyed).delete_item(TableName=f"{keyed.prefix}-api-keys", Key={"key_id": {"S": rec.key_id}})
+    for i in range(60):                      # 3x the cache of random, well-formed, unknown key ids
+        assert store.verify(f"cc_k{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}") is None
+        if i % 5 == 0:
+            assert store.verify(secret) is not None, i   # in use: kept
+    assert len(store._cache) <= 20
+
+
+def test_api_keys_auto_stays_on_whatever_endpoint_the_environment_names(moto_endpoint, monkeypatch):
+    from shared.config import Settings
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)        # once enough to turn authentication off
+    assert Settings(api_keys="auto").api_keys_enabled is True
+    assert Settings.from_env({}).api_keys_enabled is True
+    assert Settings(api_keys="off").api_keys_enabled is False and Settings(api_keys="on").api_keys_enabled is True

@@ -169,7 +169,10 @@ def test_literal_settings_in_user_data_parse_as_settings():
     worker = _user_data_env()["worker"]
     assert Settings.from_env({k: v for k, v in worker.items() if "${" not in v}).device == "auto"
     autoscaler = _user_data_env()["autoscaler"]
-    assert autoscaler["CLASSIFYCLOUD_FLEET"] == "asg" and worker["CLASSIFYCLOUD_FLEET"] == "asg"
+    # the autoscaler's fleet is a variable (default asg) so its role gets RunInstances/PassRole only for ec2
+    assert autoscaler["CLASSIFYCLOUD_FLEET"] == "${var.autoscaler_fleet}" and worker["CLASSIFYCLOUD_FLEET"] == "asg"
+    variables = {n: b for blk in _tool().load_tf(os.path.join(TF, "variables.tf"))["variable"] for n, b in blk.items()}
+    assert variables["autoscaler_fleet"]["default"] == "asg"
     assert autoscaler["CLASSIFYCLOUD_ASG_NAMES"] == "${local.worker_group_names.warm},${local.worker_group_names.spot}"
     assert autoscaler["CLASSIFYCLOUD_LAUNCH_TEMPLATE"] == "${aws_launch_template.worker.id}"
     assert autoscaler["CLASSIFYCLOUD_POOL_TAG"] == "${local.pool_tag_value}"

@@ -26,6 +26,7 @@ TRANSFER = {"upload_file": ["s3:PutObject"], "upload_fileobj": ["s3:PutObject"],
 SPECIAL = {
     "ListObjectsV2": ["s3:ListBucket"], "ListObjects": ["s3:ListBucket"], "HeadBucket": ["s3:ListBucket"],
     "HeadObject": ["s3:GetObject"], "DeleteObjects": ["s3:DeleteObject"],
+    "ListObjectVersions": ["s3:ListBucketVersions"],
     "CopyObject": ["s3:GetObject", "s3:PutObject"], "CreateMultipartUpload": ["s3:PutObject"],
     "UploadPart": ["s3:PutObject"], "CompleteMultipartUpload": ["s3:PutObject"],
     "SendMessageBatch": ["sqs:SendMessage"], "DeleteMessageBatch": ["sqs:DeleteMessage"],

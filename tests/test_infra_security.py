@@ -45,6 +45,7 @@ REFS = {
     "${var.ami_id}": AMI,
     "${local.request_queue_arns}": REQUESTS,
     "${local.reply_queue_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-reply-*",
+    "${aws_s3_bucket.data.arn}": "arn:aws:s3:::cc-data",
 }
 
 
@@ -163,7 +164,7 @@ def test_every_queue_has_its_send_policy_attached():
 def _run(resource: str, **context) -> str:
     ctx = {"ec2:LaunchTemplate": TEMPLATE, "ec2:IsLaunchTemplateResource": "true"}
     ctx.update(context)
-    return decide(role("autoscaler"), "ec2:RunInstances", resource, policy("autoscaler"), [], ctx)
+    return decide(role("autoscaler"), "ec2:RunInstances", resource, policy("autoscaler_ec2_fleet"), [], ctx)
 
 
 def test_run_instances_launches_only_what_the_worker_template_names():
@@ -189,11 +190,11 @@ def test_run_instances_launches_only_what_the_worker_template_names():
                                          "aws:RequestTag/classifycloud:pool": "cc-workers"}) == "implicit-deny"
     assert _run(f"{base}:instance/*", **{"ec2:InstanceType": "g5.xlarge"}) == "implicit-deny"
     assert decide(role("autoscaler"), "ec2:RunInstances", f"arn:aws:ec2:{REGION}::image/{AMI}",
-                  policy("autoscaler"), [], {"ec2:IsLaunchTemplateResource": "true"}) == "implicit-deny"
+                  policy("autoscaler_ec2_fleet"), [], {"ec2:IsLaunchTemplateResource": "true"}) == "implicit-deny"
 
 
 def test_every_run_instances_statement_requires_the_template_and_no_override():
-    runs = [s for s in policy("autoscaler") if "ec2:RunInstances" in s["actions"]]
+    runs = [s for s in policy("autoscaler_ec2_fleet") if "ec2:RunInstances" in s["actions"]]
     assert runs
     for s in runs:
         keys = {c["variable"]: c for c in s.get("condition", [])}
@@ -243,3 +244,52 @@ def test_the_stacks_public_names_reach_the_settings_that_use_them(env, setting):
     text = open(os.path.join(TF, "main.tf")).read() + open(os.path.join(TF, "web.tf")).read()
     assert f"{setting}" in text and "local.public_hosts" in text
     assert "aws_lb.web.dns_name" in open(os.path.join(TF, "main.tf")).read()
+
+
+def _actions(*documents: str) -> set[str]:
+    return {a for d in documents for s in policy(d) for a in s["actions"]}
+
+
+def test_with_the_asg_fleet_the_autoscaler_can_neither_launch_pass_roles_nor_rewrite_queue_policies():
+    # what the autoscaler always has: its own document and the group one
+    always = _actions("autoscaler", "autoscaler_fleet")
+    assert not always & {"ec2:RunInstances", "iam:PassRole", "ec2:TerminateInstances", "ec2:CreateTags",
+                         "sqs:SetQueueAttributes"}
+    assert decide(role("autoscaler"), "sqs:SetQueueAttributes", REQUESTS, policy("autoscaler"), []) == "implicit-deny"
+    assert decide(role("autoscaler"), "sqs:CreateQueue", REQUESTS, policy("autoscaler"), []) == "allow"
+    # the ec2 fleet's grants are attached only when Terraform deploys that fleet (default: asg)
+    res = blocks("resource")
+    ec2 = res[("aws_iam_role_policy", "autoscaler_ec2_fleet")]
+    assert ec2["count"] == '${var.autoscaler_fleet == "ec2" ? 1 : 0}'
+    assert {"ec2:RunInstances", "iam:PassRole"} <= _actions("autoscaler_ec2_fleet")
+    variables = {n: b for blk in _tool().load_tf(os.path.join(TF, "variables.tf"))["variable"] for n, b in blk.items()}
+    assert variables["autoscaler_fleet"]["default"] == "asg"
+    assert 'CLASSIFYCLOUD_FLEET              = var.autoscaler_fleet' in open(os.path.join(TF, "autoscaler.tf")).read()
+
+
+def test_the_web_may_erase_faces_of_every_version_but_never_read_them():
+    bucket = "arn:aws:s3:::cc-data"
+    web_s3 = [s for s in policy("web") if any(a.startswith("s3:") for a in s["actions"])]
+    face = f"{bucket}/galleries/k0123456789ab/crew/0f/e1.json"
+    for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
+        assert decide(role("web"), action, face, web_s3, []) == "allow", action
+        assert decide(role("web"), action, f"{bucket}/results/x.json", web_s3, []) == "implicit-deny"
+    assert decide(role("web"), "s3:GetObject", face, web_s3, []) == "implicit-deny"
+    assert decide(role("web"), "s3:ListBucketVersions", bucket, web_s3,
+                  [], {"s3:prefix": "galleries/k0123456789ab/crew/"}) == "allow"
+    assert decide(role("web"), "s3:ListBucketVersions", bucket, web_s3, [], {"s3:prefix": "models/"}) == "implicit-deny"
+
+
+def test_a_plan_without_a_certificate_is_refused_unless_plain_http_is_allowed():
+    listener = blocks("resource")[("aws_lb_listener", "http")]
+    (pre,) = listener["lifecycle"][0]["precondition"]
+    assert pre["condition"] == '${var.certificate_arn != "" || var.allow_plain_http}'
+    variables = {n: b for blk in _tool().load_tf(os.path.join(TF, "variables.tf"))["variable"] for n, b in blk.items()}
+    assert variables["allow_plain_http"]["default"] is False and "bool" in variables["allow_plain_http"]["type"]
+
+
+def test_face_versions_expire_and_faces_have_a_retention_limit():
+    lifecycle = blocks("resource")[("aws_s3_bucket_lifecycle_configuration", "data")]
+    (rule,) = [r for r in lifecycle["rule"] if r["filter"][0].get("prefix") == "galleries/"]
+    assert rule["status"] == "Enabled" and rule["noncurrent_version_expiration"][0]["noncurrent_days"] == 1
+    assert "var.gallery_retention_days" in str(rule["dynamic"])

@@ -229,6 +229,8 @@ def test_the_web_lists_s3_services_and_refused_entries(live, imagenet_safetensor
         by_name = {s["name"]: s for s in body}
         assert by_name["cats"]["available"] is True and by_name["imagenet"]["available"] is True
         assert by_name["broken"]["available"] is False and "invalid S3 entry" in by_name["broken"]["reason"]
+        # where things live and what botocore said are for the log, not for any client
+        assert live.bucket_name not in str(body) and "s3://" not in str(body)
         r = app.test_client().get("/classify", query_string={"url": "https://example.com/a.jpg", "service": "nope"})
         assert r.status_code == 404 and "cats" in r.get_json()["services"]
     finally:
@@ -253,3 +255,67 @@ def test_the_autoscaler_counts_an_s3_service_and_creates_its_missing_queue(live,
     assert ServiceTimes(live, cat).current()["fresh"] == 0.07
     put(s3, live, "other", "entry.yaml", yaml.safe_dump({**ENTRY, "weights": "w.safetensors"}))
     assert "other" not in {q.service for q in QueueReader(live, cat, sqs).read()}  # without create_missing
+
+
+# --- what a publisher of S3 entries cannot do (docs/SECURITY.md) -------------------------------
+
+def test_an_s3_entry_may_not_use_the_keras_backend_and_the_packaged_one_takes_only_dot_keras():
+    from shared.catalogue import parse_entry
+    for weights in ("model.h5", "model.keras"):
+        text = yaml.safe_dump({**ENTRY, "num_classes": 7, "backend": "keras", "weights": weights})
+        with pytest.raises(CatalogueError, match="backend 'keras' is accepted only in the packaged catalogue"):
+            parse_s3_entry("skin2", text, "b")
+    with pytest.raises(CatalogueError, match="only a .keras weights file"):
+        parse_entry("skin2", {**ENTRY, "num_classes": 7, "backend": "keras", "weights": "/opt/m/model.h5"}, "here")
+
+
+def test_every_source_field_of_an_s3_entry_stays_inside_its_confinement():
+    facesearch = {**ENTRY, "num_classes": 128, "kind": "embedding", "backend": "dlib", "weights": "enc.dat"}
+    ok = parse_s3_entry("faces2", yaml.safe_dump({**facesearch, "options": {"shape_predictor": "shapes.dat"}}), "b")
+    assert ok.options["shape_predictor"] == "s3://b/models/faces2/shapes.dat"
+    for bad in ("/etc/passwd", "../imagenet/w.pth", "package:dlib-bin/../../../etc/passwd", "builtin:../../x"):
+        with pytest.raises(CatalogueError, match="must"):
+            parse_s3_entry("faces2", yaml.safe_dump({**facesearch, "options": {"shape_predictor": bad}}), "b")
+    for bad in ("builtin:../../../etc/hostname", "package:sklesion/../../etc/passwd", "torchvision:/abs",
+                "builtin:"):
+        with pytest.raises(CatalogueError, match="must"):
+            parse_s3_entry("cats", yaml.safe_dump({**ENTRY, "weights": "w.safetensors", "labels": bad}), "b")
+
+
+def test_s3_entries_cannot_replace_packaged_services_unless_the_operator_allows_it(live, catalogue):
+    s3 = client("s3", live)
+    put(s3, live, "nsfw", "entry.yaml", yaml.safe_dump({**ENTRY, "num_classes": 2, "weights": "n.safetensors"}))
+    put(s3, live, "facesearch", "entry.yaml", yaml.safe_dump(
+        {"architecture": "dlib_resnet", "num_classes": 128, "kind": "embedding", "backend": "dlib",
+         "weights": "package:face-recognition-models/face_recognition_models/models/"
+                    "dlib_face_recognition_resnet_model_v1.dat", "options": {"match_distance": 100}}))
+    put(s3, live, "plant", "entry.yaml", yaml.safe_dump({**ENTRY, "num_classes": 998, "weights": "p.safetensors"}))
+    cat = LiveCatalogue(live, catalogue)
+    assert cat["nsfw"] == catalogue["nsfw"] and cat["facesearch"] == catalogue["facesearch"]
+    assert "packaged service 'nsfw'" in cat.errors["nsfw"] and "facesearch" in cat.errors
+    assert cat["plant"].weights.endswith("/models/plant/p.safetensors")   # a placeholder may be filled
+    allowed = LiveCatalogue(live.replace(catalogue_s3_replaces_packaged=True), catalogue)
+    assert allowed["facesearch"].options["match_distance"] == 100 and allowed["nsfw"] != catalogue["nsfw"]
+
+
+def test_the_installed_keras_carries_the_cve_2025_9905_fix():
+    from importlib.metadata import version
+    major, minor, patch = (int(x) for x in version("keras").split(".")[:3])
+    assert (major, minor, patch) >= (3, 11, 3)
+
+
+def test_unavailable_reasons_name_no_bucket_or_path_to_clients(live, catalogue):
+    import dataclasses
+
+    from shared.catalogue import Catalogue
+    from webserver.app import create_app
+    hidden = dataclasses.replace(catalogue["imagenet"], name="hidden", weights="/srv/secret-models/w.pth")
+    app = create_app(live, Catalogue(services={**catalogue.services, "hidden": hidden}, source="test"))
+    try:
+        web = app.test_client()
+        (entry,) = [s for s in web.get("/services").get_json()["services"] if s["name"] == "hidden"]
+        assert entry["available"] is False and "not found" in entry["reason"] and "secret-models" not in entry["reason"]
+        r = web.get("/classify", query_string={"url": "https://example.com/a.jpg", "service": "hidden"})
+        assert r.status_code == 503 and "secret-models" not in r.get_data(as_text=True)
+    finally:
+        app.extensions["classifycloud"].close()

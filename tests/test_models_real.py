@@ -129,7 +129,7 @@ def test_facesearch_finds_an_enrolled_face_in_a_resized_cropped_mirrored_copy(fa
     astronaut = Image.fromarray(data.astronaut())
     enrolled = faces.run("facesearch", [photos["astronaut"]], [5],
                          [{"op": "enroll", "gallery": "crew", "name": "Eileen Collins"}]).results[0]
-    assert enrolled[0]["label"] == "Eileen Collins" and enrolled[0]["key"].startswith("galleries/crew/")
+    assert enrolled[0]["label"] == "Eileen Collins" and enrolled[0]["key"].startswith("galleries/default/crew/")
     variant = ImageOps.mirror(astronaut.crop((100, 30, 400, 330)).resize((220, 220)))
     found = faces.run("facesearch", [_jpeg(variant)], [5], [{"gallery": "crew"}]).results[0]
     assert len(found) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import io
+import os
 import threading
 import time
 
@@ -244,3 +245,41 @@ def test_https_keeps_sni_and_certificate_checks_and_the_deadline(tls_server, sam
 def test_refusals_name_the_reason_without_library_or_system_error_text():
     err = _refusal(_fetcher(), {"url": "http://no-such-host.invalid/cat.jpg"})
     assert err.code == "fetch_failed" and err.message == "cannot resolve host 'no-such-host.invalid'"
+
+
+# A resolver that takes the query and never answers (UDP and TCP on 127.0.0.77:53), made the system's
+# nameserver in a mount namespace of the child alone: a real lookup that hangs as a slow DNS server would.
+_SLOW_DNS_CHILD = r"""
+import socket, sys, threading, time
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); udp.bind(("127.0.0.77", 53))
+tcp = socket.socket(); tcp.bind(("127.0.0.77", 53)); tcp.listen(16)
+held = []
+threading.Thread(target=lambda: [udp.recvfrom(4096) for _ in iter(int, 1)], daemon=True).start()
+threading.Thread(target=lambda: [held.append(tcp.accept()) for _ in iter(int, 1)], daemon=True).start()
+from shared.config import Settings
+from worker.fetch import FetchError, Fetcher
+fetcher = Fetcher(Settings(fetch_deadline_s=1.5, fetch_connect_timeout_s=1.0, fetch_read_timeout_s=1.0))
+started = time.monotonic()
+try:
+    fetcher.fetch_url("http://images.slow-dns-test.example/cat.jpg")
+    print("fetched?!")
+except FetchError as exc:
+    print(exc.code, round(time.monotonic() - started, 2))
+"""
+
+
+def test_the_fetch_deadline_bounds_a_dns_lookup_that_never_answers(tmp_path):
+    import subprocess
+    import sys
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\noptions timeout:5 attempts:3\n")   # glibc alone: 15 s and more
+    script = tmp_path / "child.py"
+    script.write_text(_SLOW_DNS_CHILD)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                          f"mount --bind {resolv} /etc/resolv.conf && exec {sys.executable} {script}"],
+                         cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, ("this test needs root and unshare (a mount namespace)", out.stderr[-2000:])
+    code, took = out.stdout.split()
+    assert code == "fetch_timeout" and float(took) < 1.5 + 1.0, out.stdout

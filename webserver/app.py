@@ -13,6 +13,7 @@ from shared.metrics import MetricsPublisher
 from shared.transport import Transport
 from webserver.auth import install_edge
 from webserver.errors import install_error_handlers
+from webserver.headers import install_security_headers
 from webserver.health import HeartbeatMonitor
 from webserver.jobs import JobStore
 from webserver.limits import body_limit, install_body_limits
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     install_error_handlers(app)
     install_edge(app, ctx)  # API keys, usage log, /openapi.json and /docs (webserver/auth.py)
     install_body_limits(app, settings)
+    install_security_headers(app)  # nosniff, CSP with frame-ancestors, HSTS behind TLS (webserver/headers.py)
 
     @app.before_request
     def _begin():

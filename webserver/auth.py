@@ -8,6 +8,8 @@ on, GET /jobs/<id> answers only to the key that submitted the job (404 to others
 from __future__ import annotations
 
 import atexit
+import hashlib
+import hmac
 import logging
 import math
 import time
@@ -17,6 +19,7 @@ from flask import Flask, g, has_request_context, request
 from shared.aws import client
 from shared.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
 from shared.messages import new_id, now_ms, valid_id
+from shared.naming import DEFAULT_TENANT
 from shared.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.errors import ApiError
 from webserver.usage_tags import tagged
@@ -40,6 +43,33 @@ def current_owner() -> str | None:
         return None
     key = g.get("api_key")
     return key.key_id if key is not None else None
+
+
+def current_tenant() -> str:
+    """Whose galleries this request may touch: the key id with keys on, else the one default tenant.
+
+    Derived from the authenticated key only, never from anything the client sends."""
+    return current_owner() or DEFAULT_TENANT
+
+
+def _owner_tag(owner: str, base: str) -> str:
+    return hashlib.sha256(f"{owner}:{base}".encode()).hexdigest()[:16]
+
+
+def owned_id(owner: str | None) -> str:
+    """A fresh request id; with keys on it ends in a digest of its owner's key id and itself.
+
+    So GET /jobs/<id> can tell its owner without the job marker (a job accepted when the marker could
+    not be written). The digest needs no secret: the check computes it from the key that asks, which
+    the client cannot choose, so another key's digest never matches."""
+    base = new_id()
+    return base if owner is None else f"{base}_{_owner_tag(owner, base)}"
+
+
+def owns(request_id: str, owner: str | None) -> bool:
+    """Whether the id was made by owned_id for this owner."""
+    base, sep, tag = request_id.rpartition("_")
+    return bool(sep and owner) and hmac.compare_digest(tag, _owner_tag(owner, base))
 
 
 def presented_key() -> str | None:
@@ -92,10 +122,12 @@ class Edge:
             raise ApiError(503, "auth_unavailable", "API keys cannot be checked right now; try again") from None
 
     def check_job_owner(self, ctx) -> None:
-        """GET /jobs/<id> with keys on: 404 unless the job marker names this key as its owner."""
+        """GET /jobs/<id> with keys on: 404 unless the id (webserver.jobs.owned_id) or the marker names this key."""
         job_id = (request.view_args or {}).get("job_id", "")
         if not valid_id(job_id):
             return  # the route answers 400
+        if owns(job_id, current_owner()):
+            return  # the id itself names this key (no marker needed: one may never have been written)
         marker = ctx.jobs.marker(job_id)
         if marker is None or marker.get("owner") != current_owner():
             raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
@@ -112,11 +144,17 @@ class Edge:
             service=_service(service), status=resp.status_code,
             latency_ms=(time.perf_counter() - started) * 1000, bytes_in=request.content_length or 0,
             bytes_out=resp.calculate_content_length() or 0,
-            request_id=rid or request.headers.get("X-Request-Id", "") or new_id(), at=now_ms()))
+            request_id=rid or client_request_id(), at=now_ms()))
 
     def close(self) -> None:
         """Flush the usage log (process exit)."""
         self.usage.close()
+
+
+def client_request_id() -> str:
+    """The client's X-Request-Id when it is 1-64 of [A-Za-z0-9_-], else a fresh id (it becomes a key part)."""
+    value = request.headers.get("X-Request-Id", "")
+    return value if valid_id(value) else new_id()
 
 
 def _service(tagged_service: str | None) -> str:

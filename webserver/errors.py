@@ -55,13 +55,17 @@ ERRORS: dict[str, ErrorKind] = {
     "invalid_params": ErrorKind(400, _B),      # a kind's parameters (gallery, name, meta) were wrong
     "invalid_top_k": ErrorKind(400, _B), "method_not_allowed": ErrorKind(405, _B),
     "bad_request": ErrorKind(400, _B), "not_found": ErrorKind(404, _B),
+    "malformed_json": ErrorKind(400, _B),
     "malformed_message": ErrorKind(400, _X), "unsupported_version": ErrorKind(400, _X),
     # the service and its queues
     "unknown_service": ErrorKind(404, _S), "service_unavailable": ErrorKind(503, _S),
     "queue_unavailable": ErrorKind(503, _S),
     "gallery_unavailable": ErrorKind(503, _S),  # facesearch: the gallery in S3 cannot be read or written
+    "gallery_full": ErrorKind(409, _B),         # facesearch: the gallery holds gallery_max_entries faces
+    "unknown_face": ErrorKind(404, _B),         # DELETE /faces/<gallery>[/<name>]: nothing enrolled there
     "storage_unavailable": ErrorKind(503, _X), "corrupt_record": ErrorKind(502, _X),
     "timeout": ErrorKind(504, _T),
+    "shutting_down": ErrorKind(503, _S),      # this web process stops before the reply came (job continues)
     # the server
     "internal_error": ErrorKind(500, _X), "inference_failed": ErrorKind(500, _X),
     "dead_lettered": ErrorKind(500, _X),       # every delivery failed: the server's problem, not the client's
@@ -143,6 +147,17 @@ def xcloud_code(code: str) -> int:
     if code.startswith(_URL_PREFIXES):
         return XCLOUD_INVALID_URL
     return XCLOUD_INTERNAL
+
+
+def public_reason(reason: str | None) -> str | None:
+    """An unavailable reason fit for any client: no bucket, key or file path (those stay in the log)."""
+    if reason is None:
+        return None
+    return _LOCATION.sub("<location>", reason)
+
+
+# s3://bucket/key, file://..., and absolute paths: where things live is operators' business
+_LOCATION = re.compile(r"(?:s3|file)://[^\s'\")]+|(?<![\w.])/[^\s'\")]+")
 
 
 def http_error_as_api(exc: HTTPException) -> ApiError:

@@ -1,13 +1,27 @@
-"""Face galleries: POST /faces/<gallery> enrols a named face through the facesearch queue."""
+"""Face galleries: POST /faces/<gallery> enrols a named face through the facesearch queue; DELETE erases.
+
+Every gallery belongs to the tenant of the API key that names it (webserver.auth.current_tenant). Face
+embeddings are biometric data: an erasure removes every version and delete marker of them from the
+versioned bucket, not only the current objects (docs/SECURITY.md).
+"""
 from __future__ import annotations
 
+import logging
+
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, current_app, jsonify, request
 
+from shared.naming import face_prefix, gallery_prefix
+from webserver.failures import StorageUnavailable
+
+from webserver.auth import current_tenant
 from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError
 from webserver.inputs import parse_classify
 from webserver.params import check_gallery, field_value
-from webserver.routes import answer
+from webserver.routes import ok_reply
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("faces", __name__)
 
@@ -26,13 +40,54 @@ def enroll(gallery: str):
     if parsed.service not in (None, FACE_SERVICE):
         raise ApiError(400, "invalid_service", f"faces are enrolled by service {FACE_SERVICE!r}")
     outcome = c.submitter.classify(parsed.image, FACE_SERVICE, 1,
-                                   params={"op": "enroll", "gallery": gallery, "name": name.strip()})
-    if outcome.reply is None or outcome.reply.status == "error":
-        answer(outcome)  # raises the mapped error: 504 with the job id, no_face 422, unavailable 503 ...
-    entry = outcome.reply.results[0]
+                                   params={"op": "enroll", "gallery": gallery, "name": name.strip(),
+                                           "tenant": current_tenant()})
+    entry = ok_reply(outcome).results[0]  # else the mapped error: 504 with the job id, no_face 422 ...
     tag_usage(outcome.request_id)
     resp = jsonify({"id": outcome.request_id, "gallery": gallery, "name": entry.get("label"),
                     "box": entry.get("box"), "faces": entry.get("faces"),
                     "latency_ms": round(outcome.latency_ms, 1)})
     resp.status_code = 201
     return resp
+
+
+@bp.route("/faces/<gallery>", methods=["DELETE"])
+def erase_gallery(gallery: str):
+    """Erase every face of this tenant's gallery: 200 {gallery, erased}, 404 when it holds none."""
+    gallery = check_gallery(gallery)
+    erased = erase(gallery_prefix(current_tenant(), gallery))
+    if not erased:
+        raise ApiError(404, "unknown_face", f"gallery {gallery!r} holds no faces")
+    return jsonify({"gallery": gallery, "erased": erased})
+
+
+@bp.route("/faces/<gallery>/<name>", methods=["DELETE"])
+def erase_name(gallery: str, name: str):
+    """Erase every face enrolled as `name` in this tenant's gallery: 200 {gallery, name, erased}, or 404."""
+    gallery = check_gallery(gallery)
+    name = name.strip()
+    erased = erase(face_prefix(current_tenant(), gallery, name)) if name else 0
+    if not erased:
+        raise ApiError(404, "unknown_face", f"gallery {gallery!r} holds no face named {name!r}")
+    return jsonify({"gallery": gallery, "name": name, "erased": erased})
+
+
+def erase(prefix: str) -> int:
+    """Delete every version and delete marker under the prefix; returns how many faces (keys) it held."""
+    c = current_app.extensions["classifycloud"]
+    bucket = c.settings.bucket_name
+    try:
+        versions = []
+        for page in c.s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+            versions += [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                         for v in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        for i in range(0, len(versions), 1000):   # DeleteObjects takes 1,000 at a time
+            out = c.s3.delete_objects(Bucket=bucket, Delete={"Objects": versions[i:i + 1000], "Quiet": True})
+            if out.get("Errors"):
+                raise ClientError({"Error": out["Errors"][0]}, "DeleteObjects")
+    except (BotoCoreError, ClientError) as exc:
+        log.error("erasing s3://%s/%s failed: %s", bucket, prefix, exc)
+        raise StorageUnavailable("the faces could not be erased; try again") from None
+    faces = len({v["Key"] for v in versions})
+    log.info("erased %d faces (%d versions) under s3://%s/%s", faces, len(versions), bucket, prefix)
+    return faces

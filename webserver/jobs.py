@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 _MISSING = ("NoSuchKey", "404", "NotFound")
 
 
+
 class JobStore:
     """Reads and writes uploads/<id>, jobs/<id>.json and results/<id>.json in the data bucket."""
 

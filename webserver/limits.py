@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 
 SMALL_BODY_BYTES = 64 * 1024    # every route that takes no image: job ids, keys, small JSON
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the other form fields
-_DRAIN_LIMIT = 64 * 1024 * 1024  # refused bodies are read and discarded up to this, so the client sees the 503
 RETRY_AFTER_S = 2
 
 # endpoints that take an image in the body (blueprint.function names)
@@ -75,16 +74,24 @@ def install_body_limits(app: Flask, settings: Settings) -> BodyBudget:
         if size == 0:
             return
         if size > limit:
-            _drain(size)
+            g.close_connection = True
             raise ApiError(413, "too_large", "request body is larger than the upload limit")
         if not budget.try_take(size):
             log.warning("%s %s: %d body bytes refused, %d of %d in flight", request.method, request.path,
                         size, budget.used, budget.limit)
-            _drain(size)
+            g.close_connection = True
             err = ApiError(503, "busy", "the server is handling too many uploads; retry shortly")
             err.retry_after = RETRY_AFTER_S
             raise err
         g.body_reserved = size
+
+    @app.after_request
+    def _close_refused(resp):
+        # A refused body is never read: draining it at the client's pace would hold this thread. The
+        # connection closes after the answer instead (a client still sending may see a reset).
+        if g.get("close_connection"):
+            resp.headers["Connection"] = "close"
+        return resp
 
     @app.teardown_request
     def _release(exc=None):
@@ -118,20 +125,3 @@ def release_request_body() -> None:
             req.__dict__[name] = ImmutableMultiDict()
     release_body_reservation()
 
-
-def _drain(size: int) -> None:
-    """Read and discard a refused body, so the client can read our answer instead of a reset."""
-    if size > _DRAIN_LIMIT:
-        return
-    stream = request.environ.get("wsgi.input")
-    if stream is None:
-        return
-    left = size
-    try:
-        while left > 0:
-            chunk = stream.read(min(65536, left))
-            if not chunk:
-                break
-            left -= len(chunk)
-    except (OSError, ValueError):
-        pass

@@ -7,7 +7,9 @@ from flask import Request
 
 from shared.catalogue import ServiceSpec
 from shared.naming import GALLERY_RE
+from webserver.auth import current_tenant
 from webserver.errors import ApiError
+from webserver.inputs import parse_json_body
 
 GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
 
@@ -15,7 +17,7 @@ GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
 def field_value(req: Request, key: str):
     """A field from the JSON body, the form, or the query string (first found)."""
     if req.is_json:
-        doc = req.get_json(silent=True)
+        doc = parse_json_body(req)   # too deeply nested: 400, not a RecursionError
         if isinstance(doc, dict) and doc.get(key) is not None:
             return doc[key]
     if req.method != "GET" and req.form.get(key) not in (None, ""):
@@ -39,7 +41,7 @@ def request_params(req: Request, spec: ServiceSpec) -> dict | None:
         if gallery is None:
             raise ApiError(400, "missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
                                                    "(enrol faces with POST /faces/<gallery>)")
-        params.update(op="search", gallery=check_gallery(gallery))
+        params.update(op="search", gallery=check_gallery(gallery), tenant=current_tenant())
     meta = field_value(req, "meta")
     if meta is not None:
         if isinstance(meta, str):  # form or query: a JSON object as text

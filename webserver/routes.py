@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from shared.messages import valid_id
+from shared.messages import Reply, valid_id
 from webserver.usage_tags import tag_usage
-from webserver.errors import ApiError, status_for_reply_code
+from webserver.errors import ApiError, public_reason, status_for_reply_code
 from webserver.inputs import parse_classify
 from webserver.proxy import status_url
 from webserver.params import request_params
@@ -19,8 +19,9 @@ def ctx():
     return current_app.extensions["classifycloud"]
 
 
-def answer(outcome: Outcome):
-    """200 with the reply; an error reply as its mapped 4xx/5xx; no reply as 504 with the job id."""
+def ok_reply(outcome: Outcome) -> Reply:
+    """The ok reply of an outcome; every other outcome raises its error, the same for every route:
+    shutdown 503 and timeout 504 (both with the job id), an error reply as its mapped 4xx/5xx."""
     rid, reply = outcome.request_id, outcome.reply
     if reply is None and outcome.shutdown:
         raise ApiError(503, "shutting_down", "this server is stopping before the reply came; "
@@ -31,6 +32,12 @@ def answer(outcome: Outcome):
     if reply.status == "error":
         code = reply.error.get("code", "error")
         raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
+    return reply
+
+
+def answer(outcome: Outcome):
+    """200 with the reply; any other outcome as ok_reply raises it."""
+    reply = ok_reply(outcome)
     body = reply.to_dict()
     tag_usage(reply.id, reply.service)
     body["latency_ms"] = round(outcome.latency_ms, 1)
@@ -85,7 +92,7 @@ def services():
     out = []
     services = c.catalogue.services  # one snapshot: a live refresh between two reads cannot split the list
     for name, spec in services.items():
-        reason = spec.unavailable_reason(c.settings.model_dir)
+        reason = public_reason(spec.unavailable_reason(c.settings.model_dir))
         entry = {"name": name, "kind": spec.kind, "description": spec.description,
                  "architecture": spec.architecture, "backend": spec.backend,
                  "num_classes": spec.num_classes, "top_k": spec.top_k,
@@ -99,11 +106,11 @@ def services():
             entry["classes"] = list(spec.classes)
             entry["min_share"] = spec.min_share
         out.append(entry)
-    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries, so operators see why
+    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries (why: the log)
         if name not in services:
             out.append({"name": name, "kind": None, "description": "", "architecture": None, "backend": None,
                         "num_classes": None, "top_k": None, "available": False,
-                        "reason": f"invalid S3 entry: {error}"})
+                        "reason": "invalid S3 entry; its publisher finds the reason in the server log"})
     return jsonify({"services": out})
 
 

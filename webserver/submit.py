@@ -7,9 +7,11 @@ from dataclasses import dataclass
 
 from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
-from shared.messages import Reply, Request, new_id, now_ms
+from shared.messages import Reply, Request, now_ms
 from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, SqsAttribute, Transport, TransportError
+from webserver.auth import current_owner, owned_id
+from webserver.errors import public_reason
 from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
                                  UnknownService)
 from webserver.inputs import ImageInput
@@ -56,7 +58,7 @@ class Submitter:
             raise UnknownService(f"no service named {name!r}", services=list(services))
         reason = spec.unavailable_reason(self.settings.model_dir)
         if reason:
-            raise ServiceUnavailable(f"service {name!r} is unavailable: {reason}")
+            raise ServiceUnavailable(f"service {name!r} is unavailable: {public_reason(reason)}")
         return spec
 
     def queue_url(self, service: str) -> str:
@@ -98,7 +100,7 @@ class Submitter:
         except TransportError as exc:
             log.error("reply queue cannot be created: %s", exc)
             raise QueueUnavailable("this server's reply queue cannot be created; try again") from None
-        rid = new_id()
+        rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         started = time.monotonic()
         ref = self._image_ref(rid, image)
         req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to,
@@ -128,7 +130,7 @@ class Submitter:
                    params: dict | None = None) -> tuple[str, str]:
         """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
         spec = self.resolve_service(service)
-        rid = new_id()
+        rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         ref = self._image_ref(rid, image)
         submitted = now_ms()
         # send first: a refused send must not leave a marker that says pending forever
@@ -137,6 +139,7 @@ class Submitter:
         try:
             self.jobs.write_marker(rid, spec.name, submitted)
         except StorageUnavailable:  # accepted all the same: its result record will answer GET /jobs/<id>
-            log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done", rid)
+            log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done "
+                        "(its id names its owner, so the result answers the owner)", rid)
         log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
         return rid, spec.name

@@ -6,10 +6,10 @@ import time
 from flask import Blueprint, current_app, jsonify, request
 
 from webserver.usage_tags import tag_usage
-from webserver.errors import XCLOUD_OK, ApiError, status_for_reply_code
+from webserver.errors import XCLOUD_OK
 from webserver.inputs import parse_top_k, parse_xcloud_image
 from webserver.params import request_params
-from webserver.proxy import status_url
+from webserver.routes import ok_reply
 
 bp = Blueprint("xcloud", __name__)
 
@@ -53,13 +53,7 @@ def classify(service: str):
     top_k = parse_top_k(request.form.get("top_k"))
     params = request_params(request, c.submitter.resolve_service(service))
     outcome = c.submitter.classify(image, service, top_k, params)
-    rid, reply = outcome.request_id, outcome.reply
-    if reply is None:
-        raise ApiError(504, "timeout", f"no reply within {c.settings.reply_timeout_s:g} s",
-                       rid, status_url=status_url(rid))
-    if reply.status == "error":
-        code = reply.error.get("code", "error")
-        raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
+    rid, reply = outcome.request_id, ok_reply(outcome)   # shutdown, timeout, errors: as on every route
     tag_usage(rid)
     return jsonify({"code": XCLOUD_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
                     "elapse": round(time.monotonic() - started, 2), "id": rid})

@@ -87,10 +87,49 @@ def address_refusal(address: str, allow_loopback: bool = False) -> str | None:
     return None
 
 
-def resolve_checked(host: str, port: int, allow_loopback: bool) -> str:
-    """Resolve host and check every address it resolves to; return the one to connect to."""
+# getaddrinfo has no timeout of its own (the system resolver may retry for 10 s and more): a lookup runs on
+# a daemon thread and the fetch waits for it only until its deadline. At most this many lookups at once.
+_LOOKUP_SLOTS = threading.BoundedSemaphore(16)
+
+
+class LookupTimeout(Exception):
+    """The host name did not resolve within the time left."""
+
+
+def getaddrinfo_within(host: str, port: int, timeout_s: float | None) -> list:
+    """socket.getaddrinfo, given up (LookupTimeout) after timeout_s; None waits as long as the resolver does."""
+    if timeout_s is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    started = time.monotonic()
+    if not _LOOKUP_SLOTS.acquire(timeout=max(0.0, timeout_s)):
+        raise LookupTimeout(host)
+    out: dict = {}
+    done = threading.Event()
+
+    def lookup():
+        try:
+            out["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as exc:  # handed to the waiting fetch (or dropped if it gave up)
+            out["error"] = exc
+        finally:
+            _LOOKUP_SLOTS.release()
+            done.set()
+
+    threading.Thread(target=lookup, name="dns-lookup", daemon=True).start()
+    if not done.wait(max(0.0, timeout_s - (time.monotonic() - started))):
+        raise LookupTimeout(host)
+    if "error" in out:
+        raise out["error"]
+    return out["infos"]
+
+
+def resolve_checked(host: str, port: int, allow_loopback: bool, timeout_s: float | None = None) -> str:
+    """Resolve host (within timeout_s) and check every address it resolves to; return the one to connect to."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = getaddrinfo_within(host, port, timeout_s)
+    except LookupTimeout:
+        log.info("cannot resolve %r within %.1f s", host, timeout_s)
+        raise FetchError("fetch_timeout", f"host {host!r} did not resolve within the fetch deadline") from None
     except (socket.gaierror, UnicodeError) as exc:
         log.info("cannot resolve %r: %s", host, exc)
         raise FetchError("fetch_failed", f"cannot resolve host {host!r}") from None
@@ -104,8 +143,8 @@ def resolve_checked(host: str, port: int, allow_loopback: bool) -> str:
     return addresses[0]
 
 
-def parse_target(url: str, allow_loopback: bool) -> Target:
-    """Validate a URL, resolve and check its host."""
+def parse_target(url: str, allow_loopback: bool, timeout_s: float | None = None) -> Target:
+    """Validate a URL, resolve (within timeout_s) and check its host."""
     if not isinstance(url, str) or not url.strip():
         raise FetchError("invalid_url", "the image URL is empty")
     try:
@@ -120,7 +159,7 @@ def parse_target(url: str, allow_loopback: bool) -> Target:
     if not host:
         raise FetchError("invalid_url", f"URL {safe_url(url)!r} has no host")
     port = port or (443 if scheme == "https" else 80)
-    ip = resolve_checked(host, port, allow_loopback)
+    ip = resolve_checked(host, port, allow_loopback, timeout_s)
     shown = f"[{host}]" if ":" in host else host
     default = (scheme == "http" and port == 80) or (scheme == "https" and port == 443)
     path = parts.path or "/"
@@ -190,7 +229,7 @@ class Fetcher:
                 raise FetchError("redirect_loop", f"redirect loop at {safe_url(current)}")
             seen.add(current)
             self.own.check_name(current)
-            target = parse_target(current, self.allow_loopback)
+            target = parse_target(current, self.allow_loopback, deadline - time.monotonic())  # DNS counts too
             self.own.check(target)
             status, location, data = self._get(target, current, deadline)
             if status in _REDIRECTS:

@@ -5,7 +5,7 @@
 
 locals {
   autoscaler_env = {
-    CLASSIFYCLOUD_FLEET              = "asg"
+    CLASSIFYCLOUD_FLEET              = var.autoscaler_fleet
     CLASSIFYCLOUD_ASG_NAMES          = "${local.worker_group_names.warm},${local.worker_group_names.spot}"
     CLASSIFYCLOUD_TICK_S             = "2"
     CLASSIFYCLOUD_TARGET_UTILIZATION = "0.35"

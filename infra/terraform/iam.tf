@@ -257,6 +257,26 @@ data "aws_iam_policy_document" "web" {
     ]
   }
 
+  # DELETE /faces/<gallery>[/<name>] (webserver/faces.py): face embeddings are biometric data, so an
+  # erasure removes every version and delete marker of a tenant's faces. The web never reads them.
+  statement {
+    sid       = "EraseFaces"
+    actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+    resources = ["${aws_s3_bucket.data.arn}/galleries/*"]
+  }
+
+  statement {
+    sid       = "ListFaceVersions"
+    actions   = ["s3:ListBucketVersions"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["galleries/*"]
+    }
+  }
+
   statement {
     sid     = "ReadResultsJobsHeartbeats"
     actions = ["s3:GetObject"]
@@ -302,9 +322,11 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   # A service added by an S3 entry alone gets its request queue and DLQ here; only under the requests- prefix.
+  # CreateQueue only: SetQueueAttributes could rewrite a queue's policy (who may send to it); an existing
+  # queue's attributes are reconciled by an operator (classifycloud provision / train), not by this role.
   statement {
     sid       = "CreateServiceQueues"
-    actions   = ["sqs:CreateQueue", "sqs:SetQueueAttributes"]
+    actions   = ["sqs:CreateQueue"]
     resources = local.request_queue_arns
   }
 
@@ -354,6 +376,35 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = ["*"]
   }
 
+  statement {
+    sid       = "SeeFleet"
+    actions   = ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus"]
+    resources = ["*"] # Describe* calls have no resource-level permissions.
+  }
+
+  statement {
+    sid       = "ReadHeartbeats"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/heartbeats/*"]
+  }
+
+  statement {
+    sid       = "ReadOwnMetrics"
+    actions   = ["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"]
+    resources = ["*"] # read-only metric queries have no resource-level permissions.
+  }
+
+  statement {
+    sid       = "ShipLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+    resources = [local.log_group_arns["autoscaler"]]
+  }
+}
+
+# The ec2 fleet only (autoscaler/fleet/ec2.py: run_instances from the worker template, terminate by pool
+# tag). Terraform deploys fleet = asg, where the groups launch and the autoscaler needs none of this:
+# attached only when autoscaler_fleet = "ec2".
+data "aws_iam_policy_document" "autoscaler_ec2_fleet" {
   # RunInstances touches several resource types; each only as the worker template names it:
   # this stack's AMI, private subnets and worker security group, nothing overridden in the call.
   statement {
@@ -471,12 +522,6 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   statement {
-    sid       = "SeeFleet"
-    actions   = ["ec2:DescribeInstances", "ec2:DescribeInstanceStatus"]
-    resources = ["*"] # Describe* calls have no resource-level permissions.
-  }
-
-  statement {
     sid       = "PassWorkerRoleOnly"
     actions   = ["iam:PassRole"]
     resources = [aws_iam_role.component["worker"].arn]
@@ -487,24 +532,14 @@ data "aws_iam_policy_document" "autoscaler" {
       values   = ["ec2.amazonaws.com"]
     }
   }
+}
 
-  statement {
-    sid       = "ReadHeartbeats"
-    actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/heartbeats/*"]
-  }
+resource "aws_iam_role_policy" "autoscaler_ec2_fleet" {
+  count = var.autoscaler_fleet == "ec2" ? 1 : 0
 
-  statement {
-    sid       = "ReadOwnMetrics"
-    actions   = ["cloudwatch:GetMetricStatistics", "cloudwatch:GetMetricData"]
-    resources = ["*"] # read-only metric queries have no resource-level permissions.
-  }
-
-  statement {
-    sid       = "ShipLogs"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-    resources = [local.log_group_arns["autoscaler"]]
-  }
+  name   = "${var.prefix}-autoscaler-ec2-fleet"
+  role   = aws_iam_role.component["autoscaler"].id
+  policy = data.aws_iam_policy_document.autoscaler_ec2_fleet.json
 }
 
 # --- operator review -----------------------------------------------------------------
@@ -644,6 +679,11 @@ locals {
   worker_group_arns = [aws_autoscaling_group.worker_warm.arn, aws_autoscaling_group.worker.arn]
 }
 
+# A worker acts only on its own instance (worker/asg.py passes its own id), but IAM cannot enforce that:
+# Auto Scaling's SetInstanceProtection and TerminateInstanceInAutoScalingGroup authorise against the group
+# ARN, and no condition key carries the instance id of the call (autoscaling:ResourceTag/* are the group's
+# tags; ec2:SourceInstanceARN names the caller, not the target). Bounded here to the two worker groups;
+# docs/SECURITY.md lists the residual risk (a compromised worker can unprotect or remove a peer worker).
 data "aws_iam_policy_document" "worker_fleet" {
   # worker/asg.py: protected from scale-in while it holds work, cleared when idle.
   statement {

@@ -1,5 +1,6 @@
 # One private bucket: uploads/ (client images), results/ (reply records), jobs/
-# (job markers), heartbeats/ (worker liveness) and models/ (weights the workers sync).
+# (job markers), heartbeats/ (worker liveness), models/ (weights the workers sync) and
+# galleries/<tenant>/ (enrolled face embeddings, per API key).
 
 resource "aws_s3_bucket" "data" {
   #checkov:skip=CKV_AWS_18:Access logs would need a second bucket; every access is by our own roles and CloudTrail records them.
@@ -112,6 +113,30 @@ resource "aws_s3_bucket_lifecycle_configuration" "data" {
 
     abort_incomplete_multipart_upload {
       days_after_initiation = 1
+    }
+  }
+
+  # Face embeddings are biometric data: DELETE /faces erases every version at once; this rule is the
+  # backstop (a version left by an overwrite or a failed erasure is gone a day later) and the retention
+  # limit (gallery_retention_days; 0 keeps a face until it is erased).
+  rule {
+    id     = "expire-gallery-versions"
+    status = "Enabled"
+
+    filter {
+      prefix = "galleries/"
+    }
+
+    dynamic "expiration" {
+      for_each = var.gallery_retention_days > 0 ? [var.gallery_retention_days] : []
+
+      content {
+        days = expiration.value
+      }
+    }
+
+    noncurrent_version_expiration {
+      noncurrent_days = 1
     }
   }
 

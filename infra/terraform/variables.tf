@@ -108,9 +108,37 @@ variable "allowed_cidrs" {
 }
 
 variable "certificate_arn" {
-  description = "ACM certificate for an HTTPS listener; empty serves plain HTTP on port 80 (first deployment), set it for production."
+  description = "ACM certificate for the HTTPS listener. Required: API keys are on in AWS, and bearer keys and face photos must not cross the internet in clear (empty only with allow_plain_http)."
   type        = string
   default     = ""
+}
+
+variable "allow_plain_http" {
+  description = "Serve plain HTTP on port 80 without a certificate_arn (tests and demos only): bearer keys and photos then travel unencrypted. Without it a plan with no certificate fails."
+  type        = bool
+  default     = false
+}
+
+variable "gallery_retention_days" {
+  description = "Days an enrolled face (galleries/, biometric data) is kept before S3 expires it; 0 keeps it until DELETE /faces erases it. Old versions always expire after a day."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.gallery_retention_days >= 0 && floor(var.gallery_retention_days) == var.gallery_retention_days
+    error_message = "gallery_retention_days must be a whole number of days, 0 or more."
+  }
+}
+
+variable "autoscaler_fleet" {
+  description = "How the autoscaler adds workers (Settings.fleet): asg (the worker Auto Scaling groups launch) or ec2 (run_instances from the worker template; only then does its role get RunInstances and PassRole)."
+  type        = string
+  default     = "asg"
+
+  validation {
+    condition     = contains(["asg", "ec2"], var.autoscaler_fleet)
+    error_message = "autoscaler_fleet must be asg or ec2."
+  }
 }
 
 # --- instances -----------------------------------------------------------------

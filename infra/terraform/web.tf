@@ -87,6 +87,14 @@ resource "aws_lb_listener" "http" {
   port              = 80
   protocol          = "HTTP"
 
+  lifecycle {
+    # API keys are on in AWS: a bearer key or a face photo must never cross the internet in clear.
+    precondition {
+      condition     = var.certificate_arn != "" || var.allow_plain_http
+      error_message = "certificate_arn is empty: the ALB would serve API keys and photos over plain HTTP. Set certificate_arn, or allow_plain_http = true for a test or demo."
+    }
+  }
+
   default_action {
     type             = local.https ? "redirect" : "forward"
     target_group_arn = local.https ? null : aws_lb_target_group.web.arn

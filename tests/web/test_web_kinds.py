@@ -62,9 +62,10 @@ def test_search_and_enrol_carry_their_parameters_to_the_facesearch_queue(web, fa
     r = web.post("/cv/facesearch", data={"image": "http://example.com/c.jpg", "gallery": "crew"})
     assert r.status_code == 200 and r.get_json()["code"] == 0
     params = [q.params for q in face_peer.requests]
-    assert params == [{"op": "search", "gallery": "crew"},
-                      {"op": "enroll", "gallery": "crew", "name": "Eileen Collins"},
-                      {"op": "search", "gallery": "crew"}]
+    # keys off (this app): every gallery belongs to the one default tenant, named by the server
+    assert params == [{"op": "search", "gallery": "crew", "tenant": "default"},
+                      {"op": "enroll", "gallery": "crew", "name": "Eileen Collins", "tenant": "default"},
+                      {"op": "search", "gallery": "crew", "tenant": "default"}]
 
 
 def test_xcloud_envelope_maps_each_kind():

@@ -66,3 +66,34 @@ def test_a_url_naming_this_service_itself_is_refused_by_the_web(make_app, web_se
         assert r.status_code == 400, url
     assert _queue_depth(web_settings) == 0
     assert web.post("/jobs", json={"url": "http://localhost:8081/cat.jpg"}).status_code == 202  # another port
+
+
+def test_every_answer_carries_nosniff_no_framing_and_a_csp_and_the_pages_admit_only_their_own_scripts(web):
+    from webserver.headers import inline_script_hashes
+    for path in ("/services", "/jobs/nope!", "/classify"):
+        r = web.get(path)
+        assert r.headers["X-Content-Type-Options"] == "nosniff" and r.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"], path
+        assert "Strict-Transport-Security" not in r.headers            # plain HTTP: no HSTS
+    hashes = inline_script_hashes()
+    assert len(hashes) == 2                                              # the upload page's and /docs'
+    for page in ("/", "/docs"):
+        csp = web.get(page).headers["Content-Security-Policy"]
+        assert "script-src 'self' " + " ".join(hashes) + ";" in csp and "'unsafe-inline'" not in csp.split(";")[1]
+        assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
+    page = web.get("/").get_data(as_text=True)
+    assert "localStorage" not in page and "sessionStorage" in page     # the key does not outlive the tab
+
+
+def test_hsts_is_sent_when_the_load_balancer_says_the_client_came_over_tls(make_app, web_settings):
+    app = make_app(web_settings.replace(proxy_hops=1))
+    r = app.test_client().get("/services", headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.9"})
+    assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert "Strict-Transport-Security" not in app.test_client().get("/services").headers
+
+
+@pytest.mark.parametrize("path", ["/faces/crew", "/classify", "/jobs", "/classify?service=facesearch"])
+def test_deeply_nested_json_is_a_400_on_every_route_that_reads_json(web, path):
+    body = "[" * 200_000 + "]" * 200_000
+    r = web.post(path, data=body, content_type="application/json")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "malformed_json", r.get_data(as_text=True)[:200]

@@ -120,3 +120,31 @@ def test_cv_mcloud_skin_is_served_by_the_skin_service(make_app, web_settings, pr
         assert r.status_code == 200 and r.get_json()["results"][0]["name"] == "url:https://example.com/s.jpg"
     finally:
         peer.stop()
+
+
+def test_cv_and_classify_both_answer_503_shutting_down_when_the_process_stops_before_the_reply(app):
+    import threading
+    import time
+
+    answers = {}
+
+    def call(path, **kw):
+        answers[path] = app.test_client().post(path, **kw)
+
+    threads = [threading.Thread(target=call, args=("/cv/imagenet",), kwargs={"data": {"image": "https://e.com/a.jpg"}}),
+               threading.Thread(target=call, args=("/classify",), kwargs={"json": {"url": "https://e.com/a.jpg"}})]
+    for t in threads:
+        t.start()
+    listener = app.extensions["classifycloud"].listener
+    deadline = time.monotonic() + 30
+    while listener.waiting < 2:        # no worker answers: both wait for their reply
+        assert time.monotonic() < deadline, "the requests never waited"
+        time.sleep(0.05)
+    listener.drain(0.1)
+    for t in threads:
+        t.join(30)
+    native, xcloud = answers["/classify"], answers["/cv/imagenet"]
+    assert native.status_code == 503 and native.get_json()["error"]["code"] == "shutting_down"
+    body = xcloud.get_json()
+    assert xcloud.status_code == 503 and body["error"] == "shutting_down" and body["results"] is None
+    assert body["code"] == 4 and body["status_url"].endswith(f"/jobs/{body['id']}")

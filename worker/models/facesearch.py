@@ -12,7 +12,8 @@ from PIL import Image
 
 from shared.config import Settings
 from shared.catalogue import ServiceSpec
-from worker.models.gallery import GalleryStore, check_gallery, check_name
+from shared.naming import DEFAULT_TENANT
+from worker.models.gallery import GalleryFull, GalleryStore, check_gallery, check_name, check_tenant
 from worker.models.handler import ItemError
 from worker.models.loader import WeightsError, fetch_to_local, sha256_of
 
@@ -62,7 +63,8 @@ class FaceSearch:
         self.version = sha256_of(encoder)[:12]
         if self.store is None:
             from shared.aws import client
-            self.store = GalleryStore(client("s3", self.settings), self.settings.bucket_name)
+            self.store = GalleryStore(client("s3", self.settings), self.settings.bucket_name,
+                                      max_entries=self.settings.gallery_max_entries)
         log.info("loaded service %s (dlib %s: HOG detector, 5-point shapes, ResNet encoder)",
                  self.spec.name, dlib.__version__)
         return self
@@ -95,7 +97,7 @@ class FaceSearch:
                   params: Sequence[dict | None]) -> list:
         """Per request: enrol (the most confident face) or search (every face against the gallery)."""
         out: list = []
-        galleries: dict[str, list] = {}
+        galleries: dict[tuple[str, str], list] = {}   # (tenant, gallery) -> entries, read once per batch
         for (pixels, scale), k, p in zip(items, top_ks, params):
             try:
                 out.append(self._one(pixels, scale, k, p or {}, galleries))
@@ -106,6 +108,7 @@ class FaceSearch:
     def _one(self, pixels: np.ndarray, scale: float, top_k: int, p: dict, galleries: dict) -> list[dict]:
         op = p.get("op", "search")
         try:
+            tenant = check_tenant(p.get("tenant", DEFAULT_TENANT))
             gallery = check_gallery(p.get("gallery"))
             name = check_name(p.get("name")) if op == "enroll" else None
         except ValueError as exc:
@@ -119,15 +122,17 @@ class FaceSearch:
             if op == "enroll":
                 face = max(faces, key=lambda f: f["score"])
                 entry = hashlib.sha256(name.encode() + face["embedding"].tobytes()).hexdigest()[:32]
-                key = self.store.add(gallery, name, face["embedding"], entry, face["box"])
+                key = self.store.add(tenant, gallery, name, face["embedding"], entry, face["box"])
                 return [{"label": name, "gallery": gallery, "box": face["box"], "faces": len(faces), "key": key}]
-            if gallery not in galleries:
-                galleries[gallery] = self.store.entries(gallery)
+            if (tenant, gallery) not in galleries:
+                galleries[(tenant, gallery)] = self.store.entries(tenant, gallery)
+        except GalleryFull as exc:
+            raise ItemError("gallery_full", str(exc)) from None
         except (BotoCoreError, ClientError, ValueError, KeyError) as exc:  # S3 down, or a corrupt entry
             log.error("gallery %s: %s: %s", gallery, type(exc).__name__, exc)
             raise ItemError("gallery_unavailable", f"gallery {gallery!r} cannot be read or written: "
                                                    f"{type(exc).__name__}") from None
-        return [self._match(i, f, galleries[gallery], top_k) for i, f in enumerate(faces)]
+        return [self._match(i, f, galleries[(tenant, gallery)], top_k) for i, f in enumerate(faces)]
 
     def _match(self, i: int, face: dict, entries: list, top_k: int) -> dict:
         best: dict[str, float] = {}

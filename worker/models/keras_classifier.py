@@ -10,6 +10,7 @@ import math
 import os
 import sys
 import threading
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -82,6 +83,9 @@ class KerasClassifier(ImageClassifier):
         from worker.models.loader import load_labels
         self.labels = load_labels(spec.labels, spec.num_classes, self.settings)
         path = fetch_to_local(spec.weights, self.settings)
+        if not path.endswith(".keras") or not zipfile.is_zipfile(path):
+            # a .keras file is a zip; anything else would reach Keras' legacy H5 loader (CVE-2025-9905)
+            raise WeightsError(f"service {spec.name!r}: {os.path.basename(path)} is not a .keras (zip) file")
         self.version = verify_sha256(path, spec.sha256)[:12] if spec.sha256 else sha256_of(path)[:12]
         keras = import_keras_on_torch()
         try:

