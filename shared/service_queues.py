@@ -11,20 +11,30 @@ from shared.config import Settings
 
 def ensure_request_queue(sqs, settings: Settings, service: str) -> str:
     """Create a service's request queue and its DLQ with a redrive policy; return the queue URL."""
-    dlq_url = sqs.create_queue(QueueName=naming.dead_letter_queue(settings.prefix, service),
-                               Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+    return _ensure(sqs, settings, naming.request_queue(settings.prefix, service),
+                   naming.dead_letter_queue(settings.prefix, service), settings.visibility_timeout_s)
+
+
+def ensure_bulk_queue(sqs, settings: Settings, service: str) -> str:
+    """Create a service's low-priority bulk queue (batch items) and its DLQ; return the queue URL."""
+    return _ensure(sqs, settings, naming.bulk_queue(settings.prefix, service),
+                   naming.bulk_dead_letter_queue(settings.prefix, service), settings.bulk_visibility_timeout_s)
+
+
+def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int) -> str:
+    dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     attrs = {
-        "VisibilityTimeout": str(settings.visibility_timeout_s),
+        "VisibilityTimeout": str(visibility_s),
         "MessageRetentionPeriod": str(settings.message_retention_s),
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(settings.max_receive_count)}),
     }
     try:
-        url = sqs.create_queue(QueueName=naming.request_queue(settings.prefix, service), Attributes=attrs)["QueueUrl"]
+        url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
     except ClientError as exc:
         if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
             raise
-        url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
     return url
