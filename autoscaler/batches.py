@@ -106,7 +106,7 @@ class BatchDriver:
                 inputs = self.expand(rec)
             except BatchError as exc:
                 return self.fail(rec, exc.code, exc.message)
-        if rec.get("total") is None:
+        if rec.get("state") == "accepted":
             rec.update(total=len(inputs), state="running", started_at=now_ms())
             self.store.save(rec)
         if rec.get("enqueued", 0) < rec["total"]:
