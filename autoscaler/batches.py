@@ -17,13 +17,14 @@ import time
 
 from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.notify import Notifier
+from autoscaler.policy import QueueStats
 from shared import naming
 from shared.aws import client
 from shared.batches import FINAL, BatchError, BatchStore, check_location, item_input, output_line, summary_of
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.messages import Reply, Request, now_ms
-from shared.transport import Transport, TransportError
+from shared.transport import QueueGone, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -243,6 +244,45 @@ class BatchDriver:
             summary = summary_of(rec)
             self.notifier.enqueue(f"batch-{rec['id']}", rec.get("owner"), rec["notify"], summary,
                                   ok=rec["state"] == "succeeded" and not rec.get("failed"))
+
+
+class BulkReader:
+    """The bulk queues' counts for the policy, each with the earliest deadline of its running batches."""
+
+    def __init__(self, settings: Settings, catalogue: Catalogue, transport: Transport, s3, clock=time.time):
+        self.settings = settings
+        self.catalogue = catalogue
+        self.transport = transport
+        self.store = BatchStore(settings, s3)
+        self.clock = clock
+
+    def deadlines(self) -> dict[str, float]:
+        """service -> seconds left to the earliest deadline among its active batches."""
+        out: dict[str, float] = {}
+        for bid in self.store.active_ids():
+            rec = self.store.record(bid) or {}
+            if rec.get("deadline") and rec.get("service"):
+                left = rec["deadline"] - self.clock()
+                out[rec["service"]] = min(left, out.get(rec["service"], left))
+        return out
+
+    def read(self) -> list[QueueStats]:
+        """One bulk QueueStats per existing bulk queue that holds items (S3 errors: no deadlines this tick)."""
+        try:
+            deadlines = self.deadlines()
+        except Exception as exc:
+            log.warning("bulk: batch deadlines unreadable (%s); sized without them this tick", exc)
+            deadlines = {}
+        out = []
+        for service in self.catalogue.names():
+            try:
+                depth = self.transport.depth(self.transport.url(naming.bulk_queue(self.settings.prefix, service)))
+            except QueueGone:
+                continue
+            if depth.visible or depth.in_flight:
+                out.append(QueueStats(service=service, visible=depth.visible, in_flight=depth.in_flight,
+                                      delayed=depth.delayed, bulk=True, deadline_s=deadlines.get(service)))
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
