@@ -111,9 +111,7 @@ class LocalStack:
         ensure_all(self.settings, catalogue_for(self.settings))
         self.samples = SampleServer().start()
         self.web_port = self.web_port or free_port()
-        self.web_proc = self._spawn("web", [sys.executable, "-m", "classifycloud", "web",
-                                            "--processes", str(self.web_processes),
-                                            "--host", "127.0.0.1", "--port", str(self.web_port)])
+        self.start_web()
         self.start_driver()
         if self.autoscale:
             self._start_autoscaler()
@@ -143,6 +141,13 @@ class LocalStack:
         logf.close()
         log.debug("started %s pid %d", name, proc.pid)
         return proc
+
+    def start_web(self) -> subprocess.Popen:
+        """The web server (gunicorn) on web_port; called again after a restart."""
+        self.web_proc = self._spawn("web", [sys.executable, "-m", "classifycloud", "web",
+                                            "--processes", str(self.web_processes),
+                                            "--host", "127.0.0.1", "--port", str(self.web_port)])
+        return self.web_proc
 
     def start_driver(self) -> subprocess.Popen:
         """The batch driver: its own small process, so it can be killed and restarted like the web."""
