@@ -137,3 +137,22 @@ def test_a_job_with_notify_queues_its_notice_and_a_bad_notify_sends_no_job(keyed
     after = sqs.get_queue_attributes(QueueUrl=provisioned["imagenet"],
                                      AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
     assert after == before
+
+
+def test_the_upload_page_and_api_md_document_batches_and_the_docs_verifier_accepts_our_signature(app):
+    import os
+    import re
+
+    from shared.notify import sign
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert "/batches" in page and "X-ClassifyCloud-Signature" in page and "classifycloud batch" in page
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "API.md"), encoding="utf-8") as fh:
+        doc = fh.read()
+    code = re.search(r"\*\*Verifying a webhook\.\*\*.*?```python\n(.*?)```", doc, re.S).group(1)
+    scope: dict = {}
+    exec(code, scope)                     # the receiver's few lines, as printed
+    body = b'{"kind":"batch","id":"b1","event":"batch.succeeded"}'
+    header = sign("whsec_abc", body)
+    assert scope["verify"]("whsec_abc", header, body)
+    assert not scope["verify"]("whsec_abc", header, body + b" ")
+    assert not scope["verify"]("whsec_xyz", header, body)
