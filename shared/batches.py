@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from shared import naming
 from shared.aws import parse_s3_uri
 from shared.config import Settings
+from shared.messages import MessageError
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,8 @@ _ID_RE = re.compile(r"^b[0-9a-f]{20}$")
 _MISSING = ("NoSuchKey", "404", "NotFound")
 
 
-class BatchError(ValueError):
+class BatchError(MessageError):
     """An input that cannot be used (client's fault): `code` names it for the 400 or the item's error line."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def new_batch_id() -> str:

@@ -121,7 +121,8 @@ class Settings:
     batch_checkpoint_items: int = 200         # the driver records its enqueue cursor after this many sends
     batch_link_expiry_s: int = 86400 * 2      # presigned GET of an S3 item: outlives the bulk queue's retention
     bulk_visibility_timeout_s: int = 120      # bulk queues: a worker holds an item this long
-    bulk_receive: int = 8                     # worker: bulk items taken at most per receive (one small batch)
+    bulk_receive: int = 4                     # worker: bulk items taken at most per receive: one small batch, so
+                                              # an interactive request waits for little (GPU: 8-16 are as quick)
     bulk_yield_s: float = 0.5                 # worker: bulk waits until interactive queues were quiet this long
     bulk_wait_time_s: int = 2                 # worker: long poll on a bulk queue (short: it re-checks the gate)
     notify_max_attempts: int = 8              # notification deliveries tried at most (then recorded as failed)

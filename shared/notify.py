@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 
 from shared import naming
 from shared.config import Settings
+from shared.messages import MessageError
 
 SIGNATURE_HEADER = "X-ClassifyCloud-Signature"
 EVENT_HEADER = "X-ClassifyCloud-Event"
@@ -29,13 +30,8 @@ _TOPIC_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,2
 FIELDS = ("success_topic", "error_topic", "webhook")
 
 
-class NotifyError(ValueError):
+class NotifyError(MessageError):
     """A `notify` object the web refuses (400 with this code)."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def check_notify(spec: object, settings: Settings) -> dict | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -68,10 +69,9 @@ def test_a_batch_survives_a_killed_worker_and_restarted_web_and_driver_with_one_
     victim.send_signal(signal.SIGKILL)                  # mid-batch: what it held comes back after 10 s
     victim.wait(30)
     stack.start_worker("local-3")
-    stack.web_proc.send_signal(signal.SIGKILL)
-    stack.web_proc.wait(30)
-    stack.driver_proc.send_signal(signal.SIGKILL)
-    stack.driver_proc.wait(30)
+    for proc in (stack.web_proc, stack.driver_proc):       # the whole process group: gunicorn's workers too
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
     stack.start_web()
     stack.start_driver()
     followed = cli(stack, "--follow", bid, "--interval", "0.5", timeout=400)

@@ -168,17 +168,21 @@ def cancel_batch(batch_id: str):
 @bp.route("/webhooks/secret", methods=["GET"])
 def webhook_secret():
     """This key's webhook signing secret (made on first use)."""
-    c = _ctx()
-    secret = WebhookSecrets(c.settings, c.s3).get(current_owner())
-    return jsonify({"secret": secret, "header": SIGNATURE_HEADER,
-                    "signed": "HMAC-SHA256 over '<t>.<body>', hex, sent as 't=<t>,v1=<hex>'"})
+    return _secret_answer(_secrets().get(current_owner()))
 
 
 @bp.route("/webhooks/secret", methods=["POST"])
 def rotate_webhook_secret():
     """A new webhook secret for this key (the old one stops verifying)."""
+    return _secret_answer(_secrets().rotate(current_owner()))
+
+
+def _secrets() -> WebhookSecrets:
     c = _ctx()
-    secret = WebhookSecrets(c.settings, c.s3).rotate(current_owner())
+    return WebhookSecrets(c.settings, c.s3)
+
+
+def _secret_answer(secret: str):
     return jsonify({"secret": secret, "header": SIGNATURE_HEADER,
                     "signed": "HMAC-SHA256 over '<t>.<body>', hex, sent as 't=<t>,v1=<hex>'"})
 

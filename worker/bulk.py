@@ -62,6 +62,7 @@ class BulkConsumer(threading.Thread):
         return self.buffer.held() == 0 and self.gate()
 
     def run(self) -> None:
+        # mirrors Consumer.run with the gate in front, kept here so worker/consumer.py (issue 19) stays untouched
         backoff = 0.5
         while not self.stopping.is_set():
             if not self.ready():

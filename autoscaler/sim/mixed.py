@@ -18,7 +18,7 @@ import numpy as np
 
 from autoscaler.policy import QueueStats
 from autoscaler.sim.controllers import PolicyController
-from autoscaler.sim.engine import DONE, SimConfig, Simulation
+from autoscaler.sim.engine import SimConfig, Simulation
 from autoscaler.sim.fleet import dollars
 from autoscaler.sim.traces import GPU_SERVICES, ServiceModel, Trace
 
@@ -52,24 +52,12 @@ class MixedSimulation(Simulation):
         super().__init__(trace, controller, cfg, seed)
         self.deadline_at = deadline_at
 
-    def _dispatch(self) -> None:
-        while self.idle:
-            heads = [(q[0], s) for s, q in self.queue.items() if q and s != BULK]
-            if not heads and self.queue.get(BULK):
-                heads = [(self.queue[BULK][0], BULK)]      # nothing interactive waits: a bulk batch
-            if not heads:
-                return
-            _, service = min((self.arrival[i], s) for i, s in heads)
-            w = self.idle.pop()
-            model = self.trace.services[service]
-            q = self.queue[service]
-            batch = [q.popleft() for _ in range(min(model.batch_max, len(q)))]
-            w.state, w.batch, w.batch_service = "busy", batch, service
-            self.held[service] += len(batch)
-            took = model.batch_overhead_s + sum(
-                model.seconds_per_request * self.rng.lognormvariate(0, model.jitter) for _ in batch)
-            w.ever_busy = True
-            self.at(self.now + took, DONE, (w, w.gen))
+    def _heads(self) -> list[tuple[int, str]]:
+        """Interactive queues first; the bulk queue only when no interactive request waits (worker/bulk.py)."""
+        heads = [(q[0], s) for s, q in self.queue.items() if q and s != BULK]
+        if not heads and self.queue.get(BULK):
+            heads = [(self.queue[BULK][0], BULK)]
+        return heads
 
     def _snapshot(self, _=None) -> None:
         out = []

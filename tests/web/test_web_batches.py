@@ -9,19 +9,12 @@ from openapi_check import check_flask_response
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix
 from shared.notify import Outbox
-from webserver.app import create_app
+from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
 
 
 @pytest.fixture
 def keyed(settings, provisioned):
     return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_log=False, batch_max_items=5)
-
-
-@pytest.fixture
-def app(keyed, catalogue):
-    app = create_app(keyed, catalogue)
-    yield app
-    app.extensions["classifycloud"].close()
 
 
 class Client:
