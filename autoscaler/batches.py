@@ -24,6 +24,7 @@ from shared.batches import FINAL, BatchError, BatchStore, check_location, item_i
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.messages import Reply, Request, now_ms
+from shared.service_queues import ensure_bulk_queue
 from shared.transport import QueueGone, Transport, TransportError
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,11 @@ class BatchDriver:
 
     def enqueue(self, rec: dict, inputs: list[str]) -> None:
         """Send items from the cursor on, checkpointing it; an input no worker can take gets its error record."""
-        url = self.transport.url(naming.bulk_queue(self.settings.prefix, rec["service"]))
+        try:
+            url = self.transport.url(naming.bulk_queue(self.settings.prefix, rec["service"]))
+        except QueueGone:   # a service added live (an S3 entry) has no bulk queue yet: made here, with its DLQ
+            url = ensure_bulk_queue(self.transport.sqs, self.settings, rec["service"])
+            log.info("created the bulk queue of service %s", rec["service"])
         start = rec.get("enqueued", 0)
         step = max(10, self.settings.batch_checkpoint_items)
         for lo in range(start, len(inputs), step):

@@ -180,3 +180,21 @@ def test_a_cancelled_batch_ends_with_a_line_per_input_and_the_undone_ones_say_ca
     lines = output_lines(s3, final)
     assert len(lines) == 5 and {x["error"]["code"] for x in lines} == {"cancelled"}
     assert rec["id"] not in store.active_ids()
+
+
+def test_a_service_without_a_bulk_queue_gets_one_when_its_first_batch_is_queued(bulk, catalogue, images):
+    s, s3, sqs = bulk
+    name = naming.bulk_queue(s.prefix, "imagenet")
+    sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
+    rec = make_batch(s, s3, {"items": 2}, [f"{images.base}/chelsea.jpg"] * 2)
+    deadline = time.monotonic() + 90          # SQS may refuse a queue name for a while after its deletion
+    while True:
+        try:
+            BatchDriver(s, catalogue).advance(rec["id"])
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(2)
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"])
+    assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == 2 and "RedrivePolicy" in attrs["Attributes"]
