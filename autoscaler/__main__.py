@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    from autoscaler.batches import BatchDriver
+    BatchDriver(settings, loop.catalogue, s3=loop.s3, transport=loop.transport).start_thread(stop)  # batches, notices
     try:
         loop.run(stop)
     finally:

@@ -6,6 +6,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from autoscaler.batches import BulkReader
 from autoscaler.fleet import Fleet
 from autoscaler.health import WorkerHealth, exits_in_window
 from autoscaler.housekeeping import Housekeeping
@@ -49,6 +50,7 @@ class Autoscaler:
         self.s3 = s3 or client("s3", settings)
         self.clock = clock
         self.queues = QueueReader(settings, self.catalogue, self.transport, create_missing=True)
+        self.bulk = BulkReader(settings, self.catalogue, self.transport, self.s3, clock=clock)
         self.heartbeats = HeartbeatReader(settings, self.s3, clock=clock)
         cw = cloudwatch if cloudwatch is not None else (
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
@@ -72,7 +74,7 @@ class Autoscaler:
 
     def observe(self) -> tuple[list[QueueStats], FleetState]:
         """Queue counts and fleet state (heartbeats refine idle/stopping; their failure is tolerated)."""
-        queues = self.queues.read()
+        queues = self.queues.read() + self.bulk.read()   # bulk queues carry their own budget (policy.bulk_workers)
         self.fleet.maintain()
         self._note_exits()
         count = self.fleet.count()
@@ -178,6 +180,8 @@ class Autoscaler:
     def _publish(self, queues: list[QueueStats], fleet: FleetState, decision: Decision) -> None:
         m = self.metrics
         for q in queues:
+            if q.bulk:   # QueueVisible stays the interactive queues' (alarms, dashboards); GET /batches has progress
+                continue
             m.record("QueueVisible", q.visible, Service=q.service)
             m.record("QueueInFlight", q.in_flight, Service=q.service)
             m.record("QueueDelayed", q.delayed, Service=q.service)

@@ -24,6 +24,8 @@ class QueueStats:
     visible: int = 0          # ApproximateNumberOfMessages
     in_flight: int = 0        # ApproximateNumberOfMessagesNotVisible
     delayed: int = 0          # ApproximateNumberOfMessagesDelayed
+    bulk: bool = False        # a low-priority bulk queue (batch items): sized by bulk_workers, not the latency budget
+    deadline_s: float | None = None   # bulk: seconds left to its batches' earliest deadline (None: no deadline)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class PolicyConfig:
     target_utilization: float = 0.75
     qos: float = 0.9
     scaling_factor: float = 1.0
+    bulk_margin_s: float = 60.0               # bulk: plan to finish this long before the client's deadline
 
     @classmethod
     def from_settings(cls, settings: Settings, seconds_per_request: Mapping[str, float] | None = None,
@@ -101,7 +104,7 @@ def classifycloud(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyCo
     spawn = ceil((feasible - workers) * SCALING_FACTOR); spawn > 0 -> launch spawn;
     spawn < 0 -> send (-spawn - MIN) terminate messages (no messages: all but MIN).
     """
-    messages = sum(q.visible for q in queues)       # getMessagesInTheQueue(): ApproximateNumberOfMessages
+    messages = sum(q.visible for q in queues if not q.bulk)   # getMessagesInTheQueue(): the request queues
     workers = fleet.running                          # getNumberOfWorkers(): running instances only
     desired = math.ceil(messages / cfg.qos)
     feasible = min(cfg.max_workers, desired)
@@ -119,12 +122,23 @@ def classifycloud(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyCo
 
 def backlog(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
             now: float, state: PolicyState) -> Decision:
-    """Size the fleet by the work waiting (plus a utilisation floor); scale in slowly and only idle workers."""
+    """Size the fleet by the work waiting (plus a utilisation floor); scale in slowly and only idle workers.
+
+    Bulk queues have their own budget (bulk_workers), added on top of what interactive work needs.
+    """
+    bulk = [q for q in queues if q.bulk]
+    queues = [q for q in queues if not q.bulk]
     work = sum((q.visible + q.in_flight) * cfg.spr(q.service) for q in queues)
     messages = sum(q.visible + q.in_flight for q in queues)
     backlog_need = math.ceil(work / cfg.latency_budget_s - 1e-9) if work > 0 else 0
     if messages > 0:
         backlog_need = max(backlog_need, 1)          # from zero on the first message
+    bulk_items = sum(q.visible + q.in_flight for q in bulk)
+    bulk_need = bulk_workers(bulk, cfg)
+    backlog_need += bulk_need
+    if bulk_items:                                   # someone must run it: one worker at least
+        backlog_need = max(backlog_need, 1)
+        messages += bulk_items
     active = max(0, fleet.running - fleet.stopping)
     idle = _idle(fleet, messages, active)
     busy = active - idle
@@ -135,7 +149,7 @@ def backlog(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
     util_floor = math.ceil(busy / cfg.target_utilization - 1e-9) if busy > 0 else 0
     floor = min(cfg.max_workers, max(required, util_floor))
     capacity = active + fleet.pending                # pending instances are capacity already bought
-    head = (f"work={work:.1f}s messages={messages} required={required} util_floor={util_floor} "
+    head = (f"work={work:.1f}s bulk_workers={bulk_need} messages={messages} required={required} util_floor={util_floor} "
             f"capacity={capacity} (running={fleet.running} pending={fleet.pending} "
             f"idle={idle} stopping={fleet.stopping})")
     if required > capacity:
@@ -162,6 +176,21 @@ def backlog(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
         return Decision(HOLD, 0, capacity, f"{head}: no idle worker to stop", kept)
     return Decision(TERMINATE, n, capacity - n, f"{head}: scale in {n} (step<= {step}, idle {idle})",
                     PolicyState(below_since, now))
+
+
+def bulk_workers(bulk: Sequence[QueueStats], cfg: PolicyConfig) -> int:
+    """Workers the bulk budget adds to what interactive work needs: enough to finish each bulk queue by its
+    deadline (one already missed: as many as allowed). Without a deadline, none: the lowest cost is the
+    capacity interactive work leaves idle (bulk work costs the same worker-seconds on any fleet size),
+    on one worker at least (the caller's floor)."""
+    need = 0.0
+    for q in bulk:
+        items = q.visible + q.in_flight
+        if items > 0 and q.deadline_s is not None:
+            # finish a little early: the last tick's items still need a worker when the deadline comes
+            left = q.deadline_s - cfg.bulk_margin_s
+            need += cfg.max_workers if left <= 0 else items * cfg.spr(q.service) / left
+    return min(cfg.max_workers, math.ceil(need - 1e-9)) if need > 0 else 0
 
 
 def _idle(fleet: FleetState, messages: int, active: int) -> int:

@@ -1,4 +1,4 @@
-"""`classifycloud` command line: up | web | worker | autoscaler | simulate | convert | train | metrics | provision."""
+"""`classifycloud` command line: up | web | worker | autoscaler | simulate | convert | train | metrics | provision | batch."""
 from __future__ import annotations
 
 import argparse
@@ -31,6 +31,7 @@ commands:
   keys        API keys: create | list | revoke (stored as hashes in DynamoDB)
   usage       the usage log: per-key / per-service calls, errors, latency; --csv FILE
   dlq         list | redrive dead-lettered requests
+  batch       submit a batch (S3 prefix, manifest or list) and follow it; --follow ID; --cancel ID
 """
 
 
@@ -236,6 +237,7 @@ COMMANDS = {
     "keys": _delegate("classifycloud.keyadmin"),
     "usage": _delegate("classifycloud.usage_report"),
     "dlq": _delegate("classifycloud.dlq"),
+    "batch": _delegate("classifycloud.batch"),
 }
 
 

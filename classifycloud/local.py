@@ -93,6 +93,7 @@ class LocalStack:
     log_dir: str = ""
     worker_procs: list = field(default_factory=list)
     web_proc: subprocess.Popen | None = None
+    driver_proc: subprocess.Popen | None = None   # the batch driver (autoscaler/batches.py)
     samples: SampleServer | None = None
     _moto: object = None
     _autoscaler: object = None
@@ -113,9 +114,8 @@ class LocalStack:
         ensure_all(self.settings, catalogue_for(self.settings))
         self.samples = SampleServer().start()
         self.web_port = self.web_port or free_port()
-        self.web_proc = self._spawn("web", [sys.executable, "-m", "classifycloud", "web",
-                                            "--processes", str(self.web_processes),
-                                            "--host", "127.0.0.1", "--port", str(self.web_port)])
+        self.start_web()
+        self.start_driver()
         if self.autoscale:
             self._start_autoscaler()
         else:
@@ -145,6 +145,18 @@ class LocalStack:
         logf.close()
         log.debug("started %s pid %d", name, proc.pid)
         return proc
+
+    def start_web(self) -> subprocess.Popen:
+        """The web server (gunicorn) on web_port; called again after a restart."""
+        self.web_proc = self._spawn("web", [sys.executable, "-m", "classifycloud", "web",
+                                            "--processes", str(self.web_processes),
+                                            "--host", "127.0.0.1", "--port", str(self.web_port)])
+        return self.web_proc
+
+    def start_driver(self) -> subprocess.Popen:
+        """The batch driver: its own small process, so it can be killed and restarted like the web."""
+        self.driver_proc = self._spawn("batches", [sys.executable, "-m", "autoscaler.batches"])
+        return self.driver_proc
 
     def start_worker(self, instance_id: str | None = None, **extra_env: str) -> subprocess.Popen:
         """One more local worker process."""
@@ -209,7 +221,7 @@ class LocalStack:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop workers (SIGTERM: finish the batch, release messages), web, samples and moto."""
         # signal everything first, then wait: the parts stop side by side, so Ctrl-C takes seconds
-        for proc in [*self.worker_procs, self.web_proc]:
+        for proc in [*self.worker_procs, self.web_proc, self.driver_proc]:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         self._stop_autoscaler.set()
@@ -220,7 +232,7 @@ class LocalStack:
             fleet.terminate(list(fleet.pids()))
             thread.join(timeout=timeout)
             fleet.stop_all()
-        for proc in [*self.worker_procs, self.web_proc]:
+        for proc in [*self.worker_procs, self.web_proc, self.driver_proc]:
             if proc is None:
                 continue
             try:

@@ -118,6 +118,23 @@ class Settings:
     crash_loop_window_s: float = 600.0        # ... within this window is a crash loop: reported, replaced
     janitor_interval_s: float = 60.0          # sweep orphan reply queues this often (0: never)
 
+    # --- bulk: batches over a bucket, notifications (shared/batches.py, autoscaler/batches.py) ---
+    batch_max_items: int = 1000               # POST /batches: items in an inline list at most (bigger: a manifest)
+    batch_shard_lines: int = 1000             # output JSON Lines per shard file
+    batch_buckets: tuple[str, ...] = ()       # customer buckets batches may read and write (the deployment's
+                                              # role must be granted them); the data bucket: batch-io/<key>/ only
+    batch_tick_s: float = 1.0                 # the batch driver expands, enqueues, tallies and notifies this often
+    batch_checkpoint_items: int = 200         # the driver records its enqueue cursor after this many sends
+    batch_link_expiry_s: int = 86400 * 2      # presigned GET of an S3 item: outlives the bulk queue's retention
+    bulk_visibility_timeout_s: int = 120      # bulk queues: a worker holds an item this long
+    bulk_receive: int = 4                     # worker: bulk items taken at most per receive: one small batch, so
+                                              # an interactive request waits for little (GPU: 8-16 are as quick)
+    bulk_yield_s: float = 0.5                 # worker: bulk waits until interactive queues were quiet this long
+    bulk_wait_time_s: int = 2                 # worker: long poll on a bulk queue (short: it re-checks the gate)
+    notify_max_attempts: int = 8              # notification deliveries tried at most (then recorded as failed)
+    notify_backoff_s: float = 2.0             # first retry after this, doubling (capped at 300 s)
+    notify_timeout_s: float = 10.0            # one webhook POST's whole time limit
+
     # --- metrics ------------------------------------------------------------
     metrics_enabled: bool = True
     metrics_namespace: str = "ClassifyCloud"

@@ -20,6 +20,16 @@ def dead_letter_queue(prefix: str, service: str) -> str:
     return request_queue(prefix, service) + "-dlq"
 
 
+def bulk_queue(prefix: str, service: str) -> str:
+    """Name of a service's low-priority bulk queue (batch items; workers take it when interactive is idle)."""
+    return f"{prefix}-bulk-{service}"
+
+
+def bulk_dead_letter_queue(prefix: str, service: str) -> str:
+    """Name of a bulk queue's dead-letter queue."""
+    return bulk_queue(prefix, service) + "-dlq"
+
+
 def terminate_queue(prefix: str) -> str:
     """Name of the queue the autoscaler sends terminate messages to."""
     return f"{prefix}-terminate"
@@ -118,3 +128,23 @@ def models_prefix() -> str:
 def model_key(service: str, filename: str) -> str:
     """S3 key of one file of a live service."""
     return f"{models_prefix()}{service}/{filename}"
+
+
+def batch_key(batch_id: str, name: str) -> str:
+    """S3 key of one of a batch's records: batch.json, inputs.jsonl, tally.json, cancel."""
+    return f"batches/{batch_id}/{name}"
+
+
+def active_batch_prefix() -> str:
+    """S3 prefix of the markers of batches not yet finished (the driver lists only these)."""
+    return "batches-active/"
+
+
+def batch_item_id(batch_id: str, index: int) -> str:
+    """A batch item's request id: deterministic, so a resend or a restarted driver resumes, never restarts."""
+    return f"{batch_id}-{index}"
+
+
+def notify_key(state: str, notice_id: str) -> str:
+    """S3 key of a notification in the outbox: notify/pending/<id>.json, then notify/done/<id>.json."""
+    return f"notify/{state}/{notice_id}.json"

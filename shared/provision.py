@@ -9,7 +9,7 @@ from shared import naming
 from shared.aws import client, region
 from shared.catalogue import Catalogue
 from shared.config import Settings
-from shared.service_queues import ensure_request_queue
+from shared.service_queues import ensure_bulk_queue, ensure_request_queue
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,13 @@ def ensure_tables(dynamodb, settings: Settings) -> list[str]:
 
 
 def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
-    """Every request queue (with DLQ), the terminate queue and the bucket; {name: url}."""
+    """Every request and bulk queue (with DLQs), the terminate queue and the bucket; {name: url}."""
     sqs = client("sqs", settings)
     s3 = client("s3", settings)
     urls = {svc: ensure_request_queue(sqs, settings, svc, reconcile=lambda url, attrs: sqs.set_queue_attributes(
         QueueUrl=url, Attributes=attrs)) for svc in catalogue.names()}
+    urls.update({f"__bulk__{svc}": ensure_bulk_queue(sqs, settings, svc, reconcile=lambda url, attrs: sqs.set_queue_attributes(
+        QueueUrl=url, Attributes=attrs)) for svc in catalogue.names()})
     urls["__terminate__"] = ensure_terminate_queue(sqs, settings)
     ensure_bucket(s3, settings)
     ensure_tables(client("dynamodb", settings), settings)

@@ -79,12 +79,14 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     ctx = WebContext(settings, catalogue)
     app.extensions[EXTENSION] = ctx
 
+    from webserver.bulk import bp as batches_bp
     from webserver.faces import bp as faces_bp
     from webserver.routes import bp as api_bp
     from webserver.xcloud import bp as xcloud_bp
     app.register_blueprint(api_bp)
     app.register_blueprint(xcloud_bp)
     app.register_blueprint(faces_bp)
+    app.register_blueprint(batches_bp)
     install_error_handlers(app)
     install_edge(app, ctx)  # API keys, usage log, /openapi.json and /docs (webserver/auth.py)
     install_body_limits(app, settings)

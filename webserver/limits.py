@@ -18,6 +18,7 @@ from webserver.errors import ApiError
 log = logging.getLogger(__name__)
 
 SMALL_BODY_BYTES = 64 * 1024    # every route that takes no image: job ids, keys, small JSON
+BATCH_BODY_BYTES = 4 * 1024 * 1024  # POST /batches: batch_max_items URLs of up to 2048 characters
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the other form fields
 RETRY_AFTER_S = 2
 
@@ -29,6 +30,8 @@ def body_limit(settings: Settings, endpoint: str | None) -> int:
     """Largest body a route accepts: base64 JSON of a max-size image for upload routes, small elsewhere."""
     if endpoint in UPLOAD_ENDPOINTS:
         return settings.max_upload_bytes * 4 // 3 + _MULTIPART_OVERHEAD
+    if endpoint == "batches.create_batch":   # an inline list of up to batch_max_items URLs
+        return BATCH_BODY_BYTES
     return SMALL_BODY_BYTES
 
 

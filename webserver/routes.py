@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import Reply, valid_id
+from webserver.bulk import job_notify, queue_job_notice
 from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError, public_reason, status_for_reply_code
 from webserver.inputs import parse_classify
@@ -57,7 +58,10 @@ def submit_job():
     """Asynchronous classification: 202 with the id and where to poll."""
     parsed = parse_classify(request)
     params = request_params(request, ctx().submitter.resolve_service(parsed.service))
+    notify = job_notify(request)    # checked before the job is sent: a bad notify sends nothing
     rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params)
+    if notify:
+        queue_job_notice(rid, notify)
     tag_usage(rid, service)
     resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid)})
     resp.status_code = 202

@@ -16,6 +16,7 @@ from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, Transport, TransportError
 from worker.asg import FleetAgent
 from worker.batch import BatchProcessor
+from worker.bulk import start_bulk_consumers
 from worker.consumer import Consumer, MessageBuffer, release
 from worker.fetch import Fetcher
 from worker.heartbeat import Heartbeat
@@ -157,6 +158,9 @@ class Worker:
         self.consumers = [Consumer(s, svc, url, self.buffer) for svc, url in self.queue_urls.items()]
         for c in self.consumers:
             c.start()
+        # batch items: taken only while the interactive queues above are quiet (worker/bulk.py)
+        self.consumers += start_bulk_consumers(s, self.transport, list(self.queue_urls), self.buffer,
+                                               list(self.consumers))
         self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
                                    self.buffer.held, self._progress)
         self.heartbeat.beat()

@@ -219,9 +219,13 @@ class Simulation:
             self.queue[self.service_of[i]].appendleft(i)
         self._dispatch()
 
+    def _heads(self) -> list[tuple[int, str]]:
+        """(first waiting request, service) of each queue a free worker may take from now."""
+        return [(q[0], s) for s, q in self.queue.items() if q]
+
     def _dispatch(self) -> None:
         while self.idle:
-            heads = [(q[0], s) for s, q in self.queue.items() if q]
+            heads = self._heads()
             if not heads:
                 return
             _, service = min((self.arrival[i], s) for i, s in heads)

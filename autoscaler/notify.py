@@ -1,0 +1,146 @@
+"""The notification outbox: at-least-once delivery to SNS topics and signed webhooks, every attempt recorded.
+
+notify/pending/<id>.json holds what to send and the attempts so far; the batch driver calls
+deliver_due() every tick. A channel that answers is not tried again; one that fails is retried after
+notify_backoff_s, doubling, up to notify_max_attempts. Then the record moves to notify/done/<id>.json
+(delivered or given up), attempts and all. A job's notice waits for its result record.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared import naming
+from shared.aws import client
+from shared.config import Settings
+from shared.messages import now_ms
+from shared.notify import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Outbox, WebhookSecrets, sign
+# the same SSRF rules as image URLs: the worker's own checks (resolve, refuse internal addresses, pin the IP)
+from worker.fetch import FetchError, OwnEndpoints, parse_target
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 300.0
+
+
+class Notifier(Outbox):
+    """Delivers the outbox's due notices."""
+
+    def __init__(self, settings: Settings, s3, sns=None, clock=time.time):
+        super().__init__(settings, s3)
+        self.sns = sns
+        self.secrets = WebhookSecrets(settings, s3)
+        self.own = OwnEndpoints(settings)
+        self.clock = clock
+
+    # --- delivery ----------------------------------------------------------------------------------------
+    def deliver_due(self) -> int:
+        """Try every due notice once; returns how many were finished (delivered or given up). Never raises."""
+        finished = 0
+        try:
+            ids = self.pending_ids()
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("notify: outbox unreadable: %s", exc)
+            return 0
+        for nid in ids:
+            try:
+                finished += self._deliver(nid)
+            except Exception:
+                log.exception("notify %s: delivery step failed; retried next tick", nid)
+        return finished
+
+    def _deliver(self, nid: str) -> int:
+        doc = self.get(naming.notify_key("pending", nid))
+        if doc is None or doc.get("next_at", 0) > self.clock():
+            return 0
+        if doc.get("payload") is None:           # a job: notify once its result record exists
+            record = self.get(naming.result_key(doc["job_id"]))
+            if record is None:
+                return 0
+            doc["ok"] = record.get("status") == "ok"
+            doc["payload"] = {"kind": "job", "id": doc["job_id"], "state": "succeeded" if doc["ok"] else "failed",
+                              "result": record}
+        payload = dict(doc["payload"])
+        payload["event"] = f"{payload.get('kind', 'job')}.{payload.get('state', 'succeeded')}"
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        channels = self.channels(doc)
+        for channel in channels:
+            if channel in doc["delivered"]:
+                continue
+            ok, detail = self._send(channel, doc, payload["event"], body)
+            doc["attempts"].append({"channel": channel, "at": now_ms(), "ok": ok, "detail": detail})
+            log.info("notify %s: %s %s (%s)", nid, channel, "delivered" if ok else "failed", detail)
+            if ok:
+                doc["delivered"].append(channel)
+        left = [c for c in channels if c not in doc["delivered"]]
+        tries = max((sum(1 for a in doc["attempts"] if a["channel"] == c) for c in left), default=0)
+        if not left or tries >= self.settings.notify_max_attempts:
+            doc["state"] = "delivered" if not left else "failed"
+            doc["finished_at"] = now_ms()
+            self.put(naming.notify_key("done", nid), doc)
+            self.s3.delete_object(Bucket=self.settings.bucket_name, Key=naming.notify_key("pending", nid))
+            if left:
+                log.error("notify %s: gave up on %s after %d attempts", nid, left, tries)
+            return 1
+        doc["next_at"] = self.clock() + min(MAX_BACKOFF_S, self.settings.notify_backoff_s * 2 ** (tries - 1))
+        self.put(naming.notify_key("pending", nid), doc)
+        return 0
+
+    @staticmethod
+    def channels(doc: dict) -> list[str]:
+        """The channels this notice goes to: the success or the error topic, and the webhook."""
+        notify = doc.get("notify") or {}
+        out = []
+        topic = "success_topic" if doc.get("ok") else "error_topic"
+        if notify.get(topic):
+            out.append(topic)
+        if notify.get("webhook"):
+            out.append("webhook")
+        return out
+
+    def _send(self, channel: str, doc: dict, event: str, body: bytes) -> tuple[bool, str]:
+        if channel == "webhook":
+            return self.post_webhook(doc["notify"]["webhook"], doc, event, body)
+        return self.publish(doc["notify"][channel], event, body)
+
+    def publish(self, topic_arn: str, event: str, body: bytes) -> tuple[bool, str]:
+        """Publish to an SNS topic; (ok, what happened)."""
+        if self.sns is None:
+            self.sns = client("sns", self.settings)
+        try:
+            mid = self.sns.publish(TopicArn=topic_arn, Message=body.decode(), Subject=f"ClassifyCloud {event}",
+                                   MessageAttributes={"event": {"DataType": "String", "StringValue": event}})
+            return True, f"sns message {mid.get('MessageId')}"
+        except (ClientError, BotoCoreError) as exc:
+            return False, f"sns: {type(exc).__name__}: {exc}"[:300]
+
+    def post_webhook(self, url: str, doc: dict, event: str, body: bytes) -> tuple[bool, str]:
+        """POST the signed body to the pinned, checked address; no redirects are followed. (ok, status)."""
+        try:
+            self.own.check_name(url)
+            target = parse_target(url, self.settings.fetch_allow_loopback)
+            self.own.check(target)
+        except FetchError as exc:
+            return False, f"refused: {exc.code}: {exc.message}"
+        from urllib3.connection import HTTPConnection, HTTPSConnection
+        timeout = self.settings.notify_timeout_s
+        if target.scheme == "https":
+            from worker.fetch import _CA_CERTS
+            conn = HTTPSConnection(target.ip, target.port, timeout=timeout, server_hostname=target.host,
+                                   assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=_CA_CERTS)
+        else:
+            conn = HTTPConnection(target.ip, target.port, timeout=timeout)
+        headers = {"Host": target.host_header, "Content-Type": "application/json",
+                   "User-Agent": "ClassifyCloud-notify/1", EVENT_HEADER: event, DELIVERY_HEADER: doc["id"],
+                   SIGNATURE_HEADER: sign(self.secrets.get(doc.get("owner")), body)}
+        try:
+            conn.request("POST", target.path, body=body, headers=headers)
+            status = conn.getresponse().status
+        except Exception as exc:   # a receiver that is down or slow: retried with backoff
+            return False, f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            conn.close()
+        return 200 <= status < 300, f"HTTP {status}"

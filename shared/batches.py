@@ -1,0 +1,268 @@
+"""Batches: the records one batch keeps in the data bucket, shared by the web (create, read, cancel) and the driver.
+
+batches/<id>/batch.json    the batch: service, input, output, notify, deadline, owner, state and progress
+batches/<id>/inputs.jsonl  the expanded input, one JSON string per line; line i is item <id>-<i>
+batches/<id>/tally.json    which items have a result record (a bitmap) and how many of them failed
+batches/<id>/cancel        written by the owner's DELETE; the driver finishes the batch as cancelled
+batches-active/<id>        present until the batch is final: the driver lists only these
+results/<id>-<i>.json      an item's result record (the worker's reply, as for any job)
+
+Every item id is fixed by its line in inputs.jsonl, so a resent item overwrites its own record and the
+output, assembled from the records line by line, has exactly one line per input.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import uuid
+import zlib
+
+from botocore.exceptions import ClientError
+
+from shared import naming
+from shared.aws import parse_s3_uri
+from shared.config import Settings
+from shared.messages import MessageError
+
+log = logging.getLogger(__name__)
+
+STATES = ("accepted", "running", "succeeded", "failed", "cancelled")
+FINAL = frozenset({"succeeded", "failed", "cancelled"})
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
+_ID_RE = re.compile(r"^b[0-9a-f]{20}$")
+_MISSING = ("NoSuchKey", "404", "NotFound")
+
+
+class BatchError(MessageError):
+    """An input that cannot be used (client's fault): `code` names it for the 400 or the item's error line."""
+
+
+def new_batch_id() -> str:
+    """A fresh batch id: 'b' + 20 hex digits (never a prefix of a uuid job id, nor of another batch's items)."""
+    return "b" + uuid.uuid4().hex[:20]
+
+
+def valid_batch_id(value: object) -> bool:
+    """True for an id new_batch_id could have made."""
+    return isinstance(value, str) and bool(_ID_RE.match(value))
+
+
+def io_prefix(owner: str | None) -> str:
+    """Where a key's batch input and output may live in the data bucket (tenancy: its own folder)."""
+    return f"batch-io/{owner or 'anonymous'}/"
+
+
+def check_location(uri: object, owner: str | None, settings: Settings, what: str) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI the owner may use: a granted customer bucket, or its data-bucket folder."""
+    if not isinstance(uri, str) or not uri.startswith("s3://"):
+        raise BatchError("invalid_location", f"{what} must be an s3://bucket/key URI")
+    try:
+        bucket, key = parse_s3_uri(uri)
+    except ValueError as exc:
+        raise BatchError("invalid_location", f"{what}: {exc}") from None
+    if bucket in settings.batch_buckets:
+        return bucket, key
+    if bucket == settings.bucket_name and key.startswith(io_prefix(owner)) and ".." not in key:
+        return bucket, key
+    raise BatchError("forbidden_location", f"{what} {uri!r} is not a location this key may use: use "
+                     f"s3://{settings.bucket_name}/{io_prefix(owner)}... or a bucket granted to the deployment")
+
+
+def item_input(entry: object) -> str:
+    """One manifest or list entry as its input string: a URL, an s3:// URI, or {"url"|"s3"|"source-ref": ...}."""
+    if isinstance(entry, dict) and len(entry) == 1:
+        (name, value), = entry.items()
+        if name in ("url", "s3", "source-ref"):
+            entry = value
+    if not isinstance(entry, str) or not entry.strip():
+        raise BatchError("invalid_input", "an item must be a URL, an s3:// URI or {\"url\"|\"s3\": ...}")
+    return entry.strip()
+
+
+class BatchStore:
+    """Reads and writes a batch's records in the data bucket."""
+
+    def __init__(self, settings: Settings, s3):
+        self.settings = settings
+        self.bucket = settings.bucket_name
+        self.s3 = s3
+
+    # --- plain records -----------------------------------------------------------------------------
+    def get_json(self, key: str, bucket: str | None = None) -> dict | None:
+        """A JSON object from S3, or None when the key does not exist."""
+        try:
+            body = self.s3.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise
+        doc = json.loads(body)
+        return doc if isinstance(doc, dict) else None
+
+    def put_json(self, key: str, doc: dict) -> None:
+        """Write a JSON object to the data bucket."""
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(doc).encode(),
+                           ContentType="application/json")
+
+    def exists(self, key: str) -> bool:
+        """Whether a key exists in the data bucket."""
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=key)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return False
+            raise
+
+    # --- the batch ---------------------------------------------------------------------------------
+    def create(self, record: dict, inputs: list[str] | None) -> None:
+        """Inputs (when given inline) first, then the record, then the active marker the driver looks for."""
+        bid = record["id"]
+        if inputs is not None:
+            self.write_inputs(bid, inputs)
+        self.put_json(naming.batch_key(bid, "batch.json"), record)
+        self.s3.put_object(Bucket=self.bucket, Key=naming.active_batch_prefix() + bid, Body=b"")
+
+    def record(self, batch_id: str) -> dict | None:
+        """batch.json, or None for an unknown batch."""
+        return self.get_json(naming.batch_key(batch_id, "batch.json"))
+
+    def save(self, record: dict) -> None:
+        """Rewrite batch.json (the driver only, after creation)."""
+        self.put_json(naming.batch_key(record["id"], "batch.json"), record)
+
+    def cancel(self, batch_id: str) -> None:
+        """The owner's cancel: a marker of its own, so the driver's next save cannot overwrite it."""
+        self.s3.put_object(Bucket=self.bucket, Key=naming.batch_key(batch_id, "cancel"), Body=b"")
+
+    def cancelled(self, batch_id: str) -> bool:
+        """Whether the owner asked to cancel."""
+        return self.exists(naming.batch_key(batch_id, "cancel"))
+
+    def active_ids(self) -> list[str]:
+        """Ids of the batches not yet final."""
+        out = []
+        pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                   Prefix=naming.active_batch_prefix())
+        for page in pages:
+            out.extend(o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", []))
+        return [b for b in out if valid_batch_id(b)]
+
+    def finish(self, batch_id: str) -> None:
+        """Drop the active marker (the batch is final)."""
+        self.s3.delete_object(Bucket=self.bucket, Key=naming.active_batch_prefix() + batch_id)
+
+    # --- inputs --------------------------------------------------------------------------------------
+    def write_inputs(self, batch_id: str, inputs: list[str]) -> None:
+        """inputs.jsonl: line i is item i (written once; the ids depend on it)."""
+        body = "".join(json.dumps(x) + "\n" for x in inputs).encode()
+        self.s3.put_object(Bucket=self.bucket, Key=naming.batch_key(batch_id, "inputs.jsonl"), Body=body,
+                           ContentType="application/x-ndjson")
+
+    def inputs(self, batch_id: str) -> list[str] | None:
+        """The expanded inputs, or None before expansion."""
+        try:
+            body = self.s3.get_object(Bucket=self.bucket,
+                                      Key=naming.batch_key(batch_id, "inputs.jsonl"))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING:
+                return None
+            raise
+        return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+
+    def list_images(self, bucket: str, prefix: str) -> list[str]:
+        """s3:// URIs of the images under a prefix, in key order (S3 lists lexicographically: deterministic)."""
+        out = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])
+                       if o["Key"].lower().endswith(IMAGE_SUFFIXES))
+        return out
+
+    def read_manifest(self, bucket: str, key: str) -> list:
+        """The manifest's entries (JSON Lines; a line that is not JSON is kept as the raw text, an error item)."""
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _MISSING + ("NoSuchBucket",):
+                raise BatchError("manifest_not_found", f"manifest s3://{bucket}/{key} does not exist") from None
+            raise
+        entries = []
+        for line in body.decode("utf-8", errors="replace").splitlines():
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                entries.append({"unparsed": line[:200]})
+        return entries
+
+    def presign(self, uri: str) -> str:
+        """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves)."""
+        bucket, key = parse_s3_uri(uri)
+        return self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                              ExpiresIn=min(self.settings.batch_link_expiry_s, 7 * 86400))
+
+    # --- results -------------------------------------------------------------------------------------
+    def result(self, item_id: str) -> dict | None:
+        """An item's result record, or None."""
+        return self.get_json(naming.result_key(item_id))
+
+    def put_result(self, item_id: str, reply_json: str) -> None:
+        """Write an item's result record (the driver's own, for inputs no worker can take)."""
+        self.s3.put_object(Bucket=self.bucket, Key=naming.result_key(item_id), Body=reply_json.encode(),
+                           ContentType="application/json")
+
+    def recorded(self, batch_id: str) -> set[int]:
+        """Indices of the items that have a result record."""
+        head = naming.result_key(batch_id + "-")[:-len(".json")]
+        out = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=head):
+            for o in page.get("Contents", []):
+                tail = o["Key"][len(head):-len(".json")]
+                if tail.isdigit():
+                    out.add(int(tail))
+        return out
+
+    def tally(self, batch_id: str) -> tuple[set[int], int]:
+        """(indices counted so far, how many of them failed)."""
+        doc = self.get_json(naming.batch_key(batch_id, "tally.json")) or {}
+        seen = set()
+        if doc.get("seen"):
+            bits = zlib.decompress(base64.b64decode(doc["seen"]))
+            seen = {i for i in range(len(bits) * 8) if bits[i // 8] >> (i % 8) & 1}
+        return seen, int(doc.get("failed", 0))
+
+    def save_tally(self, batch_id: str, seen: set[int], failed: int) -> None:
+        """Store the tally as a compressed bitmap (a million items: about 125 KiB before compression)."""
+        bits = bytearray((max(seen) // 8 + 1) if seen else 0)
+        for i in seen:
+            bits[i // 8] |= 1 << (i % 8)
+        self.put_json(naming.batch_key(batch_id, "tally.json"),
+                      {"seen": base64.b64encode(zlib.compress(bytes(bits))).decode(), "failed": failed})
+
+
+def output_line(index: int, item_id: str, source: str, record: dict | None) -> dict:
+    """One output line: the input, its id, the label and results or the error, and the model version."""
+    if record is None:
+        return {"index": index, "id": item_id, "input": source, "status": "error", "label": None, "results": [],
+                "error": {"code": "cancelled", "message": "the batch was cancelled before this item ran"},
+                "model": None}
+    results = record.get("results") or []
+    top = results[0] if results and isinstance(results[0], dict) else {}
+    return {"index": index, "id": item_id, "input": source, "status": record.get("status"),
+            "label": top.get("label"), "results": results, "error": record.get("error"),
+            "model": record.get("model") or None}
+
+
+def summary_of(rec: dict) -> dict:
+    """The public view of a batch (GET /batches/<id> and the notification body)."""
+    keys = ("id", "service", "state", "total", "done", "failed", "rate", "eta_s", "output", "shards",
+            "deadline", "created_at", "started_at", "finished_at", "error")
+    out = {k: rec.get(k) for k in keys}
+    out["kind"] = "batch"
+    out["done"] = out["done"] or 0
+    out["failed"] = out["failed"] or 0
+    out["shards"] = out["shards"] or []
+    return out

@@ -1,0 +1,200 @@
+"""Batches end to end in this process: the web's record, the real driver, the real worker and model, moto."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from autoscaler.batches import BatchDriver
+from shared import naming
+from shared.aws import client
+from shared.batches import BatchStore, io_prefix, new_batch_id
+from shared.config import Settings
+from shared.messages import Request, now_ms
+from shared.provision import ensure_all
+from test_fetch import ImageServer
+from test_worker_loop import CATS, ESPRESSO, in_thread, model  # noqa: F401  (model: the module's fixture)
+from worker.loop import Worker
+
+
+@pytest.fixture
+def bulk(settings, catalogue):
+    """Provisioned queues for fast polling; yields (settings, s3, sqs)."""
+    s = settings.replace(wait_time_s=1, bulk_wait_time_s=1, fetch_allow_loopback=True, visibility_timeout_s=30,
+                         bulk_visibility_timeout_s=30, instance_id="w-bulk", heartbeat_interval_s=0.5,
+                         max_batch_wait_ms=20, batch_tick_s=0.2, batch_checkpoint_items=10, janitor_interval_s=0,
+                         bulk_yield_s=0.3)
+    ensure_all(s, catalogue)
+    yield s, client("s3", s), client("sqs", s)
+
+
+@pytest.fixture
+def images():
+    with ImageServer() as srv:
+        yield srv
+
+
+def make_batch(settings: Settings, s3, input_spec: dict, items: list[str] | None = None, **extra) -> dict:
+    """A batch as POST /batches records it."""
+    rec = {"id": new_batch_id(), "owner": None, "service": "imagenet", "top_k": 3, "input": input_spec,
+           "output": f"s3://{settings.bucket_name}/{io_prefix(None)}out/", "notify": None, "deadline": None,
+           "state": "accepted", "created_at": now_ms(), "total": len(items) if items else None, "enqueued": 0,
+           "done": 0, "failed": 0, **extra}
+    BatchStore(settings, s3).create(rec, items)
+    return rec
+
+
+@contextmanager
+def driving(driver: BatchDriver):
+    """The driver's loop in a thread; stopped afterwards."""
+    stop = threading.Event()
+    t = driver.start_thread(stop)
+    try:
+        yield driver
+    finally:
+        stop.set()
+        t.join(10)
+
+
+def wait_final(store: BatchStore, bid: str, timeout: float = 180) -> dict:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        rec = store.record(bid)
+        if rec and rec.get("state") in ("succeeded", "failed", "cancelled"):
+            return rec
+        time.sleep(0.2)
+    raise AssertionError(f"batch {bid} not final: {store.record(bid)}")
+
+
+def output_lines(s3, rec: dict) -> list[dict]:
+    out = []
+    for uri in rec["shards"]:
+        bucket, key = uri[5:].split("/", 1)
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+        out.extend(json.loads(line) for line in body.splitlines() if line.strip())
+    return out
+
+
+def worker_for(settings, catalogue, model) -> Worker:  # noqa: F811
+    registry, engine = model
+    return Worker(settings, catalogue, registry=registry, engine=engine)
+
+
+def test_a_prefix_batch_writes_one_line_per_image_with_its_label_and_model(bulk, catalogue, model, sample_bytes):
+    s, s3, _ = bulk
+    photos = {}
+    for i in range(6):
+        name = ("chelsea", "coffee")[i % 2]
+        key = f"{io_prefix(None)}in/{i:02d}-{name}.jpg"
+        s3.put_object(Bucket=s.bucket_name, Key=key, Body=sample_bytes[name])
+        photos[f"s3://{s.bucket_name}/{key}"] = name
+    s3.put_object(Bucket=s.bucket_name, Key=f"{io_prefix(None)}in/notes.txt", Body=b"not an image")
+    rec = make_batch(s, s3, {"s3_prefix": f"s3://{s.bucket_name}/{io_prefix(None)}in/"})
+    store = BatchStore(s, s3)
+    with driving(BatchDriver(s.replace(batch_shard_lines=4), catalogue)), in_thread(worker_for(s, catalogue, model)):
+        final = wait_final(store, rec["id"])
+    assert final["state"] == "succeeded" and final["total"] == 6 and final["done"] == 6 and final["failed"] == 0
+    assert len(final["shards"]) == 2   # 4 lines per shard
+    lines = output_lines(s3, final)
+    assert sorted(line["input"] for line in lines) == sorted(photos)
+    for line in lines:
+        assert line["id"] == naming.batch_item_id(rec["id"], line["index"]) and line["status"] == "ok"
+        assert line["model"]["name"] and line["model"]["version"]
+        top = line["results"][0]["index"]
+        assert (top in CATS) if photos[line["input"]] == "chelsea" else top == ESPRESSO
+        assert line["label"] == line["results"][0]["label"]
+
+
+def test_redelivered_items_and_a_restarted_driver_leave_exactly_one_line_per_input(bulk, catalogue, model, images):
+    s, s3, sqs = bulk
+    items = [f"{images.base}/{('chelsea', 'coffee', 'rocket')[i % 3]}.jpg" for i in range(30)]
+    rec = make_batch(s, s3, {"items": 30}, items)
+    store = BatchStore(s, s3)
+    first = BatchDriver(s, catalogue)
+    first.advance(rec["id"])                      # expands and queues every item
+    assert store.record(rec["id"])["enqueued"] == 30
+    # a driver that died before its checkpoint queues them all again; SQS redelivers some twice more
+    again = store.record(rec["id"])
+    again["enqueued"] = 0
+    store.save(again)
+    url = sqs.get_queue_url(QueueName=naming.bulk_queue(s.prefix, "imagenet"))["QueueUrl"]
+    for i in (0, 1, 2, 29):
+        sqs.send_message(QueueUrl=url, MessageBody=Request(id=naming.batch_item_id(rec["id"], i), service="imagenet",
+                                                           image={"url": items[i]}, reply_to=None).to_json())
+    with driving(BatchDriver(s, catalogue)), in_thread(worker_for(s, catalogue, model)):
+        final = wait_final(store, rec["id"])
+    lines = output_lines(s3, final)
+    assert final["state"] == "succeeded" and final["total"] == 30 and final["done"] == 30
+    assert len(lines) == 30 and sorted(line["index"] for line in lines) == list(range(30))
+    assert [line["input"] for line in sorted(lines, key=lambda x: x["index"])] == items
+    cats = [line for line in lines if line["input"].endswith("chelsea.jpg")]
+    assert cats and all(line["results"][0]["index"] in CATS for line in cats)
+
+
+def test_manifest_lines_that_cannot_run_become_error_lines_and_the_batch_still_finishes(bulk, catalogue, model,
+                                                                                       images, sample_bytes):
+    s, s3, _ = bulk
+    own = f"{io_prefix(None)}in/cat.jpg"
+    s3.put_object(Bucket=s.bucket_name, Key=own, Body=sample_bytes["chelsea"])
+    manifest = [json.dumps(f"{images.base}/coffee.jpg"), json.dumps({"s3": f"s3://{s.bucket_name}/{own}"}),
+                "this is not json", json.dumps({"source-ref": f"s3://{s.bucket_name}/models/secret.jpg"}),
+                json.dumps("ftp://example.com/x.jpg"), json.dumps({"url": f"{images.base}/missing.jpg"})]
+    key = f"{io_prefix(None)}manifest.jsonl"
+    s3.put_object(Bucket=s.bucket_name, Key=key, Body="\n".join(manifest).encode())
+    rec = make_batch(s, s3, {"manifest": f"s3://{s.bucket_name}/{key}"})
+    store = BatchStore(s, s3)
+    with driving(BatchDriver(s, catalogue)), in_thread(worker_for(s, catalogue, model)):
+        final = wait_final(store, rec["id"])
+    lines = sorted(output_lines(s3, final), key=lambda x: x["index"])
+    assert final["state"] == "succeeded" and final["total"] == 6 and len(lines) == 6
+    assert [x["status"] for x in lines] == ["ok", "ok", "error", "error", "error", "error"]
+    assert lines[0]["results"][0]["index"] == ESPRESSO and lines[1]["results"][0]["index"] in CATS
+    assert lines[2]["error"]["code"] == "invalid_input"
+    assert lines[3]["error"]["code"] == "forbidden_location"     # another folder of the data bucket
+    assert lines[4]["error"]["code"] == "invalid_input"
+    assert lines[5]["error"]["code"].startswith("fetch")          # the worker's 404 from the photo server
+    assert final["failed"] == 4
+
+
+def test_a_missing_manifest_fails_the_batch_with_the_reason(bulk, catalogue):
+    s, s3, _ = bulk
+    rec = make_batch(s, s3, {"manifest": f"s3://{s.bucket_name}/{io_prefix(None)}nope.jsonl"})
+    final = BatchDriver(s, catalogue).advance(rec["id"])
+    assert final["state"] == "failed" and final["error"]["code"] == "manifest_not_found"
+    assert rec["id"] not in BatchStore(s, s3).active_ids()
+
+
+def test_a_cancelled_batch_ends_with_a_line_per_input_and_the_undone_ones_say_cancelled(bulk, catalogue, images):
+    s, s3, _ = bulk
+    items = [f"{images.base}/chelsea.jpg"] * 5
+    rec = make_batch(s, s3, {"items": 5}, items)
+    store = BatchStore(s, s3)
+    driver = BatchDriver(s, catalogue)
+    driver.advance(rec["id"])               # queued; no worker runs
+    store.cancel(rec["id"])
+    final = driver.advance(rec["id"])
+    assert final["state"] == "cancelled"
+    lines = output_lines(s3, final)
+    assert len(lines) == 5 and {x["error"]["code"] for x in lines} == {"cancelled"}
+    assert rec["id"] not in store.active_ids()
+
+
+def test_a_service_without_a_bulk_queue_gets_one_when_its_first_batch_is_queued(bulk, catalogue, images):
+    s, s3, sqs = bulk
+    name = naming.bulk_queue(s.prefix, "imagenet")
+    sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=name)["QueueUrl"])
+    rec = make_batch(s, s3, {"items": 2}, [f"{images.base}/chelsea.jpg"] * 2)
+    deadline = time.monotonic() + 90          # SQS may refuse a queue name for a while after its deletion
+    while True:
+        try:
+            BatchDriver(s, catalogue).advance(rec["id"])
+            break
+        except Exception:
+            assert time.monotonic() < deadline
+            time.sleep(2)
+    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"])
+    assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == 2 and "RedrivePolicy" in attrs["Attributes"]

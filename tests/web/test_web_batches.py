@@ -1,0 +1,151 @@
+"""POST/GET/DELETE /batches, the webhook secret and `notify` on jobs: the Flask app against moto, keys on."""
+from __future__ import annotations
+
+import pytest
+
+from autoscaler.batches import BatchDriver
+from classifycloud.keyadmin import create_key
+from openapi_check import check_flask_response
+from shared.aws import client
+from shared.batches import BatchStore, io_prefix
+from shared.notify import Outbox
+from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
+
+
+@pytest.fixture
+def keyed(settings, provisioned):
+    return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_log=False, batch_max_items=5)
+
+
+class Client:
+    """The test client with a key; every response checked against the OpenAPI description."""
+
+    def __init__(self, app, key):
+        self.c = app.test_client()
+        self.key = key
+
+    def open(self, method, path, **kw):
+        resp = self.c.open(path, method=method, headers={"Authorization": f"Bearer {self.key}"}, **kw)
+        check_flask_response(method, path, resp)
+        return resp
+
+
+@pytest.fixture
+def alice(app, keyed):
+    key, record = create_key(keyed, "alice")
+    c = Client(app, key)
+    c.key_id = record.key_id
+    return c
+
+
+@pytest.fixture
+def bob(app, keyed):
+    return Client(app, create_key(keyed, "bob")[0])
+
+
+def body(keyed, key_id, **over):
+    out = f"s3://{keyed.bucket_name}/{io_prefix(key_id)}out/"
+    doc = {"service": "imagenet", "input": {"items": ["https://example.com/a.jpg", "https://example.com/b.jpg"]},
+           "output": out}
+    doc.update(over)
+    return doc
+
+
+def test_a_batch_is_accepted_with_its_status_url_and_reports_progress_as_the_driver_runs(keyed, alice, catalogue):
+    r = alice.open("POST", "/batches", json=body(keyed, alice.key_id, top_k=2))
+    assert r.status_code == 202, r.json
+    bid = r.json["id"]
+    assert r.json["state"] == "accepted" and r.json["total"] == 2
+    assert r.headers["Location"] == r.json["status_url"] and r.json["status_url"].endswith(f"/batches/{bid}")
+    got = alice.open("GET", f"/batches/{bid}").json
+    assert got["state"] == "accepted" and got["done"] == 0 and got["total"] == 2
+    BatchDriver(keyed, catalogue).advance(bid)
+    got = alice.open("GET", f"/batches/{bid}").json
+    assert got["state"] == "running" and got["total"] == 2 and got["failed"] == 0
+    rec = BatchStore(keyed, client("s3", keyed)).record(bid)
+    assert rec["owner"] == alice.key_id and rec["enqueued"] == 2 and rec["top_k"] == 2
+
+
+@pytest.mark.parametrize("change, code", [
+    ({"input": {"items": [], "s3_prefix": "s3://x/y"}}, "invalid_input"),
+    ({"input": {"items": ["https://e.com/%d.jpg" % i for i in range(6)]}}, "invalid_input"),
+    ({"input": {"items": ["ftp://e.com/a.jpg"]}}, "unsupported_scheme"),
+    ({"input": {"s3_prefix": "s3://someone-elses-bucket/in/"}}, "forbidden_location"),
+    ({"output": "https://example.com/out/"}, "invalid_location"),
+    ({"notify": {"webhook": "http://example.com/hook"}}, "invalid_webhook"),
+    ({"notify": {"success_topic": "not-an-arn"}}, "invalid_notify"),
+    ({"notify": {"email": "a@b.c"}}, "invalid_notify"),
+    ({"deadline": "2001-01-01T00:00:00Z"}, "invalid_deadline"),
+    ({"deadline": "tomorrow"}, "invalid_deadline"),
+    ({"colour": "red"}, "bad_request"),
+    ({"service": "no-such-service"}, "unknown_service"),
+])
+def test_a_batch_that_cannot_run_is_refused_with_a_json_error(keyed, alice, change, code):
+    r = alice.open("POST", "/batches", json=body(keyed, alice.key_id, **change))
+    assert 400 <= r.status_code < 500 and r.json["error"]["code"] == code, r.json
+    assert BatchStore(keyed, client("s3", keyed)).active_ids() == []
+
+
+def test_another_keys_data_bucket_folder_is_refused(keyed, alice, bob):
+    r = bob.open("POST", "/batches", json=body(keyed, alice.key_id))     # bob names alice's folder
+    assert r.status_code == 400 and r.json["error"]["code"] == "forbidden_location"
+
+
+def test_only_the_owner_key_sees_and_cancels_a_batch(keyed, alice, bob, catalogue):
+    bid = alice.open("POST", "/batches", json=body(keyed, alice.key_id)).json["id"]
+    for method, path in (("GET", f"/batches/{bid}"), ("DELETE", f"/batches/{bid}"), ("POST", f"/batches/{bid}/cancel")):
+        r = bob.open(method, path)
+        assert r.status_code == 404 and r.json["error"]["code"] == "unknown_batch"
+    assert alice.open("GET", "/batches/not-a-batch").status_code == 400
+    r = alice.open("DELETE", f"/batches/{bid}")
+    assert r.status_code == 202 and r.json["state"] == "cancelling"
+    assert alice.open("GET", f"/batches/{bid}").json["state"] == "cancelling"
+    BatchDriver(keyed, catalogue).advance(bid)
+    got = alice.open("GET", f"/batches/{bid}").json
+    assert got["state"] == "cancelled" and len(got["shards"]) == 1
+    r = alice.open("POST", f"/batches/{bid}/cancel")
+    assert r.status_code == 409 and r.json["error"]["code"] == "batch_finished"
+
+
+def test_the_webhook_secret_is_per_key_and_rotates(alice, bob):
+    a1 = alice.open("GET", "/webhooks/secret").json["secret"]
+    assert alice.open("GET", "/webhooks/secret").json["secret"] == a1
+    assert bob.open("GET", "/webhooks/secret").json["secret"] != a1
+    a2 = alice.open("POST", "/webhooks/secret").json["secret"]
+    assert a2 != a1 and alice.open("GET", "/webhooks/secret").json["secret"] == a2
+
+
+def test_a_job_with_notify_queues_its_notice_and_a_bad_notify_sends_no_job(keyed, alice, provisioned):
+    topic = "arn:aws:sns:us-east-1:123456789012:done"
+    r = alice.open("POST", "/jobs", json={"url": "https://example.com/cat.jpg", "notify": {"success_topic": topic}})
+    assert r.status_code == 202
+    notice = Outbox(keyed, client("s3", keyed)).record(f"job-{r.json['id']}")
+    assert notice["job_id"] == r.json["id"] and notice["notify"] == {"success_topic": topic}
+    assert notice["owner"] == alice.key_id and notice["payload"] is None
+    sqs = client("sqs", keyed)
+    before = sqs.get_queue_attributes(QueueUrl=provisioned["imagenet"],
+                                      AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    r = alice.open("POST", "/jobs", json={"url": "https://example.com/cat.jpg", "notify": {"webhook": "ftp://x"}})
+    assert r.status_code == 400 and r.json["error"]["code"] == "invalid_webhook"
+    after = sqs.get_queue_attributes(QueueUrl=provisioned["imagenet"],
+                                     AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert after == before
+
+
+def test_the_upload_page_and_api_md_document_batches_and_the_docs_verifier_accepts_our_signature(app):
+    import os
+    import re
+
+    from shared.notify import sign
+    page = app.test_client().get("/").get_data(as_text=True)
+    assert "/batches" in page and "X-ClassifyCloud-Signature" in page and "classifycloud batch" in page
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "API.md"), encoding="utf-8") as fh:
+        doc = fh.read()
+    code = re.search(r"\*\*Verifying a webhook\.\*\*.*?```python\n(.*?)```", doc, re.S).group(1)
+    scope: dict = {}
+    exec(code, scope)                     # the receiver's few lines, as printed
+    body = b'{"kind":"batch","id":"b1","event":"batch.succeeded"}'
+    header = sign("whsec_abc", body)
+    assert scope["verify"]("whsec_abc", header, body)
+    assert not scope["verify"]("whsec_abc", header, body + b" ")
+    assert not scope["verify"]("whsec_xyz", header, body)

@@ -1,0 +1,205 @@
+"""Bulk work and notifications: POST/GET/DELETE /batches, the webhook secret, and `notify` on jobs.
+
+The web only checks and records (shared/batches.py); the batch driver (autoscaler/batches.py) expands
+the input, queues the items and writes the output. Every batch belongs to the API key that made it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+from flask import Blueprint, current_app, jsonify, request
+
+from shared.batches import (FINAL, BatchError, BatchStore, check_location, item_input, new_batch_id,
+                            summary_of, valid_batch_id)
+from shared.messages import now_ms
+from shared.notify import SIGNATURE_HEADER, NotifyError, Outbox, WebhookSecrets, check_notify
+from webserver.auth import current_owner
+from webserver.errors import ApiError
+from webserver.inputs import check_url, parse_json_body, parse_top_k
+from webserver.proxy import external_url
+from webserver.usage_tags import tag_usage
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("batches", __name__)
+INPUT_KINDS = ("s3_prefix", "manifest", "items")
+
+
+def _ctx():
+    return current_app.extensions["classifycloud"]
+
+
+def _store() -> BatchStore:
+    c = _ctx()
+    return BatchStore(c.settings, c.s3)
+
+
+def _status_url(batch_id: str) -> str:
+    return external_url("batches.get_batch", batch_id=batch_id)
+
+
+def parse_deadline(value: object) -> int | None:
+    """Epoch seconds from an RFC 3339 time ('2026-12-06T08:00:00Z') or a number of epoch seconds; 400 otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        at = int(value)
+    elif isinstance(value, str):
+        try:
+            at = int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            raise ApiError(400, "invalid_deadline", "deadline must be an RFC 3339 time or epoch seconds") from None
+    else:
+        raise ApiError(400, "invalid_deadline", "deadline must be an RFC 3339 time or epoch seconds")
+    if at <= now_ms() // 1000:
+        raise ApiError(400, "invalid_deadline", "deadline is in the past")
+    return at
+
+
+def parse_notify(value: object) -> dict | None:
+    """The checked notify object (400 with the reason)."""
+    try:
+        return check_notify(value, _ctx().settings)
+    except NotifyError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+
+
+def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | None]:
+    """(the input as recorded, the inline items or None); 400 for anything the driver could not expand."""
+    settings = _ctx().settings
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in INPUT_KINDS:
+        raise ApiError(400, "invalid_input", f"input must be an object with exactly one of {', '.join(INPUT_KINDS)}")
+    kind, value = next(iter(spec.items()))
+    try:
+        if kind != "items":
+            check_location(value, owner, settings, f"input.{kind}")
+            return {kind: value}, None
+        if not isinstance(value, list) or not 1 <= len(value) <= settings.batch_max_items:
+            raise BatchError("invalid_input", f"input.items must be a list of 1 to {settings.batch_max_items} "
+                             "items; use a manifest for more")
+        items = [item_input(x) for x in value]
+        for item in items:
+            if item.startswith("s3://"):
+                check_location(item, owner, settings, "an item")
+            else:
+                check_url(item)
+        return {"items": len(items)}, items
+    except BatchError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+
+
+@bp.route("/batches", methods=["POST"])
+def create_batch():
+    """Accept a batch: 202 with its id and status URL; the driver runs it."""
+    doc = parse_json_body(request)
+    if not isinstance(doc, dict):
+        raise ApiError(400, "bad_request", "the body must be a JSON object")
+    unknown = set(doc) - {"service", "input", "output", "top_k", "notify", "deadline"}
+    if unknown:
+        raise ApiError(400, "bad_request", f"unknown fields: {', '.join(sorted(unknown))}")
+    c, owner = _ctx(), current_owner()
+    spec = c.submitter.resolve_service(doc.get("service"))
+    input_spec, items = _checked_input(doc.get("input"), owner)
+    try:
+        check_location(doc.get("output"), owner, c.settings, "output")
+    except BatchError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    bid = new_batch_id()
+    record = {"id": bid, "owner": owner, "service": spec.name, "top_k": parse_top_k(doc.get("top_k")) or spec.top_k,
+              "input": input_spec, "output": doc["output"], "notify": parse_notify(doc.get("notify")),
+              "deadline": parse_deadline(doc.get("deadline")), "state": "accepted", "created_at": now_ms(),
+              "total": len(items) if items is not None else None, "enqueued": 0, "done": 0, "failed": 0}
+    try:
+        _store().create(record, items)
+    except Exception as exc:   # S3 refused: nothing was accepted
+        log.error("batch %s: not recorded: %s", bid, exc)
+        raise ApiError(503, "storage_unavailable", "could not record the batch; try again") from None
+    log.info("batch %s: accepted for %s (%s)", bid, spec.name, next(iter(input_spec)))
+    tag_usage(bid, spec.name)
+    resp = jsonify({"id": bid, "kind": "batch", "service": spec.name, "state": "accepted",
+                    "total": record["total"], "status_url": _status_url(bid)})
+    resp.status_code = 202
+    resp.headers["Location"] = _status_url(bid)
+    return resp
+
+
+def _owned(batch_id: str) -> tuple[BatchStore, dict]:
+    """The batch's store and record when this key owns it; 400 for a bad id, 404 for another key's or none."""
+    if not valid_batch_id(batch_id):
+        raise ApiError(400, "invalid_id", "batch id must be 'b' and 20 hex digits")
+    store = _store()
+    try:
+        rec = store.record(batch_id)
+    except Exception as exc:
+        log.error("batch %s: record unreadable: %s", batch_id, exc)
+        raise ApiError(503, "storage_unavailable", "could not read the batch; try again") from None
+    if rec is None or rec.get("owner") != current_owner():
+        raise ApiError(404, "unknown_batch", f"no batch with id {batch_id!r}")
+    tag_usage(batch_id, rec.get("service"))
+    return store, rec
+
+
+@bp.route("/batches/<batch_id>", methods=["GET"])
+def get_batch(batch_id: str):
+    """Progress: total, done, failed, rate (items/s), ETA (s) and state; the shards once finished."""
+    store, rec = _owned(batch_id)
+    body = summary_of(rec)
+    if body["state"] not in FINAL and store.cancelled(batch_id):
+        body["state"] = "cancelling"
+    return jsonify(body)
+
+
+@bp.route("/batches/<batch_id>", methods=["DELETE"])
+@bp.route("/batches/<batch_id>/cancel", methods=["POST"])
+def cancel_batch(batch_id: str):
+    """The owner cancels: the driver stops queueing and writes the output (undone items say cancelled)."""
+    store, rec = _owned(batch_id)
+    if rec.get("state") in FINAL:
+        raise ApiError(409, "batch_finished", f"batch {batch_id} is already {rec['state']}")
+    store.cancel(batch_id)
+    log.info("batch %s: cancel requested", batch_id)
+    resp = jsonify({"id": batch_id, "kind": "batch", "state": "cancelling", "status_url": _status_url(batch_id)})
+    resp.status_code = 202
+    return resp
+
+
+@bp.route("/webhooks/secret", methods=["GET"])
+def webhook_secret():
+    """This key's webhook signing secret (made on first use)."""
+    return _secret_answer(_secrets().get(current_owner()))
+
+
+@bp.route("/webhooks/secret", methods=["POST"])
+def rotate_webhook_secret():
+    """A new webhook secret for this key (the old one stops verifying)."""
+    return _secret_answer(_secrets().rotate(current_owner()))
+
+
+def _secrets() -> WebhookSecrets:
+    c = _ctx()
+    return WebhookSecrets(c.settings, c.s3)
+
+
+def _secret_answer(secret: str):
+    return jsonify({"secret": secret, "header": SIGNATURE_HEADER,
+                    "signed": "HMAC-SHA256 over '<t>.<body>', hex, sent as 't=<t>,v1=<hex>'"})
+
+
+def job_notify(req) -> dict | None:
+    """The checked `notify` of a POST /jobs (JSON field, or a form field holding JSON); None without one."""
+    doc = req.get_json(silent=True) if req.is_json else None
+    value = doc.get("notify") if isinstance(doc, dict) else None
+    if value is None and req.form.get("notify"):
+        try:
+            value = json.loads(req.form["notify"])
+        except ValueError:
+            raise ApiError(400, "invalid_notify", "the notify form field must be a JSON object") from None
+    return parse_notify(value)
+
+
+def queue_job_notice(job_id: str, notify: dict) -> None:
+    """Put the job's notice in the outbox; the driver sends it once the result record exists."""
+    c = _ctx()
+    Outbox(c.settings, c.s3).enqueue(f"job-{job_id}", current_owner(), notify, None, job_id=job_id)
