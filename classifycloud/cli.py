@@ -31,6 +31,7 @@ commands:
   keys        API keys: create | list | revoke (stored as hashes in DynamoDB)
   usage       the usage log: per-key / per-service calls, errors, latency; --csv FILE
   dlq         list | redrive dead-lettered requests
+  versions    list | set-weights | promote | rollback | shadow | pinning | bounds of a service's versions
 """
 
 
@@ -227,6 +228,7 @@ COMMANDS = {
     "keys": _delegate("classifycloud.keyadmin"),
     "usage": _delegate("classifycloud.usage_report"),
     "dlq": _delegate("classifycloud.dlq"),
+    "versions": _delegate("classifycloud.versions_cli"),
 }
 
 

@@ -12,6 +12,7 @@ import yaml
 from shared import naming
 from shared.catalogue import Catalogue, CatalogueError, ServiceLookup, ServiceSpec, catalogue_for, parse_entry
 from shared.config import Settings
+from shared.traffic import is_version_file
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class S3Entries:
         for page in pages:
             for obj in page.get("Contents", []):
                 service, _, rest = obj["Key"][len(naming.models_prefix()):].partition("/")
-                if service and rest:
+                if service and rest and not is_version_file(rest):  # versions: shared/version_entries.py
                     folders.setdefault(service, []).append((obj["Key"], str(obj.get("ETag", "")).strip('"')))
         entries: dict[str, S3Entry] = {}
         errors: dict[str, str] = {}

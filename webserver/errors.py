@@ -59,6 +59,9 @@ ERRORS: dict[str, ErrorKind] = {
     # the service and its queues
     "unknown_service": ErrorKind(404, _S), "service_unavailable": ErrorKind(503, _S),
     "queue_unavailable": ErrorKind(503, _S),
+    # service versions (docs/VERSIONS.md)
+    "invalid_version": ErrorKind(400, _B), "unknown_version": ErrorKind(404, _S),
+    "pinning_not_allowed": ErrorKind(403, _B), "version_unavailable": ErrorKind(503, _S),
     "gallery_unavailable": ErrorKind(503, _S),  # facesearch: the gallery in S3 cannot be read or written
     "storage_unavailable": ErrorKind(503, _X), "corrupt_record": ErrorKind(502, _X),
     "timeout": ErrorKind(504, _T),

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import valid_id
+from shared.versions import versioned_name
 from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError, status_for_reply_code
 from webserver.inputs import parse_classify
@@ -32,7 +33,7 @@ def answer(outcome: Outcome):
         code = reply.error.get("code", "error")
         raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
     body = reply.to_dict()
-    tag_usage(reply.id, reply.service)
+    tag_usage(reply.id, versioned_name(reply.service, reply.version or None))  # usage names the version
     body["latency_ms"] = round(outcome.latency_ms, 1)
     return jsonify(body)
 
@@ -94,6 +95,9 @@ def services():
             entry["threshold"] = spec.threshold
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
+        versions = c.submitter.versions.describe(name) if not spec.derived_from else None
+        if versions:  # weights, live, shadow, and why a canary was rolled back (docs/VERSIONS.md)
+            entry["versions"] = versions
         if spec.derived_from:  # what it covers: these classes of its parent's model (docs/SERVICES.md)
             entry["derived_from"] = spec.derived_from
             entry["classes"] = list(spec.classes)
