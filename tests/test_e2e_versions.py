@@ -2,8 +2,8 @@
 pins, promote and rollback from the CLI, all on running processes (no restart)."""
 from __future__ import annotations
 
+import json
 import math
-import os
 import subprocess
 import sys
 import time
@@ -94,7 +94,7 @@ def test_a_10_percent_canary_answers_its_binomial_share_and_each_reply_names_the
           f"[{n * 0.1 - Z_999 * sd:.1f}, {n * 0.1 + Z_999 * sd:.1f}]")
 
 
-def test_shadow_answers_come_from_v1_while_v2_s_answers_are_recorded_with_agreement(stack):
+def test_shadow_answers_come_from_v1_while_v2_s_answers_are_recorded_with_agreement(stack, tmp_path):
     cli(stack, "set-weights", "imagenet", "v1=1", "v2=0")
     cli(stack, "shadow", "imagenet", "v2", "--share", "1")
     wait_policy(stack, shadow="v2", weights={"v1": 1.0, "v2": 0.0})
@@ -108,7 +108,7 @@ def test_shadow_answers_come_from_v1_while_v2_s_answers_are_recorded_with_agreem
 
     def records():
         try:
-            return {p: __import__("json").loads(s3.get_object(Bucket=stack.settings.bucket_name,
+            return {p: json.loads(s3.get_object(Bucket=stack.settings.bucket_name,
                                                               Key=shadow_key("imagenet", b["id"]))["Body"].read())
                     for p, b in bodies.items()}
         except s3.exceptions.NoSuchKey:
@@ -126,6 +126,15 @@ def test_shadow_answers_come_from_v1_while_v2_s_answers_are_recorded_with_agreem
     out = cli(stack, "list", "imagenet")
     assert "shadow of 100% of the traffic" in out
     cli(stack, "shadow", "imagenet", "--off")
+    report = subprocess.run([sys.executable, "-m", "classifycloud", "metrics", "--since", "30m", "--quiet",
+                             "--out", str(tmp_path)], env=stack.child_env(), capture_output=True, text=True,
+                            timeout=300)
+    assert report.returncode == 0, report.stderr
+    line = next(x for x in report.stdout.splitlines() if x.strip().startswith("imagenet@v2") and "%" not in x
+                and len(x.split()) == 6)   # the shadow table's row: runs, errors, agree %, |diff|, ms
+    runs, errors, agree_pct = line.split()[1:4]
+    assert int(runs) >= 4 and int(errors) == 0 and 0 <= float(agree_pct) <= 100
+    assert any(x.strip().startswith("imagenet@v1") for x in report.stdout.splitlines())   # per-version rows
 
 
 def test_pins_are_refused_until_allowed_then_answered_by_the_pinned_version(stack):
