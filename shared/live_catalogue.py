@@ -46,6 +46,15 @@ def entry_uri(settings: Settings, service: str) -> str:
 def parse_s3_entry(service: str, text: str | bytes, bucket: str) -> ServiceSpec:
     """A validated spec from entry.yaml; relative sources resolve inside s3://bucket/models/<service>/."""
     where = f"s3://{bucket}/{naming.model_key(service, naming.MODEL_ENTRY)}"
+    doc = entry_doc(text, where)
+    for key in _SOURCE_KEYS:
+        if doc.get(key) is not None:
+            doc[key] = _source(doc[key], key, service, bucket, where)
+    return parse_entry(service, doc, where)
+
+
+def entry_doc(text: str | bytes, where: str) -> dict:
+    """An S3 entry's YAML as a mapping (a service's entry.yaml, or a version's: shared/version_entries.py)."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -55,11 +64,7 @@ def parse_s3_entry(service: str, text: str | bytes, bucket: str) -> ServiceSpec:
     if doc.get("trusted_pickle"):
         # whoever can write the prefix could pin the sha256 of their own pickle: the opt-in stays with the AMI's
         raise CatalogueError(f"{where}: trusted_pickle is accepted only in the packaged catalogue, not from S3")
-    doc = dict(doc)
-    for key in _SOURCE_KEYS:
-        if doc.get(key) is not None:
-            doc[key] = _source(doc[key], key, service, bucket, where)
-    return parse_entry(service, doc, where)
+    return dict(doc)
 
 
 def _source(value: object, key: str, service: str, bucket: str, where: str) -> str:

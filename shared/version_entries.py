@@ -9,12 +9,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import yaml
-
 from shared import naming
 from shared.catalogue import Catalogue, CatalogueError, ServiceSpec, parse_entry
-from shared.live_catalogue import _source as source_of
 from shared.config import Settings
+from shared.live_catalogue import _source as source_of
+from shared.live_catalogue import entry_doc
 from shared.traffic import VERSIONS_DIR
 from shared.versions import BASE_VERSION, VersionError, check_version
 
@@ -45,15 +44,7 @@ def version_prefix(service: str, version: str) -> str:
 def parse_version_entry(service: str, version: str, text: str | bytes, bucket: str) -> ServiceSpec:
     """A validated spec from versions/<v>/entry.yaml; relative sources resolve beside it, in S3."""
     where = f"s3://{bucket}/{version_prefix(service, version)}{naming.MODEL_ENTRY}"
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CatalogueError(f"{where} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict):
-        raise CatalogueError(f"{where}: must be a mapping of catalogue keys (architecture, num_classes, ...)")
-    if doc.get("trusted_pickle"):
-        raise CatalogueError(f"{where}: trusted_pickle is accepted only in the packaged catalogue, not from S3")
-    doc = dict(doc)
+    doc = entry_doc(text, where)   # the S3 entries' own rules (YAML mapping, no trusted_pickle)
     for key in _SOURCE_KEYS:
         value = doc.get(key)
         if isinstance(value, str) and value.strip() and "://" not in value and not value.strip().startswith(

@@ -67,7 +67,8 @@ def get_job(job_id: str):
     jobs = ctx().jobs
     record = jobs.result(job_id)
     if record is not None:
-        tag_usage(record.get("id"), record.get("service"))
+        version = record.get("version") if isinstance(record.get("version"), str) else None
+        tag_usage(record.get("id"), versioned_name(record.get("service"), version) if record.get("service") else None)
         return jsonify(record)
     marker = jobs.marker(job_id)
     if marker is None:

@@ -105,5 +105,5 @@ class ShadowRunner:
                  f"agree={record['agree']} diff={record['score_diff']:+.3f}" if ok else record["error"]["code"])
 
     def close(self) -> None:
-        """Finish queued shadow runs (bounded by MAX_PENDING) and stop."""
-        self.pool.shutdown(wait=True, cancel_futures=False)
+        """Stop: the run in progress finishes, queued ones are dropped (a shadow is a sample, never owed)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -111,7 +111,8 @@ class WorkerVersions:
             for name in [n for n in [*self.loaded, *self.failed] if n.split("@", 1)[0] == service]:
                 version = name.split("@", 1)[1]
                 entry = entries.get(version)
-                applied = self.loaded.get(name) or self.failed.get(name, (None, None))[:2]
+                # what was last tried: a failed reload is not retried until the entry changes again
+                applied = self.failed[name][:2] if name in self.failed else self.loaded.get(name)
                 if entry is not None and (entry.spec, entry.fingerprint) == tuple(applied):
                     continue
                 self.failed.pop(name, None)
