@@ -13,6 +13,7 @@ from autoscaler.housekeeping import Housekeeping
 from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
                                QueueStats, get_policy)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
+from autoscaler.versions import VersionController, declared_times
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
@@ -64,6 +65,7 @@ class Autoscaler:
         self._seen_exits: set[str] = set()
         self._crash_reported = 0
         self.dead_letters = self.housekeeping.dead_letters
+        self.versions = VersionController(settings, self.s3, self.metrics, clock=clock)  # canaries, rollback
         self.state = PolicyState()
         self.ticks = 0
         self.errors = 0
@@ -134,7 +136,9 @@ class Autoscaler:
         self.ticks += 1
         try:
             queues, fleet = self.observe()
-            cfg = PolicyConfig.from_settings(self.settings, self.service_times.current())
+            # every version's work at its own service time (autoscaler/versions.py)
+            spr = self.versions.seconds_per_request(self.service_times.current(), declared_times(self.catalogue))
+            cfg = PolicyConfig.from_settings(self.settings, spr)
             decision = self.policy(queues, fleet, cfg, self.clock(), self.state)
             acted = self.act(decision)
         except Exception as exc:
@@ -145,6 +149,7 @@ class Autoscaler:
         self._log(queues, fleet, decision)
         self._publish(queues, fleet, decision)
         self.housekeeping.maybe_run()   # after acting: a slow sweep never delays a scaling decision
+        self._check_versions()
         self.last = TickResult(tuple(queues), fleet, decision, acted)
         return self.last
 
@@ -159,6 +164,13 @@ class Autoscaler:
             self._status = status
             log.info("status: %d worker(s)%s, %d queued, %d in flight", status[0],
                      f" + {status[1]} starting" if status[1] else "", status[2], status[3])
+
+    def _check_versions(self) -> None:
+        """Roll back canaries past their bounds; a failure waits for the next tick (scaling is not held up)."""
+        try:
+            self.versions.check()
+        except Exception as exc:
+            log.warning("autoscaler: version check skipped: %s: %s", type(exc).__name__, exc)
 
     def act(self, decision: Decision) -> int:
         """Launch instances or send terminate messages; returns how many."""

@@ -32,6 +32,7 @@ commands:
   usage       the usage log: per-key / per-service calls, errors, latency; --csv FILE
   dlq         list | redrive dead-lettered requests
   batch       submit a batch (S3 prefix, manifest or list) and follow it; --follow ID; --cancel ID
+  versions    list | set-weights | promote | rollback | shadow | pinning | bounds of a service's versions
 """
 
 
@@ -238,6 +239,7 @@ COMMANDS = {
     "usage": _delegate("classifycloud.usage_report"),
     "dlq": _delegate("classifycloud.dlq"),
     "batch": _delegate("classifycloud.batch"),
+    "versions": _delegate("classifycloud.versions_cli"),
 }
 
 

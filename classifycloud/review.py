@@ -20,6 +20,7 @@ from classifycloud.report import plots, tables
 from classifycloud.report.sources import (auto_period, dump_json, fetch_series, parse_time, read_records,
                                           stderr_progress)
 from classifycloud.report.stats import summarize_fleet, summarize_records, totals_by_dims
+from classifycloud.report.versions import SHADOW_PREFIX, parse_shadow, shadow_table
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -81,13 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         read_any = True
     except Exception as exc:
         problems.append(f"result records in s3://{settings.bucket_name}/results/ not read: {exc}")
+    shadows: list = []
+    try:
+        shadows, bad = read_records(client("s3", settings), settings.bucket_name, start, end, progress,
+                                    prefix=SHADOW_PREFIX, parse=parse_shadow)
+        problems += [f"unreadable shadow record {b}" for b in bad]
+    except Exception as exc:
+        problems.append(f"shadow records in s3://{settings.bucket_name}/{SHADOW_PREFIX} not read: {exc}")
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
 
     summaries = summarize_records(records)
     fleet = summarize_fleet(series, period)
     totals = {name: totals_by_dims(series, name) for name in
-              ("Requests", "Timeouts", "Images", "Errors", "ScalingDecision")}
+              ("Requests", "Timeouts", "Images", "Errors", "ScalingDecision", "VersionImages", "VersionErrors",
+               "CanaryRollbacks")}
     facts = [("window", f"{_utc(start)} .. {_utc(end)} ({(end - start) / 60:.1f} min)"),
              ("CloudWatch", f"namespace {settings.metrics_namespace}, {period} s periods, "
                             f"{sum(1 for v in series.values() if v)} series with data"),
@@ -102,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         tables.totals_table("Timeouts (504) by service", ["Service"], totals["Timeouts"]),
         tables.totals_table("Images classified (Images metric)", ["Service"], totals["Images"]),
         tables.totals_table("Scaling decisions by action", ["Action"], totals["ScalingDecision"]),
+        shadow_table(shadows),
+        tables.totals_table("Answers per service version (VersionImages metric)", ["Service", "Version"],
+                            totals["VersionImages"]),
+        tables.totals_table("Failures per service version (VersionErrors metric)", ["Service", "Version"],
+                            totals["VersionErrors"]),
+        tables.totals_table("Canary rollbacks by the controller (CanaryRollbacks metric)", ["Service", "Version"],
+                            totals["CanaryRollbacks"]),
     ]
     print("\n".join(f"{k}: {v}" for k, v in facts) + "\n")
     for t in report_tables:
@@ -117,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"window": {"start": start, "end": end, "period_s": period},
                "namespace": settings.metrics_namespace, "bucket": settings.bucket_name,
                "records": len(records), "services": {k: asdict(v) for k, v in summaries.items()},
-               "fleet": asdict(fleet),
+               "fleet": asdict(fleet), "shadows": [asdict(r) for r in shadows],
                "cloudwatch_totals": {name: [{"dimensions": dict(d), "total": v} for d, v in tot.items()]
                                      for name, tot in totals.items()},
                "problems": problems}

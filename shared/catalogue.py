@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from shared.config import Settings
+from shared.versions import BASE_VERSION, VersionError, check_version
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -113,6 +114,7 @@ class Catalogue(ServiceLookup):
 
     services: dict[str, ServiceSpec]
     source: str = ""
+    versions: dict = field(default_factory=dict, hash=False)  # service -> {version: ServiceSpec} (not v1)
 
 
 def split_package_source(ref: str) -> tuple[str, str]:
@@ -181,12 +183,39 @@ def load_catalogue(path: str | None = None) -> Catalogue:
     if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) or not doc["services"]:
         raise CatalogueError(f"catalogue {path}: needs a non-empty 'services' mapping")
     entries = doc["services"]
+    entries, raw_versions = split_versions(entries, path)
     services = {name: _spec(name, entry, path) for name, entry in entries.items()
                 if not (isinstance(entry, dict) and "derived_from" in entry)}
     for name, entry in entries.items():  # derived services after every model service: they copy their parent
         if isinstance(entry, dict) and "derived_from" in entry:
             services[name] = derive(name, entry, services, f"catalogue {path}, service {name!r}")
-    return Catalogue(services={n: services[n] for n in entries}, source=path)
+    versions = {svc: {v: _spec(svc, entry, f"{path} (version {v})") for v, entry in vs.items()}
+                for svc, vs in raw_versions.items()}
+    return Catalogue(services={n: services[n] for n in entries}, source=path, versions=versions)
+
+
+def split_versions(entries: dict, path: str) -> tuple[dict, dict]:
+    """(entries without `versions:`, {service: {version: full raw entry}}): a version inherits what it omits."""
+    plain, versions = {}, {}
+    for name, entry in entries.items():
+        if not (isinstance(entry, dict) and "versions" in entry):
+            plain[name] = entry
+            continue
+        base = {k: v for k, v in entry.items() if k != "versions"}
+        plain[name] = base
+        if not isinstance(entry["versions"], dict) or "derived_from" in entry:
+            raise CatalogueError(f"catalogue {path}, service {name!r}: versions must be a mapping "
+                                 "(and a derived service has none)")
+        for version, over in entry["versions"].items():
+            try:
+                check_version(version)
+            except VersionError as exc:
+                raise CatalogueError(f"catalogue {path}, service {name!r}: {exc}") from None
+            if version == BASE_VERSION or not isinstance(over, dict):
+                raise CatalogueError(f"catalogue {path}, service {name!r}: version {version!r} must be a mapping "
+                                     f"and not {BASE_VERSION} (the entry itself)")
+            versions.setdefault(name, {})[version] = {**base, **over}
+    return plain, versions
 
 
 def catalogue_for(settings: Settings) -> Catalogue:

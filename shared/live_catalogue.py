@@ -12,6 +12,7 @@ import yaml
 from shared import naming
 from shared.catalogue import Catalogue, CatalogueError, ServiceLookup, ServiceSpec, catalogue_for, parse_entry
 from shared.config import Settings
+from shared.traffic import is_version_file
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ def entry_uri(settings: Settings, service: str) -> str:
 def parse_s3_entry(service: str, text: str | bytes, bucket: str) -> ServiceSpec:
     """A validated spec from entry.yaml; relative sources resolve inside s3://bucket/models/<service>/."""
     where = f"s3://{bucket}/{naming.model_key(service, naming.MODEL_ENTRY)}"
+    doc = entry_doc(text, where)
+    for key in _SOURCE_KEYS:
+        if doc.get(key) is not None:
+            doc[key] = _source(doc[key], key, service, bucket, where)
+    confine_options(doc, service, bucket, where)
+    return parse_entry(service, doc, where)
+
+
+def entry_doc(text: str | bytes, where: str) -> dict:
+    """An S3 entry's YAML as a mapping (a service's entry.yaml, or a version's: shared/version_entries.py)."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -61,16 +72,16 @@ def parse_s3_entry(service: str, text: str | bytes, bucket: str) -> ServiceSpec:
     if doc.get("backend") in _PACKAGED_ONLY_BACKENDS:
         raise CatalogueError(f"{where}: backend {doc['backend']!r} is accepted only in the packaged catalogue, "
                              "not from S3 (its model files can run code)")
-    doc = dict(doc)
-    for key in _SOURCE_KEYS:
-        if doc.get(key) is not None:
-            doc[key] = _source(doc[key], key, service, bucket, where)
+    return dict(doc)
+
+
+def confine_options(doc: dict, service: str, bucket: str, where: str) -> None:
+    """Options that name files (shape_predictor) follow the same confinement as the source fields."""
     if isinstance(doc.get("options"), dict):
         doc["options"] = dict(doc["options"])
         for key in _OPTION_SOURCES:
             if doc["options"].get(key) is not None:
                 doc["options"][key] = _source(doc["options"][key], f"options.{key}", service, bucket, where)
-    return parse_entry(service, doc, where)
 
 
 def _source(value: object, key: str, service: str, bucket: str, where: str) -> str:
@@ -119,7 +130,7 @@ class S3Entries:
         for page in pages:
             for obj in page.get("Contents", []):
                 service, _, rest = obj["Key"][len(naming.models_prefix()):].partition("/")
-                if service and rest:
+                if service and rest and not is_version_file(rest):  # versions: shared/version_entries.py
                     folders.setdefault(service, []).append((obj["Key"], str(obj.get("ETag", "")).strip('"')))
         entries: dict[str, S3Entry] = {}
         errors: dict[str, str] = {}

@@ -12,6 +12,7 @@ VERSION = 1
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_PARAMS_BYTES = 4096
 _S3_RE = re.compile(r"^s3://[a-z0-9.\-]{3,63}/.+$")
+_VERSION_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,19}$")  # shared/versions.py VERSION_RE
 
 
 class MessageError(ValueError):
@@ -71,12 +72,15 @@ class Request:
     submitted_at: int = field(default_factory=now_ms)
     v: int = VERSION
     params: dict | None = None       # optional, per kind: {"op", "gallery", "name"} (embedding), {"meta"} (skin)
+    version: str | None = None       # optional: the service version chosen at submit (sticky on redelivery)
+    shadow: str | None = None        # optional: a version that also runs on this image; its answer is not returned
 
     def to_json(self) -> str:
-        """The message body (params only when given, so plain requests keep their v1 shape)."""
+        """The message body (optional fields only when given, so plain requests keep their v1 shape)."""
         body = asdict(self)
-        if body["params"] is None:
-            del body["params"]
+        for key in ("params", "version", "shadow"):
+            if body[key] is None:
+                del body[key]
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -110,8 +114,12 @@ class Request:
         if params is not None and not (isinstance(params, dict) and len(json.dumps(params)) <= MAX_PARAMS_BYTES):
             raise MessageError("malformed_message", f"request: params must be a JSON object of at most "
                                                     f"{MAX_PARAMS_BYTES} bytes")
+        versions = {k: data.get(k) for k in ("version", "shadow")}
+        for key, value in versions.items():
+            if value is not None and not (isinstance(value, str) and _VERSION_RE.match(value)):
+                raise MessageError("malformed_message", f"request: {key} must be a version name like 'v2'")
         return cls(id=rid, service=service, image=dict(image), reply_to=reply_to,
-                   top_k=top_k, submitted_at=submitted, params=params)
+                   top_k=top_k, submitted_at=submitted, params=params, **versions)
 
 
 def readable_reply_to(body: str | bytes) -> tuple[str | None, str | None]:
@@ -141,6 +149,7 @@ class Reply:
     model: dict = field(default_factory=dict)     # {"name", "version"}
     v: int = VERSION
     kind: str = "classifier"                      # optional: the service kind that shaped `results`
+    version: str = ""                             # optional: the service version that answered (docs/VERSIONS.md)
 
     @classmethod
     def ok(cls, req_id: str, service: str, results: list, **kw: Any) -> "Reply":
@@ -154,8 +163,11 @@ class Reply:
                    error={"code": code, "message": message}, **kw)
 
     def to_dict(self) -> dict:
-        """Plain dict (the JSON shape)."""
-        return asdict(self)
+        """Plain dict (the JSON shape; version only when the service has versions)."""
+        body = asdict(self)
+        if not body["version"]:
+            del body["version"]
+        return body
 
     def to_json(self) -> str:
         """The message body."""
@@ -182,7 +194,8 @@ class Reply:
         return cls(id=rid, service=service, status=status, results=results, error=error,
                    timings_ms=data.get("timings_ms") or {}, worker=data.get("worker") or "",
                    model=data.get("model") or {},
-                   kind=data.get("kind") if isinstance(data.get("kind"), str) else "classifier")
+                   kind=data.get("kind") if isinstance(data.get("kind"), str) else "classifier",
+                   version=data.get("version") if isinstance(data.get("version"), str) else "")
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,16 @@ DEFINITIONS: tuple[MetricDef, ...] = (
               "worker time per request: its batch's fetch, decode, inference, reply, record, delete / batch size"),
     MetricDef("Images", "Count", ("Service",), "worker", "Sum", "images classified (images/s = Sum / period)"),
     MetricDef("Errors", "Count", ("Service", "Code"), "worker", "Sum", "error replies by code"),
+    # worker, per service version (docs/VERSIONS.md); only for requests routed to a version
+    MetricDef("VersionImages", "Count", ("Service", "Version"), "worker", "Sum", "images answered by a version"),
+    MetricDef("VersionErrors", "Count", ("Service", "Version"), "worker", "Sum",
+              "a version's failures (unavailable, failed to load, model error; shadow runs too)"),
+    MetricDef("VersionInferenceTime", "Milliseconds", ("Service", "Version"), "worker", "Average",
+              "a version's model time per batch (shadow runs too)"),
+    MetricDef("ShadowAgreement", "None", ("Service", "Version"), "worker", "Average",
+              "shadow runs whose top-1 equals the primary answer's (mean = agreement rate)"),
+    MetricDef("ShadowScoreDiff", "None", ("Service", "Version"), "worker", "Average",
+              "absolute difference of the shadow's and the primary's top-1 scores"),
     # autoscaler
     MetricDef("QueueVisible", "Count", ("Service",), "autoscaler", "Maximum", "messages waiting"),
     MetricDef("QueueInFlight", "Count", ("Service",), "autoscaler", "Maximum", "messages being processed"),
@@ -58,6 +68,8 @@ DEFINITIONS: tuple[MetricDef, ...] = (
     MetricDef("FleetPending", "Count", (), "autoscaler", "Maximum", "workers starting"),
     MetricDef("FleetDesired", "Count", (), "autoscaler", "Maximum", "fleet size the policy wants"),
     MetricDef("ScalingDecision", "Count", ("Action",), "autoscaler", "Sum", "decisions by action (launch/terminate/hold)"),
+    MetricDef("CanaryRollbacks", "Count", ("Service", "Version"), "autoscaler", "Sum",
+              "canaries whose traffic the controller took away (error rate or p95 past the bound)"),
 )
 BY_NAME: dict[str, MetricDef] = {d.name: d for d in DEFINITIONS}
 

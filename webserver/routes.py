@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shared.messages import Reply, valid_id
 from webserver.bulk import job_notify, queue_job_notice
+from shared.versions import versioned_name
 from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError, public_reason, status_for_reply_code
 from webserver.inputs import parse_classify
@@ -40,7 +41,7 @@ def answer(outcome: Outcome):
     """200 with the reply; any other outcome as ok_reply raises it."""
     reply = ok_reply(outcome)
     body = reply.to_dict()
-    tag_usage(reply.id, reply.service)
+    tag_usage(reply.id, versioned_name(reply.service, reply.version or None))  # usage names the version
     body["latency_ms"] = round(outcome.latency_ms, 1)
     return jsonify(body)
 
@@ -77,7 +78,8 @@ def get_job(job_id: str):
     jobs = ctx().jobs
     record = jobs.result(job_id)
     if record is not None:
-        tag_usage(record.get("id"), record.get("service"))
+        version = record.get("version") if isinstance(record.get("version"), str) else None
+        tag_usage(record.get("id"), versioned_name(record.get("service"), version) if record.get("service") else None)
         return jsonify(record)
     marker = jobs.marker(job_id)
     if marker is None:
@@ -105,6 +107,9 @@ def services():
             entry["threshold"] = spec.threshold
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
+        versions = c.submitter.versions.describe(name) if not spec.derived_from else None
+        if versions:  # weights, live, shadow, and why a canary was rolled back (docs/VERSIONS.md)
+            entry["versions"] = versions
         if spec.derived_from:  # what it covers: these classes of its parent's model (docs/SERVICES.md)
             entry["derived_from"] = spec.derived_from
             entry["classes"] = list(spec.classes)

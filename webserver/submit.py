@@ -18,6 +18,7 @@ from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
 from webserver.replies import ReplyListener
+from webserver.versions import VersionRouter, split_service
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Outcome:
     reply: Reply | None
     latency_ms: float
     shutdown: bool = False      # no reply because this web process is stopping (not a timeout)
+    version: str | None = None  # the version the request was routed to (None: the service has one)
 
 
 class Submitter:
@@ -46,12 +48,13 @@ class Submitter:
         self.listener = listener
         self.metrics = metrics
         self.transport = Transport.of(settings, sqs_or_transport)
+        self.versions = VersionRouter(settings, catalogue, getattr(jobs, "_s3", None))
 
     _sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
-        """The catalogue entry; UnknownService (with the names) or ServiceUnavailable (with the reason)."""
-        name = name or DEFAULT_SERVICE
+        """The catalogue entry (of 'service' or 'service@version'); UnknownService or ServiceUnavailable."""
+        name = split_service(name)[0] or DEFAULT_SERVICE
         services = self.catalogue.services  # one snapshot of the (live) catalogue
         spec = services.get(name)
         if spec is None:
@@ -95,20 +98,22 @@ class Submitter:
                  params: dict | None = None) -> Outcome:
         """Send a request with reply_to = this process's queue and wait up to reply_timeout_s."""
         spec = self.resolve_service(service)
+        rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
+        version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         try:
             reply_to = self.listener.start()
         except TransportError as exc:
             log.error("reply queue cannot be created: %s", exc)
             raise QueueUnavailable("this server's reply queue cannot be created; try again") from None
-        rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         started = time.monotonic()
         ref = self._image_ref(rid, image)
         req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to,
-                      top_k=top_k or spec.top_k, params=params)
+                      top_k=top_k or spec.top_k, params=params, version=version, shadow=shadow)
         waiter = self.listener.register(rid)
         try:
             self._send(req)
-            log.info("request %s: sent to %s (%s), waiting", rid, spec.name, image.kind)
+            log.info("request %s: sent to %s%s (%s), waiting", rid, spec.name, f"@{version}" if version else "",
+                     image.kind)
             reply = waiter.wait(self.settings.reply_timeout_s)
         finally:
             self.listener.discard(rid)
@@ -116,7 +121,7 @@ class Submitter:
         if reply is None and waiter.shutdown:
             log.warning("request %s: web process stopping before its reply; 503 with the job id", rid)
             self.jobs.write_marker(rid, spec.name, req.submitted_at)
-            return Outcome(rid, spec.name, None, latency_ms, shutdown=True)
+            return Outcome(rid, spec.name, None, latency_ms, shutdown=True, version=version)
         if reply is None:
             log.warning("request %s: no reply within %.1f s", rid, self.settings.reply_timeout_s)
             self.metrics.record("Timeouts", 1, Service=spec.name)
@@ -124,18 +129,19 @@ class Submitter:
         else:
             self.metrics.record("Latency", latency_ms, Service=spec.name)
             log.info("request %s: %s reply after %.0f ms", rid, reply.status, latency_ms)
-        return Outcome(rid, spec.name, reply, latency_ms)
+        return Outcome(rid, spec.name, reply, latency_ms, version=version)
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
                    params: dict | None = None) -> tuple[str, str]:
         """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
         spec = self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
+        version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         ref = self._image_ref(rid, image)
         submitted = now_ms()
         # send first: a refused send must not leave a marker that says pending forever
-        self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None,
-                           top_k=top_k or spec.top_k, submitted_at=submitted, params=params))
+        self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None, top_k=top_k or spec.top_k,
+                           submitted_at=submitted, params=params, version=version, shadow=shadow))
         try:
             self.jobs.write_marker(rid, spec.name, submitted)
         except StorageUnavailable:  # accepted all the same: its result record will answer GET /jobs/<id>

@@ -14,10 +14,13 @@ from worker.fetch import FetchError, Fetcher
 from worker.models.engine import ImageDecodeError, InferenceEngine
 from worker.models.registry import ModelRegistry
 from worker.results import Outcome, ResultSink
+from worker.shadow import ShadowRunner
+from worker.versions import WorkerVersions
 
 log = logging.getLogger(__name__)
 
 _DEADLINE_SLACK_S = 1.0  # DNS resolution and the header check run outside the socket deadline
+_VERSION_FAULTS = ("version_unavailable", "inference_failed", "service_unavailable")  # the version's fault
 
 
 @dataclass
@@ -53,6 +56,11 @@ class BatchProcessor:
         self.worker_id = worker_id
         self.pool = ThreadPoolExecutor(max_workers=max(2, min(16, settings.max_batch_size)),
                                        thread_name_prefix="fetch")
+        s3 = getattr(sink, "s3", None)
+        self.versions = WorkerVersions(settings, registry, s3, worker_id)  # other versions, loaded on demand
+        self.shadow = ShadowRunner(settings, engine, self.versions, s3, metrics) if s3 is not None else None
+        if s3 is not None:
+            self.versions.start()
 
     def process(self, batch: list[Held]) -> BatchOutcome:
         """Replies for every readable message of the batch."""
@@ -145,10 +153,14 @@ class BatchProcessor:
         by_model: dict[int, list[_Item]] = {}
         for item in group:
             if item.reply is None:
-                handler = self.registry.get(item.request.service)
+                handler = self.registry.get(self._key(item.request))
                 by_model.setdefault(id(getattr(handler, "forward_owner", handler)), []).append(item)
         for members in by_model.values():
-            self._infer(members[0].request.service, members)
+            self._infer(self._key(members[0].request), members)
+
+    def _key(self, request: Request) -> str:
+        """The registry name of the handler that answers this request (its version's)."""
+        return self.versions.key(request.service, request.version)
 
     def keep_visible(self, held: list[Held]) -> None:
         """Extend the visibility of messages still being worked on, so no other worker gets them meanwhile."""
@@ -161,11 +173,10 @@ class BatchProcessor:
                  item.reply.status if item.reply.status == "ok" else item.reply.error["code"])
 
     def _check_service(self, item: _Item) -> None:
-        service = item.request.service
-        if self.registry.get(service) is not None:
-            return
-        reason = self.registry.unavailable.get(service) or f"service {service!r} is not hosted by this worker"
-        self._fail(item, "service_unavailable", reason)
+        reason = self.versions.ensure(item.request.service, item.request.version)  # loads a new version once
+        if reason is not None:
+            versioned = self._key(item.request) != item.request.service
+            self._fail(item, "version_unavailable" if versioned else "service_unavailable", reason)
 
     def _fetch(self, request: Request) -> tuple[bytes | None, FetchError | None, float]:
         """(image, None, ms) or (None, error, ms); runs in the pool and touches no shared state."""
@@ -181,7 +192,7 @@ class BatchProcessor:
             self.metrics.record("FetchTime", (time.perf_counter() - t0) * 1000, Service=request.service)
 
     def _infer(self, service: str, group: list[_Item]) -> None:
-        services = [i.request.service for i in group]
+        services = [self._key(i.request) for i in group]
         mixed = any(s != service for s in services)
         try:
             result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group],
@@ -191,30 +202,48 @@ class BatchProcessor:
             for item in group:
                 self._fail(item, "inference_failed", "the model failed on this batch; try again")  # detail: the log
             return
-        for name in dict.fromkeys(services):
+        for name in dict.fromkeys(i.request.service for i in group):
             self.metrics.record("InferenceTime", result.inference_ms, Service=name)
             self.metrics.record("BatchSize", len(group), Service=name)
         for item, res in zip(group, result.results):
             service = item.request.service
-            handler = self.registry.get(service)
+            handler = self.registry.get(self._key(item.request))
             timings = self._timings(item.held, item.request, item.fetch_ms, result.inference_ms)
             if isinstance(res, (ImageDecodeError, Exception)):
                 self._fail(item, getattr(res, "code", "invalid_image"), str(res), inference_ms=result.inference_ms)
                 continue
             item.reply = Reply.ok(item.request.id, service, res, timings_ms=timings, worker=self.worker_id,
-                                  model=handler.model_info, kind=handler.kind)
+                                  model=handler.model_info, kind=handler.kind, version=item.request.version or "")
+            self._version_outcome(item, True, result.inference_ms, result.inference_ms / len(group))
+            if item.request.shadow and self.shadow is not None:
+                self.shadow.submit(item.request, item.image, item.request.version or "", res)
             self.metrics.record("Images", 1, Service=service)
             self.metrics.record("QueueWait", timings["queue"], Service=service)
             self.metrics.record("TotalTime", timings["total"], Service=service)
 
     def _fail(self, item: _Item, code: str, message: str, inference_ms: float = 0.0) -> None:
         req = item.request
-        handler = self.registry.get(req.service)
+        handler = self.registry.get(self._key(req))
         item.reply = Reply.failure(req.id, req.service, code, message, worker=self.worker_id,
                                    model=handler.model_info if handler else {},
                                    kind=handler.kind if handler else "classifier",
-                                   timings_ms=self._timings(item.held, req, item.fetch_ms, inference_ms))
+                                   timings_ms=self._timings(item.held, req, item.fetch_ms, inference_ms),
+                                   version=req.version or "")
         self.metrics.record("Errors", 1, Service=req.service, Code=code)
+        if code in _VERSION_FAULTS:  # a bad image or URL says nothing about the version
+            self._version_outcome(item, False, inference_ms, 0.0)
+
+    def _version_outcome(self, item: _Item, ok: bool, ms: float, cost_ms: float) -> None:
+        """Per-version metrics and the outcome log (only for requests routed to a version)."""
+        req = item.request
+        if not req.version:
+            return
+        self.versions.record(req.service, req.version, ok, ms, cost_ms)
+        if ok:
+            self.metrics.record("VersionImages", 1, Service=req.service, Version=req.version)
+            self.metrics.record("VersionInferenceTime", ms, Service=req.service, Version=req.version)
+        else:
+            self.metrics.record("VersionErrors", 1, Service=req.service, Version=req.version)
 
     @staticmethod
     def _timings(held: Held, req: Request | None, fetch_ms: float, inference_ms: float) -> dict:
@@ -224,5 +253,8 @@ class BatchProcessor:
                 "inference": round(inference_ms, 2), "total": max(0, now - submitted)}
 
     def close(self) -> None:
-        """Stop the fetch pool."""
+        """Stop the fetch pool, finish shadow runs, write the last version outcomes."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.shadow is not None:
+            self.shadow.close()
+        self.versions.close()

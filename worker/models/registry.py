@@ -34,6 +34,8 @@ class ModelRegistry:
         self.handlers: dict[str, ImageClassifier] = {}
         self.unavailable: dict[str, str] = {}
         self._bases: dict[str, ImageClassifier] = {}  # parents loaded only for their derived services
+        self.versions: dict[str, ImageClassifier] = {}  # "<service>@<v>": other versions (worker/versions.py)
+        self.packaged_versions: dict = dict(getattr(catalogue, "versions", {}))
 
     def wanted(self) -> list[str]:
         """Services named in settings.services, or every catalogue service."""
@@ -80,8 +82,8 @@ class ModelRegistry:
         return self._bases[parent]
 
     def get(self, name: str) -> ImageClassifier | None:
-        """The loaded handler, or None."""
-        return self.handlers.get(name)
+        """The loaded handler (a service, or a version as "<service>@<v>"), or None."""
+        return self.handlers.get(name) or self.versions.get(name)
 
     def hosted(self) -> list[str]:
         """Names of the loaded services."""
@@ -132,7 +134,8 @@ class ModelRegistry:
 
     def close(self) -> None:
         """Release every loaded model."""
-        for handler in [*self.handlers.values(), *self._bases.values()]:
+        for handler in [*self.handlers.values(), *self._bases.values(), *self.versions.values()]:
             handler.close()
         self.handlers.clear()
+        self.versions.clear()
         self._bases.clear()
