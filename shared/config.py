@@ -71,6 +71,11 @@ class Settings:
     compile_mode: str = ""                    # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
     onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> its default (all cores)
     weights_cache: str = ""                   # where s3:// weights are downloaded; "" -> <tmp>/classifycloud-weights
+    # backend: auto (worker/models/backends/auto_backend.py): candidates timed on real photos at load
+    backend_probe_images: tuple[str, ...] = ()  # photo paths; () -> the bundled samples (chelsea, coffee, ...)
+    backend_probe_repeats: int = 3            # timed forwards per batch size (median kept), after one warm-up
+    backend_export_dir: str = ""              # ONNX exports made for auto; "" -> <weights cache>/exports
+    cpu_stats_path: str = ""                  # worker: model CPU counters file (bench/e2e.py reads it); "" off
 
     # --- safe fetch ---------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024

@@ -224,6 +224,7 @@ class Heartbeat:
     unavailable: dict = field(default_factory=dict)  # service -> why it cannot be hosted
     state: str = "ready"                             # "ready" | "stopping"
     busy: int = 0                                    # messages held (waiting + being processed)
+    backends: dict = field(default_factory=dict)     # service -> {"backend": serving backend, "auto": measurements}
     started_at: int = field(default_factory=now_ms)
     at: int = field(default_factory=now_ms)          # when written, epoch ms
     v: int = VERSION
@@ -277,5 +278,8 @@ class Heartbeat:
         started = data.get("started_at", int(at))
         if not isinstance(started, (int, float)) or isinstance(started, bool):
             raise MessageError("malformed_message", "heartbeat: started_at must be epoch milliseconds")
+        backends = data.get("backends", {})
+        if not isinstance(backends, dict) or not all(isinstance(v, dict) for v in backends.values()):
+            raise MessageError("malformed_message", "heartbeat: backends must map services to objects")
         return cls(instance_id=instance_id, services=list(services), unavailable=dict(unavailable), state=state,
-                   busy=busy, started_at=int(started), at=int(at))
+                   busy=busy, backends=dict(backends), started_at=int(started), at=int(at))

@@ -13,10 +13,10 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Writes {instance_id, services, unavailable, state, busy, started_at, at} every interval."""
+    """Writes {instance_id, services, unavailable, state, busy, backends, started_at, at} every interval."""
 
     def __init__(self, settings: Settings, s3, instance_id: str, services: list[str],
-                 unavailable: dict[str, str], busy: Callable[[], int]):
+                 unavailable: dict[str, str], busy: Callable[[], int], backends: dict | None = None):
         super().__init__(name="heartbeat", daemon=True)
         self.settings = settings
         self.s3 = s3
@@ -24,6 +24,7 @@ class Heartbeat(threading.Thread):
         self.services = list(services)
         self.unavailable = dict(unavailable)
         self.busy = busy
+        self.backends = dict(backends or {})   # service -> the backend it serves with (auto: what was measured)
         self.state = "ready"
         self.started_at = now_ms()
         self.key = naming.heartbeat_key(instance_id)
@@ -33,6 +34,7 @@ class Heartbeat(threading.Thread):
         """The heartbeat document (the typed record of shared.messages)."""
         return HeartbeatRecord(instance_id=self.instance_id, services=list(self.services),
                                unavailable=dict(self.unavailable), state=self.state, busy=self.busy(),
+                               backends=dict(self.backends),
                                started_at=self.started_at, at=now_ms())
 
     def beat(self) -> bool:

@@ -131,8 +131,9 @@ class Worker:
         if self.registry is None:
             self.registry = registry.load()
         if self.engine is None:
+            from worker.models.cpu_clock import ModelClock
             from worker.models.engine import InferenceEngine
-            self.engine = InferenceEngine(self.registry, s.decode_threads)
+            self.engine = InferenceEngine(self.registry, s.decode_threads, clock=ModelClock(s.cpu_stats_path))
         hosted = self.registry.hosted()
         if not hosted:
             raise StartupError(f"no service can be hosted: {self.registry.unavailable or 'none wanted'}")
@@ -152,7 +153,7 @@ class Worker:
         for c in self.consumers:
             c.start()
         self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
-                                   self.buffer.held)
+                                   self.buffer.held, self.registry.backend_choices())
         self.heartbeat.beat()
         self.heartbeat.start()
         from worker.models.live import LiveServices

@@ -69,7 +69,7 @@ class ImageClassifier:
             self.labels = [f"class_{i}" for i in range(spec.num_classes)]
         else:
             self.labels = load_labels(spec.labels, spec.num_classes, self.settings)
-        self.backend = backends.create(spec, self.settings, self.device).load()
+        self.backend = backends.create(spec, self.settings, self.device, self.preprocess).load()
         self.device = self.backend.device
         self.version = self.backend.version
         log.info("loaded service %s (%s, %d classes, backend %s) on %s", spec.name, spec.architecture,
@@ -130,6 +130,15 @@ class ImageClassifier:
         """Release the backend."""
         if self.backend is not None:
             self.backend.close()
+
+    @property
+    def backend_choice(self) -> dict:
+        """{"backend": serving backend, plus auto's measurements when the entry says backend: auto}."""
+        out = {"backend": getattr(self.backend, "name", self.spec.backend)}
+        choice = getattr(self.backend, "choice", None)
+        if choice:
+            out["auto"] = choice
+        return out
 
     @property
     def model_info(self) -> dict:

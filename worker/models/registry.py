@@ -61,6 +61,11 @@ class ModelRegistry:
                 log.exception("service %s failed to load", name)
         return self
 
+    def backend_choices(self) -> dict[str, dict]:
+        """Per hosted service, the backend it serves with (and, for backend: auto, what was measured)."""
+        return {name: getattr(h, "backend_choice", None) or {"backend": getattr(getattr(h, "spec", None), "backend", "")}
+                for name, h in self.handlers.items()}
+
     def get(self, name: str) -> ImageClassifier | None:
         """The loaded handler, or None."""
         return self.handlers.get(name)
