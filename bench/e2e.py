@@ -341,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="moto + this driver on the first allowed core, the system under test on the second")
     p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
                    help="after the cells, profile the worker with py-spy under 16-client load this long")
+    p.add_argument("--backend", choices=("auto", "torch"), default="auto",
+                   help="imagenet's backend in the stack and the direct box alike (auto: the fastest measured)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "e2e.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -360,10 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(aws_env(endpoint))
     prefix = "e2e" + uuid.uuid4().hex[:6]
     clock_path = os.path.join(log_dir, "worker-model-cpu")
-    settings = Settings.from_env({}, prefix=prefix, metrics_enabled=False, cpu_stats_path=clock_path)
+    auto = ("imagenet",) if args.backend == "auto" else ()
+    os.environ["CLASSIFYCLOUD_BACKEND_AUTO"] = ",".join(auto)   # the direct box reads its settings from here
+    settings = Settings.from_env({}, prefix=prefix, metrics_enabled=False, cpu_stats_path=clock_path,
+                                 backend_auto=auto)
     stack = LocalStack(settings, workers=1, endpoint=endpoint, log_dir=log_dir)
     floor = direct_proc = None
     affinity: dict = {}
+    served: dict = {}
     profile: dict | None = None
     try:
         if sut_cpus:  # children inherit the core at exec: their thread pools are sized for it
@@ -377,8 +383,12 @@ def main(argv: list[str] | None = None) -> int:
         floor = Floor(stack.settings, prefix, log_dir)
         if moto_cpus:  # this driver's threads (clients, sample server, floor listener) join moto's core
             cpu_account.pin_threads(os.getpid(), moto_cpus, descendants=False)
-        stack.wait_ready(timeout=300)
+        stack.wait_ready(timeout=300, workers=True)
         wait_http(f"http://127.0.0.1:{direct_port}/healthz", 300, direct_proc)
+        served = {"stack": [s for s in requests.get(stack.base_url + "/services", timeout=10).json()["services"]
+                            if s["name"] == "imagenet"][0].get("serving_backends"),
+                  "direct": requests.get(f"http://127.0.0.1:{direct_port}/healthz", timeout=10).json().get("backend")}
+        log.info("imagenet backends: %s", served)
         components = {"web": stack.web_proc.pid, "worker": stack.worker_procs[0].pid, "moto": moto.pid,
                       "direct": direct_proc.pid, "echo": floor.echo.pid}
         if sut_cpus:  # threads started since (gunicorn's workers, pools) inherited it; make sure of all
@@ -404,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("%s %s: p50 %.1f ms p99 %.1f ms %.2f req/s (%d failures) cpu-ms/req %s", cell, name,
                          r["p50_ms"], r["p99_ms"], r["throughput_rps"], r["failures"], r["cpu_ms_per_request"])
         if args.profile > 0:
-            profile = profile_stack(systems["stack"], components["worker"], args.profile, log_dir, moto_cpus)
+            profile = profile_stack(systems["stack"], {"worker": components["worker"], "web": components["web"]},
+                                    args.profile, log_dir, moto_cpus)
     finally:
         if floor is not None:
             floor.close()
@@ -424,17 +435,18 @@ def main(argv: list[str] | None = None) -> int:
                       f"{args.direct_threads} threads, "
                       + ("forwards concurrent (no lock)" if args.direct_unlocked else "one forward at a time (lock)"),
                       "moto": "separate process", "cells": counts, "warmup": args.warmup,
-                      "pinned": args.pinned, "cores": affinity},
+                      "pinned": args.pinned, "cores": affinity, "backend": args.backend, "served": served},
            "results": results, "ratios": ratios(results)}
     run["targets"] = targets(run)
     if profile is not None:
-        run["worker_profile"] = profile
+        run["profile"] = profile
     print(table(run))
     print()
     print(cpu_table(run))
     print(json.dumps(run["targets"], indent=1))
     if profile is not None:
-        print(profile_worker.markdown(profile, "worker profile (py-spy)"))
+        for name in ("worker", "web"):
+            print(profile_worker.markdown(profile[name], f"{name} profile (py-spy)"))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     runs = {}
     if os.path.exists(args.out):
@@ -447,17 +459,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def profile_stack(stack: Http, worker_pid: int, seconds: float, log_dir: str, cpus: set[int] | None) -> dict:
-    """py-spy on the worker while 16 clients load the stack for `seconds`; the summary of the profile."""
-    raw = os.path.join(log_dir, "worker-profile.txt")
-    spy = profile_worker.record(worker_pid, seconds, raw, cpus=cpus)
-    load = run_cell(stack, 16, 10 ** 9, until=lambda: spy.poll() is not None)
-    _, err = spy.communicate(timeout=60)
-    if spy.returncode != 0 or not os.path.exists(raw):
-        raise RuntimeError(f"py-spy failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}")
-    summary = profile_worker.summarise(raw)
-    summary["load"] = {k: load[k] for k in ("ok", "throughput_rps", "p50_ms")}
-    return summary
+def profile_stack(stack: Http, pids: dict[str, int], seconds: float, log_dir: str, cpus: set[int] | None) -> dict:
+    """py-spy on the worker and the web (with its gunicorn workers) while 16 clients load the stack for
+    `seconds`; per part the summary of its profile, and the load it ran under."""
+    raws = {name: os.path.join(log_dir, f"{name}-profile.txt") for name in pids}
+    spies = {name: profile_worker.record(pid, seconds, raws[name], cpus=cpus, subprocesses=name == "web")
+             for name, pid in pids.items()}
+    load = run_cell(stack, 16, 10 ** 9, until=lambda: all(s.poll() is not None for s in spies.values()))
+    out: dict = {"load": {k: load[k] for k in ("ok", "throughput_rps", "p50_ms")}}
+    for name, spy in spies.items():
+        _, err = spy.communicate(timeout=60)
+        if spy.returncode != 0 or not os.path.exists(raws[name]):
+            raise RuntimeError(f"py-spy on {name} failed ({spy.returncode}): {err.decode(errors='replace')[-500:]}")
+        out[name] = profile_worker.summarise(raws[name])
+    return out
 
 
 if __name__ == "__main__":

@@ -74,6 +74,9 @@ class Settings:
     # backend: auto (worker/models/backends/auto_backend.py): candidates timed on real photos at load
     backend_probe_images: tuple[str, ...] = ()  # photo paths; () -> the bundled samples (chelsea, coffee, ...)
     backend_probe_repeats: int = 3            # timed forwards per batch size (median kept), after one warm-up
+    backend_probe_budget_s: float = 1.0       # ... fewer when a candidate's timed runs pass this (a slow one)
+    backend_auto: tuple[str, ...] = ()        # services served with backend auto although their entry says torch:
+                                              # opt-in, as auto adds seconds to every worker start (docs/BENCHMARKS.md)
     backend_export_dir: str = ""              # ONNX exports made for auto; "" -> <weights cache>/exports
     cpu_stats_path: str = ""                  # worker: model CPU counters file (bench/e2e.py reads it); "" off
 

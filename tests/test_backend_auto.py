@@ -32,15 +32,17 @@ def auto_settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auto_handler(auto_settings):
-    """imagenet loaded with backend: auto."""
-    handler = ImageClassifier(auto_spec(), auto_settings).load()
-    yield handler
-    handler.close()
+    """The packaged imagenet entry (torch) served with backend auto through the backend_auto setting."""
+    settings = auto_settings.replace(services=("imagenet",), backend_auto=("imagenet",))
+    registry = ModelRegistry(load_catalogue(), settings).load()
+    assert registry.unavailable == {}
+    yield registry.get("imagenet")
+    registry.close()
 
 
 def test_auto_measures_torch_and_onnx_and_serves_chelsea_as_egyptian_cat(auto_handler, sample_bytes):
     choice = auto_handler.backend.choice
-    assert set(choice["candidates"]) == {"torch", "onnx"}
+    assert auto_handler.spec.backend == "auto" and set(choice["candidates"]) == {"torch", "onnx"}
     for name, report in choice["candidates"].items():
         assert "skipped" not in report, (name, report)
         assert report["ms"]["batch1"] > 0 and report["ms"]["batch8"] > 0
@@ -103,7 +105,6 @@ def test_the_model_clock_counts_forward_cpu_in_its_file(auto_handler, tmp_path, 
 
 
 def test_services_reports_the_backend_auto_chose_from_the_worker_heartbeat(auto_handler, settings, provisioned):
-    import boto3  # noqa: F401  (the moto server from conftest)
     from shared.aws import client
     from webserver.app import create_app
     beat = Heartbeat(settings, client("s3", settings), "auto-1", ["imagenet"], {}, lambda: 0,

@@ -1,6 +1,7 @@
 """Which services this worker hosts, their loaded handlers, and why others are unavailable."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from shared.catalogue import Catalogue, ServiceSpec
@@ -22,6 +23,13 @@ def handler_class(spec: ServiceSpec) -> type:
         from worker.models.keras_classifier import KerasClassifier
         return KerasClassifier
     return ImageClassifier
+
+
+def served_spec(spec: ServiceSpec, settings: Settings) -> ServiceSpec:
+    """The entry as served here: a torch entry named in settings.backend_auto is served with backend auto."""
+    if spec.name in settings.backend_auto and spec.backend == "torch" and spec.kind == "classifier":
+        return dataclasses.replace(spec, backend="auto")
+    return spec
 
 
 class ModelRegistry:
@@ -51,6 +59,7 @@ class ModelRegistry:
                 self.unavailable[name] = reason
                 log.warning("service %s unavailable: %s", name, reason)
                 continue
+            spec = served_spec(spec, self.settings)
             try:
                 self.handlers[name] = handler_class(spec)(spec, self.settings, self.device).load()
             except (WeightsError, ValueError, OSError) as exc:

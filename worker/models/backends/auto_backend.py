@@ -166,8 +166,10 @@ class AutoBackend:
         return torch.stack(images)
 
     def _time(self, backend: Backend, probe: torch.Tensor, sizes: list[int]) -> dict[str, float]:
-        """Median ms of a forward per batch size, over backend_probe_repeats runs (after one warm-up)."""
+        """Median ms of a forward per batch size, over backend_probe_repeats runs after one warm-up (fewer
+        once the candidate's timed runs pass backend_probe_budget_s: a slow candidate need not be timed long)."""
         out = {}
+        spent = 0.0
         for n in sizes:
             batch = probe[torch.arange(n) % len(probe)]   # real photos, repeated to fill the batch
             backend.forward(batch)
@@ -176,6 +178,9 @@ class AutoBackend:
                 t0 = time.perf_counter()
                 backend.forward(batch)
                 runs.append((time.perf_counter() - t0) * 1000)
+                spent += runs[-1] / 1000
+                if spent > self.settings.backend_probe_budget_s:
+                    break
             out[f"batch{n}"] = round(statistics.median(runs), 2)
         return out
 
