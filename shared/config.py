@@ -69,7 +69,7 @@ class Settings:
     precision: str = "auto"                   # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
     channels_last: bool = True                # NHWC memory format: tensor cores on CUDA, oneDNN on CPU
     compile_mode: str = ""                    # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
-    onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> its default (all cores)
+    onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> the cores this process may run on
     weights_cache: str = ""                   # where s3:// weights are downloaded; "" -> <tmp>/classifycloud-weights
     # backend: auto (worker/models/backends/auto_backend.py): candidates timed on real photos at load
     backend_probe_images: tuple[str, ...] = ()  # photo paths; () -> the bundled samples (chelsea, coffee, ...)

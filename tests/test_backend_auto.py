@@ -120,3 +120,27 @@ def test_services_reports_the_backend_auto_chose_from_the_worker_heartbeat(auto_
     assert entry["serving_backends"] == {chosen: 1}
     assert entry["backend_choice"]["chosen"] == chosen
     assert set(entry["backend_choice"]["candidates"]) == {"torch", "onnx"}
+
+
+PINNED_ONNX_CHILD = """
+import os
+import onnxruntime  # noqa: F401  (its import starts a thread of its own: counted before)
+from shared.catalogue import load_catalogue
+from shared.config import Settings
+from worker.models.registry import ModelRegistry
+before = len(os.listdir("/proc/self/task"))
+registry = ModelRegistry(load_catalogue(), Settings.from_env({}, device="cpu", services=("nsfw",))).load()
+assert registry.get("nsfw").backend.name == "onnx", registry.unavailable
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+def test_onnx_runtime_runs_one_thread_in_a_process_pinned_to_one_core():
+    # ONNX Runtime's default counts the machine's cores: on one allowed core it ran a second, spinning thread
+    import os
+    import subprocess
+    import sys
+    core = min(os.sched_getaffinity(0))
+    out = subprocess.run([sys.executable, "-c", PINNED_ONNX_CHILD], capture_output=True, text=True, timeout=300,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {core}), check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0", out.stdout + out.stderr
