@@ -144,3 +144,17 @@ def test_onnx_runtime_runs_one_thread_in_a_process_pinned_to_one_core():
     out = subprocess.run([sys.executable, "-c", PINNED_ONNX_CHILD], capture_output=True, text=True, timeout=300,
                          preexec_fn=lambda: os.sched_setaffinity(0, {core}), check=True)
     assert out.stdout.strip().splitlines()[-1] == "0", out.stdout + out.stderr
+
+
+def test_centre_region_then_resize_matches_resize_then_crop_on_real_photos(auto_handler, sample_bytes):
+    import torchvision.transforms.functional as TF
+
+    from worker.models.engine import decode_jpeg_tensor
+    p = auto_handler.spec.preprocess
+    for name, photo in sample_bytes.items():
+        image = decode_jpeg_tensor(photo)
+        full = TF.center_crop(TF.resize(image, p.resize, antialias=True), p.crop)   # the reference transform
+        reference = auto_handler.infer(TF.normalize(full.float().div_(255.0), p.mean, p.std)[None])
+        fast = auto_handler.infer(auto_handler.preprocess_tensor(image)[None])
+        assert fast.argmax().item() == reference.argmax().item(), name
+        assert float((fast - reference).abs().max()) < 0.01, name
