@@ -9,7 +9,7 @@ Three systems on this machine, loopback only, one moto server (its own process) 
   sender's listener thread long-polls the reply queue and wakes the waiting client. Any queue design pays this.
 - direct: Flask + gunicorn (1 process, gthread) running the project's ImageClassifier for `imagenet`
   in the request thread (bench/e2e_direct.py): fetch by URL, decode, forward (one at a time, under a lock,
-  unless --direct-unlocked), top-k. No queue.
+  unless --direct-unlocked), top-k. No queue. Same backend as the stack (--backend; auto by default).
 - stack: classifycloud.local.LocalStack with 1 worker (web: gunicorn, its default processes).
 
 The images are the bundled coffee photo by URL from the loopback sample server. Each cell (sequential, 4 and
