@@ -234,6 +234,17 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     raise TimeoutError(f"{url} not ready after {timeout:.0f}s")
 
 
+def serving_backends(base_url: str, timeout: float = 30.0) -> dict | None:
+    """imagenet's serving_backends from the stack's /services (each web process caches heartbeats a while)."""
+    end = time.monotonic() + timeout
+    while True:
+        entry = [s for s in requests.get(base_url + "/services", timeout=10).json()["services"]
+                 if s["name"] == "imagenet"][0]
+        if entry.get("serving_backends") or time.monotonic() > end:
+            return entry.get("serving_backends")
+        time.sleep(0.5)
+
+
 def start_moto(log_dir: str, cpus: set[int] | None = None) -> tuple[subprocess.Popen, str]:
     """A moto server in its own process (so the clients of this process do not share its GIL); on `cpus`."""
     port = free_port()
@@ -385,8 +396,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_account.pin_threads(os.getpid(), moto_cpus, descendants=False)
         stack.wait_ready(timeout=300, workers=True)
         wait_http(f"http://127.0.0.1:{direct_port}/healthz", 300, direct_proc)
-        served = {"stack": [s for s in requests.get(stack.base_url + "/services", timeout=10).json()["services"]
-                            if s["name"] == "imagenet"][0].get("serving_backends"),
+        served = {"stack": serving_backends(stack.base_url),
                   "direct": requests.get(f"http://127.0.0.1:{direct_port}/healthz", timeout=10).json().get("backend")}
         log.info("imagenet backends: %s", served)
         components = {"web": stack.web_proc.pid, "worker": stack.worker_procs[0].pid, "moto": moto.pid,
