@@ -59,7 +59,8 @@ bench-load: install
 	$(PY) bench/load_test.py --users 10 --duration 60
 
 bench-e2e: install
-	$(PY) bench/e2e.py --label $(or $(LABEL),run)
+	$(PIP) install -q -e '.[bench]'
+	$(PY) bench/e2e.py --label $(or $(LABEL),run) $(ARGS)   # ARGS="--pinned --profile 20": see docs/BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) $(TOOLS) *.egg-info

@@ -33,11 +33,12 @@ def create_app():
     from worker.fetch import FetchError, Fetcher
     from worker.models.engine import ImageDecodeError, decode_image
     from worker.models.handler import ImageClassifier
+    from worker.models.registry import served_spec
 
     settings = Settings.from_env(os.environ, fetch_allow_loopback=True, metrics_enabled=False)
     catalogue = catalogue_for(settings)
     service = os.environ.get("E2E_DIRECT_SERVICE", "imagenet")
-    handler = ImageClassifier(catalogue[service], settings).load()
+    handler = ImageClassifier(served_spec(catalogue[service], settings), settings).load()  # backend_auto too
     fetcher = Fetcher(settings)
     # E2E_DIRECT_LOCK=1: one forward at a time. Unlocked, request threads run forwards side by side and
     # oversubscribe the cores (torch's intra-op threads per forward), which is slower on a small CPU box.
@@ -78,7 +79,7 @@ def create_app():
 
     @app.get("/healthz")
     def healthz():
-        return jsonify({"status": "ok"})
+        return jsonify({"status": "ok", "backend": handler.backend_choice})
 
     return app
 

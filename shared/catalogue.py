@@ -17,7 +17,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 KINDS = ("classifier", "score", "embedding")
-BACKENDS = ("torch", "onnx", "tensorrt", "keras", "dlib")
+BACKENDS = ("torch", "onnx", "tensorrt", "keras", "dlib", "auto")
 
 
 class CatalogueError(ValueError):
@@ -47,7 +47,7 @@ class ServiceSpec:
     weights: str | None = None             # path, s3:// URI, "package:<module>", or None (unavailable)
     sha256: str | None = None              # optional pin of the weights file
     trusted_pickle: bool = False           # allow a full pickle (runs code); only with a matching sha256 pin
-    backend: str = "torch"                 # torch | onnx | tensorrt
+    backend: str = "torch"                 # torch | onnx | tensorrt | auto (fastest measured at load)
     artefact: str | None = None            # converted model (ONNX file / TensorRT engine) for those backends
     preprocess: Preprocess = field(default_factory=Preprocess)
     top_k: int = 5

@@ -74,9 +74,17 @@ class Settings:
     precision: str = "auto"                   # auto (fp16 on CUDA, fp32 on CPU) | fp32 | fp16 | bf16 (autocast)
     channels_last: bool = True                # NHWC memory format: tensor cores on CUDA, oneDNN on CPU
     compile_mode: str = ""                    # "" off | default | reduce-overhead (CUDA graphs) | max-autotune
-    onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> its default (all cores)
+    onnx_threads: int = 0                     # ONNX Runtime intra-op threads; 0 -> the cores this process may run on
     gallery_max_entries: int = 1000          # facesearch: faces per gallery (an enrolment past it -> 409 gallery_full)
     weights_cache: str = ""                   # where s3:// weights are downloaded; "" -> <tmp>/classifycloud-weights
+    # backend: auto (worker/models/backends/auto_backend.py): candidates timed on real photos at load
+    backend_probe_images: tuple[str, ...] = ()  # photo paths; () -> the bundled samples (chelsea, coffee, ...)
+    backend_probe_repeats: int = 3            # timed forwards per batch size (median kept), after one warm-up
+    backend_probe_budget_s: float = 1.0       # ... fewer when a candidate's timed runs pass this (a slow one)
+    backend_auto: tuple[str, ...] = ()        # services served with backend auto although their entry says torch:
+                                              # opt-in, as auto adds seconds to every worker start (docs/BENCHMARKS.md)
+    backend_export_dir: str = ""              # ONNX exports made for auto; "" -> <weights cache>/exports
+    cpu_stats_path: str = ""                  # worker: model CPU counters file (bench/e2e.py reads it); "" off
 
     # --- safe fetch ---------------------------------------------------------
     fetch_max_bytes: int = 20 * 1024 * 1024

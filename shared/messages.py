@@ -251,6 +251,7 @@ class Heartbeat:
     unavailable: dict = field(default_factory=dict)  # service -> why it cannot be hosted
     state: str = "ready"                             # "ready" | "stopping"
     busy: int = 0                                    # messages held (waiting + being processed)
+    backends: dict = field(default_factory=dict)     # service -> {"backend": serving backend, "auto": measurements}
     started_at: int = field(default_factory=now_ms)
     at: int = field(default_factory=now_ms)          # when written, epoch ms
     step_at: int = 0                                 # the worker loop's last step, epoch ms (0: unknown)
@@ -312,5 +313,8 @@ class Heartbeat:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise MessageError("malformed_message", f"heartbeat: {name} must be epoch milliseconds")
             progress[name] = int(value)
+        backends = data.get("backends", {})
+        if not isinstance(backends, dict) or not all(isinstance(v, dict) for v in backends.values()):
+            raise MessageError("malformed_message", "heartbeat: backends must map services to objects")
         return cls(instance_id=instance_id, services=list(services), unavailable=dict(unavailable), state=state,
-                   busy=busy, started_at=int(started), at=int(at), **progress)
+                   busy=busy, backends=dict(backends), started_at=int(started), at=int(at), **progress)

@@ -93,10 +93,11 @@ def get_job(job_id: str):
 
 @bp.route("/services", methods=["GET"])
 def services():
-    """Every catalogue service and whether it can serve (weights configured)."""
+    """Every catalogue service, whether it can serve (weights configured), and the backends workers serve it with."""
     c = ctx()
     out = []
     services = c.catalogue.services  # one snapshot: a live refresh between two reads cannot split the list
+    serving = serving_backends(c.heartbeats.ready_workers()[0])
     for name, spec in services.items():
         reason = public_reason(spec.unavailable_reason(c.settings.model_dir))
         entry = {"name": name, "kind": spec.kind, "description": spec.description,
@@ -114,6 +115,8 @@ def services():
             entry["derived_from"] = spec.derived_from
             entry["classes"] = list(spec.classes)
             entry["min_share"] = spec.min_share
+        if name in serving:
+            entry.update(serving[name])
         out.append(entry)
     for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries (why: the log)
         if name not in services:
@@ -121,6 +124,20 @@ def services():
                         "num_classes": None, "top_k": None, "available": False,
                         "reason": "invalid S3 entry; its publisher finds the reason in the server log"})
     return jsonify({"services": out})
+
+
+def serving_backends(workers: list[dict]) -> dict[str, dict]:
+    """Per service, from fresh worker heartbeats: how many workers serve it with each backend, and (backend:
+    auto) one worker's measurements of its candidates."""
+    out: dict[str, dict] = {}
+    for beat in workers:
+        for name, choice in (beat.get("backends") or {}).items():
+            entry = out.setdefault(name, {"serving_backends": {}})
+            backend = str(choice.get("backend", ""))
+            entry["serving_backends"][backend] = entry["serving_backends"].get(backend, 0) + 1
+            if isinstance(choice.get("auto"), dict):
+                entry["backend_choice"] = choice["auto"]
+    return out
 
 
 @bp.route("/healthz", methods=["GET"])

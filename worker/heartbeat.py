@@ -13,11 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Writes {instance_id, services, unavailable, state, busy, started_at, at, step_at, oldest_held_at} every interval."""
+    """Writes {instance_id, services, unavailable, state, busy, backends, started_at, at, step_at, oldest_held_at}."""
 
     def __init__(self, settings: Settings, s3, instance_id: str, services: list[str],
                  unavailable: dict[str, str], busy: Callable[[], int],
-                 progress: Callable[[], tuple[int, int]] | None = None):
+                 progress: Callable[[], tuple[int, int]] | None = None, backends: dict | None = None):
         super().__init__(name="heartbeat", daemon=True)
         self.settings = settings
         self.s3 = s3
@@ -26,6 +26,7 @@ class Heartbeat(threading.Thread):
         self.unavailable = dict(unavailable)
         self.busy = busy
         self.progress = progress    # () -> (loop's last step, oldest held message's receive time), epoch ms
+        self.backends = dict(backends or {})   # service -> the backend it serves with (auto: what was measured)
         self.state = "ready"
         self.started_at = now_ms()
         self.key = naming.heartbeat_key(instance_id)
@@ -36,6 +37,7 @@ class Heartbeat(threading.Thread):
         step_at, oldest = self.progress() if self.progress is not None else (0, 0)
         return HeartbeatRecord(instance_id=self.instance_id, services=list(self.services),
                                unavailable=dict(self.unavailable), state=self.state, busy=self.busy(),
+                               backends=dict(self.backends),
                                started_at=self.started_at, at=now_ms(), step_at=step_at,
                                oldest_held_at=oldest or 0)
 

@@ -138,8 +138,9 @@ class Worker:
         if self.registry is None:
             self.registry = registry.load()
         if self.engine is None:
+            from worker.models.cpu_clock import ModelClock
             from worker.models.engine import InferenceEngine
-            self.engine = InferenceEngine(self.registry, s.decode_threads)
+            self.engine = InferenceEngine(self.registry, s.decode_threads, clock=ModelClock(s.cpu_stats_path))
         hosted = self.registry.hosted()
         if not hosted:
             raise StartupError(f"no service can be hosted: {self.registry.unavailable or 'none wanted'}")
@@ -162,7 +163,7 @@ class Worker:
         self.consumers += start_bulk_consumers(s, self.transport, list(self.queue_urls), self.buffer,
                                                list(self.consumers))
         self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
-                                   self.buffer.held, self._progress)
+                                   self.buffer.held, self._progress, self.registry.backend_choices())
         self.heartbeat.beat()
         self.heartbeat.start()
         self.watchdog = Watchdog(s, stall_limit_s(s, hosted, self.catalogue),

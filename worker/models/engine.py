@@ -14,6 +14,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from shared.config import get_settings
 from shared.images import ImageRefused, CheckedImage, open_checked, take_header
+from worker.models.cpu_clock import ModelClock
 from worker.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ def decode_jpeg_tensor(data: bytes) -> torch.Tensor:
 class InferenceEngine:
     """Runs batches for the registry's services; safe to call from several threads at once."""
 
-    def __init__(self, registry: ModelRegistry, decode_threads: int = 4, jpeg_fast_path: bool = True):
+    def __init__(self, registry: ModelRegistry, decode_threads: int = 4, jpeg_fast_path: bool = True,
+                 clock: ModelClock | None = None):
         self.registry = registry
         self.jpeg_fast_path = jpeg_fast_path
+        self.clock = clock or ModelClock()   # the model's CPU time, apart from fetch/decode/queue work
         self.pool = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="decode")
 
     def _prepare(self, handler, data: bytes) -> tuple[torch.Tensor | ImageDecodeError, str]:
@@ -119,12 +122,14 @@ class InferenceEngine:
         good = [i for i, (_, d) in enumerate(prepared) if d != "error"]
         t1 = time.perf_counter()
         if good and all(a is handler for a in answerers):
-            answers = handler.run_batch([results[i] for i in good], [top_ks[i] for i in good],
-                                        [params[i] for i in good])
+            with self.clock.measure(len(good)):
+                answers = handler.run_batch([results[i] for i in good], [top_ks[i] for i in good],
+                                            [params[i] for i in good])
             for j, i in enumerate(good):
                 results[i] = answers[j]
         elif good:  # a model service and its derived services: one forward pass, answered per item
-            probs = owner.infer(torch.stack([results[i] for i in good]))
+            with self.clock.measure(len(good)):
+                probs = owner.infer(torch.stack([results[i] for i in good]))
             for j, i in enumerate(good):
                 results[i] = answerers[i].postprocess(probs[j:j + 1], top_ks[i])[0][: max(1, top_ks[i])]
         return BatchResult(results=results, inference_ms=(time.perf_counter() - t1) * 1000,
@@ -133,3 +138,4 @@ class InferenceEngine:
     def close(self) -> None:
         """Stop the decode pool."""
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.clock.close()

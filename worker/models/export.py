@@ -20,7 +20,7 @@ def export_onnx(model: torch.nn.Module, path: str, crop: int = 224, opset: int =
     model = model.eval().cpu()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     example = torch.randn(2, 3, crop, crop)
-    tmp = path + ".part"
+    tmp = f"{path}.{os.getpid()}.part"   # two processes exporting the same file never write one .part
     with warnings.catch_warnings():
         # The TorchScript exporter needs no extra packages (the dynamo one needs onnxscript); it warns it is legacy.
         warnings.simplefilter("ignore")

@@ -41,6 +41,20 @@ def _interpolation(p: Preprocess) -> TF.InterpolationMode:
         raise ValueError(f"unknown interpolation {p.interpolation!r}") from None
 
 
+def centre_region(image: torch.Tensor, resize: int, crop: int) -> torch.Tensor:
+    """The source pixels that a shorter-side resize to `resize` and a centre crop of `crop` keep (a view).
+
+    Sizes and offsets follow torchvision's own rounding (resize: int(long side * resize / short side);
+    center_crop: round((size - crop) / 2)), so each axis keeps the scale resize-then-crop had.
+    """
+    h, w = image.shape[-2:]
+    nh, nw = (resize, int(resize * w / h)) if h <= w else (int(resize * h / w), resize)
+    sy, sx = h / nh, w / nw
+    top, left = int(round((nh - crop) / 2.0)), int(round((nw - crop) / 2.0))
+    y0, x0 = max(0, round(top * sy)), max(0, round(left * sx))
+    return image[..., y0:y0 + max(1, round(crop * sy)), x0:x0 + max(1, round(crop * sx))]
+
+
 class ImageClassifier:
     """The classifier kind: one service's model (through its backend), loaded once; top-k with Unknown."""
 
@@ -69,7 +83,7 @@ class ImageClassifier:
             self.labels = [f"class_{i}" for i in range(spec.num_classes)]
         else:
             self.labels = load_labels(spec.labels, spec.num_classes, self.settings)
-        self.backend = backends.create(spec, self.settings, self.device).load()
+        self.backend = backends.create(spec, self.settings, self.device, self.preprocess).load()
         self.device = self.backend.device
         self.version = self.backend.version
         log.info("loaded service %s (%s, %d classes, backend %s) on %s", spec.name, spec.architecture,
@@ -88,13 +102,19 @@ class ImageClassifier:
         return TF.normalize(TF.to_tensor(img), p.mean, p.std)
 
     def preprocess_tensor(self, image: torch.Tensor) -> torch.Tensor:
-        """The same transform for a decoded uint8 [3, H, W] tensor (torchvision.io path)."""
+        """The same transform for a decoded uint8 [3, H, W] tensor (torchvision.io path).
+
+        Crop mode cuts the centre region out of the source first (a view) and resizes only that to
+        crop x crop: the same scale and centre as resize-then-crop, with a third less resizing for a 3:2
+        photo (the worker's largest non-model cost, docs/BENCHMARKS.md). Only the outermost output pixels
+        differ, where the filter no longer sees source pixels beyond the crop.
+        """
         p = self.spec.preprocess
         if p.mode == "squash":
             img = TF.resize(image, [p.crop, p.crop], interpolation=self._interp, antialias=True)
         else:
-            img = TF.resize(image, p.resize, interpolation=self._interp, antialias=True)
-            img = TF.center_crop(img, p.crop)
+            img = TF.resize(centre_region(image, p.resize, p.crop), [p.crop, p.crop], interpolation=self._interp,
+                            antialias=True)
         return TF.normalize(img.float().div_(255.0), p.mean, p.std)
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
@@ -130,6 +150,15 @@ class ImageClassifier:
         """Release the backend."""
         if self.backend is not None:
             self.backend.close()
+
+    @property
+    def backend_choice(self) -> dict:
+        """{"backend": serving backend, plus auto's measurements when the entry says backend: auto}."""
+        out = {"backend": getattr(self.backend, "name", self.spec.backend)}
+        choice = getattr(self.backend, "choice", None)
+        if choice:
+            out["auto"] = choice
+        return out
 
     @property
     def model_info(self) -> dict:

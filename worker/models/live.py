@@ -181,3 +181,4 @@ class LiveServices:
         if hb is not None:
             hb.services = self.registry.hosted()
             hb.unavailable = dict(self.registry.unavailable)
+            hb.backends = self.registry.backend_choices()

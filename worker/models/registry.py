@@ -1,6 +1,7 @@
 """Which services this worker hosts, their loaded handlers, and why others are unavailable."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from shared.catalogue import Catalogue, ServiceSpec
@@ -22,6 +23,13 @@ def handler_class(spec: ServiceSpec) -> type:
         from worker.models.keras_classifier import KerasClassifier
         return KerasClassifier
     return ImageClassifier
+
+
+def served_spec(spec: ServiceSpec, settings: Settings) -> ServiceSpec:
+    """The entry as served here: a torch entry named in settings.backend_auto is served with backend auto."""
+    if spec.name in settings.backend_auto and spec.backend == "torch" and spec.kind == "classifier":
+        return dataclasses.replace(spec, backend="auto")
+    return spec
 
 
 class ModelRegistry:
@@ -55,6 +63,7 @@ class ModelRegistry:
                 self.unavailable[name] = reason
                 log.warning("service %s unavailable: %s", name, reason)
                 continue
+            spec = served_spec(spec, self.settings)
             try:
                 self.handlers[name] = self._build(spec)
             except (WeightsError, ValueError, OSError) as exc:
@@ -80,6 +89,11 @@ class ModelRegistry:
             raise WeightsError(f"parent service {parent!r} is not in the catalogue")
         self._bases[parent] = self._build(self.catalogue[parent])
         return self._bases[parent]
+
+    def backend_choices(self) -> dict[str, dict]:
+        """Per hosted service, the backend it serves with (and, for backend: auto, what was measured)."""
+        return {name: getattr(h, "backend_choice", None) or {"backend": getattr(getattr(h, "spec", None), "backend", "")}
+                for name, h in self.handlers.items()}
 
     def get(self, name: str) -> ImageClassifier | None:
         """The loaded handler (a service, or a version as "<service>@<v>"), or None."""

@@ -9,7 +9,7 @@ from shared.catalogue import ServiceSpec
 from shared.config import Settings
 from worker.models.loader import WeightsError
 
-BACKENDS = ("torch", "onnx", "tensorrt")
+BACKENDS = ("torch", "onnx", "tensorrt", "auto")
 
 
 class BackendUnavailable(WeightsError):
@@ -30,8 +30,9 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-def create(spec: ServiceSpec, settings: Settings, device: torch.device) -> Backend:
-    """The (not yet loaded) backend the service's catalogue entry names."""
+def create(spec: ServiceSpec, settings: Settings, device: torch.device, preprocess=None) -> Backend:
+    """The (not yet loaded) backend the service's catalogue entry names (auto times its candidates on
+    real photos, prepared with `preprocess`)."""
     if spec.backend == "torch":
         from worker.models.backends.torch_backend import TorchBackend
         return TorchBackend(spec, settings, device)
@@ -41,6 +42,11 @@ def create(spec: ServiceSpec, settings: Settings, device: torch.device) -> Backe
     if spec.backend == "tensorrt":
         from worker.models.backends.tensorrt_backend import TensorRTBackend
         return TensorRTBackend(spec, settings, device)
+    if spec.backend == "auto":
+        from worker.models.backends.auto_backend import AutoBackend
+        if preprocess is None:
+            raise ValueError(f"service {spec.name!r}: backend auto needs the handler's preprocess")
+        return AutoBackend(spec, settings, device, preprocess)
     raise ValueError(f"service {spec.name!r}: unknown backend {spec.backend!r}; known: {BACKENDS}")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -41,8 +42,9 @@ class OnnxBackend:
         digest = verify_sha256(path, self.spec.sha256)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if self.settings.onnx_threads > 0:
-            opts.intra_op_num_threads = self.settings.onnx_threads
+        # ONNX Runtime's own default counts the machine's cores, not this process's: pinned to one core it ran
+        # two spinning threads there, twice the CPU and 1.7x the wall time of one thread (docs/BENCHMARKS.md)
+        opts.intra_op_num_threads = self.settings.onnx_threads or len(os.sched_getaffinity(0))
         available = ort.get_available_providers()
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in available:
