@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from botocore.exceptions import ClientError
 
 from autoscaler.fleet.asg import AsgFleet
@@ -19,6 +18,9 @@ from shared.messages import Terminate, now_ms
 from shared.service_queues import ensure_request_queue
 from worker.asg import FleetAgent
 from worker.terminate import TerminateWatch
+
+# the worker groups as Terraform builds them with min_workers = 1: warm (min 0), then the base group (min 1)
+from test_fleet_asg import describe as group, groups  # noqa: F401  (groups: a fixture)
 
 MIN_SIZE_REFUSAL = ("Currently, desiredSize equals minSize ({size}). Terminating instance without replacement will "
                     "violate group's min size constraint. Either set shouldDecrementDesiredCapacity flag to false or "
@@ -92,30 +94,6 @@ class RecordsQueueAttributes:
         return self._sqs.set_queue_attributes(QueueUrl=QueueUrl, Attributes=Attributes)
 
 
-@pytest.fixture
-def groups(settings):
-    """The worker groups as Terraform builds them with min_workers = 1: warm (min 0), then the base group (min 1)."""
-    ec2, asg = client("ec2", settings), client("autoscaling", settings)
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    subnets = ",".join(s["SubnetId"] for s in ec2.describe_subnets()["Subnets"][:2])
-    lt = f"{settings.prefix}-worker"
-    ec2.create_launch_template(LaunchTemplateName=lt, LaunchTemplateData={"ImageId": image,
-                                                                          "InstanceType": "g4dn.xlarge"})
-    warm, base = settings.asg_group_names
-    for name, size in ((warm, 0), (base, 1)):
-        asg.create_auto_scaling_group(AutoScalingGroupName=name, MinSize=size, MaxSize=3, DesiredCapacity=size,
-                                      LaunchTemplate={"LaunchTemplateName": lt, "Version": "$Default"},
-                                      VPCZoneIdentifier=subnets)
-    yield {"warm": warm, "base": base, "asg": asg}
-    for name in (warm, base):
-        asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
-    ec2.delete_launch_template(LaunchTemplateName=lt)
-
-
-def group(asg, name) -> dict:
-    return asg.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][0]
-
-
 def in_service(asg, name) -> list[str]:
     return [i["InstanceId"] for i in group(asg, name)["Instances"] if i["LifecycleState"] == "InService"]
 
@@ -128,7 +106,7 @@ def test_the_base_groups_idle_worker_at_its_minimum_leaves_the_terminate_to_the_
                                                                                             groups):
     asg, s = groups["asg"], asg_settings(settings)
     asg.set_desired_capacity(AutoScalingGroupName=groups["warm"], DesiredCapacity=1)
-    (base_id,), (warm_id,) = in_service(asg, groups["base"]), in_service(asg, groups["warm"])
+    (base_id,), (warm_id,) = in_service(asg, groups["main"]), in_service(asg, groups["warm"])
     aws = AutoScalingLikeAws(asg)
     sqs, url = client("sqs", s), provisioned["__terminate__"]
     sqs.send_message(QueueUrl=url, MessageBody=Terminate().to_json())    # the autoscaler: 2 workers -> 1
@@ -141,30 +119,30 @@ def test_the_base_groups_idle_worker_at_its_minimum_leaves_the_terminate_to_the_
     watch.confirm()
     above.close("terminate message")
     assert above.removed and aws.refused == 0
-    assert group(asg, groups["warm"])["DesiredCapacity"] == 0 and in_service(asg, groups["base"]) == [base_id]
+    assert group(asg, groups["warm"])["DesiredCapacity"] == 0 and in_service(asg, groups["main"]) == [base_id]
 
 
 def test_a_worker_refused_its_decrement_at_the_minimum_leaves_its_instance_for_the_group_to_replace(settings,
                                                                                                     groups):
     # Two workers of one group at min + 1 may both take a terminate; the second one's decrement is refused.
     asg, s = groups["asg"], asg_settings(settings)
-    (leaving,) = in_service(asg, groups["base"])
+    (leaving,) = in_service(asg, groups["main"])
     aws = AutoScalingLikeAws(asg)
     agent = FleetAgent(s, leaving, lambda: 0, lambda reason: None, autoscaling=aws, imds=None)
     agent.close("terminate message")
     assert aws.refused >= 1 and agent.removed            # not left InService, billed, without a worker
-    assert leaving not in in_service(asg, groups["base"])
-    assert group(asg, groups["base"])["DesiredCapacity"] == 1       # the group launches its replacement
+    assert leaving not in in_service(asg, groups["main"])
+    assert group(asg, groups["main"])["DesiredCapacity"] == 1       # the group launches its replacement
 
 
 def test_health_replacement_at_the_minimum_terminates_the_hung_instance_and_its_group_replaces_it(settings, groups):
     asg, s = groups["asg"], asg_settings(settings)
-    (hung,) = in_service(asg, groups["base"])
+    (hung,) = in_service(asg, groups["main"])
     aws = AutoScalingLikeAws(asg)
     fleet = AsgFleet(s, autoscaling=aws)
     fleet.terminate([hung])
-    assert aws.refused == 0 and hung not in in_service(asg, groups["base"])
-    assert group(asg, groups["base"])["DesiredCapacity"] == 1
+    assert aws.refused == 0 and hung not in in_service(asg, groups["main"])
+    assert group(asg, groups["main"])["DesiredCapacity"] == 1
     count = fleet.count()
     assert count.running + count.pending == 1             # the replacement: capacity the next tick must not re-buy
 
