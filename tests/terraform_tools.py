@@ -1,4 +1,4 @@
-"""The real `terraform` and hashicorp/aws provider for the tests: found on this machine, or a failure saying how to get them.
+"""The real `terraform` and hashicorp/aws provider for the tests: found here, or a failure that says how to get them.
 
 Terraform installs the provider from a filesystem mirror (the folder that holds
 registry.terraform.io/hashicorp/aws/...), never from the network: the tests write their own CLI
