@@ -81,19 +81,18 @@ def deployment(tmp_path_factory):
     """init from the mirror, validate, plan and apply against a fresh moto server; destroyed at the end if not yet."""
     from moto.server import ThreadedMotoServer
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
     endpoint = f"http://127.0.0.1:{port}"
     module = scratch_copy(str(tmp_path_factory.mktemp("deploy")))
     write_overrides(module)
     # The provider reads these like any AWS SDK: endpoint, credentials, region; no instance metadata here.
+    # Found (or failed, saying how to get them) before anything starts: terraform and the provider mirror.
     tf = Terraform(module, env={**aws_endpoint_env(endpoint), "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
                                 "AWS_EC2_METADATA_DISABLED": "true"})
-    ec2 = boto3.client("ec2", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="testing",
-                       aws_secret_access_key="testing")
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]   # one of moto's stock AMIs
-    d = Deployment(tf, endpoint, image)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    d = Deployment(tf, endpoint, image="")
     try:
+        d.image = d.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]   # a moto stock AMI
         started = time.monotonic()
         tf.init()
         d.seconds["init"] = round(time.monotonic() - started, 1)
@@ -103,12 +102,12 @@ def deployment(tmp_path_factory):
         d.outputs = {k: v["value"] for k, v in json.loads(tf.run("output", "-json").stdout).items()}
         yield d
     finally:
-        if not d.destroyed:
+        if not d.destroyed and d.image:
             try:
                 empty_bucket(d.client("s3"), d.outputs.get("bucket", "classifycloud-data"))
             except Exception:   # the bucket may not exist when the apply failed early
                 pass
-                tf.run("destroy", "-auto-approve", "-no-color", *d.var_args("destroy"), ok=(0, 1))
+            tf.run("destroy", "-auto-approve", "-no-color", *d.var_args("destroy"), ok=(0, 1))
         server.stop()
         print(f"\ndeployment suite, seconds per step: {d.seconds}")
 

@@ -12,7 +12,7 @@ import pytest
 
 from shared.catalogue import load_catalogue
 from shared.config import Settings
-from terraform_tools import Terraform, scratch_copy
+from terraform_tools import MIRROR_ENV, Terraform, find_mirror, holds_aws_provider, scratch_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF = os.path.join(ROOT, "infra", "terraform")
@@ -107,6 +107,17 @@ def test_terraform_validate_reports_an_unknown_argument_and_a_missing_required_o
     assert ("Missing required argument", "storage.tf") in found, found
     details = " ".join(d.get("detail", "") for d in report["diagnostics"])
     assert '"sqs_managed_sse_enable"' in details and '"bucket"' in details
+
+
+def test_a_missing_provider_mirror_fails_saying_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path))              # a folder without the provider
+    with pytest.raises(pytest.fail.Exception, match="terraform providers mirror") as failed:
+        find_mirror()
+    assert MIRROR_ENV in str(failed.value) and str(tmp_path) in str(failed.value)
+    monkeypatch.delenv(MIRROR_ENV)
+    found = find_mirror()                                      # this machine's: the suite must have one
+    monkeypatch.setenv(MIRROR_ENV, found)
+    assert find_mirror() == found and holds_aws_provider(found)
 
 
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason():
