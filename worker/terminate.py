@@ -68,6 +68,7 @@ class TerminateWatch:
             log.warning("terminate check failed: %s", exc)
             return False
         taken = False
+        leave: bool | None = None     # asked once per check, only when a fresh one is there
         now = now_ms()
         for m in messages:
             try:
@@ -81,15 +82,18 @@ class TerminateWatch:
                          (now - msg.issued_at) / 1000)
                 self._delete(m)
                 self.stale_dropped += 1         # after the delete: counted means gone
-            elif not taken and self.may_leave():
+                continue
+            if not taken and leave is None:
+                leave = self.may_leave()
+            if not taken and leave:
                 log.info("terminate message %s taken: this worker stops", m.message_id)
                 taken = True
                 self._taken = m
-            else:  # one message = one worker: leave the others for other workers, visible now
-                if not taken:
-                    log.info("terminate message %s left for another worker: this one's group is at its "
-                             "minimum size", m.message_id)
-                self._release(m)
+                continue
+            if not taken:
+                log.info("terminate message %s left for another worker: this one's group is at its minimum size",
+                         m.message_id)
+            self._release(m)   # one message = one worker: leave the others for other workers, visible now
         return taken
 
     def _delete(self, m: Received) -> bool:
