@@ -45,7 +45,7 @@ test: install $(TOOLS)/.installed system-tools browser
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
 
-# The offline infrastructure checks alone (fmt, schema, checkov, shellcheck, systemd, cross-checks).
+# The offline infrastructure checks alone (fmt, terraform validate, checkov, shellcheck, systemd, cross-checks).
 lint-infra: install $(TOOLS)/.installed system-tools
 	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra tests/test_infra_terraform.py tests/test_infra_crosscheck.py tests/test_infra_iam.py tests/test_infra_ami.py
 

@@ -84,6 +84,8 @@ source "amazon-ebs" "classifycloud" {
     device_name           = "/dev/sda1"
     volume_size           = var.volume_size_gb
     volume_type           = "gp3"
+    throughput            = 125 # gp3's baseline, explicit: older amazon builders require it for gp3
+    iops                  = 3000
     encrypted             = true
     delete_on_termination = true
   }
@@ -105,6 +107,9 @@ build {
   provisioner "file" {
     source      = "/tmp/classifycloud-src.tar.gz"
     destination = "/tmp/classifycloud-src.tar.gz"
+    # made by shell-local above during the build: without this, validation (and so every build on a
+    # machine without a tarball left from an earlier build) stops at "Bad source ... no such file"
+    generated = true
   }
 
   provisioner "file" {

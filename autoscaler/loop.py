@@ -103,7 +103,9 @@ class Autoscaler:
         self.metrics.record("WorkersReplaced", len(report.replace))
         gone = set(report.replace)
         running = [i for i in count.ids[:count.running] if i not in gone]
-        return type(count)(running=len(running), pending=count.pending,
+        # an Auto Scaling group launches the replacements itself: capacity already bought, so pending
+        replaced = len(report.replace) if getattr(self.fleet, "replaces_terminated", False) else 0
+        return type(count)(running=len(running), pending=count.pending + replaced,
                            ids=tuple(running) + count.ids[count.running:])
 
     def _note_exits(self) -> None:

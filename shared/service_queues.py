@@ -15,29 +15,48 @@ log = logging.getLogger(__name__)
 def ensure_request_queue(sqs, settings: Settings, service: str, reconcile=None) -> str:
     """Create a service's request queue and its DLQ with a redrive policy; return the queue URL.
 
-    A queue that exists with other attributes is left as it is unless `reconcile(url, attrs)` is given:
-    only operator tools pass one (SetQueueAttributes could also rewrite the queue policy, so the
-    autoscaler's role has none; infra/terraform/iam.tf)."""
+    Protected as Terraform protects the packaged services' queues (infra/terraform/queues.tf): encrypted,
+    the request queue under the same queue policy as theirs (only the web sends requests), the DLQ a
+    dead-letter target of this request queue only. A queue that exists with other attributes is left
+    as it is unless `reconcile(url, attrs)` is given: only operator tools pass one (SetQueueAttributes
+    could also rewrite the queue policy, so the autoscaler's role has none; infra/terraform/iam.tf).
+    """
     return _ensure(sqs, settings, naming.request_queue(settings.prefix, service),
-                   naming.dead_letter_queue(settings.prefix, service), settings.visibility_timeout_s, reconcile)
+                   naming.dead_letter_queue(settings.prefix, service), settings.visibility_timeout_s,
+                   reconcile, copy_policy=True)
 
 
 def ensure_bulk_queue(sqs, settings: Settings, service: str, reconcile=None) -> str:
-    """Create a service's low-priority bulk queue (batch items) and its DLQ; return the queue URL."""
+    """Create a service's low-priority bulk queue (batch items) and its DLQ; return the queue URL.
+
+    Not under the request queues' policy: the batch driver, not the web, sends to it.
+    """
     return _ensure(sqs, settings, naming.bulk_queue(settings.prefix, service),
                    naming.bulk_dead_letter_queue(settings.prefix, service), settings.bulk_visibility_timeout_s,
-                   reconcile)
+                   reconcile, copy_policy=False)
 
 
-def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile=None) -> str:
-    dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile,
+            copy_policy: bool) -> str:
+    template = deployed_request_policy(sqs, settings) if copy_policy else None
+    dlq_attrs = {"MessageRetentionPeriod": "1209600", "SqsManagedSseEnabled": "true"}
+    arn = None
+    if template is not None:
+        # the queue's ARN is known from Terraform's queues: the DLQ is created a dead-letter target of it
+        # alone, in CreateQueue itself (the autoscaler's role may create queues but not change them)
+        arn = template[1].rsplit(":", 1)[0] + ":" + name
+        dlq_attrs["RedriveAllowPolicy"] = json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [arn]})
+    dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes=dlq_attrs)["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     attrs = {
         "VisibilityTimeout": str(visibility_s),
         "MessageRetentionPeriod": str(settings.message_retention_s),
+        "SqsManagedSseEnabled": "true",
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(settings.max_receive_count)}),
     }
+    if template is not None:
+        attrs["Policy"] = template[0].replace(template[1], arn)
     try:
         url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
     except ClientError as exc:
@@ -49,3 +68,21 @@ def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int
         else:
             reconcile(url, attrs)
     return url
+
+
+def deployed_request_policy(sqs, settings: Settings) -> tuple[str, str] | None:
+    """(policy, queue ARN) of a packaged request queue Terraform gave a policy; None without one.
+
+    Copied from a packaged service's queue rather than rebuilt: the web role it names is Terraform's to
+    know. Where those queues carry no policy (the local stack), neither does a new one.
+    """
+    from shared.catalogue import load_catalogue
+    for service in load_catalogue().names():
+        try:
+            url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
+            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy", "QueueArn"])["Attributes"]
+        except ClientError:   # not there (yet): another packaged service may be
+            continue
+        if attrs.get("Policy"):
+            return attrs["Policy"], attrs["QueueArn"]
+    return None

@@ -24,7 +24,7 @@ NON_SETTINGS_ENV = {"AWS_REGION", "PYTHONUNBUFFERED", "HOME"}
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tf_schema_check", os.path.join(ROOT, "tools", "tf_schema_check.py"))
+    spec = importlib.util.spec_from_file_location("tf_hcl", os.path.join(ROOT, "tools", "tf_hcl.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -127,10 +127,12 @@ def test_the_root_module_names_its_queues_bucket_and_grants_through_the_naming_m
 def _user_data_env() -> dict[str, dict]:
     """{component: {NAME: value expression}} as the user data writes them (common + component maps)."""
     local = _locals("main.tf", "workers.tf", "web.tf", "autoscaler.tf")
-    merged = local["component_env"]
     out = {}
     for component in ("worker", "web", "autoscaler"):
-        assert merged[component] == "${merge(local.common_env, local.%s_env)}" % component
+        # each component's user data from its own settings only (one map of all three made a cycle)
+        built = local[f"{component}_user_data"]
+        assert "templatefile(local.user_data_template" in built, built
+        assert f'component = "{component}", env = merge(local.common_env, local.{component}_env)' in built, built
         out[component] = {**local["common_env"], **local[f"{component}_env"]}
     return out
 
@@ -174,7 +176,9 @@ def test_literal_settings_in_user_data_parse_as_settings():
     variables = {n: b for blk in _tool().load_tf(os.path.join(TF, "variables.tf"))["variable"] for n, b in blk.items()}
     assert variables["autoscaler_fleet"]["default"] == "asg"
     assert autoscaler["CLASSIFYCLOUD_ASG_NAMES"] == "${local.worker_group_names.warm},${local.worker_group_names.spot}"
-    assert autoscaler["CLASSIFYCLOUD_LAUNCH_TEMPLATE"] == "${aws_launch_template.worker.id}"
+    # by name, not id: the id made the worker template depend on itself through the user data (issue 18)
+    assert autoscaler["CLASSIFYCLOUD_LAUNCH_TEMPLATE"] == "${local.worker_launch_template_name}"
+    assert _locals("workers.tf")["worker_launch_template_name"] == "${var.prefix}-worker"
     assert autoscaler["CLASSIFYCLOUD_POOL_TAG"] == "${local.pool_tag_value}"
     assert _user_data_env()["web"]["CLASSIFYCLOUD_WEB_HOST"] == "0.0.0.0"
 
@@ -182,12 +186,13 @@ def test_literal_settings_in_user_data_parse_as_settings():
 def test_units_read_the_file_the_user_data_writes_and_run_existing_cli_commands():
     from classifycloud.cli import COMMANDS
     main = open(os.path.join(TF, "main.tf")).read()
-    assert f'path        = "{ENV_FILE}"' in main
-    assert '"classifycloud-${c}.service"' in main
+    template = open(os.path.join(TF, "templates", "user-data.yaml.tftpl")).read()
+    assert f'env_file     = "{ENV_FILE}"' in main and "path        = env_file" in template
+    assert '"classifycloud-${component}.service"' in template
     for component in ("worker", "web", "autoscaler"):
         text = open(os.path.join(UNITS, f"classifycloud-{component}.service")).read()
         assert f"EnvironmentFile={ENV_FILE}" in text
-        assert f"/var/log/classifycloud/{component}.log" in text and f'/var/log/classifycloud/${{c}}.log' in main
+        assert f"/var/log/classifycloud/{component}.log" in text and '/var/log/classifycloud/${component}.log' in template
     for unit in ("web", "autoscaler"):
         text = open(os.path.join(UNITS, f"classifycloud-{unit}.service")).read()
         command = re.search(r"ExecStart=\S+/classifycloud (\w+)", text).group(1)
@@ -221,7 +226,8 @@ def test_metric_alarms_name_only_defined_service_metrics():
 
 @pytest.mark.parametrize("component", ["worker", "web", "autoscaler"])
 def test_each_component_ships_its_log_to_its_own_log_group(component):
-    main = open(os.path.join(TF, "main.tf")).read()
-    assert "log_group_name  = local.log_group_names[c]" in main
+    template = open(os.path.join(TF, "templates", "user-data.yaml.tftpl")).read()
+    assert "log_group_name  = log_group" in template
+    assert f"log_group = local.log_group_names.{component}" in _locals("main.tf")[f"{component}_user_data"]
     iam = open(os.path.join(TF, "iam.tf")).read()
     assert f'resources = [local.log_group_arns["{component}"]]' in iam

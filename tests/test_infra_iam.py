@@ -180,7 +180,7 @@ def roles_of(path: str) -> tuple[str, ...] | None:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tf_schema_check", os.path.join(ROOT, "tools", "tf_schema_check.py"))
+    spec = importlib.util.spec_from_file_location("tf_hcl", os.path.join(ROOT, "tools", "tf_hcl.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -57,7 +57,7 @@ def resolve(value: str) -> str:
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("tf_schema_check", os.path.join(ROOT, "tools", "tf_schema_check.py"))
+    spec = importlib.util.spec_from_file_location("tf_hcl", os.path.join(ROOT, "tools", "tf_hcl.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

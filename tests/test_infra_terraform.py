@@ -1,4 +1,4 @@
-"""infra/terraform checked offline: fmt, the provider schema, checkov, and the issue's hard rules."""
+"""infra/terraform checked offline: fmt, `terraform validate` on the real provider, checkov, and the issue's hard rules."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,21 +7,21 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from shared.catalogue import load_catalogue
 from shared.config import Settings
+from terraform_tools import MIRROR_ENV, Terraform, find_mirror, holds_aws_provider, scratch_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF = os.path.join(ROOT, "infra", "terraform")
-SCHEMA_CHECK = os.path.join(ROOT, "tools", "tf_schema_check.py")
+HCL = os.path.join(ROOT, "tools", "tf_hcl.py")
 
 
 def _tool():
-    """tools/tf_schema_check.py as a module (its load_tf normalises every python-hcl2 version)."""
-    spec = importlib.util.spec_from_file_location("tf_schema_check", SCHEMA_CHECK)
+    """tools/tf_hcl.py as a module (its load_tf normalises every python-hcl2 version)."""
+    spec = importlib.util.spec_from_file_location("tf_hcl", HCL)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -75,29 +75,49 @@ def test_terraform_fmt_check_fails_on_a_misformatted_copy(tmp_path):
     assert (tmp_path / "nested" / "bad.tf").read_text() == bad  # checked, not rewritten
 
 
-def test_every_resource_and_data_block_matches_the_aws_provider_schema():
-    r = subprocess.run([sys.executable, SCHEMA_CHECK, TF], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    counts = re.search(r"(\d+) resources, (\d+) data sources", r.stdout)
-    # the check must actually see the blocks (python-hcl2 8 quotes labels; an old parser saw none)
-    assert counts and int(counts.group(1)) >= 50 and int(counts.group(2)) >= 10, r.stdout
+def _validate(module: str) -> dict:
+    """`terraform init` from the provider mirror, then `terraform validate -json`: its report."""
+    tf = Terraform(module)
+    tf.init()
+    return json.loads(tf.run("validate", "-json", "-no-color", ok=(0, 1)).stdout)
 
 
-def test_schema_check_reports_an_unknown_argument_and_a_missing_required_one(tmp_path):
-    for name in os.listdir(TF):
-        if name.endswith(".tf"):
-            shutil.copy(os.path.join(TF, name), tmp_path / name)
-    queues = (tmp_path / "queues.tf").read_text()
-    queues = queues.replace("sqs_managed_sse_enabled   = true", "sqs_managed_sse_enable    = true", 1)
-    (tmp_path / "queues.tf").write_text(queues)
-    storage = (tmp_path / "storage.tf").read_text()
-    storage = re.sub(r'resource "aws_s3_bucket_versioning" "data" \{\n  bucket = aws_s3_bucket.data.id\n',
-                     'resource "aws_s3_bucket_versioning" "data" {\n', storage)
-    (tmp_path / "storage.tf").write_text(storage)
-    r = subprocess.run([sys.executable, SCHEMA_CHECK, str(tmp_path)], capture_output=True, text=True)
-    assert r.returncode == 1
-    assert "unknown argument or block 'sqs_managed_sse_enable'" in r.stdout
-    assert "aws_s3_bucket_versioning.data: missing required argument 'bucket'" in r.stdout
+def test_terraform_validate_passes_with_the_real_aws_provider(tmp_path):
+    report = _validate(scratch_copy(str(tmp_path)))
+    problems = [f"{d['severity']}: {d['summary']}: {d.get('detail', '')}" for d in report["diagnostics"]]
+    assert report["valid"] is True and report["error_count"] == 0, "\n".join(problems)
+    assert report["warning_count"] == 0, "\n".join(problems)
+
+
+def test_terraform_validate_reports_an_unknown_argument_and_a_missing_required_one(tmp_path):
+    module = scratch_copy(str(tmp_path))
+    queues = open(os.path.join(module, "queues.tf")).read()
+    assert "sqs_managed_sse_enabled   = true" in queues
+    with open(os.path.join(module, "queues.tf"), "w") as fh:
+        fh.write(queues.replace("sqs_managed_sse_enabled   = true", "sqs_managed_sse_enable    = true", 1))
+    storage = open(os.path.join(module, "storage.tf")).read()
+    pattern = r'resource "aws_s3_bucket_versioning" "data" \{\n  bucket = aws_s3_bucket.data.id\n'
+    assert re.search(pattern, storage)
+    with open(os.path.join(module, "storage.tf"), "w") as fh:
+        fh.write(re.sub(pattern, 'resource "aws_s3_bucket_versioning" "data" {\n', storage))
+    report = _validate(module)
+    assert report["valid"] is False
+    found = {(d["summary"], d.get("range", {}).get("filename")) for d in report["diagnostics"]}
+    assert ("Unsupported argument", "queues.tf") in found, found
+    assert ("Missing required argument", "storage.tf") in found, found
+    details = " ".join(d.get("detail", "") for d in report["diagnostics"])
+    assert '"sqs_managed_sse_enable"' in details and '"bucket"' in details
+
+
+def test_a_missing_provider_mirror_fails_saying_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(MIRROR_ENV, str(tmp_path))              # a folder without the provider
+    with pytest.raises(pytest.fail.Exception, match="terraform providers mirror") as failed:
+        find_mirror()
+    assert MIRROR_ENV in str(failed.value) and str(tmp_path) in str(failed.value)
+    monkeypatch.delenv(MIRROR_ENV)
+    found = find_mirror()                                      # this machine's: the suite must have one
+    monkeypatch.setenv(MIRROR_ENV, found)
+    assert find_mirror() == found and holds_aws_provider(found)
 
 
 def test_checkov_finds_no_failed_check_and_every_skip_has_a_reason():
@@ -147,7 +167,7 @@ def test_worker_launch_template_is_gpu_imdsv2_terminating_encrypted_and_secret_f
     assert lt["metadata_options"][0]["http_tokens"] == "required"
     ebs = lt["block_device_mappings"][0]["ebs"][0]
     assert ebs["encrypted"] is True and ebs["delete_on_termination"] is True
-    assert lt["user_data"] == '${local.user_data["worker"]}'
+    assert lt["user_data"] == '${local.worker_user_data}'
 
 
 def test_every_launch_template_requires_imdsv2_and_encrypts_its_root_volume():

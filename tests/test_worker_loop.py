@@ -264,6 +264,7 @@ def test_terminate_watch_takes_one_fresh_message_and_leaves_the_others(stack):
     stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody="garbage")
     watch = TerminateWatch(stack.settings, stack.sqs, stack.terminate_queue)
     assert watch.check() is True
+    watch.confirm()   # the taken one is deleted once the worker stops for it (until then give_back() can return it)
     assert stack.counts(stack.terminate_queue) == (2, 0)      # two left for two other workers, visible now
 
 

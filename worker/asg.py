@@ -130,6 +130,22 @@ class FleetAgent:
             log.info("instance %s is being warmed (%s): models on disk, not serving", self.instance_id, state)
             time.sleep(poll_s)
 
+    def may_leave(self) -> bool:
+        """Whether this instance may leave its group with a capacity decrement: desired > min.
+
+        AWS refuses TerminateInstanceInAutoScalingGroup(ShouldDecrementDesiredCapacity=True) at the
+        group's minimum size, so a worker there must not take a terminate: it would exit and leave its
+        instance InService, billed, with no worker. Off a group (or unreadable: logged) it may.
+        """
+        if self.group is None:
+            return True
+        try:
+            g = self.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])["AutoScalingGroups"]
+        except Exception as exc:   # the removal itself still guards the floor (remove_self)
+            log.warning("group %s not readable (%s): taking the terminate", self.group, exc)
+            return True
+        return not g or int(g[0]["DesiredCapacity"]) > int(g[0]["MinSize"])
+
     def _keep(self) -> None:
         while not self._stop_event.wait(self.settings.protection_poll_s):
             self.protection.sync()
@@ -152,13 +168,22 @@ class FleetAgent:
             self.remove_self(decrement=False)     # spot / rebalance: replaced now, not after the reclaim
 
     def remove_self(self, decrement: bool = True, tries: int = 3) -> bool:
-        """TerminateInstanceInAutoScalingGroup (with a decrement: the group does not replace this worker)."""
+        """TerminateInstanceInAutoScalingGroup (with a decrement: the group does not replace this worker).
+
+        At the group's minimum size AWS refuses the decrement. may_leave() keeps such a worker from taking
+        a terminate, but two workers of one group may both pass it at min + 1: the second one then leaves
+        without the decrement, so the group replaces its instance instead of keeping it billed and idle.
+        """
         for attempt in range(tries):
             try:
                 self.autoscaling.terminate_instance_in_auto_scaling_group(InstanceId=self.instance_id,
                                                                           ShouldDecrementDesiredCapacity=decrement)
                 break
             except Exception as exc:   # throttling or a network blip: again, then give up (logged)
+                if decrement and below_min_size(exc):
+                    log.warning("instance %s: %s refuses to shrink below its minimum size; leaving it to be "
+                                "replaced", self.instance_id, self.group)
+                    return self.remove_self(decrement=False, tries=tries)
                 if attempt == tries - 1:
                     # the instance keeps running without a worker until its stale heartbeat gets it replaced
                     log.error("instance %s not removed from %s: %s", self.instance_id, self.group, exc)
@@ -168,6 +193,12 @@ class FleetAgent:
         log.info("instance %s removed from %s (%s)", self.instance_id, self.group,
                  "desired capacity lowered" if decrement else "the group replaces it")
         return True
+
+
+def below_min_size(exc: Exception) -> bool:
+    """Whether an Auto Scaling error is AWS's refusal to go below a group's minimum size."""
+    error = getattr(exc, "response", {}).get("Error", {})
+    return error.get("Code") == "ValidationError" and "min size" in error.get("Message", "").lower()
 
 
 def on_ec2(settings: Settings) -> bool:

@@ -94,6 +94,7 @@ class Worker:
                     if self.buffer.held():      # a consumer received meanwhile: busy again, not ours to take
                         self.terminate.give_back()
                     else:
+                        self.terminate.confirm()
                         self.heartbeat.stopping()   # at once: the autoscaler must not ask another worker too
                         self.stop("terminate message")
                 if burst and self.buffer.quiescent():
@@ -150,7 +151,9 @@ class Worker:
         except TransportError as exc:
             log.warning("no terminate queue (%s): terminate messages cannot reach this worker", exc)
             term_url = None
-        self.terminate = TerminateWatch(s, self.transport, term_url)
+        # a worker whose group is at its minimum size leaves terminates to others (AWS refuses its removal)
+        self.terminate = TerminateWatch(s, self.transport, term_url,
+                                        may_leave=lambda: self.fleet_agent is None or self.fleet_agent.may_leave())
         self.metrics = MetricsPublisher(s, "worker").start()
         self.sink = ResultSink(s, self.transport, self.s3)
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from shared.config import Settings
 from shared.messages import MessageError, Terminate, now_ms
@@ -18,8 +19,10 @@ log = logging.getLogger(__name__)
 class TerminateWatch:
     """Checks the terminate queue while idle, within half the expiry, so a fresh terminate never goes stale."""
 
-    def __init__(self, settings: Settings, sqs_or_transport, queue_url: str | None):
+    def __init__(self, settings: Settings, sqs_or_transport, queue_url: str | None,
+                 may_leave: Callable[[], bool] = lambda: True):
         self.settings = settings
+        self.may_leave = may_leave   # False: this worker's group is at its floor (worker/asg.py)
         self.transport = Transport.of(settings, sqs_or_transport)
         self.queue_url = queue_url
         self.queue = (self.transport.consumer(queue_url, wait_s=0, visibility_timeout=30)
@@ -32,7 +35,7 @@ class TerminateWatch:
         self._last = time.monotonic()
         self.stale_dropped = 0
         self.passed_on = 0
-        self._taken: Terminate | None = None
+        self._taken: Received | None = None   # taken, not yet deleted: confirm() or give_back()
 
     def due(self, idle: bool) -> bool:
         """True when an idle worker should look; a busy worker never does (it is not the one to stop)."""
@@ -41,21 +44,26 @@ class TerminateWatch:
         return Terminate.check_due(idle, time.monotonic() - self._last, self.interval_s)
 
     def give_back(self) -> None:
-        """Work arrived while taking a terminate: put it back, same issue time, for another idle worker."""
-        msg, self._taken = self._taken, None
-        if msg is None:
-            return
-        try:
-            self.transport.send(self.queue_url, msg)
+        """Work arrived while taking a terminate: make it visible again, as it was, for another idle worker.
+
+        No send: the terminate queue's policy lets only the autoscaler send, so a worker hands a taken
+        message back by its visibility, and it keeps its issue time and its place in the queue.
+        """
+        m, self._taken = self._taken, None
+        if m is not None and self._release(m):
             self.passed_on += 1
-            log.info("terminate passed on: work arrived while taking it")
-        except Exception as exc:  # the autoscaler sends another on its next tick if still idle somewhere
-            log.warning("could not pass a terminate on: %s", exc)
+            log.info("terminate %s passed on: work arrived while taking it", m.message_id)
+
+    def confirm(self) -> None:
+        """This worker stops for the taken terminate: delete it (one message = one worker)."""
+        m, self._taken = self._taken, None
+        if m is not None:
+            self._delete(m)   # not deleted: it reappears after the visibility timeout, stale by then
 
     def check(self) -> bool:
         """Look at the terminate queue once; True when this worker took a fresh terminate message."""
         self._last = time.monotonic()
-        self._taken = None
+        self.give_back()   # one still held from a check nobody answered: back to the queue
         if self.queue_url is None:
             return False
         try:
@@ -64,6 +72,7 @@ class TerminateWatch:
             log.warning("terminate check failed: %s", exc)
             return False
         taken = False
+        leave: bool | None = None     # asked once per check, only when a fresh one is there
         now = now_ms()
         for m in messages:
             try:
@@ -77,12 +86,18 @@ class TerminateWatch:
                          (now - msg.issued_at) / 1000)
                 self._delete(m)
                 self.stale_dropped += 1         # after the delete: counted means gone
-            elif not taken and self._delete(m):
+                continue
+            if not taken and leave is None:
+                leave = self.may_leave()
+            if not taken and leave:
                 log.info("terminate message %s taken: this worker stops", m.message_id)
                 taken = True
-                self._taken = msg
-            else:  # one message = one worker: leave the others for other workers, visible now
-                self._release(m)
+                self._taken = m
+                continue
+            if not taken:
+                log.info("terminate message %s left for another worker: this one's group is at its minimum size",
+                         m.message_id)
+            self._release(m)   # one message = one worker: leave the others for other workers, visible now
         return taken
 
     def _delete(self, m: Received) -> bool:
@@ -95,11 +110,12 @@ class TerminateWatch:
             log.warning("could not delete terminate message %s: %s", m.message_id, result.failed[0].message)
         return result is not None and result.ok
 
-    def _release(self, m: Received) -> None:
+    def _release(self, m: Received) -> bool:
         try:
             result = self.queue.release([m])
         except TransportError as exc:
             log.warning("could not release terminate message %s: %s", m.message_id, exc)
-            return
+            return False
         if not result.ok:
             log.warning("could not release terminate message %s: %s", m.message_id, result.failed[0].message)
+        return result.ok

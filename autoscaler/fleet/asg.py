@@ -30,6 +30,8 @@ PENDING = ("Pending", "Pending:Wait", "Pending:Proceed")
 class AsgFleet:
     """count() sums the groups; launch(n) raises desired capacity group by group; no maintain() of its own."""
 
+    replaces_terminated = True   # terminate() keeps desired capacity: the groups launch the replacements
+
     def __init__(self, settings: Settings, autoscaling=None):
         self.settings = settings
         self.names = tuple(settings.asg_group_names)
@@ -73,14 +75,15 @@ class AsgFleet:
         return granted
 
     def terminate(self, ids: list[str]) -> None:
-        """Remove these instances now and lower desired capacity (shutdown; scale-in goes through workers)."""
+        """Replace broken instances (the loop's health check): terminate them keeping desired capacity, so
+        their groups launch the replacements. Never with a decrement: AWS refuses that at a group's minimum
+        size, and a hung worker's instance would stay. Scale-in goes through workers, shutdown is destroy's."""
         for iid in ids:
-            self._terminate(iid, decrement=True)
+            self._terminate(iid, decrement=False)
 
     def replace(self, ids: list[str]) -> list[str]:
         """Terminate these instances keeping desired capacity: their groups launch the replacements."""
-        for iid in ids:
-            self._terminate(iid, decrement=False)
+        self.terminate(ids)
         return []
 
     def maintain(self) -> list[str]:

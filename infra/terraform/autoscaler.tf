@@ -9,7 +9,7 @@ locals {
     CLASSIFYCLOUD_ASG_NAMES          = "${local.worker_group_names.warm},${local.worker_group_names.spot}"
     CLASSIFYCLOUD_TICK_S             = "2"
     CLASSIFYCLOUD_TARGET_UTILIZATION = "0.35"
-    CLASSIFYCLOUD_LAUNCH_TEMPLATE    = aws_launch_template.worker.id
+    CLASSIFYCLOUD_LAUNCH_TEMPLATE    = local.worker_launch_template_name
     CLASSIFYCLOUD_POOL_TAG           = local.pool_tag_value
     CLASSIFYCLOUD_MIN_WORKERS        = tostring(var.min_workers)
     CLASSIFYCLOUD_MAX_WORKERS        = tostring(var.max_workers)

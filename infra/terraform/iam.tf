@@ -699,9 +699,10 @@ data "aws_iam_policy_document" "worker_fleet" {
     resources = local.worker_group_arns
   }
 
+  # worker/asg.py: its own group, and whether it is above its minimum size (may_leave).
   statement {
     sid       = "FindOwnGroup"
-    actions   = ["autoscaling:DescribeAutoScalingInstances"]
+    actions   = ["autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups"]
     resources = ["*"] # Describe* calls have no resource-level permissions.
   }
 }

@@ -61,53 +61,28 @@ locals {
   }
 }
 
-# User data per component: a cloud-config that writes the settings file the systemd
-# units read (EnvironmentFile=/etc/classifycloud/classifycloud.env), points the
-# CloudWatch agent at the component's log file and starts the component's unit.
-# No secrets: instances get credentials from their instance profile.
+# User data per component: a cloud-config (templates/user-data.yaml.tftpl) that writes the settings
+# file the systemd units read (EnvironmentFile=/etc/classifycloud/classifycloud.env), points the
+# CloudWatch agent at the component's log file and starts the component's unit. One local per
+# component, each built from that component's own settings only: a single map of all three made
+# every launch template depend on every component's settings, and the autoscaler's name the worker
+# template (a cycle). No secrets: instances get credentials from their instance profile.
 locals {
-  component_env = {
-    worker     = merge(local.common_env, local.worker_env)
-    web        = merge(local.common_env, local.web_env)
-    autoscaler = merge(local.common_env, local.autoscaler_env)
+  user_data_file = {
+    env_file     = "/etc/classifycloud/classifycloud.env"
+    agent_config = "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
   }
+  user_data_template = "${path.module}/templates/user-data.yaml.tftpl"
 
-  cloudwatch_agent_config = "/opt/aws/amazon-cloudwatch-agent/etc/amazon-cloudwatch-agent.json"
-
-  user_data = {
-    for c, env in local.component_env : c => base64encode(join("\n", ["#cloud-config", yamlencode({
-      write_files = [
-        {
-          path        = "/etc/classifycloud/classifycloud.env"
-          permissions = "0644"
-          owner       = "root:root"
-          content     = join("", [for k in sort(keys(env)) : "${k}=${env[k]}\n"])
-        },
-        {
-          path        = local.cloudwatch_agent_config
-          permissions = "0644"
-          owner       = "root:root"
-          content = jsonencode({
-            logs = {
-              logs_collected = {
-                files = {
-                  collect_list = [{
-                    file_path       = "/var/log/classifycloud/${c}.log"
-                    log_group_name  = local.log_group_names[c]
-                    log_stream_name = "{instance_id}"
-                  }]
-                }
-              }
-            }
-          })
-        },
-      ]
-      runcmd = [
-        ["/opt/aws/amazon-cloudwatch-agent/bin/amazon-cloudwatch-agent-ctl", "-a", "fetch-config", "-m", "ec2", "-s", "-c", "file:${local.cloudwatch_agent_config}"],
-        ["systemctl", "enable", "--now", "classifycloud-${c}.service"],
-      ]
-    })]))
-  }
+  worker_user_data = base64encode(templatefile(local.user_data_template, merge(local.user_data_file, {
+    component = "worker", env = merge(local.common_env, local.worker_env), log_group = local.log_group_names.worker
+  })))
+  web_user_data = base64encode(templatefile(local.user_data_template, merge(local.user_data_file, {
+    component = "web", env = merge(local.common_env, local.web_env), log_group = local.log_group_names.web
+  })))
+  autoscaler_user_data = base64encode(templatefile(local.user_data_template, merge(local.user_data_file, {
+    component = "autoscaler", env = merge(local.common_env, local.autoscaler_env), log_group = local.log_group_names.autoscaler
+  })))
 }
 
 # The web tier and the autoscaler run the same AMI with the same hardening; they differ
@@ -118,11 +93,13 @@ locals {
       description    = "ClassifyCloud web tier (classifycloud-web.service)"
       instance_type  = var.web_instance_type
       security_group = aws_security_group.web.id
+      user_data      = local.web_user_data
     }
     autoscaler = {
       description    = "ClassifyCloud autoscaler (classifycloud-autoscaler.service)"
       instance_type  = var.autoscaler_instance_type
       security_group = aws_security_group.autoscaler.id
+      user_data      = local.autoscaler_user_data
     }
   }
 }
@@ -135,7 +112,7 @@ resource "aws_launch_template" "service" {
   instance_type          = each.value.instance_type
   ebs_optimized          = true
   update_default_version = true
-  user_data              = local.user_data[each.key]
+  user_data              = each.value.user_data
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.component[each.key].arn

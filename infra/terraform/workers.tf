@@ -12,6 +12,11 @@
 # (worker/asg.py), and holds scale-in protection while it holds work.
 
 locals {
+  # The autoscaler's settings name the template by this name, not by its id: the id would make the
+  # autoscaler's user data (and so its launch template) wait on this template, and with one shared
+  # settings map this template on itself.
+  worker_launch_template_name = "${var.prefix}-worker"
+
   worker_group_names = {
     warm = "${var.prefix}-workers-warm"
     spot = "${var.prefix}-workers"
@@ -33,14 +38,14 @@ locals {
 }
 
 resource "aws_launch_template" "worker" {
-  name                                 = "${var.prefix}-worker"
+  name                                 = local.worker_launch_template_name
   description                          = "ClassifyCloud GPU worker (classifycloud-worker.service)"
   image_id                             = var.ami_id
   instance_type                        = var.worker_instance_type
   instance_initiated_shutdown_behavior = "terminate"
   ebs_optimized                        = true
   update_default_version               = true
-  user_data                            = local.user_data["worker"]
+  user_data                            = local.worker_user_data
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.component["worker"].arn
