@@ -13,17 +13,10 @@ from autoscaler.local import start_local_autoscaler, stop_local_autoscaler
 from autoscaler.loop import Autoscaler
 from autoscaler.queues import HeartbeatReader
 from shared.aws import client
+from waiting import wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
-
-def wait_for(predicate, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 @pytest.fixture
@@ -92,10 +85,10 @@ def test_a_real_local_worker_starts_beats_and_exits_0_on_a_terminate_message(set
     try:
         [wid] = fleet.launch(1)
         beats = HeartbeatReader(s, client("s3", s))
-        assert wait_for(lambda: wid in beats.read().ids, timeout=240, every=1.0), \
+        assert wait_for(lambda: wid in beats.read().ids, timeout=240, interval=1.0), \
             (tmp_path / f"worker-{wid}.log").read_text()[-3000:]
         assert loop.send_terminates(1) == 1
-        assert wait_for(lambda: fleet.maintain() is not None and wid in fleet.exited, timeout=120, every=0.5)
+        assert wait_for(lambda: fleet.maintain() is not None and wid in fleet.exited, timeout=120, interval=0.5)
         assert fleet.exited[wid] == 0                 # exit 0 = terminated on request
         assert fleet.count().running == 0
     finally:

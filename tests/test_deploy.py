@@ -30,6 +30,7 @@ import yaml
 from classifycloud.local import free_port
 from moto_terraform import empty_bucket, leftovers, write_overrides
 from terraform_tools import ROOT, Terraform, scratch_copy
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -224,15 +225,6 @@ def processes(tmp_path):
     procs.stop()
 
 
-def wait_for(condition, timeout: float, what: str, explain=lambda: "", interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{explain()}")
-
 
 def component_env(deployment: Deployment, component: str, instance_root: str | None = None) -> dict[str, str]:
     """The user data's settings and the unit's Environment= lines, plus only moto's endpoint and dummy credentials.
@@ -275,7 +267,7 @@ def test_the_stack_started_from_the_user_data_classifies_a_photo_and_scales_the_
             return requests.get(f"{base}/readyz", headers=headers, timeout=5).status_code == 200
         except requests.RequestException:
             return False
-    wait_for(ready, 120, "the web's /readyz", processes.tails)
+    wait_for(ready, 120, "the web's /readyz", explain=processes.tails)
 
     answer = {}
 
@@ -292,7 +284,7 @@ def test_the_stack_started_from_the_user_data_classifies_a_photo_and_scales_the_
         groups = desired_capacity(deployment)
         return groups if groups["classifycloud-workers-warm"] >= 1 else None
     scaled = wait_for(raised, 120, "the autoscaler to raise the warm worker group",
-                      lambda: f"client: {[(r.status_code, r.text[:500]) for r in answer.values()]}\n"
+                      explain=lambda: f"client: {[(r.status_code, r.text[:500]) for r in answer.values()]}\n"
                               + processes.tails())
     assert scaled["classifycloud-workers"] == 0      # filled in order: the warm group first
     assert "classifycloud-workers-warm desired capacity 0 -> 1" in processes.log("autoscaler")

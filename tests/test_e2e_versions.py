@@ -19,6 +19,7 @@ from shared.config import Settings
 from shared.version_entries import version_prefix
 from shared.versions import TrafficPolicy
 from worker.shadow import shadow_key
+from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +47,6 @@ def cli(stack, *args: str) -> str:
     assert r.returncode == 0, r.stderr
     return r.stdout
 
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def imagenet_versions(stack) -> dict:

@@ -14,6 +14,7 @@ from shared.catalogue import CatalogueError
 from shared.live_catalogue import LiveCatalogue, S3Entries, parse_s3_entry
 from shared.messages import Reply, Request
 from shared.provision import ensure_all
+from waiting import wait_for
 
 CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ENTRY = {"architecture": "efficientnet_lite0", "num_classes": 1000,
@@ -131,15 +132,6 @@ class Client:
                     return reply
         raise AssertionError(f"no reply to {rid} within {timeout} s")
 
-
-def wait_for(cond, timeout: float = 60.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

@@ -13,17 +13,8 @@ from web_peer import PeerWorker, sha_label, write_heartbeat
 from shared import naming
 from shared.aws import client
 from shared.messages import Request, now_ms
+from waiting import wait_for
 
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
-    """Poll until predicate() is truthy (returns it) or fail after timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not reached in time")
 
 
 def test_classify_by_url_round_trip_answers_the_workers_reply(web, peer, app):

@@ -16,20 +16,13 @@ from shared import naming
 from shared.aws import client
 from web_peer import PeerWorker
 from webserver.serve import gunicorn_command
+from waiting import wait_for
 
 
 def reply_queues(settings) -> list[str]:
     resp = client("sqs", settings).list_queues(QueueNamePrefix=naming.reply_queue_prefix(settings.prefix))
     return resp.get("QueueUrls", [])
 
-
-def wait_for(predicate, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 SERVE = ("from shared.config import get_settings; from webserver import serve; "
