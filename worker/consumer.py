@@ -228,17 +228,24 @@ def own_transport(settings: Settings) -> Transport:
 class Consumer(threading.Thread):
     """Long-polls one request queue, receiving only as many messages as the buffer has room for."""
 
-    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, sqs=None):
-        super().__init__(name=f"consumer-{service}", daemon=True)  # daemon: a 20 s poll never blocks exit
+    max_receive = _MAX_RECEIVE    # per receive; SQS returns 10 messages at most
+
+    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, sqs=None,
+                 name: str = "", wait_s: int | None = None):
+        super().__init__(name=name or f"consumer-{service}", daemon=True)  # daemon: a 20 s poll never blocks exit
         self.settings = settings
         self.service = service
         self.queue_url = queue_url
         self.buffer = buffer
         self.transport = Transport.of(settings, sqs) if sqs is not None else own_transport(settings)
-        self.queue = self.transport.consumer(queue_url)
+        self.queue = self.transport.consumer(queue_url, wait_s=wait_s)
         self.stopping = threading.Event()
         self.received = 0
         buffer.register(self.name)
+
+    def ready(self) -> bool:
+        """Whether to receive now (always, for a request queue; worker/bulk.py waits for quiet)."""
+        return True
 
     def stop(self) -> None:
         """Ask the thread to stop after its current poll."""
@@ -247,8 +254,11 @@ class Consumer(threading.Thread):
     def run(self) -> None:
         backoff = 0.5
         while not self.stopping.is_set():
-            # the buffer decides by this queue's last receive; SQS returns 10 messages at most
-            n = self.buffer.reserve(_MAX_RECEIVE, timeout=0.5, name=self.name)
+            if not self.ready():
+                self.stopping.wait(0.02)
+                continue
+            # the buffer decides by this queue's last receive
+            n = self.buffer.reserve(self.max_receive, timeout=0.5, name=self.name)
             if n == 0:
                 continue
             try:
