@@ -42,7 +42,9 @@ CHELSEA = os.path.join(ROOT, "classifycloud", "samples", "chelsea.jpg")
 COMPONENTS = {"worker": "classifycloud-worker", "web": "classifycloud-web", "autoscaler": "classifycloud-autoscaler"}
 # min_workers = 0 (an operator variable, AWS gets it as it is): the first request finds no worker, so
 # the autoscaler must raise a worker group's desired capacity before anything answers.
-TF_VARS = {"min_workers": "0"}
+# allow_plain_http: moto has no certificate to give the ALB; the variable exists for tests and demos, and
+# without it the plan is refused while API keys are on (web.tf's precondition; docs/SECURITY.md).
+TF_VARS = {"min_workers": "0", "allow_plain_http": "true"}
 
 
 @dataclass
@@ -269,6 +271,11 @@ def test_the_stack_started_from_the_user_data_classifies_a_photo_and_scales_the_
             return False
     wait_for(ready, 120, "the web's /readyz", explain=processes.tails)
 
+    # API keys are on in AWS: the operator creates one with the CLI, as docs/DEPLOY.md says, and the client sends it.
+    made = subprocess.run([classifycloud, "keys", "create", "--owner", "deploy-suite", "--json"],
+                          env=component_env(deployment, "web"), capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    headers["Authorization"] = "Bearer " + json.loads(made.stdout)["key"]
     answer = {}
 
     def classify():
