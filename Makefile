@@ -40,7 +40,7 @@ browser:
 	else echo "error: the upload-page test needs chromium and chromedriver on PATH (Debian/Ubuntu: apt-get install chromium chromium-driver)" >&2; exit 1; fi
 
 test: install $(TOOLS)/.installed system-tools browser
-	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra
+	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra --durations=30
 
 test-fast: install
 	$(PY) -m pytest -q -ra -m "not slow"
