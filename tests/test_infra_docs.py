@@ -21,7 +21,11 @@ def test_the_terraform_readme_names_the_health_check_path_web_tf_sets():
 
 
 def test_the_autoscaler_unit_names_the_fleet_terraform_deploys():
-    fleet = re.search(r'CLASSIFYCLOUD_FLEET\s*=\s*"(\w+)"', read("infra", "terraform", "autoscaler.tf")).group(1)
+    setting = re.search(r'CLASSIFYCLOUD_FLEET\s*=\s*("(\w+)"|var\.(\w+))', read("infra", "terraform", "autoscaler.tf"))
+    fleet = setting.group(2)
+    if fleet is None:   # a variable (issue 20: autoscaler_fleet): the fleet deployed is its default
+        block = re.search(r'variable "%s" \{(.*?)\n\}' % setting.group(3), read("infra", "terraform", "variables.tf"), re.S)
+        fleet = re.search(r'default\s*=\s*"(\w+)"', block.group(1)).group(1)
     description = re.search(r"Description=(.*)", read("ami", "systemd", "classifycloud-autoscaler.service")).group(1)
     assert fleet == "asg" and f"fleet = {fleet}" in description
 

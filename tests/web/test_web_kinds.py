@@ -27,7 +27,8 @@ def _queued(settings, service: str) -> int:
 def test_services_lists_each_kind_and_at_least_five_available_services(web):
     services = {s["name"]: s for s in web.get("/services").get_json()["services"]}
     available = [n for n, s in services.items() if s["available"]]
-    assert set(available) == {"imagenet", "nsfw", "skin", "pdr", "facesearch"}
+    # food and insect: derived from imagenet's model (issue 21), available wherever imagenet is
+    assert set(available) == {"imagenet", "nsfw", "skin", "pdr", "facesearch", "food", "insect"}
     kinds = {n: s["kind"] for n, s in services.items()}
     assert kinds["nsfw"] == kinds["fbp"] == "score" and kinds["facesearch"] == "embedding"
     assert kinds["imagenet"] == kinds["skin"] == kinds["pdr"] == "classifier"
