@@ -21,7 +21,10 @@ def test_the_terraform_readme_names_the_health_check_path_web_tf_sets():
 
 
 def test_the_autoscaler_unit_names_the_fleet_terraform_deploys():
-    fleet = re.search(r'CLASSIFYCLOUD_FLEET\s*=\s*"(\w+)"', read("infra", "terraform", "autoscaler.tf")).group(1)
+    # the fleet is var.autoscaler_fleet (asg or ec2): what Terraform deploys is its default
+    var = re.search(r'CLASSIFYCLOUD_FLEET\s*=\s*var\.(\w+)', read("infra", "terraform", "autoscaler.tf")).group(1)
+    fleet = re.search(r'variable "%s" \{[^}]*?default\s*=\s*"(\w+)"' % var,
+                      read("infra", "terraform", "variables.tf"), re.S).group(1)
     description = re.search(r"Description=(.*)", read("ami", "systemd", "classifycloud-autoscaler.service")).group(1)
     assert fleet == "asg" and f"fleet = {fleet}" in description
 
