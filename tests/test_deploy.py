@@ -116,10 +116,17 @@ def test_apply_creates_the_stack_and_the_plan_after_it_is_empty(deployment):
     outputs = deployment.outputs
     assert outputs["worker_groups"] == ["classifycloud-workers-warm", "classifycloud-workers"]
     assert outputs["request_queue_urls"]["imagenet"].endswith("/classifycloud-requests-imagenet")
+    assert outputs["bulk_queue_urls"]["imagenet"].endswith("/classifycloud-bulk-imagenet")
+    assert outputs["bulk_dead_letter_queue_urls"]["imagenet"].endswith("/classifycloud-bulk-imagenet-dlq")
     state = deployment.tf.run("state", "list").stdout.split()
     assert len(state) > 100 and "aws_launch_template.worker" in state
     plan = deployment.timed("replan", "plan", "-detailed-exitcode", "-input=false", ok=(0, 1, 2))
     assert plan.returncode == 0, f"the plan after apply is not empty:\n{plan.stdout[-8000:]}"
+    # the bulk queue: the driver's visibility, a DLQ, and a policy that lets only the autoscaler role send
+    attrs = deployment.client("sqs").get_queue_attributes(
+        QueueUrl=outputs["bulk_queue_urls"]["imagenet"], AttributeNames=["All"])["Attributes"]
+    assert attrs["VisibilityTimeout"] == "120" and "classifycloud-bulk-imagenet-dlq" in attrs["RedrivePolicy"]
+    assert "OnlyTheBatchDriverSendsItems" in attrs["Policy"] and ":role/classifycloud-autoscaler" in attrs["Policy"]
 
 
 def launch_template_user_data(deployment: Deployment, name: str) -> str:
