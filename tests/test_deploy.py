@@ -276,6 +276,12 @@ def test_the_stack_started_from_the_user_data_classifies_a_photo_and_scales_the_
     alb = deployment.outputs["url"].split("://", 1)[1]
     # What the ALB sends: its own DNS name as Host, one X-Forwarded-For hop (CLASSIFYCLOUD_PROXY_HOPS=1).
     headers = {"Host": alb, "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "http"}
+    # API keys are on in AWS (Terraform's api_keys table): a key made as `classifycloud keys create` makes it
+    from classifycloud.keyadmin import create_key
+    from shared.config import Settings
+    secret, _ = create_key(Settings.from_env(component_env(deployment, "web")), "deploy-suite",
+                           dynamodb=deployment.client("dynamodb"))
+    headers["Authorization"] = f"Bearer {secret}"
 
     def ready():
         assert web.poll() is None, processes.log("web")
