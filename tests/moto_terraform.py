@@ -14,8 +14,9 @@ MOTO_OVERRIDES: dict[str, tuple[str, str]] = {
     "moto_sqs_redrive_allow_override.tf": (
         "moto never returns RedriveAllowPolicy from GetQueueAttributes, and the provider waits for it to read "
         "back forever: the apply hangs (at low parallelism the stuck resources hold every slot). No "
-        "redrive-allow policies in moto; AWS gets them (queues.tf).",
-        'resource "aws_sqs_queue_redrive_allow_policy" "dlq" {\n  for_each = {}\n}\n'),
+        "redrive-allow policies in moto (request and bulk DLQs); AWS gets them (queues.tf).",
+        'resource "aws_sqs_queue_redrive_allow_policy" "dlq" {\n  for_each = {}\n}\n\n'
+        'resource "aws_sqs_queue_redrive_allow_policy" "bulk_dlq" {\n  for_each = {}\n}\n'),
     "moto_launch_template_tags_override.tf": (
         "moto echoes the provider's default tags back as a tag_specifications block of resource type "
         "\"launch-template\": every plan would write a new template version, and the groups' launch_template "
@@ -26,8 +27,10 @@ MOTO_OVERRIDES: dict[str, tuple[str, str]] = {
     "moto_sqs_redrive_policy_override.tf": (
         "moto re-serialises RedrivePolicy (maxReceiveCount as a string, other spacing): every plan would update "
         "the request queues, and moto's SetQueueAttributes clears a queue's Policy when the call does not carry "
-        "it, so the second apply would wipe the queue policies (only the web sends requests).",
-        'resource "aws_sqs_queue" "requests" {\n  lifecycle {\n    ignore_changes = [redrive_policy]\n  }\n}\n'),
+        "it, so the second apply would wipe the queue policies (only the web sends requests, only the autoscaler "
+        "sends batch items): request and bulk queues alike.",
+        'resource "aws_sqs_queue" "requests" {\n  lifecycle {\n    ignore_changes = [redrive_policy]\n  }\n}\n\n'
+        'resource "aws_sqs_queue" "bulk" {\n  lifecycle {\n    ignore_changes = [redrive_policy]\n  }\n}\n'),
     "moto_security_group_rule_override.tf": (
         "moto drops the description of a security group rule that references another group: every plan would "
         "update the two rules between the ALB and the web tier.",

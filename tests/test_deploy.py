@@ -119,10 +119,17 @@ def test_apply_creates_the_stack_and_the_plan_after_it_is_empty(deployment):
     outputs = deployment.outputs
     assert outputs["worker_groups"] == ["classifycloud-workers-warm", "classifycloud-workers"]
     assert outputs["request_queue_urls"]["imagenet"].endswith("/classifycloud-requests-imagenet")
+    assert outputs["bulk_queue_urls"]["imagenet"].endswith("/classifycloud-bulk-imagenet")
+    assert outputs["bulk_dead_letter_queue_urls"]["imagenet"].endswith("/classifycloud-bulk-imagenet-dlq")
     state = deployment.tf.run("state", "list").stdout.split()
     assert len(state) > 100 and "aws_launch_template.worker" in state
     plan = deployment.timed("replan", "plan", "-detailed-exitcode", "-input=false", ok=(0, 1, 2))
     assert plan.returncode == 0, f"the plan after apply is not empty:\n{plan.stdout[-8000:]}"
+    # the bulk queue: the driver's visibility, a DLQ, and a policy that lets only the autoscaler role send
+    attrs = deployment.client("sqs").get_queue_attributes(
+        QueueUrl=outputs["bulk_queue_urls"]["imagenet"], AttributeNames=["All"])["Attributes"]
+    assert attrs["VisibilityTimeout"] == "120" and "classifycloud-bulk-imagenet-dlq" in attrs["RedrivePolicy"]
+    assert "OnlyTheBatchDriverSendsItems" in attrs["Policy"] and ":role/classifycloud-autoscaler" in attrs["Policy"]
 
 
 def launch_template_user_data(deployment: Deployment, name: str) -> str:
@@ -262,6 +269,12 @@ def test_the_stack_started_from_the_user_data_classifies_a_photo_and_scales_the_
     alb = deployment.outputs["url"].split("://", 1)[1]
     # What the ALB sends: its own DNS name as Host, one X-Forwarded-For hop (CLASSIFYCLOUD_PROXY_HOPS=1).
     headers = {"Host": alb, "X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "http"}
+    # API keys are on in AWS (Terraform's api_keys table): a key made as `classifycloud keys create` makes it
+    from classifycloud.keyadmin import create_key
+    from shared.config import Settings
+    secret, _ = create_key(Settings.from_env(component_env(deployment, "web")), "deploy-suite",
+                           dynamodb=deployment.client("dynamodb"))
+    headers["Authorization"] = f"Bearer {secret}"
 
     def ready():
         assert web.poll() is None, processes.log("web")

@@ -62,6 +62,8 @@ def naming_mismatches(names: dict, prefix: str, services: list[str], bucket: str
     expected = {
         "request_queue_names": {svc: naming.request_queue(prefix, svc) for svc in services},
         "dlq_names": {svc: naming.dead_letter_queue(prefix, svc) for svc in services},
+        "bulk_queue_names": {svc: naming.bulk_queue(prefix, svc) for svc in services},
+        "bulk_dlq_names": {svc: naming.bulk_dead_letter_queue(prefix, svc) for svc in services},
         "terminate_queue": naming.terminate_queue(prefix),
         "reply_queue_prefix": naming.reply_queue_prefix(prefix),
         "bucket_name": s.bucket_name,
@@ -109,7 +111,8 @@ def test_the_root_module_names_its_queues_bucket_and_grants_through_the_naming_m
     module = main["module"][0]["naming"]
     assert module["source"] == "./modules/naming" and module["services"] == "${local.packaged_services}"
     local = _locals("main.tf")
-    for key in ("request_queue_names", "dlq_names", "terminate_queue", "reply_queue_prefix", "bucket_name",
+    for key in ("request_queue_names", "dlq_names", "bulk_queue_names", "bulk_dlq_names", "terminate_queue",
+                "reply_queue_prefix", "bucket_name",
                 "pool_tag_value"):
         assert local[key] == "${module.naming.%s}" % key, key
     queues = {n: b for e in tool.load_tf(os.path.join(TF, "queues.tf"))["resource"]
@@ -118,6 +121,9 @@ def test_the_root_module_names_its_queues_bucket_and_grants_through_the_naming_m
     assert queues["dlq"]["for_each"] == "${local.dlq_names}"
     assert queues["requests"]["name"] == queues["dlq"]["name"] == "${each.value}"
     assert queues["terminate"]["name"] == "${local.terminate_queue}"
+    assert queues["bulk"]["for_each"] == "${local.bulk_queue_names}"
+    assert queues["bulk_dlq"]["for_each"] == "${local.bulk_dlq_names}"
+    assert queues["bulk"]["name"] == queues["bulk_dlq"]["name"] == "${each.value}"
     storage = open(os.path.join(TF, "storage.tf")).read()
     assert "bucket = local.bucket_name" in storage
     iam = _locals("iam.tf")
@@ -231,3 +237,14 @@ def test_each_component_ships_its_log_to_its_own_log_group(component):
     assert f"log_group = local.log_group_names.{component}" in _locals("main.tf")[f"{component}_user_data"]
     iam = open(os.path.join(TF, "iam.tf")).read()
     assert f'resources = [local.log_group_arns["{component}"]]' in iam
+
+
+def test_renaming_a_bulk_queue_on_the_terraform_side_only_is_caught(tmp_path):
+    module = tmp_path / "naming"
+    shutil.copytree(NAMING_MODULE, module)
+    text = (module / "main.tf").read_text()
+    (module / "main.tf").write_text(text.replace('-bulk-${s}-dlq"', '-bulk-dlq-${s}"'))
+    names = terraform_names(str(module), str(tmp_path / "root"), "cc", ["imagenet"])
+    problems = naming_mismatches(names, "cc", ["imagenet"])
+    assert problems == ["bulk_dlq_names: terraform {'imagenet': 'cc-bulk-dlq-imagenet'} != "
+                        "python {'imagenet': 'cc-bulk-imagenet-dlq'}"]

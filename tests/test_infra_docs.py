@@ -21,11 +21,10 @@ def test_the_terraform_readme_names_the_health_check_path_web_tf_sets():
 
 
 def test_the_autoscaler_unit_names_the_fleet_terraform_deploys():
-    setting = re.search(r'CLASSIFYCLOUD_FLEET\s*=\s*("(\w+)"|var\.(\w+))', read("infra", "terraform", "autoscaler.tf"))
-    fleet = setting.group(2)
-    if fleet is None:   # a variable (issue 20: autoscaler_fleet): the fleet deployed is its default
-        block = re.search(r'variable "%s" \{(.*?)\n\}' % setting.group(3), read("infra", "terraform", "variables.tf"), re.S)
-        fleet = re.search(r'default\s*=\s*"(\w+)"', block.group(1)).group(1)
+    # the fleet is var.autoscaler_fleet (asg or ec2): what Terraform deploys is its default
+    var = re.search(r'CLASSIFYCLOUD_FLEET\s*=\s*var\.(\w+)', read("infra", "terraform", "autoscaler.tf")).group(1)
+    fleet = re.search(r'variable "%s" \{[^}]*?default\s*=\s*"(\w+)"' % var,
+                      read("infra", "terraform", "variables.tf"), re.S).group(1)
     description = re.search(r"Description=(.*)", read("ami", "systemd", "classifycloud-autoscaler.service")).group(1)
     assert fleet == "asg" and f"fleet = {fleet}" in description
 

@@ -50,6 +50,10 @@ ROLE_OF_PATH = {
     "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
     "shared/transport.py": ALL,                      # every component's queue calls (checked per method: below)
     "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
+    "shared/batches.py": ("web", "autoscaler"),      # the web records batches; the driver (autoscaler) runs them
+    "shared/notify.py": ("web", "autoscaler"),       # the web queues notices and secrets; the driver delivers
+    "shared/traffic.py": ("web", "autoscaler", "operator"),  # web reads traffic.json; controller and CLI write it
+    "shared/version_entries.py": ("worker", "operator"),     # workers load versions; `classifycloud versions` checks
 }
 # Code that never runs under an instance role, with the reason.
 NOT_DEPLOYED = {
@@ -283,7 +287,8 @@ def test_worker_sends_only_to_reply_queues_and_reads_only_uploads_models_results
     reads = {r for s in _statements("worker", "s3:GetObject") for r in s["resources"]}
     assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in reads} == {"/uploads", "/models", "/results", "/galleries"}
     writes = {r for s in _statements("worker", "s3:PutObject") for r in s["resources"]}
-    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats", "/galleries", "/failures"}
+    assert {r.rsplit("/", 1)[0].rsplit("}", 1)[1] for r in writes} == {"/results", "/heartbeats", "/galleries", "/failures",
+                                                                       "/version-stats", "/shadow"}
 
 
 def test_web_creates_and_deletes_only_queues_under_the_reply_prefix():
@@ -325,19 +330,21 @@ def test_web_reaches_dynamodb_only_for_the_key_and_usage_calls_it_makes():
                            ("${aws_dynamodb_table.usage.arn}",): {"dynamodb:BatchWriteItem"}}
 
 
-def test_only_the_autoscaler_creates_queues_besides_web_reply_queues_and_only_request_queues():
-    (stmt,) = _statements("autoscaler", "sqs:CreateQueue")
-    assert stmt["resources"] == "${local.request_queue_arns}"
-    arns = _tool().load_tf(os.path.join(TF, "iam.tf"))["locals"][0]["request_queue_arns"]
-    assert arns == ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
+def test_only_the_autoscaler_creates_queues_besides_web_reply_queues_and_only_request_and_bulk_queues():
+    created = sorted(s["resources"] for s in _statements("autoscaler", "sqs:CreateQueue"))
+    assert created == ["${local.bulk_queue_arns}", "${local.request_queue_arns}"]
+    arns = _tool().load_tf(os.path.join(TF, "iam.tf"))["locals"][0]
+    assert arns["request_queue_arns"] == ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
+    assert arns["bulk_queue_arns"] == ["${local.sqs_arn_base}:${var.prefix}-bulk-*"]
     assert not _statements("worker", "sqs:CreateQueue")
 
 
-def test_web_and_autoscaler_read_service_entries_but_not_weights():
+def test_web_and_autoscaler_read_service_entries_and_traffic_policies_but_not_weights():
     for role in ("web", "autoscaler"):
         reads = {r for s in _statements(role, "s3:GetObject") for r in s["resources"]}
         models = {r for r in reads if "/models/" in r}
-        assert models == {"${aws_s3_bucket.data.arn}/models/*/entry.yaml"}, role
+        assert models == {"${aws_s3_bucket.data.arn}/models/*/entry.yaml",
+                          "${aws_s3_bucket.data.arn}/models/*/traffic.json"}, role
 
 
 def test_group_actions_are_scoped_to_the_worker_groups():
@@ -357,3 +364,81 @@ def test_autoscaler_janitor_may_delete_only_reply_queues():
     assert delete["resources"] == ["${local.reply_queue_arns}"]
     (tags,) = _statements("autoscaler", "sqs:ListQueueTags")
     assert tags["resources"] == ["${local.reply_queue_arns}"]
+
+
+# --- bulk jobs (issue 23) and model versions (issue 24) ---------------------------------------------------
+
+BUCKET = "${aws_s3_bucket.data.arn}/"
+
+
+def _sqs_resources(role: str, action: str) -> set[str]:
+    out = set()
+    for s in _statements(role, action):
+        out |= {s["resources"]} if isinstance(s["resources"], str) else set(s["resources"])
+    return out
+
+
+def _s3_prefixes(role: str, action: str) -> set[str]:
+    """The data-bucket key patterns a role may use an S3 object action on."""
+    return {r[len(BUCKET):] for s in _statements(role, action) for r in s["resources"] if r.startswith(BUCKET)}
+
+
+def _list_prefixes(role: str) -> set[str]:
+    return {v for s in _statements(role, "s3:ListBucket") for c in s.get("condition", [])
+            if c["variable"] == "s3:prefix" for v in c["values"]}
+
+
+def test_only_the_autoscaler_role_sends_to_bulk_queues_and_only_workers_take_from_them():
+    bulk = "${local.bulk_queue_arns}"
+    assert bulk in _sqs_resources("autoscaler", "sqs:SendMessage")
+    assert bulk not in _sqs_resources("web", "sqs:SendMessage")       # the web records batches, never items
+    assert bulk not in _sqs_resources("worker", "sqs:SendMessage")    # workers answer by result records
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility"):
+        assert bulk in _sqs_resources("worker", action), action
+        assert bulk not in _sqs_resources("web", action), action
+        assert bulk not in _sqs_resources("autoscaler", action), action   # the driver reads only the DLQs
+    assert _sqs_resources("autoscaler", "sqs:ReceiveMessage") >= {"${local.bulk_dlq_arns}"}
+    arns = _tool().load_tf(os.path.join(TF, "iam.tf"))["locals"][0]
+    assert arns["bulk_dlq_arns"] == ["${local.sqs_arn_base}:${var.prefix}-bulk-*-dlq"]
+    web_queues = {r for s in role_statements()["web"] if any(a.startswith("sqs:") for a in s["actions"])
+                  for r in ([s["resources"]] if isinstance(s["resources"], str) else s["resources"])}
+    assert not any("bulk" in r for r in web_queues)                   # no bulk queue action at all
+
+
+def test_web_writes_batch_records_and_notices_but_not_batch_io_results_or_delivered_notices():
+    assert _s3_prefixes("web", "s3:PutObject") == {"uploads/*", "jobs/*", "batches/*", "batches-active/*",
+                                                  "notify/secrets/*", "notify/pending/*"}
+    reads = _s3_prefixes("web", "s3:GetObject")
+    assert {"batches/*", "notify/secrets/*", "notify/pending/*", "notify/done/*"} <= reads
+    assert not any(p.startswith("batch-io/") for p in reads | _s3_prefixes("web", "s3:PutObject"))
+    assert not _s3_prefixes("web", "s3:DeleteObject") - {"galleries/*"}    # never drops an active marker
+
+
+def test_the_batch_driver_reads_and_writes_exactly_the_prefixes_the_code_uses():
+    puts, gets = _s3_prefixes("autoscaler", "s3:PutObject"), _s3_prefixes("autoscaler", "s3:GetObject")
+    assert {"batches/*", "notify/*", "batch-io/*", "results/*"} <= puts
+    assert {"batches/*", "notify/*", "batch-io/*", "results/*"} <= gets
+    assert _s3_prefixes("autoscaler", "s3:DeleteObject") == {"batches-active/*", "notify/pending/*"}
+    assert {"batches-active/*", "notify/pending/*", "results/*", "batch-io/*"} <= _list_prefixes("autoscaler")
+    assert not any(p.startswith(("uploads/", "galleries/")) for p in puts | gets)
+
+
+def test_sns_notices_may_go_only_to_topics_of_this_account_and_region():
+    (stmt,) = _statements("autoscaler", "sns:Publish")
+    assert stmt["resources"] == "${local.client_topic_arns}"
+    arns = _tool().load_tf(os.path.join(TF, "iam.tf"))["locals"][0]
+    assert arns["client_topic_arns"] == ["arn:${local.partition}:sns:${local.region}:${local.account_id}:*"]
+    for role in ("web", "worker", "operator"):
+        assert not _statements(role, "sns:Publish"), role
+
+
+def test_model_version_grants_follow_docs_versions():
+    assert {"version-stats/*", "shadow/*"} <= _s3_prefixes("worker", "s3:PutObject")
+    assert "models/*" in _s3_prefixes("worker", "s3:GetObject")        # models/<svc>/versions/<v>/...
+    assert "models/*/traffic.json" in _s3_prefixes("autoscaler", "s3:PutObject")
+    assert "version-stats/*" in _s3_prefixes("autoscaler", "s3:GetObject")
+    assert "version-stats/*" in _list_prefixes("autoscaler")
+    assert "models/*" in _s3_prefixes("operator", "s3:PutObject")      # `classifycloud versions` writes traffic.json
+    assert not any(p.startswith("models/") for p in _s3_prefixes("web", "s3:PutObject"))
+    assert not any(p.startswith("models/") for p in _s3_prefixes("worker", "s3:PutObject"))
+    assert not _s3_prefixes("autoscaler", "s3:PutObject") & {"models/*", "models/*/entry.yaml"}

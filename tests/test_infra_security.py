@@ -19,6 +19,8 @@ VPC = f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/vpc-0stack"
 WORKER_SG = f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/sg-0worker"
 TERMINATE = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-terminate"
 REQUESTS = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-requests-imagenet"
+BULK = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-imagenet"
+BULK_DLQ = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-imagenet-dlq"
 
 
 def role(name: str) -> str:
@@ -44,6 +46,11 @@ REFS = {
     "${local.ec2_arn_base}": f"arn:aws:ec2:{REGION}:{ACCOUNT}",
     "${var.ami_id}": AMI,
     "${local.request_queue_arns}": REQUESTS,
+    "${aws_sqs_queue.bulk[each.key].arn}": BULK,
+    "${local.bulk_queue_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-*",
+    "${local.bulk_dlq_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-*-dlq",
+    "${[for q in aws_sqs_queue.dlq : q.arn]}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-requests-imagenet-dlq",
+    "${local.client_topic_arns}": f"arn:aws:sns:{REGION}:{ACCOUNT}:*",
     "${local.reply_queue_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-reply-*",
     "${aws_s3_bucket.data.arn}": "arn:aws:s3:::cc-data",
 }
@@ -141,6 +148,52 @@ def test_only_the_autoscaler_role_can_send_a_terminate():
     # the policy denies sends only: the worker still receives and deletes its terminates
     assert decide(role("worker"), "sqs:ReceiveMessage", TERMINATE, policy("worker"), queue_policy) == "allow"
     assert decide(role("worker"), "sqs:DeleteMessage", TERMINATE, policy("worker"), queue_policy) == "allow"
+
+
+def test_only_the_batch_driver_can_send_batch_items():
+    queue_policy = policy("bulk_queue")
+    assert decide(role("autoscaler"), "sqs:SendMessage", BULK, policy("autoscaler"), queue_policy) == "allow"
+    for forger in (role("worker"), role("web"), f"arn:aws:iam::{ACCOUNT}:user/mallory",
+                   f"arn:aws:iam::{ACCOUNT}:role/some-admin"):
+        assert decide(forger, "sqs:SendMessage", BULK, ADMIN, queue_policy) == "deny", forger
+    # and by their own policies alone, neither the web nor the workers may send items
+    for name in ("web", "worker"):
+        assert decide(role(name), "sqs:SendMessage", BULK, policy(name), []) == "implicit-deny", name
+
+
+def test_workers_take_batch_items_and_the_driver_settles_their_dead_letters():
+    for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"):
+        assert decide(role("worker"), action, BULK, policy("worker"), policy("bulk_queue")) == "allow", action
+        assert decide(role("web"), action, BULK, policy("web"), policy("bulk_queue")) == "implicit-deny", action
+    assert decide(role("autoscaler"), "sqs:ReceiveMessage", BULK, policy("autoscaler"), []) == "implicit-deny"
+    assert decide(role("autoscaler"), "sqs:ReceiveMessage", BULK_DLQ, policy("autoscaler"), []) == "allow"
+    # a service added later: its bulk queue and DLQ are created by the driver, under the bulk prefix only
+    later = f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-plants"
+    assert decide(role("autoscaler"), "sqs:CreateQueue", later, policy("autoscaler"), []) == "allow"
+    assert decide(role("autoscaler"), "sqs:CreateQueue", later + "-dlq", policy("autoscaler"), []) == "allow"
+    assert decide(role("autoscaler"), "sqs:CreateQueue", TERMINATE, policy("autoscaler"), []) == "implicit-deny"
+
+
+def test_notices_publish_only_to_topics_of_this_account_and_region():
+    mine = f"arn:aws:sns:{REGION}:{ACCOUNT}:batch-done"
+    assert decide(role("autoscaler"), "sns:Publish", mine, policy("autoscaler"), []) == "allow"
+    for topic in (f"arn:aws:sns:{REGION}:999999999999:batch-done", f"arn:aws:sns:eu-west-1:{ACCOUNT}:batch-done"):
+        assert decide(role("autoscaler"), "sns:Publish", topic, policy("autoscaler"), []) == "implicit-deny", topic
+    for name in ("web", "worker"):
+        assert decide(role(name), "sns:Publish", mine, policy(name), []) == "implicit-deny", name
+
+
+def test_only_the_driver_reads_batch_io_and_the_web_cannot_rewrite_traffic():
+    io = "arn:aws:s3:::cc-data/batch-io/k0123456789ab/photos/cat.jpg"
+    traffic = "arn:aws:s3:::cc-data/models/imagenet/traffic.json"
+    assert decide(role("autoscaler"), "s3:GetObject", io, policy("autoscaler"), []) == "allow"
+    for name in ("web", "worker"):
+        assert decide(role(name), "s3:GetObject", io, policy(name), []) == "implicit-deny", name
+    assert decide(role("web"), "s3:GetObject", traffic, policy("web"), []) == "allow"
+    assert decide(role("web"), "s3:PutObject", traffic, policy("web"), []) == "implicit-deny"
+    assert decide(role("autoscaler"), "s3:PutObject", traffic, policy("autoscaler"), []) == "allow"
+    weights = "arn:aws:s3:::cc-data/models/imagenet/weights.pt"
+    assert decide(role("autoscaler"), "s3:PutObject", weights, policy("autoscaler"), []) == "implicit-deny"
 
 
 def test_only_the_web_role_can_send_requests():

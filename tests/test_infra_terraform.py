@@ -184,10 +184,15 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_root_volume():
 def test_request_queues_have_dlqs_with_redrive_and_all_queues_are_encrypted():
     res = _blocks("resource")
     queues = {n: b for (t, n), b in res.items() if t == "aws_sqs_queue"}
-    assert set(queues) == {"requests", "dlq", "terminate"}
+    assert set(queues) == {"requests", "dlq", "terminate", "bulk", "bulk_dlq"}   # bulk: issue 23
     assert all(q["sqs_managed_sse_enabled"] is True for q in queues.values())
     assert "aws_sqs_queue.dlq[each.key].arn" in queues["requests"]["redrive_policy"]
     assert "var.max_receive_count" in queues["requests"]["redrive_policy"]
+    assert "aws_sqs_queue.bulk_dlq[each.key].arn" in queues["bulk"]["redrive_policy"]
+    assert "var.max_receive_count" in queues["bulk"]["redrive_policy"]
+    # as shared/service_queues.py ensure_bulk_queue makes one for a service added later
+    assert queues["bulk"]["visibility_timeout_seconds"] == "${var.bulk_visibility_timeout_s}"
+    assert _variables()["bulk_visibility_timeout_s"]["default"] == Settings().bulk_visibility_timeout_s
     assert queues["terminate"]["message_retention_seconds"] == "${var.terminate_retention_s}"
     assert _variables()["terminate_retention_s"]["default"] <= 300
 

@@ -6,10 +6,16 @@
 locals {
   sqs_arn_base       = "arn:${local.partition}:sqs:${local.region}:${local.account_id}"
   request_queue_arns = ["${local.sqs_arn_base}:${var.prefix}-requests-*"]
-  reply_queue_arns   = "${local.sqs_arn_base}:${local.reply_queue_prefix}*"
-  log_group_arns     = { for c, name in local.log_group_names : c => "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${name}:*" }
-  ec2_arn_base       = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
-  components         = toset(["worker", "web", "autoscaler"])
+  # bulk_queue_arns: every service's bulk queue and bulk DLQ (issue 23), packaged or added later, by prefix.
+  bulk_queue_arns = ["${local.sqs_arn_base}:${var.prefix}-bulk-*"]
+  bulk_dlq_arns   = ["${local.sqs_arn_base}:${var.prefix}-bulk-*-dlq"]
+  # SNS topics a client names in `notify` (docs/API.md): this account and region only, so a key
+  # cannot make the stack publish into someone else's account.
+  client_topic_arns = ["arn:${local.partition}:sns:${local.region}:${local.account_id}:*"]
+  reply_queue_arns  = "${local.sqs_arn_base}:${local.reply_queue_prefix}*"
+  log_group_arns    = { for c, name in local.log_group_names : c => "arn:${local.partition}:logs:${local.region}:${local.account_id}:log-group:${name}:*" }
+  ec2_arn_base      = "arn:${local.partition}:ec2:${local.region}:${local.account_id}"
+  components        = toset(["worker", "web", "autoscaler"])
 }
 
 data "aws_iam_policy_document" "ec2_assume" {
@@ -131,6 +137,20 @@ data "aws_iam_policy_document" "worker" {
     resources = local.request_queue_arns
   }
 
+  # Batch items (worker/bulk.py), taken only while the request queues are quiet. No SendMessage: the
+  # batch driver alone sends items (queues.tf's bulk queue policy says so too).
+  statement {
+    sid = "ConsumeBatchItems"
+    actions = [
+      "sqs:ReceiveMessage",
+      "sqs:DeleteMessage",
+      "sqs:ChangeMessageVisibility",
+      "sqs:GetQueueUrl",
+      "sqs:GetQueueAttributes",
+    ]
+    resources = local.bulk_queue_arns
+  }
+
   statement {
     sid       = "SendReplies"
     actions   = ["sqs:SendMessage"]
@@ -167,6 +187,17 @@ data "aws_iam_policy_document" "worker" {
       "${aws_s3_bucket.data.arn}/results/*",
       "${aws_s3_bucket.data.arn}/heartbeats/*",
       "${aws_s3_bucket.data.arn}/failures/*",
+    ]
+  }
+
+  # Model versions (issue 24, docs/VERSIONS.md): per-version outcomes the autoscaler's controller reads
+  # (worker/versions.py), and shadow answers (worker/shadow.py). Versions' files are under models/ (read above).
+  statement {
+    sid     = "WriteVersionStatsAndShadows"
+    actions = ["s3:PutObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/version-stats/*",
+      "${aws_s3_bucket.data.arn}/shadow/*",
     ]
   }
 
@@ -246,6 +277,47 @@ data "aws_iam_policy_document" "web" {
       "sqs:TagQueue", # owner/created tags at creation and the heartbeat tag the janitor reads (autoscaler/janitor.py)
     ]
     resources = [local.reply_queue_arns]
+  }
+
+  # Batches (webserver/bulk.py, shared/batches.py): the web records a batch (inputs.jsonl, batch.json,
+  # the active marker) and an owner's cancel, and reads batch.json and the cancel marker back.
+  # It sends no batch item (bulk queues: the driver only) and never reads batch-io/ (the driver does).
+  statement {
+    sid     = "RecordBatches"
+    actions = ["s3:PutObject", "s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/batches/*",
+    ]
+  }
+
+  statement {
+    sid       = "MarkBatchesActive"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/batches-active/*"]
+  }
+
+  # Notifications (shared/notify.py): a key's webhook secret (GET/POST /webhooks/secret) and a job's
+  # notice in the outbox; enqueue reads pending/ and done/ first so a notice is queued once.
+  statement {
+    sid     = "QueueNoticesAndSecrets"
+    actions = ["s3:PutObject", "s3:GetObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/notify/secrets/*",
+      "${aws_s3_bucket.data.arn}/notify/pending/*",
+    ]
+  }
+
+  statement {
+    sid       = "SeeDeliveredNotices"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/notify/done/*"]
+  }
+
+  # Model versions (issue 24): the web routes by each service's traffic policy (shared/traffic.py).
+  statement {
+    sid       = "ReadTrafficPolicies"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/traffic.json"]
   }
 
   statement {
@@ -330,6 +402,28 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = local.request_queue_arns
   }
 
+  # Bulk queues: the batch driver (a thread of this process, autoscaler/batches.py) sends batch items and
+  # the loop reads their depth; a service added later gets its bulk queue and DLQ at its first batch
+  # (shared/service_queues.py ensure_bulk_queue). CreateQueue only, as for request queues above.
+  statement {
+    sid       = "SendBatchItems"
+    actions   = ["sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+    resources = local.bulk_queue_arns
+  }
+
+  statement {
+    sid       = "CreateBulkQueues"
+    actions   = ["sqs:CreateQueue"]
+    resources = local.bulk_queue_arns
+  }
+
+  # Dead-lettered batch items get a dead_lettered record so their batch finishes (BulkDeadLetters).
+  statement {
+    sid       = "ReadBulkDeadLetters"
+    actions   = ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"]
+    resources = local.bulk_dlq_arns
+  }
+
   statement {
     sid       = "SendTerminate"
     actions   = ["sqs:SendMessage", "sqs:GetQueueUrl", "sqs:GetQueueAttributes"]
@@ -367,6 +461,76 @@ data "aws_iam_policy_document" "autoscaler" {
     sid       = "WriteDeadLetteredRecords"
     actions   = ["s3:PutObject"]
     resources = ["${aws_s3_bucket.data.arn}/results/*"]
+  }
+
+  # The batch driver (shared/batches.py): batch.json, inputs.jsonl, tally.json and the cancel marker;
+  # the active markers it lists and drops when a batch is final; the outbox it delivers and moves
+  # (notify/pending/ -> notify/done/) and the webhook secrets it signs with (made on first use);
+  # a key's own input and output folder in the data bucket (batch-io/<key id>/: listed, manifests and
+  # items read, the latter presigned for workers, output shards written). Item records are results/*.
+  statement {
+    sid     = "DriveBatches"
+    actions = ["s3:GetObject", "s3:PutObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/batches/*",
+      "${aws_s3_bucket.data.arn}/notify/*",
+      "${aws_s3_bucket.data.arn}/batch-io/*",
+    ]
+  }
+
+  statement {
+    sid     = "FinishBatchesAndNotices"
+    actions = ["s3:DeleteObject"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/batches-active/*",
+      "${aws_s3_bucket.data.arn}/notify/pending/*",
+    ]
+  }
+
+  statement {
+    sid       = "ListBatchWork"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["batches-active/*", "notify/pending/*", "results/*", "batch-io/*"]
+    }
+  }
+
+  # Notices to the SNS topics a client names (autoscaler/notify.py). Topics are the client's choice, so
+  # the grant is by account: only topics of this account and region (docs/DEPLOY.md).
+  statement {
+    sid       = "PublishClientNotices"
+    actions   = ["sns:Publish"]
+    resources = local.client_topic_arns
+  }
+
+  # Model versions (issue 24): the controller reads workers' per-version outcomes and rolls a
+  # failing canary back by rewriting the service's traffic policy (autoscaler/versions.py).
+  statement {
+    sid       = "ReadVersionStats"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/version-stats/*"]
+  }
+
+  statement {
+    sid       = "ListVersionStats"
+    actions   = ["s3:ListBucket"]
+    resources = [aws_s3_bucket.data.arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["version-stats/*"]
+    }
+  }
+
+  statement {
+    sid       = "RollBackTraffic"
+    actions   = ["s3:GetObject", "s3:PutObject"]
+    resources = ["${aws_s3_bucket.data.arn}/models/*/traffic.json"]
   }
 
   # ListQueues has no resource-level permissions; the janitor lists only the reply prefix.
@@ -553,10 +717,11 @@ data "aws_iam_policy_document" "operator_review" {
     resources = ["*"] # read-only metric queries have no resource-level permissions.
   }
 
+  # shadow/: the review's shadow-version table (classifycloud/report/versions.py).
   statement {
     sid       = "ReadResults"
     actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/results/*"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*", "${aws_s3_bucket.data.arn}/shadow/*"]
   }
 
   statement {
@@ -567,7 +732,7 @@ data "aws_iam_policy_document" "operator_review" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["results/", "results/*"]
+      values   = ["results/", "results/*", "shadow/", "shadow/*"]
     }
   }
 }

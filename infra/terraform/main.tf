@@ -33,6 +33,8 @@ locals {
   # shared/naming.py and Settings.bucket_name / pool_tag_value, through modules/naming.
   request_queue_names = module.naming.request_queue_names
   dlq_names           = module.naming.dlq_names
+  bulk_queue_names    = module.naming.bulk_queue_names
+  bulk_dlq_names      = module.naming.bulk_dlq_names
   terminate_queue     = module.naming.terminate_queue
   reply_queue_prefix  = module.naming.reply_queue_prefix
   bucket_name         = module.naming.bucket_name
@@ -48,16 +50,17 @@ locals {
 
   # CLASSIFYCLOUD_* settings every component reads (names: shared.config.env_names()).
   common_env = {
-    CLASSIFYCLOUD_PREFIX               = var.prefix
-    CLASSIFYCLOUD_BUCKET               = local.bucket_name
-    CLASSIFYCLOUD_REGION               = var.region
-    CLASSIFYCLOUD_VISIBILITY_TIMEOUT_S = tostring(var.visibility_timeout_s)
-    CLASSIFYCLOUD_MAX_RECEIVE_COUNT    = tostring(var.max_receive_count)
-    CLASSIFYCLOUD_METRICS_ENABLED      = "true"
-    CLASSIFYCLOUD_METRICS_NAMESPACE    = var.metrics_namespace
-    CLASSIFYCLOUD_LOG_LEVEL            = var.log_level
-    CLASSIFYCLOUD_OWN_HOSTS            = join(",", local.public_hosts)
-    AWS_REGION                         = var.region
+    CLASSIFYCLOUD_PREFIX                    = var.prefix
+    CLASSIFYCLOUD_BUCKET                    = local.bucket_name
+    CLASSIFYCLOUD_REGION                    = var.region
+    CLASSIFYCLOUD_VISIBILITY_TIMEOUT_S      = tostring(var.visibility_timeout_s)
+    CLASSIFYCLOUD_MAX_RECEIVE_COUNT         = tostring(var.max_receive_count)
+    CLASSIFYCLOUD_BULK_VISIBILITY_TIMEOUT_S = tostring(var.bulk_visibility_timeout_s)
+    CLASSIFYCLOUD_METRICS_ENABLED           = "true"
+    CLASSIFYCLOUD_METRICS_NAMESPACE         = var.metrics_namespace
+    CLASSIFYCLOUD_LOG_LEVEL                 = var.log_level
+    CLASSIFYCLOUD_OWN_HOSTS                 = join(",", local.public_hosts)
+    AWS_REGION                              = var.region
   }
 }
 

@@ -18,6 +18,16 @@ output "dead_letter_queue_urls" {
   value       = { for s, q in aws_sqs_queue.dlq : s => q.url }
 }
 
+output "bulk_queue_urls" {
+  description = "Bulk queue (batch items) URL per packaged service; the batch driver sends to them."
+  value       = { for s, q in aws_sqs_queue.bulk : s => q.url }
+}
+
+output "bulk_dead_letter_queue_urls" {
+  description = "Bulk dead-letter queue URL per packaged service."
+  value       = { for s, q in aws_sqs_queue.bulk_dlq : s => q.url }
+}
+
 output "terminate_queue_url" {
   description = "Queue the autoscaler sends terminate messages to."
   value       = aws_sqs_queue.terminate.url

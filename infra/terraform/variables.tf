@@ -46,6 +46,12 @@ variable "visibility_timeout_s" {
   default     = 60
 }
 
+variable "bulk_visibility_timeout_s" {
+  description = "Bulk queues (batch items): seconds a worker holds an item before it is redelivered (Settings.bulk_visibility_timeout_s)."
+  type        = number
+  default     = 120
+}
+
 variable "max_receive_count" {
   description = "Deliveries of a request before it moves to its dead-letter queue (Settings.max_receive_count)."
   type        = number

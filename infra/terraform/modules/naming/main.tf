@@ -36,6 +36,16 @@ output "dlq_names" {
   value       = { for s in var.services : s => "${var.prefix}-requests-${s}-dlq" }
 }
 
+output "bulk_queue_names" {
+  description = "shared.naming.bulk_queue(prefix, service) per service: batch items, low priority."
+  value       = { for s in var.services : s => "${var.prefix}-bulk-${s}" }
+}
+
+output "bulk_dlq_names" {
+  description = "shared.naming.bulk_dead_letter_queue(prefix, service) per service."
+  value       = { for s in var.services : s => "${var.prefix}-bulk-${s}-dlq" }
+}
+
 output "terminate_queue" {
   description = "shared.naming.terminate_queue(prefix)."
   value       = "${var.prefix}-terminate"
