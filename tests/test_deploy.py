@@ -284,11 +284,6 @@ def test_the_stack_started_from_the_user_data_classifies_a_photo_and_scales_the_
             return False
     wait_for(ready, 120, "the web's /readyz", explain=processes.tails)
 
-    # API keys are on in AWS: the operator creates one with the CLI, as docs/DEPLOY.md says, and the client sends it.
-    made = subprocess.run([classifycloud, "keys", "create", "--owner", "deploy-suite", "--json"],
-                          env=component_env(deployment, "web"), capture_output=True, text=True, timeout=120)
-    assert made.returncode == 0, made.stderr
-    headers["Authorization"] = "Bearer " + json.loads(made.stdout)["key"]
     answer = {}
 
     def classify():
