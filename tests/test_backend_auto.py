@@ -108,7 +108,7 @@ def test_services_reports_the_backend_auto_chose_from_the_worker_heartbeat(auto_
     from shared.aws import client
     from webserver.app import create_app
     beat = Heartbeat(settings, client("s3", settings), "auto-1", ["imagenet"], {}, lambda: 0,
-                     {"imagenet": auto_handler.backend_choice})
+                     backends={"imagenet": auto_handler.backend_choice})
     assert beat.beat()
     app = create_app(settings.replace(wait_time_s=1))
     try:
