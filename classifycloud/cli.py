@@ -107,7 +107,8 @@ def _classify_samples(stack, out=print) -> bool:
 
 # One bundled photo per service for `up`'s second table (the samples are everyday photos: the answers of
 # skin and pdr on them show the service works end to end, not a diagnosis).
-SERVICE_SAMPLES = {"nsfw": "astronaut", "skin": "coffee", "pdr": "chelsea", "facesearch": "astronaut"}
+SERVICE_SAMPLES = {"nsfw": "astronaut", "skin": "coffee", "pdr": "chelsea", "facesearch": "astronaut",
+                   "food": "coffee", "insect": "chelsea"}
 SAMPLE_GALLERY = "samples"
 
 
