@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -74,6 +75,13 @@ class Deployment:
         return [f"-var=ami_id={self.image}"] + [f"-var={k}={v}" for k, v in TF_VARS.items()]
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def aws_endpoint_env(endpoint: str) -> dict[str, str]:
     """The only variables the tests add to a component's environment: moto's endpoint and dummy credentials."""
     return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -82,7 +90,6 @@ def aws_endpoint_env(endpoint: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     """init from the mirror, validate, plan and apply against a fresh moto server; destroyed at the end if not yet."""
-    from moto.server import ThreadedMotoServer
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     module = scratch_copy(str(tmp_path_factory.mktemp("deploy")))
@@ -91,8 +98,11 @@ def deployment(tmp_path_factory):
     # Found (or failed, saying how to get them) before anything starts: terraform and the provider mirror.
     tf = Terraform(module, env={**aws_endpoint_env(endpoint), "AWS_REGION": REGION, "AWS_DEFAULT_REGION": REGION,
                                 "AWS_EC2_METADATA_DISABLED": "true"})
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+    # Its own process: moto keeps its state per process, and an in-process server would share the account
+    # with the suite's other moto server, whose queues and buckets the leftover check would then count.
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: server.poll() is None and port_open(port), 60, "the deployment's moto server")
     d = Deployment(tf, endpoint, image="")
     try:
         d.image = d.client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]   # a moto stock AMI
@@ -111,7 +121,8 @@ def deployment(tmp_path_factory):
             except Exception:   # the bucket may not exist when the apply failed early
                 pass
             tf.run("destroy", "-auto-approve", "-no-color", *d.var_args("destroy"), ok=(0, 1))
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
         print(f"\ndeployment suite, seconds per step: {d.seconds}")
 
 
