@@ -1,13 +1,12 @@
 """The derived kind: a label subset of another classifier's model, answered from the parent's forward pass."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 from PIL import Image
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
+from worker.models.handler import ImageClassifier
 
 
 class DerivedClassifier:
@@ -73,11 +72,8 @@ class DerivedClassifier:
                         for s, j in zip(s_row, i_row)])
         return out
 
-    def run_batch(self, items: Sequence[torch.Tensor], top_ks: Sequence[int],
-                  params: Sequence[dict | None]) -> list:
-        """One forward pass (the parent's) for preprocessed items; per item its results."""
-        ranked = self.postprocess(self.infer(torch.stack(list(items))), max(top_ks))
-        return [r[: max(1, k)] for r, k in zip(ranked, top_ks)]
+    # one forward pass (the parent's) for preprocessed items, then this service's postprocess: the same steps
+    run_batch = ImageClassifier.run_batch
 
     def close(self) -> None:
         """Nothing of its own to release (the parent's owner closes the model)."""
