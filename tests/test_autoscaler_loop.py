@@ -113,7 +113,8 @@ def test_ec2_fleet_maintain_keeps_healthy_instances_and_replace_swaps_them(setti
 
 
 def test_loop_sends_timestamped_terminate_messages_a_worker_honours(settings, provisioned, launch_template):
-    loop = ec2_loop(settings, launch_template["name"])
+    # 30 s, not the 5 s default: on a loaded box the tick, the receive and the worker's check can take 5 s
+    loop = ec2_loop(settings, launch_template["name"], terminate_expiry_s=30.0)
     s3 = client("s3", settings)
     for iid in loop.fleet.launch(3):                     # their workers report idle
         s3.put_object(Bucket=settings.bucket_name, Key=naming.heartbeat_key(iid), Body=json.dumps(

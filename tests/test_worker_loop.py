@@ -38,7 +38,8 @@ def stack(settings, catalogue):
     """Provisioned queues and bucket for a fast-polling worker; yields a helper."""
     s = settings.replace(wait_time_s=1, fetch_allow_loopback=True, max_receive_count=2,
                          visibility_timeout_s=30, instance_id="w-test", heartbeat_interval_s=0.5,
-                         terminate_check_interval_s=0.3, max_batch_wait_ms=50)
+                         terminate_check_interval_s=0.3, max_batch_wait_ms=50,
+                         terminate_expiry_s=20.0)   # the tests send then check: 5 s is too short on a loaded box
     urls = ensure_all(s, catalogue)
     yield Stack(s, urls, catalogue)
 
