@@ -7,7 +7,7 @@ import sys
 
 from shared.aws import client
 from shared.config import Settings
-from shared.keys import ApiKey, hash_key, new_key, table_name
+from webserver.keys import ApiKey, hash_key, new_key, table_name
 from shared.messages import now_ms
 
 

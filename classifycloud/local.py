@@ -19,7 +19,7 @@ import requests
 
 from shared.catalogue import catalogue_for
 from shared.config import Settings
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 
 log = logging.getLogger(__name__)
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
