@@ -9,10 +9,10 @@ from classifycloud import usage_report
 from classifycloud.keyadmin import create_key, list_keys, revoke_key
 from openapi_check import check_flask_response
 from shared.aws import client
-from webserver.keys import RateLimiter, hash_key, key_id_of
 from shared.messages import now_ms
-from webserver.usage import UsageLog, UsageRecord, table_name
 from webserver.app import create_app
+from webserver.keys import RateLimiter, hash_key, key_id_of
+from webserver.usage import UsageLog, UsageRecord, table_name
 
 
 @pytest.fixture

@@ -40,8 +40,8 @@ ROLE_OF_PATH = {
     "autoscaler/": ("autoscaler",),
     "shared/metrics.py": ALL,                        # every component publishes metrics
     "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
-    "webserver/keys.py": ("web",),                      # API-key lookup and quota counter
-    "webserver/usage.py": ("web",),                     # the usage log writer
+    "webserver/keys.py": ("web",),                   # API-key lookup and quota counter
+    "webserver/usage.py": ("web",),                  # the usage log writer
     "classifycloud/keyadmin.py": ("operator",),      # `classifycloud keys`
     "classifycloud/usage_report.py": ("operator",),  # `classifycloud usage`
     "classifycloud/dlq.py": ("operator",),           # `classifycloud dlq list|redrive`, on an operator's machine
