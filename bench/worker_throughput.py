@@ -326,7 +326,7 @@ def main(argv=None) -> int:
             from moto import mock_aws  # facesearch's gallery: S3 in this process (moto), no network
             with mock_aws():
                 from shared.aws import client
-                from shared.provision import ensure_bucket
+                from classifycloud.provision import ensure_bucket
                 ensure_bucket(client("s3", settings), settings)
                 for name in args.services:
                     rows.extend(bench_service(name, args, settings, jpegs))

@@ -61,13 +61,13 @@ def cmd_web(argv: list[str]) -> int:
 def cmd_provision(argv: list[str]) -> int:
     """Create the request queues (with DLQs), the terminate queue and the bucket."""
     from shared.catalogue import catalogue_for
-    from shared.provision import ensure_all
+    from classifycloud.provision import ensure_all
     argparse.ArgumentParser(prog="classifycloud provision").parse_args(argv)
     settings = Settings.from_env()
     for name, url in ensure_all(settings, catalogue_for(settings)).items():
         print(f"{name:12s} {url}")
     print(f"bucket       {settings.bucket_name}")
-    from shared import keys, usage
+    from webserver import keys, usage
     print(f"tables       {keys.table_name(settings)}, {usage.table_name(settings)}")
     return 0
 

@@ -7,8 +7,8 @@ import sys
 
 from shared.aws import client
 from shared.config import Settings
-from shared.keys import ApiKey, hash_key, new_key, table_name
 from shared.messages import now_ms
+from webserver.keys import ApiKey, hash_key, new_key, table_name
 
 
 def create_key(settings: Settings, owner: str, rate_limit: float | None = None, burst: int | None = None,

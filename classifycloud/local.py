@@ -17,9 +17,9 @@ from importlib import resources
 
 import requests
 
+from classifycloud.provision import ensure_all
 from shared.catalogue import catalogue_for
 from shared.config import Settings
-from shared.provision import ensure_all
 
 log = logging.getLogger(__name__)
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from shared.aws import client
 from shared.config import Settings
 from shared.messages import now_ms
-from shared.usage import UsageRecord, table_name
+from webserver.usage import UsageRecord, table_name
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

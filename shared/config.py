@@ -150,7 +150,7 @@ class Settings:
     metrics_sink: str = "api"                 # api (put_metric_data) | emf (embedded metric format log lines) | both
     metrics_emf_path: str = ""                # emf sink: file the CloudWatch agent tails; "" -> stdout
 
-    # --- edge: API keys and the usage log (webserver/auth.py, shared/keys.py, shared/usage.py) ---
+    # --- edge: API keys and the usage log (webserver/auth.py, webserver/keys.py, webserver/usage.py) ---
     api_keys: str = "auto"                    # on | off | auto: on everywhere except in `classifycloud up` (the
                                               # embedded stack turns auto into off); an endpoint variable never does
     api_key_rate_limit: float = 10.0          # default for new keys: sustained requests/s per key (per web process)

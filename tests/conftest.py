@@ -44,7 +44,7 @@ def catalogue():
 @pytest.fixture
 def provisioned(settings, catalogue):
     """Queues and bucket created for `settings`; yields {service: queue_url, '__terminate__': url}."""
-    from shared.provision import ensure_all
+    from classifycloud.provision import ensure_all
     return ensure_all(settings, catalogue)
 
 

@@ -14,7 +14,7 @@ from shared.aws import client
 from shared.batches import BatchStore, io_prefix, new_batch_id
 from shared.config import Settings
 from shared.messages import Request, now_ms
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from test_fetch import ImageServer
 from test_worker_loop import CATS, ESPRESSO, in_thread, model  # noqa: F401  (model: the module's fixture)
 from worker.loop import Worker

@@ -10,7 +10,7 @@ from classifycloud.dlq import list_dead_letters, redrive
 from shared import naming
 from shared.aws import client
 from shared.messages import Reply, Request, new_id
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from webserver.app import create_app
 from worker.consumer import Held
 from worker.results import ResultSink

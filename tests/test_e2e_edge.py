@@ -174,7 +174,7 @@ def test_gunicorn_shutdown_flushes_every_buffered_usage_record(settings, provisi
     """A long flush interval keeps the records in memory; SIGTERM must still write every one."""
     from classifycloud.local import free_port
     from shared.aws import client
-    from shared.usage import table_name
+    from webserver.usage import table_name
     from webserver.serve import gunicorn_command
     s = settings.replace(usage_flush_interval_s=600.0)
     port = free_port()

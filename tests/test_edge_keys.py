@@ -9,10 +9,10 @@ from classifycloud import usage_report
 from classifycloud.keyadmin import create_key, list_keys, revoke_key
 from openapi_check import check_flask_response
 from shared.aws import client
-from shared.keys import RateLimiter, hash_key, key_id_of
 from shared.messages import now_ms
-from shared.usage import UsageLog, UsageRecord, table_name
 from webserver.app import create_app
+from webserver.keys import RateLimiter, hash_key, key_id_of
+from webserver.usage import UsageLog, UsageRecord, table_name
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_a_job_accepted_without_its_marker_still_answers_its_owner_once_done(key
 def test_a_flood_of_unknown_key_ids_never_evicts_a_key_in_use(keyed):
     import secrets
 
-    from shared.keys import KeyStore
+    from webserver.keys import KeyStore
     secret, rec = create_key(keyed, "ivy")
     store = KeyStore(keyed.replace(api_key_cache_s=3600.0), client("dynamodb", keyed), max_cached=20)
     assert store.verify(secret).key_id == rec.key_id

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from shared.aws import client
-from shared.provision import ensure_bucket
+from classifycloud.provision import ensure_bucket
 from worker.models.gallery import GalleryFull, GalleryStore
 
 

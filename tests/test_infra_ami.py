@@ -18,7 +18,7 @@ from shared import naming
 from shared.aws import client
 from shared.config import Settings
 from shared.messages import Terminate
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AMI = os.path.join(ROOT, "ami")

@@ -40,8 +40,8 @@ ROLE_OF_PATH = {
     "autoscaler/": ("autoscaler",),
     "shared/metrics.py": ALL,                        # every component publishes metrics
     "classifycloud/report/": ("operator",),          # `classifycloud metrics`, on an operator's machine
-    "shared/keys.py": ("web",),                      # API-key lookup and quota counter
-    "shared/usage.py": ("web",),                     # the usage log writer
+    "webserver/keys.py": ("web",),                   # API-key lookup and quota counter
+    "webserver/usage.py": ("web",),                  # the usage log writer
     "classifycloud/keyadmin.py": ("operator",),      # `classifycloud keys`
     "classifycloud/usage_report.py": ("operator",),  # `classifycloud usage`
     "classifycloud/dlq.py": ("operator",),           # `classifycloud dlq list|redrive`, on an operator's machine
@@ -57,7 +57,7 @@ ROLE_OF_PATH = {
 }
 # Code that never runs under an instance role, with the reason.
 NOT_DEPLOYED = {
-    "shared/provision.py": "creates queues/bucket for the local stack and `classifycloud provision`; "
+    "classifycloud/provision.py": "creates queues/bucket for the local stack and `classifycloud provision`; "
                            "in AWS Terraform creates them",
     "classifycloud/local.py": "the embedded local stack (moto)",
     "classifycloud/cli.py": "`up`/`provision` commands of the local stack",

@@ -13,7 +13,7 @@ from shared.aws import client
 from shared.catalogue import CatalogueError
 from shared.live_catalogue import LiveCatalogue, S3Entries, parse_s3_entry
 from shared.messages import Reply, Request
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from waiting import wait_for
 
 CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat

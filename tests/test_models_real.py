@@ -118,7 +118,7 @@ def faces(moto_endpoint):
     import uuid
 
     from shared.aws import client
-    from shared.provision import ensure_bucket
+    from classifycloud.provision import ensure_bucket
     settings = Settings.from_env({}, prefix="f" + uuid.uuid4().hex[:10], metrics_enabled=False,
                                  services=("facesearch",))
     ensure_bucket(client("s3", settings), settings)

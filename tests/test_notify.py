@@ -13,7 +13,7 @@ from autoscaler.notify import Notifier
 from shared.aws import client
 from shared.batches import BatchStore
 from shared.notify import SIGNATURE_HEADER, Outbox, WebhookSecrets, sign, verify
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from test_batches import driving, make_batch, wait_final, worker_for
 from test_fetch import ImageServer
 from test_worker_loop import CATS, in_thread, model  # noqa: F401  (model: the module's fixture)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from shared.config import Settings
 from shared.images import ALLOWED_FORMATS, open_checked, ImageRefused
-from shared.redact import safe_url
+from worker.redact import safe_url
 from test_fetch import ImageServer, _png_header
 from worker.fetch import FetchError, Fetcher, check_image_header
 

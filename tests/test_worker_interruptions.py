@@ -13,7 +13,7 @@ from shared.aws import client
 from shared.messages import Terminate
 from test_fetch import ImageServer
 from test_worker_loop import Stack, in_thread, model  # noqa: F401  (the module-scoped model fixture)
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from worker.imds import Imds
 from worker.spot import InterruptionWatch
 

@@ -12,7 +12,7 @@ from shared import naming
 from shared.aws import client
 from shared.config import Settings
 from shared.messages import Reply, Request, Terminate, now_ms
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from test_fetch import ImageServer
 from worker.consumer import Consumer, MessageBuffer, release
 from worker.loop import Worker

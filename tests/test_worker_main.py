@@ -8,7 +8,7 @@ import pytest
 from shared import naming
 from shared.aws import client
 from shared.messages import Request
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from worker.__main__ import main
 
 

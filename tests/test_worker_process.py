@@ -13,7 +13,7 @@ import pytest
 from shared import naming
 from shared.aws import client
 from shared.messages import Reply, Request, Terminate, now_ms
-from shared.provision import ensure_all
+from classifycloud.provision import ensure_all
 from test_fetch import ImageServer
 from worker.loop import Worker
 

@@ -17,11 +17,11 @@ import time
 from flask import Flask, g, has_request_context, request
 
 from shared.aws import client
-from shared.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
 from shared.messages import new_id, now_ms, valid_id
 from shared.naming import DEFAULT_TENANT
-from shared.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.errors import ApiError
+from webserver.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
+from webserver.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.usage_tags import tagged
 
 log = logging.getLogger(__name__)

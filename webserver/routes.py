@@ -11,7 +11,7 @@ from webserver.errors import ApiError, public_reason, status_for_reply_code
 from webserver.inputs import parse_classify
 from webserver.proxy import status_url
 from webserver.params import request_params
-from webserver.submit import Outcome
+from webserver.outcome import Outcome
 
 bp = Blueprint("api", __name__)
 

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
-from shared.messages import Reply, Request, now_ms
+from shared.messages import Request, now_ms
 from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, SqsAttribute, Transport, TransportError
 from webserver.auth import current_owner, owned_id
@@ -17,24 +16,13 @@ from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavaila
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
+from webserver.outcome import Outcome
 from webserver.replies import ReplyListener
 from webserver.versions import VersionRouter, split_service
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE = "imagenet"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a synchronous request came to: a reply, or None when it timed out."""
-
-    request_id: str
-    service: str
-    reply: Reply | None
-    latency_ms: float
-    shutdown: bool = False      # no reply because this web process is stopping (not a timeout)
-    version: str | None = None  # the version the request was routed to (None: the service has one)
 
 
 class Submitter:

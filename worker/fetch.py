@@ -20,7 +20,7 @@ from shared import naming
 from shared.aws import parse_s3_uri
 from shared.config import Settings
 from shared.images import ImageRefused, checked_image, open_checked
-from shared.redact import safe_url
+from worker.redact import safe_url
 
 log = logging.getLogger(__name__)
 

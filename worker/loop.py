@@ -21,6 +21,7 @@ from worker.consumer import Consumer, MessageBuffer, release
 from worker.fetch import Fetcher
 from worker.heartbeat import Heartbeat
 from worker.identity import instance_id
+from worker.live import LiveServices
 from worker.liveness import Progress, Watchdog
 from worker.results import ResultSink
 from worker.terminate import TerminateWatch
@@ -57,7 +58,7 @@ class Worker:
         self.processor: BatchProcessor | None = None
         self.sink: ResultSink | None = None
         self.metrics: MetricsPublisher | None = None
-        self.live = None              # worker.models.live.LiveServices: S3 services, picked up without a restart
+        self.live: LiveServices | None = None   # S3 services, picked up without a restart
         self.fleet_agent: FleetAgent | None = None   # scale-in protection, spot notices, self-removal
         self.queue_urls: dict[str, str] = {}
         self.stop_reason: str | None = None
@@ -111,6 +112,45 @@ class Worker:
             self.stop_reason = reason
             log.info("worker %s stopping: %s", self.instance_id, reason)
             self._stop.set()
+
+    # --- services added or removed while running (worker/live.py decides which) ---
+    def request_queue_url(self, name: str) -> str | None:
+        """A service's request queue URL; None while it is not provisioned (or SQS cannot say)."""
+        url = self.queue_urls.get(name)
+        if url:
+            return url
+        try:
+            return self.transport.request_queue_url(name)
+        except TransportError:  # not provisioned yet (QueueGone) or unreachable: the next check asks again
+            return None
+
+    def add_service(self, spec, handler, url: str) -> None:
+        """Host one more service: its built model joins the registry, then a consumer polls its queue."""
+        self.registry.add(spec, handler)
+        if any(c.service == spec.name for c in self.consumers):
+            return
+        consumer = Consumer(self.settings, spec.name, url, self.buffer)
+        consumer.start()
+        self.consumers.append(consumer)
+        self.queue_urls[spec.name] = url
+        log.info("worker %s: consuming %s", self.instance_id, naming.request_queue(self.settings.prefix, spec.name))
+
+    def remove_service(self, name: str) -> None:
+        """Stop hosting a service: its consumers stop, then its model leaves the registry."""
+        for consumer in [c for c in self.consumers if c.service == name]:
+            consumer.stop()
+            self.consumers.remove(consumer)
+            self.buffer.put(consumer.name, 0, [])  # counts as idle, so burst mode is not held up by it
+        self.queue_urls.pop(name, None)
+        if self.registry.get(name) is not None or name in self.registry.catalogue:
+            self.registry.remove(name)
+
+    def services_changed(self) -> None:
+        """Tell the heartbeat what is hosted, unavailable and on which backend now."""
+        if self.heartbeat is not None:
+            self.heartbeat.services = self.registry.hosted()
+            self.heartbeat.unavailable = dict(self.registry.unavailable)
+            self.heartbeat.backends = self.registry.backend_choices()
 
     # --- stages ------------------------------------------------------------------
     def startup(self) -> None:
@@ -173,7 +213,6 @@ class Worker:
                                  lambda: self.heartbeat.record().to_dict(), self._release_wedged,
                                  exit=lambda code: self.wedged_exit(code))
         self.watchdog.start()
-        from worker.models.live import LiveServices
         self.live = LiveServices(self).start()
 
     def handle(self, batch: list) -> None:

@@ -1,6 +1,6 @@
-# API keys and the usage log (webserver/auth.py, shared/keys.py, shared/usage.py).
+# API keys and the usage log (webserver/auth.py, webserver/keys.py, webserver/usage.py).
 # Both tables: on-demand capacity, point-in-time recovery, encrypted with a
-# customer-managed KMS key. Names mirror shared/keys.py and shared/usage.py.
+# customer-managed KMS key. Names mirror webserver/keys.py and webserver/usage.py.
 
 resource "aws_kms_key" "tables" {
   description             = "${var.prefix}: encrypts the API-key and usage tables"

@@ -71,7 +71,7 @@ variable "terminate_retention_s" {
 }
 
 variable "dlq_retention_s" {
-  description = "Dead-letter queues keep a failed request this long (14 days, the SQS maximum, as shared/provision.py does)."
+  description = "Dead-letter queues keep a failed request this long (14 days, the SQS maximum, as classifycloud/provision.py does)."
   type        = number
   default     = 1209600
 }

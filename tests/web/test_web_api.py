@@ -165,7 +165,7 @@ def test_services_lists_an_unconfigured_service_as_unavailable_and_it_answers_50
                    "  plant:\n    description: plants\n    architecture: torchvision:resnet50\n"
                    "    num_classes: 998\n")
     settings = web_settings.replace(catalogue=str(cat))
-    from shared.provision import ensure_request_queue
+    from classifycloud.provision import ensure_request_queue
     sqs = client("sqs", settings)
     plant_q = ensure_request_queue(sqs, settings, "plant")
     web = make_app(settings).test_client()

@@ -103,7 +103,7 @@ class ModelRegistry:
         """Names of the loaded services."""
         return list(self.handlers)
 
-    # --- live changes (worker/models/live.py): build outside, then swap in one step -------------
+    # --- live changes (worker/live.py): build outside, then swap in one step -------------
     def wants(self, name: str) -> bool:
         """Whether this worker hosts the service when it exists (settings.services empty = every one)."""
         return not self.settings.services or name in self.settings.services

@@ -1,4 +1,8 @@
-"""Live services: keep a running worker's models and consumers in step with the packaged + S3 catalogue."""
+"""Live services: keep a running worker's services in step with the packaged + S3 catalogue.
+
+This module decides what changes (it reads S3 and builds models through the registry); the Worker
+does the wiring (Worker.add_service / remove_service start and stop consumers, and republish the heartbeat).
+"""
 from __future__ import annotations
 
 import logging
@@ -7,7 +11,6 @@ from dataclasses import dataclass, field
 
 from shared import naming
 from shared.live_catalogue import S3Entries, merge
-from shared.transport import TransportError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ class LiveServices:
     """
 
     def __init__(self, worker, entries: S3Entries | None = None):
-        self.worker = worker
+        self.worker = worker          # worker.loop.Worker: settings, registry, catalogue, s3, and the service wiring
         self.settings = worker.settings
         self.registry = worker.registry
         self.packaged = worker.catalogue
@@ -99,14 +102,14 @@ class LiveServices:
                 log.info("live services: added %s, replaced %s, removed %s, failed %s; hosting %s",
                          changes.added, changes.replaced, changes.removed, sorted(changes.failed),
                          self.registry.hosted())
-            self._publish()
+            self.worker.services_changed()
             return changes
 
     def _apply(self, name: str, key: tuple, changes: Changes) -> None:
         if self.applied.get(name) == key or self.failed.get(name) == key:
             return  # unchanged, or this exact version already failed (retried once it changes)
         spec = key[0]
-        url = self._queue_url(name)
+        url = self.worker.request_queue_url(name)
         if url is None:
             if self.registry.get(name) is None:
                 self.registry.unavailable[name] = (f"request queue {naming.request_queue(self.settings.prefix, name)}"
@@ -134,51 +137,13 @@ class LiveServices:
             self.registry.replace(spec, handler)
             changes.replaced.append(name)
         else:
-            self.registry.add(spec, handler)
+            self.worker.add_service(spec, handler, url)
             changes.added.append(name)
-            self._start_consumer(name, url)
         self.applied[name] = key
         self.failed.pop(name, None)
 
     def _remove(self, name: str, changes: Changes) -> None:
-        self._stop_consumer(name)
-        if self.registry.get(name) is not None or name in self.registry.catalogue:
-            self.registry.remove(name)
+        self.worker.remove_service(name)
         self.applied.pop(name, None)
         self.failed.pop(name, None)
         changes.removed.append(name)
-
-    def _queue_url(self, name: str) -> str | None:
-        url = self.worker.queue_urls.get(name)
-        if url:
-            return url
-        try:
-            return self.worker.transport.request_queue_url(name)
-        except TransportError:  # not provisioned yet (QueueGone) or unreachable: tried again next scan
-            return None
-
-    def _start_consumer(self, name: str, url: str) -> None:
-        from worker.consumer import Consumer
-        w = self.worker
-        if any(c.service == name for c in w.consumers):
-            return
-        consumer = Consumer(self.settings, name, url, w.buffer)
-        consumer.start()
-        w.consumers.append(consumer)
-        w.queue_urls[name] = url
-        log.info("live services: consuming %s", naming.request_queue(self.settings.prefix, name))
-
-    def _stop_consumer(self, name: str) -> None:
-        w = self.worker
-        for consumer in [c for c in w.consumers if c.service == name]:
-            consumer.stop()
-            w.consumers.remove(consumer)
-            w.buffer.put(consumer.name, 0, [])  # counts as idle, so burst mode is not held up by it
-        w.queue_urls.pop(name, None)
-
-    def _publish(self) -> None:
-        hb = self.worker.heartbeat
-        if hb is not None:
-            hb.services = self.registry.hosted()
-            hb.unavailable = dict(self.registry.unavailable)
-            hb.backends = self.registry.backend_choices()

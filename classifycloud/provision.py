@@ -38,7 +38,7 @@ def ensure_bucket(s3, settings: Settings) -> str:
 
 def ensure_tables(dynamodb, settings: Settings) -> list[str]:
     """The API-key and usage tables (on-demand, usage with a TTL); returns their names."""
-    from shared import keys, usage
+    from webserver import keys, usage
     specs = {keys.table_name(settings): ([("key_id", "S")], [("key_id", "HASH")]),
              usage.table_name(settings): ([("day", "S"), ("sk", "S")], [("day", "HASH"), ("sk", "RANGE")])}
     for name, (attrs, schema) in specs.items():
