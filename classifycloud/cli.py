@@ -12,6 +12,7 @@ import time
 
 import requests
 
+from shared import kinds
 from shared.config import Settings
 
 log = logging.getLogger("classifycloud")
@@ -113,16 +114,14 @@ SAMPLE_GALLERY = "samples"
 
 
 def _answer_text(kind: str, results: list) -> str:
-    """One line for a reply's results, by service kind."""
+    """One line for a reply's results, by service kind (shared/kinds/)."""
     if kind == "embedding":
         if not results:
             return "no face"
         best = results[0]
         dist = "" if best.get("distance") is None else f" at {best['distance']:.3f}"
         return f"{len(results)} face(s); nearest {best['label']}{dist}"
-    top = results[0]
-    text = f"{top['label']} {top['score']:.3f}"
-    return text + (f" ({top['verdict']})" if "verdict" in top else "")
+    return kinds.get(kind).summary(results)
 
 
 def _service_samples(stack, out=print) -> bool:
