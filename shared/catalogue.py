@@ -272,7 +272,7 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
     if kw.get("backend") == "keras" and not str(kw.get("weights") or "").endswith(".keras"):
         # Keras picks its loader by file name: .h5 takes the legacy path, where safe_mode is ignored
         raise CatalogueError(f"{where}: backend keras takes only a .keras weights file (no .h5: it can run code)")
-    for key, allowed in (("kind", kinds.names() + ("embedding",)), ("layout", ("nchw", "nhwc")),
+    for key, allowed in (("kind", kinds.names()), ("layout", ("nchw", "nhwc")),
                          ("outputs", ("logits", "probabilities", "regression"))):
         if key in kw and kw[key] not in allowed:
             raise CatalogueError(f"{where}: {key} must be one of {', '.join(allowed)}")

@@ -169,3 +169,9 @@ def test_without_its_files_the_toy_kind_is_unknown_again(tmp_path):
         _catalogue(tmp_path, "toy")
     assert "toy" not in worker_kinds.HANDLERS and "shared.kinds.toy" not in sys.modules
 
+
+
+def test_every_catalogue_kind_has_a_worker_handler_and_a_contract():
+    used = {s.kind for s in load_catalogue().services.values()}
+    assert used == {"classifier", "score", "embedding"}
+    assert used <= set(worker_kinds.HANDLERS) and used <= set(kinds.KINDS)

@@ -30,7 +30,7 @@ bp = Blueprint("faces", __name__)
 def face_services() -> list[str]:
     """The catalogue's services whose kind enrols and searches face galleries (shared/kinds/)."""
     services = current_app.extensions["classifycloud"].catalogue.services  # one snapshot
-    return [n for n, s in services.items() if s.kind == "embedding" or kinds.get(s.kind).enrols_faces]
+    return [n for n, s in services.items() if kinds.get(s.kind).enrols_faces]
 
 
 def face_service(asked: str | None) -> str:

@@ -38,14 +38,6 @@ def request_params(req: Request, spec: ServiceSpec) -> dict | None:
         params: dict = kinds.get(spec.kind).params(lambda key: field_value(req, key), spec, current_tenant())
     except kinds.ParamError as exc:
         raise ApiError(400, exc.code, exc.message) from None
-    except kinds.UnknownKind:  # the embedding kind is not in the table yet
-        params = {}
-    if spec.kind == "embedding":
-        gallery = field_value(req, "gallery")
-        if gallery is None:
-            raise ApiError(400, "missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
-                                                   "(enrol faces with POST /faces/<gallery>)")
-        params.update(op="search", gallery=check_gallery(gallery), tenant=current_tenant())
     meta = field_value(req, "meta")
     if meta is not None:
         if isinstance(meta, str):  # form or query: a JSON object as text

@@ -16,9 +16,6 @@ bp = Blueprint("xcloud", __name__)
 
 def xcloud_results(results: list[dict], kind: str = "classifier") -> list[dict]:
     """Our results in XCloud's style, by service kind (each kind's shape: shared/kinds/; docs/API.md)."""
-    if kind == "embedding":
-        return [{"name": r.get("label"), "distance": r.get("distance"), "box": r.get("box"),
-                 "matches": r.get("matches", [])} for r in results]
     return kinds.get(kind).xcloud(results)
 
 

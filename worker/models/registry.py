@@ -6,18 +6,10 @@ import logging
 
 from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
-from worker.models import kinds
 from worker.models.handler import Handler, WeightsError, pick_device
+from worker.models.kinds import handler_class
 
 log = logging.getLogger(__name__)
-
-
-def handler_class(spec: ServiceSpec) -> type:
-    """The handler for a service's kind (worker/models/kinds/)."""
-    if spec.kind == "embedding":  # not yet a kind module
-        from worker.models.facesearch import FaceSearch
-        return FaceSearch
-    return kinds.handler_class(spec)
 
 
 def served_spec(spec: ServiceSpec, settings: Settings) -> ServiceSpec:
