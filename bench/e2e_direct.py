@@ -32,7 +32,7 @@ def create_app():
     from shared.config import Settings
     from worker.fetch import FetchError, Fetcher
     from worker.models.engine import ImageDecodeError, decode_image
-    from worker.models.handler import ImageClassifier
+    from worker.models.kinds.classifier import ImageClassifier
     from worker.models.registry import served_spec
 
     settings = Settings.from_env(os.environ, fetch_allow_loopback=True, metrics_enabled=False)

@@ -36,7 +36,8 @@ from worker.models.backends.onnx_backend import OnnxBackend  # noqa: E402
 from worker.models.backends.torch_backend import TorchBackend  # noqa: E402
 from worker.models.engine import InferenceEngine, decode_image  # noqa: E402
 from worker.models.export import export_onnx  # noqa: E402
-from worker.models.handler import ImageClassifier, pick_device  # noqa: E402
+from worker.models.handler import pick_device  # noqa: E402
+from worker.models.kinds.classifier import ImageClassifier  # noqa: E402
 from worker.models.loader import fetch_to_local, load_strict, read_state_dict  # noqa: E402
 from worker.models.registry import ModelRegistry  # noqa: E402
 

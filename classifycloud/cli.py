@@ -12,6 +12,7 @@ import time
 
 import requests
 
+from shared import kinds
 from shared.config import Settings
 
 log = logging.getLogger("classifycloud")
@@ -113,16 +114,8 @@ SAMPLE_GALLERY = "samples"
 
 
 def _answer_text(kind: str, results: list) -> str:
-    """One line for a reply's results, by service kind."""
-    if kind == "embedding":
-        if not results:
-            return "no face"
-        best = results[0]
-        dist = "" if best.get("distance") is None else f" at {best['distance']:.3f}"
-        return f"{len(results)} face(s); nearest {best['label']}{dist}"
-    top = results[0]
-    text = f"{top['label']} {top['score']:.3f}"
-    return text + (f" ({top['verdict']})" if "verdict" in top else "")
+    """One line for a reply's results, by service kind (shared/kinds/)."""
+    return kinds.get(kind).summary(results)
 
 
 def _service_samples(stack, out=print) -> bool:
@@ -141,7 +134,7 @@ def _service_samples(stack, out=print) -> bool:
         params = {"url": stack.sample_url(photo), "service": name}
 
         def request(kind=svc["kind"], params=params, photo=photo):
-            if kind == "embedding":
+            if kinds.get(kind).enrols_faces:
                 r = requests.post(f"{stack.base_url}/faces/{SAMPLE_GALLERY}", timeout=180,
                                   data={"url": stack.sample_url(photo), "name": photo})
                 if r.status_code != 201:

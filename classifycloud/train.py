@@ -140,7 +140,8 @@ def train_service(args, settings: Settings) -> dict:
     from PIL import Image
 
     from worker.models import builders
-    from worker.models.handler import ImageClassifier, pick_device
+    from worker.models.handler import pick_device
+    from worker.models.kinds.classifier import ImageClassifier
     torch.manual_seed(args.seed)
     device = pick_device(args.device)
     work = tempfile.mkdtemp(prefix=f"classifycloud-train-{args.service}-")

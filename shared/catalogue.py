@@ -10,13 +10,13 @@ from typing import Any
 
 import yaml
 
+from shared import kinds
 from shared.config import Settings
 from shared.versions import BASE_VERSION, VersionError, check_version
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-KINDS = ("classifier", "score", "embedding")
 BACKENDS = ("torch", "onnx", "tensorrt", "keras", "dlib", "auto")
 
 
@@ -54,7 +54,7 @@ class ServiceSpec:
     unknown_threshold: float = 0.0         # top-1 score below this -> a single "Unknown" result
     seconds_per_request: float | None = None  # autoscaler's starting estimate
     description: str = ""
-    kind: str = "classifier"               # classifier (top-k + Unknown) | score | embedding (see KINDS)
+    kind: str = "classifier"               # one of shared/kinds/ (classifier: top-k + Unknown, score, ...)
     layout: str = "nchw"                   # input layout an artefact takes: nchw | nhwc
     outputs: str = "logits"                # logits (softmaxed here) | probabilities | regression
     threshold: float = 0.5                 # score kind: the verdict's threshold (>= is positive)
@@ -272,7 +272,7 @@ def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
     if kw.get("backend") == "keras" and not str(kw.get("weights") or "").endswith(".keras"):
         # Keras picks its loader by file name: .h5 takes the legacy path, where safe_mode is ignored
         raise CatalogueError(f"{where}: backend keras takes only a .keras weights file (no .h5: it can run code)")
-    for key, allowed in (("kind", KINDS), ("layout", ("nchw", "nhwc")),
+    for key, allowed in (("kind", kinds.names()), ("layout", ("nchw", "nhwc")),
                          ("outputs", ("logits", "probabilities", "regression"))):
         if key in kw and kw[key] not in allowed:
             raise CatalogueError(f"{where}: {key} must be one of {', '.join(allowed)}")

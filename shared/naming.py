@@ -92,6 +92,7 @@ def job_key(request_id: str) -> str:
 
 
 GALLERY_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # face gallery names and tenants (also S3 key parts)
+GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"  # what GALLERY_RE takes, for error messages
 # The one tenant of a stack without API keys (the local stack); with keys on, a tenant is a key id
 # ("k" + 12 hex digits), so no key can ever name this one.
 DEFAULT_TENANT = "default"

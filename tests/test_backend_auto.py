@@ -10,7 +10,7 @@ from shared.config import Settings
 from worker.heartbeat import Heartbeat
 from worker.models.cpu_clock import ModelClock, read_stats
 from worker.models.engine import InferenceEngine, decode_image
-from worker.models.handler import ImageClassifier
+from worker.models.kinds.classifier import ImageClassifier
 from worker.models.registry import ModelRegistry
 
 

@@ -15,7 +15,7 @@ from shared.config import Settings
 from worker.models.backends import BackendUnavailable
 from worker.models.engine import InferenceEngine, decode_image
 from worker.models.export import export_onnx
-from worker.models.handler import ImageClassifier
+from worker.models.kinds.classifier import ImageClassifier
 from worker.models.loader import WeightsError
 from worker.models.registry import ModelRegistry
 

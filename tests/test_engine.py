@@ -137,7 +137,7 @@ def test_unknown_threshold_answers_a_single_unknown_with_the_top1_score(two_serv
     handler = two_service_registry.get("imagenet")
     strict = dataclasses.replace(handler.spec, unknown_threshold=0.5)
     from worker.models.engine import decode_image
-    from worker.models.handler import ImageClassifier
+    from worker.models.kinds.classifier import ImageClassifier
     gated = ImageClassifier(strict, handler.settings, handler.device)
     gated.backend, gated.labels = handler.backend, handler.labels  # same model, stricter threshold
     cat, coffee = gated.classify([decode_image(sample_bytes["chelsea"]), decode_image(sample_bytes["coffee"])])
@@ -199,7 +199,7 @@ def test_concurrent_runs_return_each_request_its_own_result(engine, sample_bytes
 
 def test_bf16_autocast_keeps_the_top1_on_real_photos(sample_bytes):
     from worker.models.engine import decode_image
-    from worker.models.handler import ImageClassifier
+    from worker.models.kinds.classifier import ImageClassifier
     settings = Settings.from_env({}, metrics_enabled=False, device="cpu", precision="bf16")
     handler = ImageClassifier(load_catalogue()["imagenet"], settings).load()
     assert handler.backend.dtype == torch.bfloat16

@@ -9,7 +9,7 @@ import torch
 from shared.catalogue import IMAGENET_MEAN, IMAGENET_STD, load_catalogue
 from shared.config import Settings
 from worker.models import builders
-from worker.models.handler import ImageClassifier
+from worker.models.kinds.classifier import ImageClassifier
 from worker.models.loader import load_labels
 from worker.models.registry import ModelRegistry
 

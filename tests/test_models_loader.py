@@ -10,7 +10,7 @@ import torch
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
 from worker.models import builders
-from worker.models.handler import ImageClassifier
+from worker.models.kinds.classifier import ImageClassifier
 from worker.models.loader import WeightsError, fetch_to_local, load_labels, read_state_dict
 from worker.models.registry import ModelRegistry
 

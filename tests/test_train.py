@@ -62,7 +62,7 @@ def test_a_dataset_under_an_s3_prefix_is_fetched_as_an_imagefolder(settings, pro
 def test_trained_weights_load_with_no_pickle_and_classify_like_training(tmp_path, sample_bytes):
     from shared.catalogue import parse_entry
     from shared.config import Settings
-    from worker.models.handler import ImageClassifier
+    from worker.models.kinds.classifier import ImageClassifier
     for photo in PHOTOS:
         (tmp_path / "data" / photo).mkdir(parents=True)
         for i, data in enumerate(_crops(sample_bytes[photo], 6)):

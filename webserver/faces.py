@@ -1,4 +1,4 @@
-"""Face galleries: POST /faces/<gallery> enrols a named face through the facesearch queue; DELETE erases.
+"""Face galleries: POST /faces/<gallery> enrols a named face through a face service's queue; DELETE erases.
 
 Every gallery belongs to the tenant of the API key that names it (webserver.auth.current_tenant). Face
 embeddings are biometric data: an erasure removes every version and delete marker of them from the
@@ -11,6 +11,7 @@ import logging
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, current_app, jsonify, request
 
+from shared import kinds
 from shared.naming import face_prefix, gallery_prefix
 from webserver.failures import StorageUnavailable
 
@@ -25,7 +26,21 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("faces", __name__)
 
-FACE_SERVICE = "facesearch"
+
+def face_services() -> list[str]:
+    """The catalogue's services whose kind enrols and searches face galleries (shared/kinds/)."""
+    services = current_app.extensions["classifycloud"].catalogue.services  # one snapshot
+    return [n for n, s in services.items() if kinds.get(s.kind).enrols_faces]
+
+
+def face_service(asked: str | None) -> str:
+    """The service to enrol with: the one asked for (when it enrols faces), else the catalogue's first."""
+    services = face_services()
+    if not services:
+        raise ApiError(400, "invalid_service", "no service of this server enrols faces")
+    if asked not in (None, *services):
+        raise ApiError(400, "invalid_service", f"faces are enrolled by service {', '.join(map(repr, services))}")
+    return asked or services[0]
 
 
 @bp.route("/faces/<gallery>", methods=["POST"])
@@ -37,9 +52,7 @@ def enroll(gallery: str):
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 100 or not name.isprintable():
         raise ApiError(400, "invalid_name", "name (form, JSON or query field) must be 1-100 printable characters")
     parsed = parse_classify(request)
-    if parsed.service not in (None, FACE_SERVICE):
-        raise ApiError(400, "invalid_service", f"faces are enrolled by service {FACE_SERVICE!r}")
-    outcome = c.submitter.classify(parsed.image, FACE_SERVICE, 1,
+    outcome = c.submitter.classify(parsed.image, face_service(parsed.service), 1,
                                    params={"op": "enroll", "gallery": gallery, "name": name.strip(),
                                            "tenant": current_tenant()})
     entry = ok_reply(outcome).results[0]  # else the mapped error: 504 with the job id, no_face 422 ...

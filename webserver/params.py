@@ -1,17 +1,16 @@
-"""Per-kind request parameters a client may add: `gallery` (embedding search), `meta` (skin metadata)."""
+"""Request parameters a client may add: its service kind's (shared/kinds/), and `meta` (skin metadata)."""
 from __future__ import annotations
 
 import json
 
 from flask import Request
 
+from shared import kinds
 from shared.catalogue import ServiceSpec
-from shared.naming import GALLERY_RE
+from shared.naming import GALLERY_CHARS, GALLERY_RE
 from webserver.auth import current_tenant
 from webserver.errors import ApiError
 from webserver.inputs import parse_json_body
-
-GALLERY_CHARS = "1-64 characters of [A-Za-z0-9_-]"
 
 
 def field_value(req: Request, key: str):
@@ -35,13 +34,10 @@ def check_gallery(value: object) -> str:
 
 def request_params(req: Request, spec: ServiceSpec) -> dict | None:
     """The request message's `params` for this service, checked; None when the kind needs none."""
-    params: dict = {}
-    if spec.kind == "embedding":
-        gallery = field_value(req, "gallery")
-        if gallery is None:
-            raise ApiError(400, "missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
-                                                   "(enrol faces with POST /faces/<gallery>)")
-        params.update(op="search", gallery=check_gallery(gallery), tenant=current_tenant())
+    try:
+        params: dict = kinds.get(spec.kind).params(lambda key: field_value(req, key), spec, current_tenant())
+    except kinds.ParamError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
     meta = field_value(req, "meta")
     if meta is not None:
         if isinstance(meta, str):  # form or query: a JSON object as text

@@ -5,6 +5,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
+from shared import kinds
 from webserver.usage_tags import tag_usage
 from webserver.errors import XCLOUD_OK
 from webserver.inputs import parse_top_k, parse_xcloud_image
@@ -14,24 +15,8 @@ from webserver.routes import ok_reply
 bp = Blueprint("xcloud", __name__)
 
 def xcloud_results(results: list[dict], kind: str = "classifier") -> list[dict]:
-    """Our results in XCloud's style, by service kind (docs/API.md).
-
-    classifier: [{name, category_id, prob}] (1-based ids; Unknown is -1); score: the same plus
-    {verdict, threshold} (a regression: [{name, score}]); embedding: per face {name, distance, box, matches}."""
-    if kind == "embedding":
-        return [{"name": r.get("label"), "distance": r.get("distance"), "box": r.get("box"),
-                 "matches": r.get("matches", [])} for r in results]
-    if kind == "score" and results and "verdict" not in results[0]:
-        return [{"name": r.get("label"), "score": round(float(r.get("score", 0.0)), 4)} for r in results]
-    out = []
-    for r in results:
-        index = r.get("index", -1)
-        out.append({"name": r.get("label"),
-                    "category_id": index + 1 if isinstance(index, int) and index >= 0 else -1,
-                    "prob": round(float(r.get("score", 0.0)), 4)})
-        if kind == "score":
-            out[-1].update(verdict=r.get("verdict"), threshold=r.get("threshold"))
-    return out
+    """Our results in XCloud's style, by service kind (each kind's shape: shared/kinds/; docs/API.md)."""
+    return kinds.get(kind).xcloud(results)
 
 
 # XCloud's table routes skin under its mcloud (medical) group; the service is ours 'skin'.

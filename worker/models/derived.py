@@ -6,7 +6,7 @@ from PIL import Image
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
-from worker.models.handler import ImageClassifier
+from worker.models.kinds.classifier import ImageClassifier
 
 
 class DerivedClassifier:

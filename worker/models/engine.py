@@ -121,14 +121,15 @@ class InferenceEngine:
         results: list = [p for p, _ in prepared]  # errors stay in place
         good = [i for i, (_, d) in enumerate(prepared) if d != "error"]
         t1 = time.perf_counter()
+        # every kind's batch under inference_mode (the Handler protocol's promise): no autograd bookkeeping
         if good and all(a is handler for a in answerers):
-            with self.clock.measure(len(good)):
+            with self.clock.measure(len(good)), torch.inference_mode():
                 answers = handler.run_batch([results[i] for i in good], [top_ks[i] for i in good],
                                             [params[i] for i in good])
             for j, i in enumerate(good):
                 results[i] = answers[j]
         elif good:  # a model service and its derived services: one forward pass, answered per item
-            with self.clock.measure(len(good)):
+            with self.clock.measure(len(good)), torch.inference_mode():
                 probs = owner.infer(torch.stack([results[i] for i in good]))
             for j, i in enumerate(good):
                 results[i] = answerers[i].postprocess(probs[j:j + 1], top_ks[i])[0][: max(1, top_ks[i])]

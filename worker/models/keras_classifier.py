@@ -18,7 +18,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from worker.models.handler import ImageClassifier, ItemError
+from worker.models.handler import ItemError
+from worker.models.kinds.classifier import ImageClassifier
 from worker.models.loader import WeightsError, fetch_to_local, sha256_of, verify_sha256
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,3 @@ class KerasClassifier(ImageClassifier):
     def close(self) -> None:
         """Drop the model."""
         self.keras_model = None
-
-    @property
-    def model_info(self) -> dict:
-        """{"name", "version"} for replies."""
-        return {"name": f"{self.spec.name}/{self.spec.architecture}", "version": self.version}

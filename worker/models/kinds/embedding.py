@@ -14,7 +14,7 @@ from shared.config import Settings
 from shared.catalogue import ServiceSpec
 from shared.naming import DEFAULT_TENANT
 from worker.models.gallery import GalleryFull, GalleryStore, check_gallery, check_name, check_tenant
-from worker.models.handler import ItemError
+from worker.models.handler import Handler, ItemError
 from worker.models.loader import WeightsError, fetch_to_local, sha256_of
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,8 @@ log = logging.getLogger(__name__)
 MATCH_DISTANCE = 0.6   # dlib's threshold: same person below it (99.38% on LFW at this value)
 
 
-class FaceSearch:
-    """load() once; preprocess to RGB pixels; run_batch detects, embeds and answers per request.
+class FaceSearch(Handler):
+    """load() once; preprocess to RGB pixels; infer detects and embeds faces; postprocess enrols or searches.
 
     options: shape_predictor (source of the 5-point model), upsample (HOG pyramid up-steps, default 1),
     match_distance (default 0.6), max_side (larger images are scaled down first, default 1600)."""
@@ -93,19 +93,31 @@ class FaceSearch:
             out.append({"box": box, "score": float(s), "embedding": np.asarray(e, dtype=np.float32)})
         return out
 
-    def run_batch(self, items: Sequence[tuple[np.ndarray, float]], top_ks: Sequence[int],
-                  params: Sequence[dict | None]) -> list:
-        """Per request: enrol (the most confident face) or search (every face against the gallery)."""
-        out: list = []
+    def infer(self, batch: Sequence[tuple[np.ndarray, float]]) -> list[list[dict]]:
+        """Every face of each image, detected and embedded (see faces)."""
+        return [self.faces(pixels, scale) for pixels, scale in batch]
+
+    def postprocess(self, output: list[list[dict]], top_k: int | Sequence[int] | None = None,
+                    params: Sequence[dict | None] | None = None) -> list:
+        """Per image its answer to its request's params (search by default), or the ItemError that fails it.
+
+        top_k: one for every image, or one per image (run_batch's)."""
+        ks = list(top_k) if isinstance(top_k, (list, tuple)) else [top_k or self.spec.top_k] * len(output)
         galleries: dict[tuple[str, str], list] = {}   # (tenant, gallery) -> entries, read once per batch
-        for (pixels, scale), k, p in zip(items, top_ks, params):
+        out: list = []
+        for faces, k, p in zip(output, ks, params or [None] * len(output)):
             try:
-                out.append(self._one(pixels, scale, k, p or {}, galleries))
+                out.append(self._one(faces, k, p or {}, galleries))
             except ItemError as exc:
                 out.append(exc)
         return out
 
-    def _one(self, pixels: np.ndarray, scale: float, top_k: int, p: dict, galleries: dict) -> list[dict]:
+    def run_batch(self, items: Sequence[tuple[np.ndarray, float]], top_ks: Sequence[int],
+                  params: Sequence[dict | None]) -> list:
+        """infer, then per request: enrol (the most confident face) or search (every face against the gallery)."""
+        return self.postprocess(self.infer(items), list(top_ks), params)
+
+    def _one(self, faces: list[dict], top_k: int, p: dict, galleries: dict) -> list[dict]:
         op = p.get("op", "search")
         try:
             tenant = check_tenant(p.get("tenant", DEFAULT_TENANT))
@@ -115,7 +127,6 @@ class FaceSearch:
             raise ItemError("invalid_params", f"{self.spec.name}: {exc}") from None
         if op not in ("search", "enroll"):
             raise ItemError("invalid_params", f"{self.spec.name}: op must be search or enroll, not {op!r}")
-        faces = self.faces(pixels, scale)
         if op == "enroll" and not faces:
             raise ItemError("no_face", "no face found in the image; nothing enrolled")
         try:
@@ -150,7 +161,5 @@ class FaceSearch:
         """Drop the dlib models."""
         self._detector = self._shapes = self._encoder = None
 
-    @property
-    def model_info(self) -> dict:
-        """{"name", "version"} for replies."""
-        return {"name": f"{self.spec.name}/{self.spec.architecture}", "version": self.version}
+
+HANDLER = FaceSearch  # the kinds table's entry (worker/models/kinds/__init__.py)

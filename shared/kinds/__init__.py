@@ -1,0 +1,71 @@
+"""The kinds table: kind name -> its contract (request parameters, result shapes), one module per kind here.
+
+A kind is two modules: its contract here (read by the catalogue, the web tier and the CLI) and its
+handler in worker/models/kinds/ (the same file name). Nothing else names a kind.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # the catalogue imports this table to check names: no import back at run time
+    from shared.catalogue import ServiceSpec
+
+
+class ParamError(ValueError):
+    """A request's parameter for its service's kind is missing or invalid (the web answers 400 with code)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class UnknownKind(ValueError):
+    """A name that is not one of the kinds in this table."""
+
+
+class Kind:
+    """One kind's contract; a module here sets KIND to an instance of its subclass."""
+
+    name = ""
+    enrols_faces = False     # its services search galleries that POST /faces/<gallery> enrols into
+
+    def params(self, field: Callable[[str], Any], spec: "ServiceSpec", tenant: str) -> dict:
+        """The request message's params this kind needs, from the request's fields (raises ParamError)."""
+        return {}
+
+    def xcloud(self, results: list[dict]) -> list[dict]:
+        """The reply's results in XCloud's style (docs/API.md)."""
+        raise NotImplementedError
+
+    def summary(self, results: list[dict]) -> str:
+        """One line for a reply's results (the CLI's tables)."""
+        raise NotImplementedError
+
+
+def _discover() -> dict[str, Kind]:
+    table: dict[str, Kind] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        kind = importlib.import_module(f"{__name__}.{info.name}").KIND
+        if kind.name != info.name:  # the file name is the kind's name, here and in worker/models/kinds/
+            raise RuntimeError(f"shared/kinds/{info.name}.py declares kind {kind.name!r}")
+        table[kind.name] = kind
+    return table
+
+
+KINDS: dict[str, Kind] = _discover()
+
+
+def names() -> tuple[str, ...]:
+    """Every kind's name (what a catalogue entry's `kind:` may say)."""
+    return tuple(KINDS)
+
+
+def get(name: str) -> Kind:
+    """The kind's contract; UnknownKind naming the kinds there are."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise UnknownKind(f"unknown kind {name!r}; kinds: {', '.join(KINDS)}") from None

@@ -1,0 +1,38 @@
+"""The embedding kind's contract: a `gallery` to search; per face {face, box, label, distance, matches}."""
+from __future__ import annotations
+
+from shared.kinds import Kind, ParamError
+from shared.naming import GALLERY_CHARS, GALLERY_RE
+
+
+class Embedding(Kind):
+    """Face search: a request names a gallery (POST /faces/<gallery> enrols into it); answers are per face."""
+
+    name = "embedding"
+    enrols_faces = True
+
+    def params(self, field, spec, tenant: str) -> dict:
+        """{op: search, gallery, tenant}: the gallery is the client's, the tenant the server's (its key)."""
+        gallery = field("gallery")
+        if gallery is None:
+            raise ParamError("missing_gallery", f"service {spec.name!r} searches a gallery: give gallery=<name> "
+                                                "(enrol faces with POST /faces/<gallery>)")
+        if not isinstance(gallery, str) or not GALLERY_RE.match(gallery):
+            raise ParamError("invalid_gallery", f"gallery must be {GALLERY_CHARS}")
+        return {"op": "search", "gallery": gallery, "tenant": tenant}
+
+    def xcloud(self, results: list[dict]) -> list[dict]:
+        """Per face {name, distance, box, matches}."""
+        return [{"name": r.get("label"), "distance": r.get("distance"), "box": r.get("box"),
+                 "matches": r.get("matches", [])} for r in results]
+
+    def summary(self, results: list[dict]) -> str:
+        """'<n> face(s); nearest <name> at <distance>', or 'no face'."""
+        if not results:
+            return "no face"
+        best = results[0]
+        dist = "" if best.get("distance") is None else f" at {best['distance']:.3f}"
+        return f"{len(results)} face(s); nearest {best['label']}{dist}"
+
+
+KIND = Embedding()

@@ -1,0 +1,35 @@
+"""The worker's kinds table: kind name -> Handler class, one module per kind in this folder (its HANDLER)."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from shared.catalogue import ServiceSpec
+from worker.models.handler import Handler
+
+
+class UnknownKind(ValueError):
+    """A service names a kind this worker has no handler for."""
+
+
+def _discover() -> dict[str, type[Handler]]:
+    # Every module here is a kind: adding one is adding its file (and its contract in shared/kinds/).
+    table: dict[str, type[Handler]] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        cls = importlib.import_module(f"{__name__}.{info.name}").HANDLER
+        if cls.kind in table:
+            raise RuntimeError(f"kind {cls.kind!r} has two handlers: {table[cls.kind].__name__}, {cls.__name__}")
+        table[cls.kind] = cls
+    return table
+
+
+HANDLERS: dict[str, type[Handler]] = _discover()
+
+
+def handler_class(spec: ServiceSpec) -> type[Handler]:
+    """The class that serves a service: its kind's handler (or the variant the kind picks for the entry)."""
+    cls = HANDLERS.get(spec.kind)
+    if cls is None:
+        raise UnknownKind(f"service {spec.name!r}: kind {spec.kind!r} has no handler on this worker "
+                          f"(kinds: {', '.join(sorted(HANDLERS))})")
+    return cls.for_spec(spec)
