@@ -6,6 +6,7 @@ import fnmatch
 import importlib.util
 import os
 import re
+from functools import lru_cache
 
 import pytest
 
@@ -81,9 +82,14 @@ def blocks(kind: str) -> dict[tuple[str, str], dict]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _folder_locals() -> dict:
+    return _tool().folder_locals(TF)
+
+
 def policy(name: str) -> list[dict]:
     """A policy document's statements, those of its source_policy_documents included (as Terraform merges them)."""
-    body = blocks("data")[("aws_iam_policy_document", name)]
+    body = _tool().expand_dynamic(blocks("data")[("aws_iam_policy_document", name)], _folder_locals())
     sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
                for ref in body.get("source_policy_documents", [])]
     return [st for src in sources for st in policy(src)] + body.get("statement", [])
