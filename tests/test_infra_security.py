@@ -2,10 +2,12 @@
 policies parsed from the HCL and evaluated here (explicit deny wins, then any allow; conditions as IAM reads them)."""
 from __future__ import annotations
 
+import copy
 import fnmatch
 import importlib.util
 import os
 import re
+import sys
 from functools import lru_cache
 
 import pytest
@@ -261,6 +263,57 @@ def test_every_run_instances_statement_requires_the_template_and_no_override():
         if s["resources"] != ["${aws_launch_template.worker.arn}"]:
             assert keys["ec2:IsLaunchTemplateResource"]["values"] == ["true"], s["sid"]
         assert not any(r.endswith(("image/*", "security-group/*")) for r in s["resources"]), s["sid"]
+
+
+def test_a_generated_run_instances_statement_without_the_template_condition_is_caught(monkeypatch):
+    local_values = copy.deepcopy(_folder_locals())
+    (tagged,) = [s for s in local_values["run_worker_statements"] if s["sid"] == "RunTaggedWorkers"]
+    tagged["conditions"].remove("${local.from_worker_template}")
+    monkeypatch.setattr(sys.modules[__name__], "_folder_locals", lambda: local_values)
+    with pytest.raises(KeyError, match="ec2:LaunchTemplate"):   # the check finds no template condition
+        test_every_run_instances_statement_requires_the_template_and_no_override()
+
+
+GENERATED = """
+locals {
+  from_template = { test = "ArnLike", variable = "ec2:LaunchTemplate", values = [aws_launch_template.worker.arn] }
+  runs = [{ sid = "Run", resources = [local.ec2_arn_base], conditions = [local.from_template, { test = "Bool", variable = "k", values = ["true"] }] }]
+}
+data "aws_iam_policy_document" "d" {
+  statement {
+    sid     = "Static"
+    actions = ["ec2:CreateTags"]
+  }
+  dynamic "statement" {
+    for_each = local.runs
+    content {
+      sid       = statement.value.sid
+      actions   = ["ec2:RunInstances"]
+      resources = statement.value.resources
+      dynamic "condition" {
+        for_each = statement.value.conditions
+        content {
+          test     = condition.value.test
+          variable = condition.value.variable
+          values   = condition.value.values
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_generated_statements_read_as_the_blocks_terraform_writes_out(tmp_path):
+    (tmp_path / "d.tf").write_text(GENERATED)
+    tool = _tool()
+    body = tool.load_tf(str(tmp_path / "d.tf"))["data"][0]["aws_iam_policy_document"]["d"]
+    assert tool.expand_dynamic(body, tool.folder_locals(str(tmp_path)))["statement"] == [
+        {"sid": "Static", "actions": ["ec2:CreateTags"]},
+        {"sid": "Run", "actions": ["ec2:RunInstances"], "resources": ["${local.ec2_arn_base}"],
+         "condition": [{"test": "ArnLike", "variable": "ec2:LaunchTemplate", "values": ["${aws_launch_template.worker.arn}"]},
+                       {"test": "Bool", "variable": "k", "values": ["true"]}]},
+    ]
 
 
 def test_the_alarm_topic_uses_a_customer_key_whose_policy_lets_cloudwatch_alarms_publish():

@@ -17,7 +17,7 @@ locals {
     spot = "${var.prefix}-workers"
   }
 
-  # Both groups tag their instances alike: the pool tag scopes the autoscaler's IAM (iam.tf).
+  # Both groups tag their instances alike: the pool tag scopes the autoscaler's IAM (iam_autoscaler.tf).
   worker_instance_tags = {
     (var.pool_tag_key) = local.pool_tag_value
     Name               = "${var.prefix}-worker"
