@@ -277,7 +277,8 @@ def test_a_generated_run_instances_statement_without_the_template_condition_is_c
 GENERATED = """
 locals {
   from_template = { test = "ArnLike", variable = "ec2:LaunchTemplate", values = [aws_launch_template.worker.arn] }
-  runs = [{ sid = "Run", resources = [local.ec2_arn_base], conditions = [local.from_template, { test = "Bool", variable = "k", values = ["true"] }] }]
+  bool_key      = { test = "Bool", variable = "k", values = ["true"] }
+  runs          = { Run = { arns = [local.ec2_arn_base], keys = [local.from_template, local.bool_key] } }
 }
 data "aws_iam_policy_document" "d" {
   statement {
@@ -286,16 +287,18 @@ data "aws_iam_policy_document" "d" {
   }
   dynamic "statement" {
     for_each = local.runs
+    iterator = run
     content {
-      sid       = statement.value.sid
+      sid       = run.key
       actions   = ["ec2:RunInstances"]
-      resources = statement.value.resources
+      resources = run.value.arns
       dynamic "condition" {
-        for_each = statement.value.conditions
+        for_each = run.value.keys
+        iterator = key
         content {
-          test     = condition.value.test
-          variable = condition.value.variable
-          values   = condition.value.values
+          test = key.value.test
+          variable = key.value.variable
+          values = key.value.values
         }
       }
     }
@@ -311,7 +314,8 @@ def test_generated_statements_read_as_the_blocks_terraform_writes_out(tmp_path):
     assert tool.expand_dynamic(body, tool.folder_locals(str(tmp_path)))["statement"] == [
         {"sid": "Static", "actions": ["ec2:CreateTags"]},
         {"sid": "Run", "actions": ["ec2:RunInstances"], "resources": ["${local.ec2_arn_base}"],
-         "condition": [{"test": "ArnLike", "variable": "ec2:LaunchTemplate", "values": ["${aws_launch_template.worker.arn}"]},
+         "condition": [{"test": "ArnLike", "variable": "ec2:LaunchTemplate",
+                        "values": ["${aws_launch_template.worker.arn}"]},
                        {"test": "Bool", "variable": "k", "values": ["true"]}]},
     ]
 

@@ -1,7 +1,9 @@
 """Terraform files read as plain dicts with python-hcl2, for the tests that check the configuration's content.
 
 Whether the configuration is valid Terraform for the AWS provider is `terraform validate`'s job
-(tests/test_infra_terraform.py runs it with the real provider); this module only parses.
+(tests/test_infra_terraform.py runs it with the real provider); this module only parses, and writes
+out the `dynamic` blocks infra/terraform generates repeated blocks with (expand_dynamic), so the tests
+read a generated policy statement as Terraform builds it.
 """
 import json
 
