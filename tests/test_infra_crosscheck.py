@@ -1,6 +1,7 @@
 """Terraform and the Python code agree: queue/bucket/tag names, settings variables, commands, metrics."""
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -184,7 +185,7 @@ def test_literal_settings_in_user_data_parse_as_settings():
     assert autoscaler["CLASSIFYCLOUD_ASG_NAMES"] == "${local.worker_group_names.warm},${local.worker_group_names.spot}"
     # by name, not id: the id made the worker template depend on itself through the user data (issue 18)
     assert autoscaler["CLASSIFYCLOUD_LAUNCH_TEMPLATE"] == "${local.worker_launch_template_name}"
-    assert _locals("workers.tf")["worker_launch_template_name"] == "${var.prefix}-worker"
+    assert _locals("launch_templates.tf")["worker_launch_template_name"] == "${var.prefix}-worker"
     assert autoscaler["CLASSIFYCLOUD_POOL_TAG"] == "${local.pool_tag_value}"
     assert _user_data_env()["web"]["CLASSIFYCLOUD_WEB_HOST"] == "0.0.0.0"
 
@@ -235,7 +236,7 @@ def test_each_component_ships_its_log_to_its_own_log_group(component):
     template = open(os.path.join(TF, "templates", "user-data.yaml.tftpl")).read()
     assert "log_group_name  = log_group" in template
     assert f"log_group = local.log_group_names.{component}" in _locals("main.tf")[f"{component}_user_data"]
-    iam = open(os.path.join(TF, "iam.tf")).read()
+    iam = "".join(open(path).read() for path in sorted(glob.glob(os.path.join(TF, "iam*.tf"))))
     assert f'resources = [local.log_group_arns["{component}"]]' in iam
 
 

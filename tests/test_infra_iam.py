@@ -192,9 +192,10 @@ def _tool():
 
 @lru_cache(maxsize=1)
 def role_statements() -> dict[str, list[dict]]:
-    """{role: [Allow statements]} from iam.tf: role policies by their role, the operator managed policy."""
-    doc = _tool().load_tf(os.path.join(TF, "iam.tf"))
-    bodies = {name: body for entry in doc["data"]
+    """{role: [Allow statements]} from iam*.tf: role policies by their role, the operator managed policy."""
+    tool = _tool()
+    doc, local_values = tool.load_tf_files(TF, "iam*.tf"), tool.folder_locals(TF)
+    bodies = {name: tool.expand_dynamic(body, local_values) for entry in doc["data"]
               for rtype, named in entry.items() if rtype == "aws_iam_policy_document"
               for name, body in named.items()}
 

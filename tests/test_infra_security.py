@@ -2,10 +2,13 @@
 policies parsed from the HCL and evaluated here (explicit deny wins, then any allow; conditions as IAM reads them)."""
 from __future__ import annotations
 
+import copy
 import fnmatch
 import importlib.util
 import os
 import re
+import sys
+from functools import lru_cache
 
 import pytest
 
@@ -81,9 +84,14 @@ def blocks(kind: str) -> dict[tuple[str, str], dict]:
     return out
 
 
+@lru_cache(maxsize=1)
+def _folder_locals() -> dict:
+    return _tool().folder_locals(TF)
+
+
 def policy(name: str) -> list[dict]:
     """A policy document's statements, those of its source_policy_documents included (as Terraform merges them)."""
-    body = blocks("data")[("aws_iam_policy_document", name)]
+    body = _tool().expand_dynamic(blocks("data")[("aws_iam_policy_document", name)], _folder_locals())
     sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
                for ref in body.get("source_policy_documents", [])]
     return [st for src in sources for st in policy(src)] + body.get("statement", [])
@@ -255,6 +263,61 @@ def test_every_run_instances_statement_requires_the_template_and_no_override():
         if s["resources"] != ["${aws_launch_template.worker.arn}"]:
             assert keys["ec2:IsLaunchTemplateResource"]["values"] == ["true"], s["sid"]
         assert not any(r.endswith(("image/*", "security-group/*")) for r in s["resources"]), s["sid"]
+
+
+def test_a_generated_run_instances_statement_without_the_template_condition_is_caught(monkeypatch):
+    local_values = copy.deepcopy(_folder_locals())
+    (tagged,) = [s for s in local_values["run_worker_statements"] if s["sid"] == "RunTaggedWorkers"]
+    tagged["conditions"].remove("${local.from_worker_template}")
+    monkeypatch.setattr(sys.modules[__name__], "_folder_locals", lambda: local_values)
+    with pytest.raises(KeyError, match="ec2:LaunchTemplate"):   # the check finds no template condition
+        test_every_run_instances_statement_requires_the_template_and_no_override()
+
+
+GENERATED = """
+locals {
+  from_template = { test = "ArnLike", variable = "ec2:LaunchTemplate", values = [aws_launch_template.worker.arn] }
+  bool_key      = { test = "Bool", variable = "k", values = ["true"] }
+  runs          = { Run = { arns = [local.ec2_arn_base], keys = [local.from_template, local.bool_key] } }
+}
+data "aws_iam_policy_document" "d" {
+  statement {
+    sid     = "Static"
+    actions = ["ec2:CreateTags"]
+  }
+  dynamic "statement" {
+    for_each = local.runs
+    iterator = run
+    content {
+      sid       = run.key
+      actions   = ["ec2:RunInstances"]
+      resources = run.value.arns
+      dynamic "condition" {
+        for_each = run.value.keys
+        iterator = key
+        content {
+          test = key.value.test
+          variable = key.value.variable
+          values = key.value.values
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def test_generated_statements_read_as_the_blocks_terraform_writes_out(tmp_path):
+    (tmp_path / "d.tf").write_text(GENERATED)
+    tool = _tool()
+    body = tool.load_tf(str(tmp_path / "d.tf"))["data"][0]["aws_iam_policy_document"]["d"]
+    assert tool.expand_dynamic(body, tool.folder_locals(str(tmp_path)))["statement"] == [
+        {"sid": "Static", "actions": ["ec2:CreateTags"]},
+        {"sid": "Run", "actions": ["ec2:RunInstances"], "resources": ["${local.ec2_arn_base}"],
+         "condition": [{"test": "ArnLike", "variable": "ec2:LaunchTemplate",
+                        "values": ["${aws_launch_template.worker.arn}"]},
+                       {"test": "Bool", "variable": "k", "values": ["true"]}]},
+    ]
 
 
 def test_the_alarm_topic_uses_a_customer_key_whose_policy_lets_cloudwatch_alarms_publish():

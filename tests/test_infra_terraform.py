@@ -173,7 +173,7 @@ def test_worker_launch_template_is_gpu_imdsv2_terminating_encrypted_and_secret_f
 def test_every_launch_template_requires_imdsv2_and_encrypts_its_root_volume():
     templates = {k: v for k, v in _blocks("resource").items() if k[0] == "aws_launch_template"}
     assert set(n for _, n in templates) == {"worker", "service"}     # service: web + autoscaler
-    service_locals = [loc for entry in _tool().load_tf(os.path.join(TF, "main.tf")).get("locals", [])
+    service_locals = [loc for entry in _tool().load_tf(os.path.join(TF, "launch_templates.tf")).get("locals", [])
                       for loc in [entry] if "service_instances" in loc]
     assert set(service_locals[0]["service_instances"]) == {"web", "autoscaler"}
     for key, lt in templates.items():

@@ -1,4 +1,4 @@
-# The worker launch template and the two Auto Scaling groups built from it
+# The two worker Auto Scaling groups, built from the worker launch template (launch_templates.tf)
 # (autoscaler/fleet/asg.py fills them in this order):
 #   <prefix>-workers-warm  on-demand, with a warm pool of stopped instances: a burst is
 #                          served after a resume (tens of seconds), not a cold boot. AWS
@@ -12,17 +12,12 @@
 # (worker/asg.py), and holds scale-in protection while it holds work.
 
 locals {
-  # The autoscaler's settings name the template by this name, not by its id: the id would make the
-  # autoscaler's user data (and so its launch template) wait on this template, and with one shared
-  # settings map this template on itself.
-  worker_launch_template_name = "${var.prefix}-worker"
-
   worker_group_names = {
     warm = "${var.prefix}-workers-warm"
     spot = "${var.prefix}-workers"
   }
 
-  # Both groups tag their instances alike: the pool tag scopes the autoscaler's IAM (iam.tf).
+  # Both groups tag their instances alike: the pool tag scopes the autoscaler's IAM (iam_autoscaler.tf).
   worker_instance_tags = {
     (var.pool_tag_key) = local.pool_tag_value
     Name               = "${var.prefix}-worker"
@@ -34,60 +29,6 @@ locals {
     CLASSIFYCLOUD_MODEL_DIR = "/var/lib/classifycloud-worker/models"
     # The unit's sandbox gives it a private /tmp; keep downloaded s3:// weights across restarts.
     CLASSIFYCLOUD_WEIGHTS_CACHE = "/var/lib/classifycloud-worker/weights"
-  }
-}
-
-resource "aws_launch_template" "worker" {
-  name                                 = local.worker_launch_template_name
-  description                          = "ClassifyCloud GPU worker (classifycloud-worker.service)"
-  image_id                             = var.ami_id
-  instance_type                        = var.worker_instance_type
-  instance_initiated_shutdown_behavior = "terminate"
-  ebs_optimized                        = true
-  update_default_version               = true
-  user_data                            = local.worker_user_data
-
-  iam_instance_profile {
-    arn = aws_iam_instance_profile.component["worker"].arn
-  }
-
-  # No subnet: the groups place instances across every private subnet.
-  network_interfaces {
-    security_groups             = [aws_security_group.worker.id]
-    associate_public_ip_address = false
-    delete_on_termination       = true
-  }
-
-  block_device_mappings {
-    device_name = "/dev/sda1"
-
-    ebs {
-      volume_size           = var.root_volume_gb
-      volume_type           = "gp3"
-      encrypted             = true
-      delete_on_termination = true
-    }
-  }
-
-  metadata_options {
-    http_endpoint               = "enabled"
-    http_tokens                 = "required"
-    http_put_response_hop_limit = 1
-    instance_metadata_tags      = "disabled"
-  }
-
-  monitoring {
-    enabled = true
-  }
-
-  tag_specifications {
-    resource_type = "instance"
-    tags          = merge(local.tags, { Name = "${var.prefix}-worker", (var.pool_tag_key) = local.pool_tag_value })
-  }
-
-  tag_specifications {
-    resource_type = "volume"
-    tags          = merge(local.tags, { Name = "${var.prefix}-worker", (var.pool_tag_key) = local.pool_tag_value })
   }
 }
 
