@@ -124,7 +124,7 @@ data "aws_iam_policy_document" "web" {
     resources = [local.log_group_arns["web"]]
   }
 
-  # API keys: look one up, count a call against its monthly quota (webserver/auth.py, shared/keys.py).
+  # API keys: look one up, count a call against its monthly quota (webserver/auth.py, webserver/keys.py).
   statement {
     sid       = "CheckApiKeys"
     actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
