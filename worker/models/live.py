@@ -162,7 +162,7 @@ class LiveServices:
         w = self.worker
         if any(c.service == name for c in w.consumers):
             return
-        consumer = Consumer(self.settings, name, url, w.buffer)
+        consumer = Consumer(self.settings, name, url, w.buffer, w.transport)
         consumer.start()
         w.consumers.append(consumer)
         w.queue_urls[name] = url
