@@ -169,7 +169,7 @@ def test_a_transport_over_a_given_client_polls_with_it_too(transport, settings, 
 
 
 # components take the transport their composition root built: no hook that swaps clients under them
-HOOKS = ("sqs_or_transport", "Transport" + ".of", "Sqs" + "Attribute", "own_" + "transport")
+HOOKS = ("sqs_or_" + "transport", "Transport" + ".of", "Sqs" + "Attribute", "own_" + "transport")
 PRODUCT = ("shared", "webserver", "worker", "autoscaler", "classifycloud", "bench")
 
 
