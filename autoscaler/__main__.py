@@ -30,12 +30,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from autoscaler.fleet import make_fleet
     from autoscaler.loop import Autoscaler
+    from shared.transport import Transport
     try:
         fleet = make_fleet(settings)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    loop = Autoscaler(settings, fleet)
+    loop = Autoscaler(settings, fleet, transport=Transport(settings))   # the process's one transport
     if args.once:
         result = loop.tick()
         if result is None:

@@ -146,7 +146,7 @@ class BatchDriver:
         try:
             url = self.transport.url(naming.bulk_queue(self.settings.prefix, rec["service"]))
         except QueueGone:   # a service added live (an S3 entry) has no bulk queue yet: made here, with its DLQ
-            url = ensure_bulk_queue(self.transport.sqs, self.settings, rec["service"])
+            url = ensure_bulk_queue(self.transport, self.settings, rec["service"])
             log.info("created the bulk queue of service %s", rec["service"])
         start = rec.get("enqueued", 0)
         step = max(10, self.settings.batch_checkpoint_items)

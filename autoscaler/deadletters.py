@@ -38,10 +38,10 @@ class DeadLetter:
     receipt_handle: str
 
 
-def read_dead_letters(sqs_or_transport, dlq_url: str, service: str, limit: int = 100,
+def read_dead_letters(transport: Transport, dlq_url: str, service: str, limit: int = 100,
                       hold_s: int = 30) -> list[DeadLetter]:
     """Receive up to limit messages of a DLQ; each stays hidden hold_s seconds, so one pass sees it once."""
-    queue = Transport.of(None, sqs_or_transport).consumer(dlq_url, wait_s=0, visibility_timeout=hold_s)
+    queue = transport.consumer(dlq_url, wait_s=0, visibility_timeout=hold_s)
     out: list[DeadLetter] = []
     while len(out) < limit:
         msgs = queue.receive(min(10, limit - len(out)))
@@ -63,10 +63,10 @@ def _letter(service: str, m: Received) -> DeadLetter:
     return DeadLetter(service, m.message_id, rid, reply_to, m.sent_at or 0, m.body, m.receipt_handle)
 
 
-def release_all(sqs_or_transport, dlq_url: str, letters: list[DeadLetter]) -> None:
+def release_all(transport: Transport, dlq_url: str, letters: list[DeadLetter]) -> None:
     """Make peeked dead letters visible again."""
     try:
-        result = Transport.of(None, sqs_or_transport).change_visibility_batch(
+        result = transport.change_visibility_batch(
             dlq_url, [(i, dl.receipt_handle) for i, dl in enumerate(letters)], 0)
     except TransportError as exc:   # they come back by themselves after hold_s
         log.info("dead letters: release failed: %s", exc)
@@ -78,10 +78,10 @@ def release_all(sqs_or_transport, dlq_url: str, letters: list[DeadLetter]) -> No
 class DeadLetterSettler:
     """maybe_settle(): every interval, write the dead_lettered record of each new DLQ message."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, s3, clock=time.time):
+    def __init__(self, settings: Settings, catalogue: Catalogue, transport: Transport, s3, clock=time.time):
         self.settings = settings
         self.catalogue = catalogue    # a LiveCatalogue grows with S3 entries: read its names every sweep
-        self.transport = Transport.of(settings, sqs_or_transport)
+        self.transport = transport
         self.s3 = s3
         self.clock = clock
         self._last = -float("inf")

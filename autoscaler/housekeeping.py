@@ -23,10 +23,9 @@ log = logging.getLogger(__name__)
 class Housekeeping:
     """maybe_run(): the janitor's sweep and the dead-letter sweep, each at most every janitor_interval_s."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue | None = None, sqs_or_transport=None, s3=None,
+    def __init__(self, settings: Settings, transport: Transport, catalogue: Catalogue | None = None, s3=None,
                  clock=time.time):
         self.settings = settings
-        transport = Transport.of(settings, sqs_or_transport or client("sqs", settings))
         catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
         self.janitor = ReplyQueueJanitor(settings, transport, clock=clock)
         self.dead_letters = DeadLetterSettler(settings, catalogue, transport, s3 or client("s3", settings),
@@ -50,9 +49,9 @@ class Housekeeping:
             stop_event.wait(every)
 
 
-def start_housekeeping(settings: Settings, stop_event: threading.Event) -> threading.Thread:
+def start_housekeeping(settings: Settings, transport: Transport, stop_event: threading.Event) -> threading.Thread:
     """Housekeeping in a daemon thread until stop_event is set."""
-    thread = threading.Thread(target=Housekeeping(settings).run, args=(stop_event,), name="housekeeping",
+    thread = threading.Thread(target=Housekeeping(settings, transport).run, args=(stop_event,), name="housekeeping",
                               daemon=True)
     thread.start()
     return thread

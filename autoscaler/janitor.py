@@ -11,7 +11,7 @@ import time
 
 from shared import naming
 from shared.config import Settings
-from shared.transport import SqsAttribute, Transport, TransportError
+from shared.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +19,12 @@ log = logging.getLogger(__name__)
 class ReplyQueueJanitor:
     """sweep() deletes orphan reply queues of this prefix; maybe_sweep() does it at most every interval."""
 
-    def __init__(self, settings: Settings, sqs_or_transport, clock=time.time):
+    def __init__(self, settings: Settings, transport: Transport, clock=time.time):
         self.settings = settings
-        self.transport = Transport.of(settings, sqs_or_transport)
+        self.transport = transport
         self.clock = clock
         self._last = -float("inf")
         self.deleted: list[str] = []
-
-    sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def maybe_sweep(self) -> list[str]:
         """Sweep when janitor_interval_s has passed; never raises (a failed sweep is retried next time)."""

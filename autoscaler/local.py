@@ -7,12 +7,13 @@ import threading
 from autoscaler.fleet.local import LocalFleet
 from autoscaler.loop import Autoscaler
 from shared.config import Settings
+from shared.transport import Transport
 
 log = logging.getLogger(__name__)
 
 
-def start_local_autoscaler(settings: Settings, stop_event: threading.Event, env: dict | None = None,
-                           log_dir: str = "", command: list[str] | None = None
+def start_local_autoscaler(settings: Settings, transport: Transport, stop_event: threading.Event,
+                           env: dict | None = None, log_dir: str = "", command: list[str] | None = None
                            ) -> tuple[Autoscaler, LocalFleet, threading.Thread]:
     """Start min_workers local workers and the loop thread; returns (loop, fleet, thread).
 
@@ -21,7 +22,7 @@ def start_local_autoscaler(settings: Settings, stop_event: threading.Event, env:
     settings = settings.replace(fleet="local")
     fleet = LocalFleet(settings, env=env, log_dir=log_dir, command=command)
     fleet.launch(settings.min_workers)       # the first tick would do it; start them now
-    loop = Autoscaler(settings, fleet)
+    loop = Autoscaler(settings, fleet, transport=transport)
     thread = threading.Thread(target=loop.run, args=(stop_event,), name="autoscaler", daemon=True)
     thread.start()
     return loop, fleet, thread

@@ -21,7 +21,7 @@ from shared.live_catalogue import LiveCatalogue
 from shared.liveness import stall_limit_s
 from shared.messages import Terminate, now_ms
 from shared.metrics import MetricsPublisher
-from shared.transport import SqsAttribute, Transport
+from shared.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,15 @@ class TickResult:
 class Autoscaler:
     """One tick = read, decide, act. run(stop_event) ticks until the event is set."""
 
-    def __init__(self, settings: Settings, fleet: Fleet, catalogue: Catalogue | None = None,
-                 sqs=None, s3=None, cloudwatch=None, metrics: MetricsPublisher | None = None,
+    def __init__(self, settings: Settings, fleet: Fleet, catalogue: Catalogue | None = None, *,
+                 transport: Transport, s3=None, cloudwatch=None, metrics: MetricsPublisher | None = None,
                  clock=time.time):
         self.settings = settings
         self.fleet = fleet
         self.catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
         self.policy_name = settings.policy
         self.policy = get_policy(settings.policy)
-        self.transport = Transport.of(settings, sqs or client("sqs", settings))
+        self.transport = transport
         self.s3 = s3 or client("s3", settings)
         self.clock = clock
         self.queues = QueueReader(settings, self.catalogue, self.transport, create_missing=True)
@@ -57,7 +57,7 @@ class Autoscaler:
             client("cloudwatch", settings, connect_timeout=2, read_timeout=5) if settings.metrics_enabled else None)
         self.service_times = ServiceTimes(settings, self.catalogue, cw, clock=clock)
         self.metrics = metrics or MetricsPublisher(settings, "autoscaler")
-        self.housekeeping = Housekeeping(settings, self.catalogue, self.transport, self.s3, clock=clock)
+        self.housekeeping = Housekeeping(settings, self.transport, self.catalogue, self.s3, clock=clock)
         self.janitor = self.housekeeping.janitor
         self.health = WorkerHealth(settings, clock=clock, stall_limit=lambda services: stall_limit_s(
             settings, services, self.catalogue, self.service_times.estimates))
@@ -71,8 +71,6 @@ class Autoscaler:
         self.errors = 0
         self.last: TickResult | None = None
         self._status: tuple[int, int, int, int] | None = None   # (running, pending, queued, in flight) last shown
-
-    sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def observe(self) -> tuple[list[QueueStats], FleetState]:
         """Queue counts and fleet state (heartbeats refine idle/stopping; their failure is tolerated)."""

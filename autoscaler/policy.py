@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Sequence
 from shared.config import Settings
 
 LAUNCH, TERMINATE, HOLD = "launch", "terminate", "hold"
+DEFAULTS = Settings()   # the policy's defaults are the settings' (shared/config.py documents each one)
 
 
 @dataclass(frozen=True)
@@ -40,19 +41,19 @@ class FleetState:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The numbers a policy needs, taken from Settings (+ per-service time estimates)."""
+    """The numbers a policy needs, taken from Settings (+ per-service time estimates); defaults are Settings'."""
 
-    min_workers: int = 1
-    max_workers: int = 10
-    latency_budget_s: float = 10.0
+    min_workers: int = DEFAULTS.min_workers
+    max_workers: int = DEFAULTS.max_workers
+    latency_budget_s: float = DEFAULTS.latency_budget_s
     seconds_per_request: Mapping[str, float] = field(default_factory=dict)
-    default_seconds_per_request: float = 0.2
-    scale_in_window_s: float = 60.0
-    scale_in_fraction: float = 0.5
-    scale_in_step_s: float = 10.0
-    target_utilization: float = 0.75
-    qos: float = 0.9
-    scaling_factor: float = 1.0
+    default_seconds_per_request: float = DEFAULTS.seconds_per_request
+    scale_in_window_s: float = DEFAULTS.scale_in_window_s
+    scale_in_fraction: float = DEFAULTS.scale_in_fraction
+    scale_in_step_s: float = DEFAULTS.scale_in_step_s
+    target_utilization: float = DEFAULTS.target_utilization
+    qos: float = DEFAULTS.qos
+    scaling_factor: float = DEFAULTS.scaling_factor
     bulk_margin_s: float = 60.0               # bulk: plan to finish this long before the client's deadline
 
     @classmethod

@@ -13,7 +13,7 @@ from shared import naming
 from shared.catalogue import Catalogue
 from shared.config import Settings
 from shared.messages import Heartbeat, MessageError
-from shared.transport import QueueGone, SqsAttribute, Transport
+from shared.transport import QueueGone, Transport
 
 log = logging.getLogger(__name__)
 
@@ -21,13 +21,11 @@ log = logging.getLogger(__name__)
 class QueueReader:
     """Reads visible / in-flight / delayed counts of every request queue in the catalogue."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, create_missing: bool = False):
+    def __init__(self, settings: Settings, catalogue: Catalogue, transport: Transport, create_missing: bool = False):
         self.settings = settings
         self.catalogue = catalogue    # a LiveCatalogue grows with S3 entries: read its names every tick
-        self.transport = Transport.of(settings, sqs_or_transport)
+        self.transport = transport
         self.create_missing = create_missing
-
-    sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     @property
     def services(self) -> list[str]:
@@ -44,7 +42,7 @@ class QueueReader:
                 return None
         # a service added by an S3 entry alone: its queue is created here (IAM: the requests- prefix only)
         from shared.service_queues import ensure_request_queue
-        url = ensure_request_queue(self.transport.sqs, self.settings, service)
+        url = ensure_request_queue(self.transport, self.settings, service)
         log.info("created the request queue of new service %s", service)
         return url
 

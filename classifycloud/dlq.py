@@ -14,16 +14,17 @@ from shared.aws import client
 from shared.catalogue import catalogue_for
 from shared.live_catalogue import LiveCatalogue
 from shared.config import Settings
+from shared.transport import QueueGone, Transport
 
 
-def _dlqs(settings: Settings, sqs, only: str | None) -> dict[str, str]:
+def _dlqs(settings: Settings, transport: Transport, only: str | None) -> dict[str, str]:
     out = {}
     for service in LiveCatalogue(settings, catalogue_for(settings)).names():   # services published to S3 too
         if only and service != only:
             continue
         try:
-            out[service] = sqs.get_queue_url(QueueName=naming.dead_letter_queue(settings.prefix, service))["QueueUrl"]
-        except ClientError:
+            out[service] = transport.url(naming.dead_letter_queue(settings.prefix, service))
+        except QueueGone:
             continue
     return out
 
@@ -42,34 +43,36 @@ def _reason(settings: Settings, s3, request_id: str | None) -> str:
 
 def list_dead_letters(settings: Settings, only: str | None = None, out=print) -> int:
     """Print every dead-lettered message (peeked: each comes back visible within seconds); returns the count."""
-    sqs, s3 = client("sqs", settings), client("s3", settings)
+    transport, s3 = Transport(settings), client("s3", settings)
     n = 0
     out(f"{'service':12s} {'request id':38s} {'sent (UTC)':20s} reason")
-    for service, url in _dlqs(settings, sqs, only).items():
-        letters = read_dead_letters(sqs, url, service, limit=1000, hold_s=5)
+    for service, url in _dlqs(settings, transport, only).items():
+        letters = read_dead_letters(transport, url, service, limit=1000, hold_s=5)
         for dl in letters:
             sent = datetime.datetime.fromtimestamp(dl.sent_at_ms / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
             out(f"{service:12s} {dl.request_id or '-':38s} {sent:20s} {_reason(settings, s3, dl.request_id)}")
             n += 1
-        release_all(sqs, url, letters)  # peek, not take: visible again now
+        release_all(transport, url, letters)  # peek, not take: visible again now
     out(f"{n} dead-lettered message(s)")
     return n
 
 
 def redrive(settings: Settings, only: str | None = None, limit: int = 1000, out=print) -> int:
     """Send dead-lettered requests back to their request queue (their dead_lettered record removed first)."""
-    sqs, s3 = client("sqs", settings), client("s3", settings)
+    transport, s3 = Transport(settings), client("s3", settings)
     moved = 0
-    for service, url in _dlqs(settings, sqs, only).items():
-        target = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
-        for dl in read_dead_letters(sqs, url, service, limit=limit - moved, hold_s=60):
+    for service, url in _dlqs(settings, transport, only).items():
+        target = transport.request_queue_url(service)
+        for dl in read_dead_letters(transport, url, service, limit=limit - moved, hold_s=60):
             if dl.request_id is not None:
                 if _reason(settings, s3, dl.request_id) != "not settled yet":
                     # else the worker would answer the redelivery from the dead_lettered record
                     s3.delete_object(Bucket=settings.bucket_name, Key=naming.result_key(dl.request_id))
                 s3.delete_object(Bucket=settings.bucket_name, Key=naming.failure_key(dl.request_id))
-            sqs.send_message(QueueUrl=target, MessageBody=dl.body)
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=dl.receipt_handle)   # after the send: never lost
+            transport.send(target, dl.body)
+            deleted = transport.delete_batch(url, [(dl.message_id, dl.receipt_handle)])   # after the send: never lost
+            if not deleted.ok:   # it comes back visible after hold_s and is redriven again: a duplicate, not a loss
+                out(f"warning: {dl.message_id} sent back but not deleted from the DLQ: {deleted.failed[0].message}")
             moved += 1
             out(f"redriven {service} {dl.request_id or dl.message_id}")
     out(f"{moved} message(s) sent back to their request queues")

@@ -20,6 +20,7 @@ import requests
 from classifycloud.provision import ensure_all
 from shared.catalogue import catalogue_for
 from shared.config import Settings
+from shared.transport import Transport
 
 log = logging.getLogger(__name__)
 SAMPLES = ("chelsea", "coffee", "astronaut", "rocket")
@@ -96,6 +97,7 @@ class LocalStack:
     driver_proc: subprocess.Popen | None = None   # the batch driver (autoscaler/batches.py)
     samples: SampleServer | None = None
     _moto: object = None
+    transport: Transport | None = None      # this process's one transport (autoscaler, housekeeping)
     _autoscaler: object = None
     _stop_autoscaler: threading.Event = field(default_factory=threading.Event)
     _housekeeping: threading.Thread | None = None
@@ -112,6 +114,7 @@ class LocalStack:
         self.settings = self.settings.replace(fetch_allow_loopback=True, parent_pid=os.getpid(), api_keys=api_keys,
                                               shutdown_drain_s=min(self.settings.shutdown_drain_s, 2.0))
         ensure_all(self.settings, catalogue_for(self.settings))
+        self.transport = Transport(self.settings)
         self.samples = SampleServer().start()
         self.web_port = self.web_port or free_port()
         self.start_web()
@@ -173,11 +176,11 @@ class LocalStack:
         except ImportError:   # an install without the autoscaler package
             log.warning("no autoscaler package: orphan reply queues and dead letters are not swept")
             return
-        self._housekeeping = start_housekeeping(self.settings, self._stop_autoscaler)
+        self._housekeeping = start_housekeeping(self.settings, self.transport, self._stop_autoscaler)
 
     def _start_autoscaler(self) -> None:
         from autoscaler.local import start_local_autoscaler
-        self._autoscaler = start_local_autoscaler(self.settings, self._stop_autoscaler,
+        self._autoscaler = start_local_autoscaler(self.settings, self.transport, self._stop_autoscaler,
                                                   env=self.child_env(), log_dir=self.log_dir)
 
     @property

@@ -10,14 +10,15 @@ from shared.aws import client, region
 from shared.catalogue import Catalogue
 from shared.config import Settings
 from shared.service_queues import ensure_bulk_queue, ensure_request_queue
+from shared.transport import Transport
 
 log = logging.getLogger(__name__)
 
 
-def ensure_terminate_queue(sqs, settings: Settings) -> str:
+def ensure_terminate_queue(transport: Transport, settings: Settings) -> str:
     """Create the terminate queue (short retention); return its URL."""
-    return sqs.create_queue(QueueName=naming.terminate_queue(settings.prefix),
-                            Attributes={"MessageRetentionPeriod": str(settings.terminate_retention_s)})["QueueUrl"]
+    return transport.create_queue(naming.terminate_queue(settings.prefix),
+                                  {"MessageRetentionPeriod": str(settings.terminate_retention_s)})
 
 
 def ensure_bucket(s3, settings: Settings) -> str:
@@ -59,13 +60,15 @@ def ensure_tables(dynamodb, settings: Settings) -> list[str]:
 
 def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
     """Every request and bulk queue (with DLQs), the terminate queue and the bucket; {name: url}."""
-    sqs = client("sqs", settings)
+    transport = Transport(settings)   # provisioning is a command of its own (`classifycloud provision`)
     s3 = client("s3", settings)
-    urls = {svc: ensure_request_queue(sqs, settings, svc, reconcile=lambda url, attrs: sqs.set_queue_attributes(
-        QueueUrl=url, Attributes=attrs)) for svc in catalogue.names()}
-    urls.update({f"__bulk__{svc}": ensure_bulk_queue(sqs, settings, svc, reconcile=lambda url, attrs: sqs.set_queue_attributes(
-        QueueUrl=url, Attributes=attrs)) for svc in catalogue.names()})
-    urls["__terminate__"] = ensure_terminate_queue(sqs, settings)
+
+    def reconcile(url, attrs):
+        transport.set_attributes(url, attrs)
+    urls = {svc: ensure_request_queue(transport, settings, svc, reconcile=reconcile) for svc in catalogue.names()}
+    urls.update({f"__bulk__{svc}": ensure_bulk_queue(transport, settings, svc, reconcile=reconcile)
+                 for svc in catalogue.names()})
+    urls["__terminate__"] = ensure_terminate_queue(transport, settings)
     ensure_bucket(s3, settings)
     ensure_tables(client("dynamodb", settings), settings)
     log.info("provisioned %d request queues, terminate queue, bucket %s and the key/usage tables",

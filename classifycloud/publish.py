@@ -12,13 +12,14 @@ from shared.aws import client
 from shared.config import Settings
 from shared.live_catalogue import entry_uri, parse_s3_entry
 from shared.service_queues import ensure_request_queue
+from shared.transport import Transport
 from worker.models.loader import sha256_of
 
 log = logging.getLogger(__name__)
 
 
 def push_service(settings: Settings, service: str, weights_path: str, labels: list[str], entry: dict,
-                 s3=None, sqs=None) -> dict:
+                 s3=None) -> dict:
     """Upload a service so running workers and web servers pick it up; returns the entry as written.
 
     Files are content-addressed (weights-<sha>.safetensors, labels-<sha>.txt), so the entry, written
@@ -27,7 +28,7 @@ def push_service(settings: Settings, service: str, weights_path: str, labels: li
     service only once its queue exists.
     """
     s3 = s3 or client("s3", settings)
-    sqs = sqs or client("sqs", settings)
+    transport = Transport(settings)   # an operator command's own (`classifycloud train --publish`)
     bucket = settings.bucket_name
     weights_sha = sha256_of(weights_path)
     ext = ".safetensors" if weights_path.endswith(".safetensors") else ".pth"
@@ -37,8 +38,8 @@ def push_service(settings: Settings, service: str, weights_path: str, labels: li
                "labels": f"labels-{labels_sha[:16]}.txt"}
     text = yaml.safe_dump(written, sort_keys=False, default_flow_style=None)
     parse_s3_entry(service, text, bucket)  # the rules every worker applies: refuse before uploading anything
-    url = ensure_request_queue(sqs, settings, service,
-                               reconcile=lambda u, attrs: sqs.set_queue_attributes(QueueUrl=u, Attributes=attrs))
+    url = ensure_request_queue(transport, settings, service,
+                               reconcile=lambda u, attrs: transport.set_attributes(u, attrs))
     s3.upload_file(weights_path, bucket, naming.model_key(service, written["weights"]))
     s3.put_object(Bucket=bucket, Key=naming.model_key(service, written["labels"]), Body=labels_text.encode(),
                   ContentType="text/plain")

@@ -4,15 +4,14 @@ from __future__ import annotations
 import json
 import logging
 
-from botocore.exceptions import ClientError
-
 from shared import naming
 from shared.config import Settings
+from shared.transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
 
 
-def ensure_request_queue(sqs, settings: Settings, service: str, reconcile=None) -> str:
+def ensure_request_queue(transport: Transport, settings: Settings, service: str, reconcile=None) -> str:
     """Create a service's request queue and its DLQ with a redrive policy; return the queue URL.
 
     Protected as Terraform protects the packaged services' queues (infra/terraform/queues.tf): encrypted,
@@ -21,24 +20,24 @@ def ensure_request_queue(sqs, settings: Settings, service: str, reconcile=None) 
     as it is unless `reconcile(url, attrs)` is given: only operator tools pass one (SetQueueAttributes
     could also rewrite the queue policy, so the autoscaler's role has none; infra/terraform/iam.tf).
     """
-    return _ensure(sqs, settings, naming.request_queue(settings.prefix, service),
+    return _ensure(transport, settings, naming.request_queue(settings.prefix, service),
                    naming.dead_letter_queue(settings.prefix, service), settings.visibility_timeout_s,
                    reconcile, copy_policy=True)
 
 
-def ensure_bulk_queue(sqs, settings: Settings, service: str, reconcile=None) -> str:
+def ensure_bulk_queue(transport: Transport, settings: Settings, service: str, reconcile=None) -> str:
     """Create a service's low-priority bulk queue (batch items) and its DLQ; return the queue URL.
 
     Not under the request queues' policy: the batch driver, not the web, sends to it.
     """
-    return _ensure(sqs, settings, naming.bulk_queue(settings.prefix, service),
+    return _ensure(transport, settings, naming.bulk_queue(settings.prefix, service),
                    naming.bulk_dead_letter_queue(settings.prefix, service), settings.bulk_visibility_timeout_s,
                    reconcile, copy_policy=False)
 
 
-def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile,
+def _ensure(transport: Transport, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile,
             copy_policy: bool) -> str:
-    template = deployed_request_policy(sqs, settings) if copy_policy else None
+    template = deployed_request_policy(transport, settings) if copy_policy else None
     dlq_attrs = {"MessageRetentionPeriod": "1209600", "SqsManagedSseEnabled": "true"}
     arn = None
     if template is not None:
@@ -46,8 +45,8 @@ def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int
         # alone, in CreateQueue itself (the autoscaler's role may create queues but not change them)
         arn = template[1].rsplit(":", 1)[0] + ":" + name
         dlq_attrs["RedriveAllowPolicy"] = json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [arn]})
-    dlq_url = sqs.create_queue(QueueName=dlq_name, Attributes=dlq_attrs)["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    dlq_url = transport.create_queue(dlq_name, dlq_attrs)
+    dlq_arn = transport.attributes(dlq_url, ["QueueArn"])["QueueArn"]
     attrs = {
         "VisibilityTimeout": str(visibility_s),
         "MessageRetentionPeriod": str(settings.message_retention_s),
@@ -58,11 +57,11 @@ def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int
     if template is not None:
         attrs["Policy"] = template[0].replace(template[1], arn)
     try:
-        url = sqs.create_queue(QueueName=name, Attributes=attrs)["QueueUrl"]
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+        url = transport.create_queue(name, attrs)
+    except TransportError as exc:
+        if exc.code not in ("QueueAlreadyExists", "QueueNameExists"):
             raise
-        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        url = transport.url(name)
         if reconcile is None:
             log.warning("queue %s exists with other attributes; left as it is", name)
         else:
@@ -70,7 +69,7 @@ def _ensure(sqs, settings: Settings, name: str, dlq_name: str, visibility_s: int
     return url
 
 
-def deployed_request_policy(sqs, settings: Settings) -> tuple[str, str] | None:
+def deployed_request_policy(transport: Transport, settings: Settings) -> tuple[str, str] | None:
     """(policy, queue ARN) of a packaged request queue Terraform gave a policy; None without one.
 
     Copied from a packaged service's queue rather than rebuilt: the web role it names is Terraform's to
@@ -79,9 +78,9 @@ def deployed_request_policy(sqs, settings: Settings) -> tuple[str, str] | None:
     from shared.catalogue import load_catalogue
     for service in load_catalogue().names():
         try:
-            url = sqs.get_queue_url(QueueName=naming.request_queue(settings.prefix, service))["QueueUrl"]
-            attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy", "QueueArn"])["Attributes"]
-        except ClientError:   # not there (yet): another packaged service may be
+            url = transport.url(naming.request_queue(settings.prefix, service))
+            attrs = transport.attributes(url, ["Policy", "QueueArn"])
+        except TransportError:   # not there (yet): another packaged service may be
             continue
         if attrs.get("Policy"):
             return attrs["Policy"], attrs["QueueArn"]

@@ -150,30 +150,14 @@ def _chunks(entries: list[tuple[Hashable, Any]], sizer=None) -> Iterable[list[tu
         yield chunk
 
 
-class SqsAttribute:
-    """Descriptor: the SQS client under the owner's `transport`; assigning a client re-wraps it.
+class Transport:
+    """The broker: clients, the queue-URL cache, queue lifecycle, sends and batched operations.
 
-    Components hold a Transport; tests (and only tests) swap the raw client for a dead endpoint.
-    keep_poll keeps the owner's long-poll client when only the ordinary one is swapped.
+    Each process's composition root builds one and hands it to every component; the clients default to
+    shared.aws's (tests give clients of their own, e.g. one whose endpoint is down).
     """
 
-    def __init__(self, keep_poll: bool = False):
-        self.keep_poll = keep_poll
-
-    def __get__(self, obj, owner=None):
-        return self if obj is None else obj.transport.sqs
-
-    def __set__(self, obj, client) -> None:
-        if self.keep_poll:
-            obj.transport = Transport(obj.settings, sqs=client, poll_sqs=obj.transport.poll_sqs)
-        else:
-            obj.transport = Transport.of(obj.settings, client)
-
-
-class Transport:
-    """The broker: clients, the queue-URL cache, queue lifecycle, sends and batched operations."""
-
-    def __init__(self, settings: Settings | None, sqs=None, poll_sqs=None):
+    def __init__(self, settings: Settings, sqs=None, poll_sqs=None):
         from shared.aws import client, sqs_long_poll_client
         self.settings = settings
         self.sqs = sqs if sqs is not None else client("sqs", settings)
@@ -184,16 +168,6 @@ class Transport:
         self._lock = threading.Lock()
         self.url_hits = 0
         self.url_misses = 0
-
-    @classmethod
-    def of(cls, settings: Settings | None, sqs_or_transport=None) -> "Transport":
-        """A Transport as given, or one around a boto3 SQS client (callers that still hold a raw client).
-
-        settings may be None with a client given, for batched operations on known URLs only.
-        """
-        if isinstance(sqs_or_transport, Transport):
-            return sqs_or_transport
-        return cls(settings, sqs=sqs_or_transport)
 
     # --- queue URLs -------------------------------------------------------------------------------------
     def url(self, name: str) -> str:
@@ -265,6 +239,13 @@ class Transport:
             return [url for page in pages for url in page.get("QueueUrls", [])]
         except (ClientError, BotoCoreError) as exc:
             raise _translate(exc, prefix + "*") from None
+
+    def set_attributes(self, url: str, attributes: dict[str, str]) -> None:
+        """Change a queue's attributes (operator tools reconciling a queue that exists with others)."""
+        try:
+            self.sqs.set_queue_attributes(QueueUrl=url, Attributes=dict(attributes))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._gone(exc, url) from None
 
     def attributes(self, url: str, names: Iterable[str]) -> dict[str, str]:
         """Some attributes of a queue (QueueArn, CreatedTimestamp, ...)."""

@@ -13,6 +13,7 @@ from autoscaler.local import start_local_autoscaler, stop_local_autoscaler
 from autoscaler.loop import Autoscaler
 from autoscaler.queues import HeartbeatReader
 from shared.aws import client
+from shared.transport import Transport
 from waiting import wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -81,7 +82,7 @@ def test_a_real_local_worker_starts_beats_and_exits_0_on_a_terminate_message(set
     s = settings.replace(services=("imagenet",), device="cpu", terminate_check_interval_s=1.0,
                          terminate_expiry_s=120.0, heartbeat_interval_s=1.0, min_workers=0, max_workers=1)
     fleet = LocalFleet(s, log_dir=str(tmp_path))
-    loop = Autoscaler(s, fleet)
+    loop = Autoscaler(s, fleet, transport=Transport(s))
     try:
         [wid] = fleet.launch(1)
         beats = HeartbeatReader(s, client("s3", s))
@@ -98,7 +99,7 @@ def test_a_real_local_worker_starts_beats_and_exits_0_on_a_terminate_message(set
 def test_start_local_autoscaler_starts_min_workers_and_stops_cleanly(settings, provisioned, tmp_path):
     s = settings.replace(min_workers=2, max_workers=3, tick_s=0.2)
     stop = threading.Event()
-    started = start_local_autoscaler(s, stop, log_dir=str(tmp_path), command=SLEEPER)
+    started = start_local_autoscaler(s, Transport(s), stop, log_dir=str(tmp_path), command=SLEEPER)
     loop, fleet, thread = started
     try:
         assert thread.is_alive() and fleet.count().running + fleet.count().pending == 2

@@ -14,6 +14,7 @@ from autoscaler.queues import Heartbeats
 from shared import naming
 from shared.aws import client
 from shared.messages import now_ms
+from shared.transport import Transport
 
 HUNG = [sys.executable, "-c", "import time; time.sleep(120)"]        # runs, never beats: a hung worker
 CRASHING = [sys.executable, "-c", "import sys; sys.exit(3)"]          # exits non-zero at once, every time
@@ -58,7 +59,8 @@ def loop_for(settings, provisioned, tmp_path):
     made = []
 
     def make(fleet, **changes):
-        loop = Autoscaler(settings.replace(**changes), fleet)
+        s = settings.replace(**changes)
+        loop = Autoscaler(s, fleet, transport=Transport(s))
         made.append(fleet)
         return loop
     yield make
@@ -127,7 +129,7 @@ def _state(ec2, iid: str) -> str:
 
 def test_an_ec2_instance_running_without_a_heartbeat_is_terminated_and_replaced(ec2_fleet, provisioned):
     s, fleet, ec2 = ec2_fleet
-    loop = Autoscaler(s.replace(worker_start_grace_s=0.5), fleet)
+    loop = Autoscaler(s.replace(worker_start_grace_s=0.5), fleet, transport=Transport(s))
     (first,) = fleet.launch(1)
     loop.tick()
     time.sleep(1.0)
@@ -141,7 +143,7 @@ def test_an_ec2_instance_running_without_a_heartbeat_is_terminated_and_replaced(
 def test_an_ec2_instance_whose_worker_keeps_restarting_is_replaced(ec2_fleet, provisioned):
     s, fleet, ec2 = ec2_fleet
     s3 = client("s3", s)
-    loop = Autoscaler(s.replace(crash_loop_starts=3, worker_start_grace_s=600), fleet)
+    loop = Autoscaler(s.replace(crash_loop_starts=3, worker_start_grace_s=600), fleet, transport=Transport(s))
     (iid,) = fleet.launch(1)
     for start in range(3):     # systemd restarts the crashing worker: each start writes a fresh heartbeat
         s3.put_object(Bucket=s.bucket_name, Key=naming.heartbeat_key(iid), Body=json.dumps(

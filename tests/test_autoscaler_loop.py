@@ -17,6 +17,7 @@ from autoscaler.queues import HeartbeatReader, ServiceTimes
 from shared import naming
 from shared.aws import client
 from shared.messages import Request, Terminate, now_ms
+from shared.transport import Transport
 from worker.terminate import TerminateWatch
 
 from tests.conftest import free_port
@@ -51,7 +52,7 @@ def ec2_loop(settings, template_ref, **changes):
     s = settings.replace(fleet="ec2", launch_template=template_ref, policy="backlog", min_workers=1,
                          max_workers=3, latency_budget_s=0.1, scale_in_window_s=0.0, scale_in_step_s=0.0,
                          **changes)
-    return Autoscaler(s, Ec2Fleet(s))
+    return Autoscaler(s, Ec2Fleet(s), transport=Transport(s))
 
 
 @pytest.mark.parametrize("by", ["name", "id"])
@@ -132,7 +133,7 @@ def test_loop_sends_timestamped_terminate_messages_a_worker_honours(settings, pr
     assert body["v"] == 1 and body["kind"] == "terminate" and before <= body["issued_at"] <= after
     assert Terminate.from_json(msgs[0]["Body"]).is_fresh(loop.settings.terminate_expiry_s)
 
-    watch = TerminateWatch(loop.settings, sqs, provisioned["__terminate__"])
+    watch = TerminateWatch(loop.settings, loop.transport, provisioned["__terminate__"])
     assert watch.check() is True                        # the worker's own check takes the fresh one
 
 
@@ -162,7 +163,7 @@ def test_a_stale_terminate_message_is_ignored_by_the_worker(settings, provisione
     sqs = client("sqs", settings)
     sqs.send_message(QueueUrl=provisioned["__terminate__"],
                      MessageBody=Terminate(issued_at=now_ms() - int(settings.terminate_expiry_s * 1000) - 5000).to_json())
-    watch = TerminateWatch(settings, sqs, provisioned["__terminate__"])
+    watch = TerminateWatch(settings, Transport(settings), provisioned["__terminate__"])
     assert watch.check() is False and watch.stale_dropped == 1
     assert sqs.receive_message(QueueUrl=provisioned["__terminate__"]).get("Messages", []) == []
 
@@ -171,8 +172,8 @@ def test_an_aws_error_skips_the_tick_and_the_loop_goes_on(settings, provisioned,
     loop = ec2_loop(settings, launch_template["name"], tick_s=0.05)
     dead = boto3.session.Session().client("sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
                                           config=Config(retries={"max_attempts": 1}, connect_timeout=1))
-    good = loop.sqs
-    loop.sqs = loop.queues.sqs = dead
+    good = loop.transport
+    loop.transport = loop.queues.transport = Transport(loop.settings, sqs=dead)
     assert loop.tick() is None and loop.errors == 1
 
     stop = threading.Event()
@@ -183,7 +184,7 @@ def test_an_aws_error_skips_the_tick_and_the_loop_goes_on(settings, provisioned,
         while loop.errors < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert loop.errors >= 3 and thread.is_alive()
-        loop.sqs = loop.queues.sqs = good               # the endpoint comes back
+        loop.transport = loop.queues.transport = good   # the endpoint comes back
         ticks = loop.ticks
         while (loop.last is None or loop.ticks <= ticks + 1) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -233,7 +234,7 @@ def test_the_console_shows_decisions_that_change_something_and_a_status_line_whe
 
     from autoscaler.fleet.local import LocalFleet
     s = settings.replace(min_workers=0, max_workers=2, janitor_interval_s=0)
-    loop = Autoscaler(s, LocalFleet(s, command=["true"]))
+    loop = Autoscaler(s, LocalFleet(s, command=["true"]), transport=Transport(s))
     with caplog.at_level(logging.INFO, logger="autoscaler.loop"):
         for _ in range(3):
             assert loop.tick() is not None and loop.last.decision.action == HOLD

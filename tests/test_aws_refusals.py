@@ -16,6 +16,7 @@ from autoscaler.fleet.asg import AsgFleet
 from shared.aws import client
 from shared.messages import Terminate, now_ms
 from shared.service_queues import ensure_request_queue
+from shared.transport import Transport
 from worker.asg import FleetAgent
 from worker.terminate import TerminateWatch
 
@@ -119,9 +120,9 @@ def test_the_base_groups_idle_worker_at_its_minimum_leaves_the_terminate_to_the_
     sqs.send_message(QueueUrl=url, MessageBody=Terminate().to_json())    # the autoscaler: 2 workers -> 1
     at_floor = FleetAgent(s, base_id, lambda: 0, lambda reason: None, autoscaling=aws, imds=None)
     assert at_floor.may_leave() is False
-    assert TerminateWatch(s, sqs, url, may_leave=at_floor.may_leave).check() is False
+    assert TerminateWatch(s, Transport(s, sqs=sqs), url, may_leave=at_floor.may_leave).check() is False
     above = FleetAgent(s, warm_id, lambda: 0, lambda reason: None, autoscaling=aws, imds=None)
-    watch = TerminateWatch(s, sqs, url, may_leave=above.may_leave)
+    watch = TerminateWatch(s, Transport(s, sqs=sqs), url, may_leave=above.may_leave)
     assert watch.check() is True                    # the same message, visible again for the warm worker
     watch.confirm()
     above.close("terminate message")
@@ -158,7 +159,7 @@ def test_a_terminate_given_back_under_the_queue_policy_is_visible_again_with_its
     raw, url = client("sqs", settings), provisioned["__terminate__"]
     issued = now_ms() - 1000
     raw.send_message(QueueUrl=url, MessageBody=Terminate(issued_at=issued).to_json())   # sent by the autoscaler
-    watch = TerminateWatch(settings, SqsLikeAws(raw, url), url)    # a worker may not send to this queue
+    watch = TerminateWatch(settings, Transport(settings, sqs=SqsLikeAws(raw, url)), url)   # a worker may not send here
     assert watch.check() is True
     watch.give_back()                                               # work arrived meanwhile
     msgs = raw.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
@@ -181,7 +182,7 @@ def test_a_request_queue_created_at_run_time_gets_the_queue_policy_of_terraforms
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": web_only_policy(arn, web_role)})
     recorded = RecordsQueueAttributes(sqs)
-    url = ensure_request_queue(recorded, settings, "published")     # a service published to S3 later
+    url = ensure_request_queue(Transport(settings, sqs=recorded), settings, "published")   # published to S3 later
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
     policy = json.loads(attrs.get("Policy", "{}"))
     assert policy.get("Statement"), "the run-time queue has no queue policy: anyone may send requests"
@@ -201,5 +202,5 @@ def test_a_request_queue_created_at_run_time_gets_the_queue_policy_of_terraforms
 
 def test_a_request_queue_created_where_terraforms_queues_have_no_policy_gets_none(settings, provisioned):
     sqs = client("sqs", settings)                   # the local stack: provisioned without Terraform
-    url = ensure_request_queue(sqs, settings, "published")
+    url = ensure_request_queue(Transport(settings, sqs=sqs), settings, "published")
     assert "Policy" not in sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]

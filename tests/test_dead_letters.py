@@ -12,6 +12,7 @@ from shared.aws import client
 from shared.messages import Reply, Request, new_id
 from classifycloud.provision import ensure_all
 from webserver.app import create_app
+from shared.transport import Transport
 from worker.consumer import Held
 from worker.results import ResultSink
 
@@ -33,7 +34,7 @@ def _dead_letter(sqs, queue_url: str, body: str, s3=None, settings=None, reason:
                                    AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
         if msgs and reason:
             m = msgs[0]
-            sink = ResultSink(settings, sqs, s3)
+            sink = ResultSink(settings, Transport(settings), s3)
             sink.note_failure([Held("imagenet", queue_url, m["MessageId"], m["ReceiptHandle"], m["Body"], 0,
                                     int(m["Attributes"]["ApproximateReceiveCount"]))], reason)
             sink.close()
@@ -58,13 +59,13 @@ def test_a_dead_lettered_job_ends_as_an_error_with_code_dead_lettered_and_the_la
                                    AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
         if not msgs:
             break
-        sink = ResultSink(s, sqs, s3)
+        sink = ResultSink(s, Transport(s), s3)
         m = msgs[0]
         sink.note_failure([Held("imagenet", urls["imagenet"], m["MessageId"], m["ReceiptHandle"], m["Body"], 0, 1)],
                           "RuntimeError: decoder crashed")
         sink.close()
     assert web.get(f"/jobs/{rid}").status_code == 202        # before the sweep: pending (forever, before)
-    settler = DeadLetterSettler(s, catalogue, sqs, s3)
+    settler = DeadLetterSettler(s, catalogue, Transport(s), s3)
     assert settler.settle() == [rid]
     r = web.get(f"/jobs/{rid}")
     assert r.status_code == 200
@@ -84,7 +85,7 @@ def test_a_waiting_sync_request_gets_the_dead_lettered_reply(env, catalogue):
     rid = new_id()
     _dead_letter(sqs, urls["imagenet"], Request(id=rid, service="imagenet", image={"url": "http://x/y.jpg"},
                                                 reply_to=reply_q).to_json())
-    assert DeadLetterSettler(s, catalogue, sqs, s3).settle() == [rid]
+    assert DeadLetterSettler(s, catalogue, Transport(s), s3).settle() == [rid]
     (m,) = sqs.receive_message(QueueUrl=reply_q, MaxNumberOfMessages=10)["Messages"]
     reply = Reply.from_json(m["Body"])
     assert reply.id == rid and reply.error["code"] == "dead_lettered"
@@ -94,7 +95,7 @@ def test_a_waiting_sync_request_gets_the_dead_lettered_reply(env, catalogue):
 def test_an_unreadable_dead_letter_is_listed_but_not_settled(env, catalogue):
     s, urls, sqs, s3, _ = env
     _dead_letter(sqs, urls["imagenet"], "not json at all")
-    assert DeadLetterSettler(s, catalogue, sqs, s3).settle() == []
+    assert DeadLetterSettler(s, catalogue, Transport(s), s3).settle() == []
     lines = []
     time.sleep(0.1)
     assert list_dead_letters(s, "imagenet", out=lines.append) == 1
@@ -109,7 +110,7 @@ def test_dlq_list_then_redrive_sends_the_job_back_and_it_is_pending_again(env, c
         if not sqs.receive_message(QueueUrl=urls["imagenet"], MaxNumberOfMessages=1,
                                    VisibilityTimeout=0).get("Messages"):
             break
-    DeadLetterSettler(s, catalogue, sqs, s3).settle()
+    DeadLetterSettler(s, catalogue, Transport(s), s3).settle()
     assert web.get(f"/jobs/{rid}").get_json()["error"]["code"] == "dead_lettered"
     lines = []
     assert list_dead_letters(s, out=lines.append) == 1
@@ -129,7 +130,8 @@ def test_the_autoscaler_tick_settles_dead_letters(env, catalogue):
     rid = new_id()
     _dead_letter(sqs, urls["imagenet"], Request(id=rid, service="imagenet", image={"url": "http://x/z.jpg"},
                                                 reply_to=None).to_json())
-    loop = Autoscaler(s.replace(min_workers=0), LocalFleet(s, command=["true"]), catalogue, sqs=sqs, s3=s3)
+    loop = Autoscaler(s.replace(min_workers=0), LocalFleet(s, command=["true"]), catalogue, transport=Transport(s),
+                      s3=s3)
     assert loop.tick() is not None and loop.dead_letters.settled == [rid]
 
 
@@ -137,7 +139,7 @@ def test_a_service_added_after_start_has_its_dead_letters_settled_too(env, catal
     from shared.catalogue import Catalogue
     s, urls, sqs, s3, app = env
     grown = {"imagenet": catalogue["imagenet"]}
-    settler = DeadLetterSettler(s, Catalogue(grown), sqs, s3)   # the live catalogue's view at start: imagenet only
+    settler = DeadLetterSettler(s, Catalogue(grown), Transport(s), s3)   # the live catalogue at start: imagenet only
     grown["pdr"] = catalogue["pdr"]                              # a service appears later (an S3 entry)
     rid = new_id()
     _dead_letter(sqs, urls["pdr"], Request(id=rid, service="pdr", image={"url": "http://example.com/x.jpg"},
@@ -151,7 +153,7 @@ def test_dlq_list_and_redrive_see_a_service_published_to_s3(env, tmp_path):
     s, urls, sqs, s3, _ = env
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"weights are not read by a listing")
-    push_service(s, "mycats", str(weights), ["cat", "not cat"], {**ENTRY, "num_classes": 2}, s3=s3, sqs=sqs)
+    push_service(s, "mycats", str(weights), ["cat", "not cat"], {**ENTRY, "num_classes": 2}, s3=s3)
     queue = sqs.get_queue_url(QueueName=naming.request_queue(s.prefix, "mycats"))["QueueUrl"]
     rid = new_id()
     _dead_letter(sqs, queue, Request(id=rid, service="mycats", image={"url": "http://x/c.jpg"},

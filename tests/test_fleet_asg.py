@@ -11,6 +11,7 @@ from autoscaler.loop import Autoscaler
 from autoscaler.policy import HOLD, LAUNCH
 from shared.aws import client
 from shared.messages import Request
+from shared.transport import Transport
 from worker.asg import FleetAgent, ScaleInProtection
 
 GPU_TYPES = ("g4dn.xlarge", "g5.xlarge", "g6.xlarge")
@@ -90,7 +91,7 @@ def test_desired_capacity_not_yet_launched_counts_as_pending():
 
 def test_the_loop_scales_out_by_setting_desired_capacity(settings, provisioned, groups):
     s = asg_settings(settings)
-    loop = Autoscaler(s, AsgFleet(s))
+    loop = Autoscaler(s, AsgFleet(s), transport=Transport(s))
     sqs = client("sqs", s)
     for start in range(0, 30, 10):                           # 30 x 0.05 s / 0.1 s budget -> 15 -> max 7
         sqs.send_message_batch(QueueUrl=provisioned["imagenet"], Entries=[

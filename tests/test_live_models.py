@@ -14,6 +14,7 @@ from shared.catalogue import CatalogueError
 from shared.live_catalogue import LiveCatalogue, S3Entries, parse_s3_entry
 from shared.messages import Reply, Request
 from classifycloud.provision import ensure_all
+from shared.transport import Transport
 from waiting import wait_for
 
 CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -206,7 +207,7 @@ def test_a_new_service_without_a_queue_waits_for_its_queue(live, running_worker,
     put(s3, live, "noqueue", "entry.yaml", yaml.safe_dump({**ENTRY, "weights": "w.safetensors",
                                                             "labels": "labels.txt"}))
     wait_for(lambda: "does not exist yet" in w.registry.unavailable.get("noqueue", ""), what="the missing queue")
-    ensure_request_queue(client("sqs", live), live, "noqueue")
+    ensure_request_queue(Transport(live), live, "noqueue")
     wait_for(lambda: "noqueue" in w.registry.hosted(), what="noqueue to be hosted once its queue exists")
 
 
@@ -234,7 +235,7 @@ def test_the_autoscaler_counts_an_s3_service_and_creates_its_missing_queue(live,
     from autoscaler.queues import QueueReader, ServiceTimes
     s3, sqs = client("s3", live), client("sqs", live)
     cat = LiveCatalogue(live, catalogue)
-    reader = QueueReader(live, cat, sqs, create_missing=True)
+    reader = QueueReader(live, cat, Transport(live), create_missing=True)
     assert "fresh" not in {q.service for q in reader.read()}
     put(s3, live, "fresh", "entry.yaml", yaml.safe_dump({**ENTRY, "weights": "w.safetensors",
                                                          "seconds_per_request": 0.07}))
@@ -246,7 +247,7 @@ def test_the_autoscaler_counts_an_s3_service_and_creates_its_missing_queue(live,
     assert dlq
     assert ServiceTimes(live, cat).current()["fresh"] == 0.07
     put(s3, live, "other", "entry.yaml", yaml.safe_dump({**ENTRY, "weights": "w.safetensors"}))
-    assert "other" not in {q.service for q in QueueReader(live, cat, sqs).read()}  # without create_missing
+    assert "other" not in {q.service for q in QueueReader(live, cat, Transport(live)).read()}  # without create_missing
 
 
 # --- what a publisher of S3 entries cannot do (docs/SECURITY.md) -------------------------------

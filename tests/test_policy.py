@@ -183,3 +183,27 @@ def test_config_from_settings_takes_every_field(settings):
     cfg = PolicyConfig.from_settings(settings.replace(min_workers=2, max_workers=7, qos=0.5), {"imagenet": 0.3})
     assert (cfg.min_workers, cfg.max_workers, cfg.qos, cfg.spr("imagenet")) == (2, 7, 0.5, 0.3)
     assert cfg.spr("unknown") == settings.seconds_per_request
+
+
+def test_the_policy_and_the_simulator_default_to_the_settings_defaults():
+    from dataclasses import fields
+
+    from autoscaler.sim.engine import FROM_SETTINGS, SimConfig
+    from shared.config import Settings
+    defaults = Settings()
+    assert PolicyConfig() == PolicyConfig.from_settings(defaults)     # scale_in_step_s was 10 here, 0 in Settings
+    sim = SimConfig()
+    assert SimConfig.from_settings(defaults, max_workers=sim.max_workers) == sim   # max_workers: the paper's 19
+    shared = {f.name for f in fields(PolicyConfig)} & set(FROM_SETTINGS)
+    assert {name: getattr(sim, name) for name in shared if name != "max_workers"} == {
+        name: getattr(PolicyConfig(), name) for name in shared if name != "max_workers"}
+    assert "scale_in_step_s" in shared and SimConfig().scale_in_step_s == PolicyConfig().scale_in_step_s == 0.0
+
+
+def test_the_policy_and_the_simulator_are_built_from_the_settings_given():
+    from autoscaler.sim.engine import SimConfig
+    from shared.config import Settings
+    s = Settings(scale_in_step_s=7.0, tick_s=2.0, max_workers=4, reply_timeout_s=30.0)
+    cfg, sim = PolicyConfig.from_settings(s), SimConfig.from_settings(s, drain_s=0.0)
+    assert cfg.scale_in_step_s == sim.scale_in_step_s == 7.0 and cfg.max_workers == sim.max_workers == 4
+    assert sim.tick_s == 2.0 and sim.client_timeout_s == 30.0 and sim.drain_s == 0.0

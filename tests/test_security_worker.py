@@ -94,7 +94,7 @@ def test_a_batch_extends_the_visibility_of_messages_that_waited_in_the_buffer(st
     received = time.monotonic()
     # as if it had waited 4 s in the buffer: more than half of the 6 s visibility timeout is gone
     held = Held("imagenet", stack.queue, got["MessageId"], got["ReceiptHandle"], got["Body"], now_ms() - 4000, 1)
-    processor = BatchProcessor(s, registry, engine, Fetcher(s, stack.s3), ResultSink(s, stack.sqs, stack.s3),
+    processor = BatchProcessor(s, registry, engine, Fetcher(s, stack.s3), ResultSink(s, stack.transport, stack.s3),
                                MetricsPublisher(s, "worker"), "w-test")
     try:
         result = processor.process([held])

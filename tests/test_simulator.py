@@ -167,6 +167,7 @@ def test_a_simulated_idle_worker_takes_a_fresh_terminate_within_its_check_interv
 
 def test_the_simulator_and_the_worker_use_the_same_terminate_rule(monkeypatch, settings):
     from shared.messages import Terminate
+    from shared.transport import Transport
     from worker.terminate import TerminateWatch
     calls = []
     real = Terminate.check_due
@@ -176,6 +177,7 @@ def test_the_simulator_and_the_worker_use_the_same_terminate_rule(monkeypatch, s
         return real(idle, since, interval)
     monkeypatch.setattr(Terminate, "check_due", staticmethod(spy))
     Simulation(_steady(0.01, 30, 0.1), _TerminateEveryTick(), SimConfig(min_workers=1, drain_s=0)).run()
-    watch = TerminateWatch(settings.replace(terminate_check_interval_s=20, terminate_expiry_s=5), None, "q")
+    s = settings.replace(terminate_check_interval_s=20, terminate_expiry_s=5)
+    watch = TerminateWatch(s, Transport(s), "q")
     watch.due(idle=True)
     assert calls and set(calls) == {2.5}    # both: 20 s capped at half the 5 s expiry, by the same function

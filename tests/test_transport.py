@@ -162,11 +162,23 @@ def test_heartbeat_round_trips_accepts_records_without_a_version_and_rejects_bad
             Heartbeat.from_json(bad)
 
 
-def test_transport_of_wraps_a_raw_client_once_and_passes_a_transport_through(transport, settings, queue):
-    assert Transport.of(settings, transport) is transport
-    wrapped = Transport.of(settings, transport.sqs)
+def test_a_transport_over_a_given_client_polls_with_it_too(transport, settings, queue):
+    wrapped = Transport(settings, sqs=transport.sqs)
     assert wrapped is not transport and wrapped.sqs is transport.sqs and wrapped.poll_sqs is transport.sqs
     assert wrapped.url(f"{settings.prefix}-q") == queue
+
+
+# components take the transport their composition root built: no hook that swaps clients under them
+HOOKS = ("sqs_or_" + "transport", "Transport" + ".of", "Sqs" + "Attribute", "own_" + "transport")
+PRODUCT = ("shared", "webserver", "worker", "autoscaler", "classifycloud", "bench")
+
+
+def test_no_test_hooks_are_left_in_the_product_code():
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    found = [f"{path.relative_to(root)}: {hook}" for top in PRODUCT for path in sorted((root / top).rglob("*.py"))
+             for hook in HOOKS if hook in path.read_text(encoding="utf-8")]
+    assert found == []
 
 
 def test_grouped_operations_span_queues_and_report_a_gone_queue_per_entry(transport, queue, settings):

@@ -33,7 +33,7 @@ def consuming(queues):
 
     def start(capacity: int) -> MessageBuffer:
         buffer = MessageBuffer(capacity)
-        consumers = [Consumer(s, svc, url, buffer) for svc, url in urls.items()]
+        consumers = [Consumer(s, svc, url, buffer, transport) for svc, url in urls.items()]
         for c in consumers:
             c.start()
         started.append((buffer, consumers))

@@ -13,6 +13,7 @@ from shared.aws import client
 from shared.config import Settings
 from shared.messages import Reply, Request, Terminate, now_ms
 from classifycloud.provision import ensure_all
+from shared.transport import Transport
 from test_fetch import ImageServer
 from worker.consumer import Consumer, MessageBuffer, release
 from worker.loop import Worker
@@ -51,6 +52,7 @@ class Stack:
         self.settings = settings
         self.catalogue = catalogue
         self.sqs = client("sqs", settings)
+        self.transport = Transport(settings)
         self.s3 = client("s3", settings)
         self.queue = urls["imagenet"]
         self.terminate_queue = urls["__terminate__"]
@@ -263,14 +265,15 @@ def test_terminate_watch_takes_one_fresh_message_and_leaves_the_others(stack):
     for _ in range(3):
         stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate().to_json())
     stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody="garbage")
-    watch = TerminateWatch(stack.settings, stack.sqs, stack.terminate_queue)
+    watch = TerminateWatch(stack.settings, stack.transport, stack.terminate_queue)
     assert watch.check() is True
     watch.confirm()   # the taken one is deleted once the worker stops for it (until then give_back() can return it)
     assert stack.counts(stack.terminate_queue) == (2, 0)      # two left for two other workers, visible now
 
 
 def test_a_busy_worker_never_checks_for_terminate(stack):
-    watch = TerminateWatch(stack.settings.replace(terminate_check_interval_s=0.05), stack.sqs, stack.terminate_queue)
+    watch = TerminateWatch(stack.settings.replace(terminate_check_interval_s=0.05), stack.transport,
+                           stack.terminate_queue)
     time.sleep(0.1)
     assert watch.due(idle=True) and not watch.due(idle=False)
     assert watch.check() is False and not watch.due(idle=True)
@@ -279,7 +282,7 @@ def test_a_busy_worker_never_checks_for_terminate(stack):
 def test_a_terminate_taken_as_work_arrives_is_passed_on_with_its_issue_time(stack):
     issued = now_ms() - 1000
     stack.sqs.send_message(QueueUrl=stack.terminate_queue, MessageBody=Terminate(issued_at=issued).to_json())
-    watch = TerminateWatch(stack.settings, stack.sqs, stack.terminate_queue)
+    watch = TerminateWatch(stack.settings, stack.transport, stack.terminate_queue)
     assert watch.check() is True
     watch.give_back()
     msgs = stack.sqs.receive_message(QueueUrl=stack.terminate_queue, MaxNumberOfMessages=10)["Messages"]
@@ -328,7 +331,7 @@ def test_only_the_idle_worker_of_three_takes_a_terminate_and_the_busy_keep_every
 
 def test_an_idle_worker_checks_for_terminate_before_a_message_can_go_stale(stack):
     settings = stack.settings.replace(terminate_check_interval_s=3600, terminate_expiry_s=0.4)
-    watch = TerminateWatch(settings, stack.sqs, stack.terminate_queue)
+    watch = TerminateWatch(settings, stack.transport, stack.terminate_queue)
     time.sleep(0.25)
     assert watch.due(idle=True)
     # a busy host can take longer than the 0.4 s expiry between send and receive: send until one is fresh
@@ -344,7 +347,7 @@ def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
     for i in range(10):
         stack.send(json.dumps({"n": i}))
     buffer = MessageBuffer(3)
-    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, stack.transport)
     consumer.start()
     try:
         end = time.monotonic() + 20
@@ -358,7 +361,7 @@ def test_consumer_receives_only_what_the_buffer_has_room_for(stack):
         consumer.stop()
         left = buffer.close()
         consumer.join(5)
-    assert release(stack.sqs, batch + left) == 3
+    assert release(stack.transport, batch + left) == 3
     assert stack.counts() == (10, 0)
 
 
@@ -383,7 +386,7 @@ def test_consumer_survives_a_dead_endpoint_and_gives_its_slots_back(stack):
         "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
         config=Config(retries={"max_attempts": 1}, connect_timeout=1))
     buffer = MessageBuffer(3)
-    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, sqs=dead)
+    consumer = Consumer(stack.settings, "imagenet", stack.queue, buffer, Transport(stack.settings, sqs=dead))
     consumer.start()
     try:
         time.sleep(1.5)

@@ -6,6 +6,7 @@ import pytest
 from shared import naming
 from shared.aws import client
 from shared.messages import Reply, now_ms
+from shared.transport import Transport
 from worker.consumer import Held
 from worker.results import Outcome, ResultSink
 
@@ -21,7 +22,8 @@ def sink_env(settings, provisioned):
     sinks = []
 
     def make(**changes):
-        sink = ResultSink(settings.replace(**changes), sqs, s3)
+        s = settings.replace(**changes)
+        sink = ResultSink(s, Transport(s, sqs=sqs), s3)
         sinks.append(sink)
         return sink
 

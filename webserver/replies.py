@@ -11,7 +11,7 @@ import time
 from shared import naming
 from shared.config import Settings
 from shared.messages import MessageError, Reply, now_ms
-from shared.transport import Received, SqsAttribute, Transport, TransportError
+from shared.transport import Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,9 @@ class Waiter:
 class ReplyListener:
     """Owns one reply queue per process (created after fork), polls it, wakes waiters, deletes it on close."""
 
-    def __init__(self, settings: Settings, sqs_or_transport, poll_sqs=None):
+    def __init__(self, settings: Settings, transport: Transport):
         self.settings = settings
-        # the transport's poll client has a read timeout longer than the long poll
-        self.transport = (Transport(settings, sqs=sqs_or_transport, poll_sqs=poll_sqs) if poll_sqs is not None
-                          else Transport.of(settings, sqs_or_transport))
+        self.transport = transport   # its poll client's read timeout outlasts the long poll
         self._lock = threading.Lock()
         self._waiters: dict[str, Waiter] = {}
         self._stop = threading.Event()
@@ -62,8 +60,6 @@ class ReplyListener:
         self.delivered = 0
         self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
         self.malformed = 0
-
-    _sqs = SqsAttribute(keep_poll=True)  # the client under the transport (tests swap it)
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> str:

@@ -8,7 +8,7 @@ from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
 from shared.messages import Request, now_ms
 from shared.metrics import MetricsPublisher
-from shared.transport import QueueGone, SqsAttribute, Transport, TransportError
+from shared.transport import QueueGone, Transport, TransportError
 from webserver.auth import current_owner, owned_id
 from webserver.errors import public_reason
 from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
@@ -28,17 +28,15 @@ DEFAULT_SERVICE = "imagenet"
 class Submitter:
     """Sends requests to the service queues and (for synchronous calls) waits on the reply listener."""
 
-    def __init__(self, settings: Settings, catalogue: Catalogue, sqs_or_transport, jobs: JobStore,
+    def __init__(self, settings: Settings, catalogue: Catalogue, transport: Transport, jobs: JobStore,
                  listener: ReplyListener, metrics: MetricsPublisher):
         self.settings = settings
         self.catalogue = catalogue
         self.jobs = jobs
         self.listener = listener
         self.metrics = metrics
-        self.transport = Transport.of(settings, sqs_or_transport)
+        self.transport = transport
         self.versions = VersionRouter(settings, catalogue, getattr(jobs, "_s3", None))
-
-    _sqs = SqsAttribute()  # the client under the transport (tests swap it)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
         """The catalogue entry (of 'service' or 'service@version'); UnknownService or ServiceUnavailable."""

@@ -12,7 +12,7 @@ import time
 
 from shared import naming
 from shared.config import Settings
-from shared.transport import QueueGone, TransportError
+from shared.transport import QueueGone, Transport, TransportError
 from worker.consumer import Consumer, MessageBuffer
 
 log = logging.getLogger(__name__)
@@ -39,10 +39,11 @@ class InteractiveQuiet:
 class BulkConsumer(Consumer):
     """Long-polls one bulk queue (briefly), and only when the gate says interactive work is not waiting."""
 
-    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, gate):
+    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, transport: Transport,
+                 gate):
         self.gate = gate
         self.max_receive = max(1, min(10, settings.bulk_receive))  # small: an interactive request waits for it
-        super().__init__(settings, service, queue_url, buffer, name=f"bulk-{service}",
+        super().__init__(settings, service, queue_url, buffer, transport, name=f"bulk-{service}",
                          wait_s=settings.bulk_wait_time_s)
 
     def ready(self) -> bool:
@@ -50,7 +51,7 @@ class BulkConsumer(Consumer):
         return self.buffer.held() == 0 and self.gate()
 
 
-def start_bulk_consumers(settings: Settings, transport, services: list[str], buffer: MessageBuffer,
+def start_bulk_consumers(settings: Settings, transport: Transport, services: list[str], buffer: MessageBuffer,
                          interactive: list) -> list[BulkConsumer]:
     """One bulk consumer per hosted service whose bulk queue exists, sharing one interactive-quiet gate."""
     gate = InteractiveQuiet(interactive, settings.bulk_yield_s)
@@ -64,7 +65,7 @@ def start_bulk_consumers(settings: Settings, transport, services: list[str], buf
         except TransportError as exc:
             log.warning("bulk queue of %s cannot be looked up (%s): no batch items of it", svc, exc)
             continue
-        consumer = BulkConsumer(settings, svc, url, buffer, gate)
+        consumer = BulkConsumer(settings, svc, url, buffer, transport, gate)
         consumer.start()
         out.append(consumer)
     return out

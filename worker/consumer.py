@@ -197,20 +197,20 @@ class MessageBuffer:
         return sum(1 for item in self._items if item.service == service)
 
 
-def release(sqs_or_transport, messages: list[Held]) -> int:
+def release(transport: Transport, messages: list[Held]) -> int:
     """Make messages visible again now (ChangeMessageVisibility 0); returns how many were released."""
-    return set_visibility(sqs_or_transport, messages, 0)
+    return set_visibility(transport, messages, 0)
 
 
-def extend_visibility(sqs_or_transport, messages: list[Held], seconds: int) -> int:
+def extend_visibility(transport: Transport, messages: list[Held], seconds: int) -> int:
     """Keep messages a worker is still working on invisible for `seconds` more; returns how many."""
-    return set_visibility(sqs_or_transport, messages, seconds)
+    return set_visibility(transport, messages, seconds)
 
 
-def set_visibility(sqs_or_transport, messages: list[Held], seconds: int) -> int:
+def set_visibility(transport: Transport, messages: list[Held], seconds: int) -> int:
     """Change the visibility of held messages (batched per queue by the transport); returns how many succeeded."""
     try:
-        result = Transport.of(None, sqs_or_transport).release_received(messages, seconds)
+        result = transport.release_received(messages, seconds)
     except TransportError as exc:  # released: visible after the timeout anyway; extended: maybe redelivered
         log.warning("visibility %ds of %d messages failed: %s", seconds, len(messages), exc)
         return 0
@@ -219,25 +219,19 @@ def set_visibility(sqs_or_transport, messages: list[Held], seconds: int) -> int:
     return len(result.succeeded)
 
 
-def own_transport(settings: Settings) -> Transport:
-    """A transport with its own long-poll client: one per consumer thread, so polls never share a pool."""
-    from shared.aws import client, sqs_long_poll_client
-    return Transport(settings, sqs=client("sqs", settings), poll_sqs=sqs_long_poll_client(settings))
-
-
 class Consumer(threading.Thread):
     """Long-polls one request queue, receiving only as many messages as the buffer has room for."""
 
     max_receive = _MAX_RECEIVE    # per receive; SQS returns 10 messages at most
 
-    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, sqs=None,
+    def __init__(self, settings: Settings, service: str, queue_url: str, buffer: MessageBuffer, transport: Transport,
                  name: str = "", wait_s: int | None = None):
         super().__init__(name=name or f"consumer-{service}", daemon=True)  # daemon: a 20 s poll never blocks exit
         self.settings = settings
         self.service = service
         self.queue_url = queue_url
         self.buffer = buffer
-        self.transport = Transport.of(settings, sqs) if sqs is not None else own_transport(settings)
+        self.transport = transport   # the worker's: its long-poll client's pool has room for every consumer
         self.queue = self.transport.consumer(queue_url, wait_s=wait_s)
         self.stopping = threading.Event()
         self.received = 0

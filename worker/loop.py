@@ -129,7 +129,7 @@ class Worker:
         self.registry.add(spec, handler)
         if any(c.service == spec.name for c in self.consumers):
             return
-        consumer = Consumer(self.settings, spec.name, url, self.buffer)
+        consumer = Consumer(self.settings, spec.name, url, self.buffer, self.transport)
         consumer.start()
         self.consumers.append(consumer)
         self.queue_urls[spec.name] = url
@@ -199,7 +199,7 @@ class Worker:
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
                                         self.metrics, self.instance_id)
         self.fleet_agent = FleetAgent.start(s, self.instance_id, self.buffer.held, self.stop)
-        self.consumers = [Consumer(s, svc, url, self.buffer) for svc, url in self.queue_urls.items()]
+        self.consumers = [Consumer(s, svc, url, self.buffer, self.transport) for svc, url in self.queue_urls.items()]
         for c in self.consumers:
             c.start()
         # batch items: taken only while the interactive queues above are quiet (worker/bulk.py)

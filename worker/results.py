@@ -33,9 +33,9 @@ class Outcome:
 class ResultSink:
     """Records, replies and deletes for one batch; a message is deleted only once it was answered."""
 
-    def __init__(self, settings: Settings, sqs_or_transport, s3, threads: int = 8):
+    def __init__(self, settings: Settings, transport: Transport, s3, threads: int = 8):
         self.settings = settings
-        self.transport = Transport.of(settings, sqs_or_transport)
+        self.transport = transport
         self.s3 = s3
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="records")
 

@@ -19,11 +19,11 @@ log = logging.getLogger(__name__)
 class TerminateWatch:
     """Checks the terminate queue while idle, within half the expiry, so a fresh terminate never goes stale."""
 
-    def __init__(self, settings: Settings, sqs_or_transport, queue_url: str | None,
+    def __init__(self, settings: Settings, transport: Transport, queue_url: str | None,
                  may_leave: Callable[[], bool] = lambda: True):
         self.settings = settings
         self.may_leave = may_leave   # False: this worker's group is at its floor (worker/asg.py)
-        self.transport = Transport.of(settings, sqs_or_transport)
+        self.transport = transport
         self.queue_url = queue_url
         self.queue = (self.transport.consumer(queue_url, wait_s=0, visibility_timeout=30)
                       if queue_url is not None else None)

@@ -7,38 +7,54 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
-from autoscaler.policy import QueueStats
+from autoscaler.policy import DEFAULTS, QueueStats
 from autoscaler.sim.fleet import Ec2Model
 from autoscaler.sim.traces import Trace
+from shared.config import Settings
 from shared.messages import Terminate
 
 ARRIVAL, SNAPSHOT, TICK, RUNNING, READY, DONE, CHECK, BEAT, REQUEUE, INTERRUPT = range(10)
 
 
+# SimConfig field <- the Settings field it simulates (its default too: shared/config.py documents each one)
+FROM_SETTINGS = {"tick_s": "tick_s", "min_workers": "min_workers", "max_workers": "max_workers",
+                 "latency_budget_s": "latency_budget_s", "client_timeout_s": "reply_timeout_s",
+                 "heartbeat_s": "heartbeat_interval_s", "terminate_check_interval_s": "terminate_check_interval_s",
+                 "terminate_expiry_s": "terminate_expiry_s", "visibility_timeout_s": "visibility_timeout_s",
+                 "scale_in_window_s": "scale_in_window_s", "scale_in_fraction": "scale_in_fraction",
+                 "scale_in_step_s": "scale_in_step_s", "target_utilization": "target_utilization"}
+
+
 @dataclass(frozen=True)
 class SimConfig:
-    """The simulated system (defaults: the design's settings; boot from the issue)."""
+    """The simulated system: the settings it simulates (defaults: Settings'), and the simulation's own numbers."""
 
-    tick_s: float = 5.0
-    min_workers: int = 1
-    max_workers: int = 19
-    latency_budget_s: float = 10.0
+    tick_s: float = DEFAULTS.tick_s
+    min_workers: int = DEFAULTS.min_workers
+    max_workers: int = 19                          # the paper's MAX_WORKERS (not Settings': the traces are sized to it)
+    latency_budget_s: float = DEFAULTS.latency_budget_s
     boot_s: tuple[float, float] = (40.0, 90.0)     # launch -> worker ready, uniform (GPU cold start + model load)
     pending_s: float = 20.0                        # launch -> EC2 state "running" (part of boot_s)
     sqs_staleness_s: float = 5.0                   # queue attributes lag reality by this much
-    client_timeout_s: float = 120.0
-    heartbeat_s: float = 10.0
-    terminate_check_interval_s: float = 2.5        # the worker's setting, capped at half the expiry like it
+    client_timeout_s: float = DEFAULTS.reply_timeout_s
+    heartbeat_s: float = DEFAULTS.heartbeat_interval_s
+    terminate_check_interval_s: float = DEFAULTS.terminate_check_interval_s   # capped at half the expiry, as the
+                                                                               # worker caps it
     idle_wait_s: float = 0.5                       # the worker loop's empty wait for work: an idle worker looks
                                                    # (and notices a due check) once per wait
-    terminate_expiry_s: float = 5.0
-    visibility_timeout_s: float = 60.0
-    scale_in_window_s: float = 60.0
-    scale_in_fraction: float = 0.5
-    scale_in_step_s: float = 0.0
-    target_utilization: float = 0.75
+    terminate_expiry_s: float = DEFAULTS.terminate_expiry_s
+    visibility_timeout_s: float = DEFAULTS.visibility_timeout_s
+    scale_in_window_s: float = DEFAULTS.scale_in_window_s
+    scale_in_fraction: float = DEFAULTS.scale_in_fraction
+    scale_in_step_s: float = DEFAULTS.scale_in_step_s
+    target_utilization: float = DEFAULTS.target_utilization
     drain_s: float = 900.0                         # keep simulating after the trace for the queues to empty
     instance_limit: int = 20                       # account quota on instances (the paper's free tier: 20)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **sim) -> "SimConfig":
+        """The system these settings describe; sim sets the simulation's own fields (boot_s, drain_s, ...)."""
+        return cls(**{**{f: getattr(settings, name) for f, name in FROM_SETTINGS.items()}, **sim})
 
 
 @dataclass

@@ -165,9 +165,10 @@ def test_services_lists_an_unconfigured_service_as_unavailable_and_it_answers_50
                    "  plant:\n    description: plants\n    architecture: torchvision:resnet50\n"
                    "    num_classes: 998\n")
     settings = web_settings.replace(catalogue=str(cat))
-    from classifycloud.provision import ensure_request_queue
+    from shared.service_queues import ensure_request_queue
+    from shared.transport import Transport
     sqs = client("sqs", settings)
-    plant_q = ensure_request_queue(sqs, settings, "plant")
+    plant_q = ensure_request_queue(Transport(settings, sqs=sqs), settings, "plant")
     web = make_app(settings).test_client()
     services = {s["name"]: s for s in web.get("/services").get_json()["services"]}
     assert services["imagenet"]["available"] is True and services["imagenet"]["reason"] is None
@@ -307,12 +308,14 @@ def test_readyz_is_503_when_the_queue_endpoint_is_unreachable(make_app, web_sett
     app = make_app(web_settings)
     ctx = app.extensions["classifycloud"]
     ctx.start()
-    ctx.listener._sqs = boto3.session.Session().client(
+    from shared.transport import Transport
+    good = ctx.listener.transport
+    ctx.listener.transport = Transport(web_settings, sqs=boto3.session.Session().client(
         "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1)), poll_sqs=good.poll_sqs)
     r = app.test_client().get("/readyz")
     assert r.status_code == 503 and "unreachable" in r.get_json()["error"]["message"]
-    ctx.listener._sqs = client("sqs", web_settings)   # so the fixture can delete the queue
+    ctx.listener.transport = good   # so the fixture can delete the queue
 
 
 def test_a_job_whose_send_is_refused_leaves_no_pending_marker(make_app, web_settings):
@@ -322,9 +325,10 @@ def test_a_job_whose_send_is_refused_leaves_no_pending_marker(make_app, web_sett
     from classifycloud.local import free_port
     app = make_app(web_settings)
     ctx = app.extensions["classifycloud"]
-    ctx.submitter._sqs = boto3.session.Session().client(          # the queue endpoint is down; S3 is up
-        "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    from shared.transport import Transport
+    ctx.submitter.transport = Transport(web_settings, sqs=boto3.session.Session().client(   # the queue endpoint is
+        "sqs", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{free_port()}",    # down; S3 is up
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1)))
     r = app.test_client().post("/jobs", json={"url": "http://example.com/a.jpg"})
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
     listed = client("s3", web_settings).list_objects_v2(Bucket=web_settings.bucket_name, Prefix="jobs/")
