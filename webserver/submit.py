@@ -95,9 +95,11 @@ class Submitter:
             raise QueueUnavailable("could not enqueue the request; try again", req.id) from None
 
     def classify(self, image: ImageInput, service: str | None, top_k: int | None,
-                 params: dict | None = None) -> Outcome:
-        """Send a request with reply_to = this process's queue and wait up to reply_timeout_s."""
-        spec = self.resolve_service(service)
+                 params: dict | None = None, spec: ServiceSpec | None = None) -> Outcome:
+        """Send a request with reply_to = this process's queue and wait up to reply_timeout_s.
+
+        spec: the entry the route already resolved for `service` (one catalogue read per request)."""
+        spec = spec or self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         try:
@@ -132,9 +134,9 @@ class Submitter:
         return Outcome(rid, spec.name, reply, latency_ms, version=version)
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
-                   params: dict | None = None) -> tuple[str, str]:
+                   params: dict | None = None, spec: ServiceSpec | None = None) -> tuple[str, str]:
         """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
-        spec = self.resolve_service(service)
+        spec = spec or self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         ref = self._image_ref(rid, image)
