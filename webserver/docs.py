@@ -13,6 +13,7 @@ from functools import lru_cache
 import yaml
 from flask import Blueprint, Flask, current_app, jsonify
 
+from webserver.inputs import IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, register_routes, route, rules_for
 
 bp = Blueprint("docs", __name__)
@@ -39,6 +40,8 @@ def _written() -> dict:
 def load_spec(api_keys: bool = False) -> dict:
     """The OpenAPI 3.1 document as served by an app with API keys on or off (built once per process)."""
     spec = copy.deepcopy(_written())
+    url = spec["components"]["schemas"]["ImageUrl"]
+    url["pattern"] = r"^\s*" + IMAGE_URL_PATTERN[1:-1] + r"\s*$"   # what check_url applies (after strip)
     routes = register_routes(Flask("webserver"))   # the routes alone, for their declarations
     for rule in routes.url_map.iter_rules():
         path = openapi_path(rule.rule)

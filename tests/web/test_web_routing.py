@@ -76,3 +76,11 @@ def test_the_document_declares_the_error_statuses_each_route_declares(app):
     assert {"400", "413", "415", "422", "503", "504"} <= set(spec["paths"]["/classify"]["post"]["responses"])
     assert spec["paths"]["/cv/{service}"]["post"]["responses"]["415"] == {"$ref": "#/components/responses/XCloudError"}
     assert {"200", "503"} == set(spec["paths"]["/healthz"]["get"]["responses"])
+
+
+def test_a_form_field_given_twice_is_answered_400_not_read_as_its_first_value(web):
+    for path in ("/classify", "/jobs", "/cv/imagenet"):
+        field = "image" if path.startswith("/cv/") else "url"
+        r = web.post(path, data={field: ["https://example.com/a.jpg", "https://example.com/b.jpg"]},
+                     content_type="multipart/form-data")
+        assert r.status_code == 400, (path, r.get_json())
