@@ -124,6 +124,8 @@ def parse_top_k(value: object) -> int | None:
         return None
     if isinstance(value, bool):
         raise ApiError(400, "invalid_top_k", "top_k must be an integer in 1..100")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)   # 5.0 is an integer in JSON (and in the OpenAPI document's JSON Schema)
     if isinstance(value, str):
         try:
             value = int(value.strip(), 10)
@@ -208,6 +210,8 @@ def parse_classify(req: Request) -> ClassifyInput:
         return _with_query(req, image, doc.get("service"), doc.get("top_k"))
     form = req.form  # multipart or urlencoded; reading it enforces the body limits
     refuse_repeated(req, ("image", "url", "image_base64", "service", "top_k"))
+    if "image" in req.files and (form.get("url") or form.get("image_base64")):
+        raise ApiError(400, "ambiguous_image", "give one of the file image, url and image_base64, not several")
     if "image" in req.files:
         image = ImageInput(data=_upload(req))
     elif form.get("url"):
