@@ -210,8 +210,8 @@ def parse_classify(req: Request) -> ClassifyInput:
         return _with_query(req, image, doc.get("service"), doc.get("top_k"))
     form = req.form  # multipart or urlencoded; reading it enforces the body limits
     refuse_repeated(req, ("image", "url", "image_base64", "service", "top_k"))
-    if "image" in req.files and (form.get("url") or form.get("image_base64")):
-        raise ApiError(400, "ambiguous_image", "give one of the file image, url and image_base64, not several")
+    if "image" in req.files and form.get("url"):
+        check_url(form.get("url"))   # the file is used, but a malformed field is refused, not ignored
     if "image" in req.files:
         image = ImageInput(data=_upload(req))
     elif form.get("url"):

@@ -27,8 +27,8 @@ PEER_SERVICES = ("imagenet", "facesearch", "skin")   # the ones the document's f
 
 @pytest.fixture
 def web_settings(settings):
-    """A short reply timeout: a request no peer answers costs seconds, not the default wait."""
-    return settings.replace(wait_time_s=1, reply_timeout_s=5.0)
+    """A bounded reply timeout, long enough for the peer on a loaded machine."""
+    return settings.replace(wait_time_s=1, reply_timeout_s=15.0)
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_schemathesis_with_every_check_finds_no_failure_against_the_served_docum
            "CC_SCHEMATHESIS_BUCKET": web_settings.bucket_name}
     cmd = [sys.executable, "-c", "import sys; from schemathesis.cli import schemathesis; sys.exit(schemathesis())",
            "--config-file", str(Path(__file__).parent / "schemathesis.toml"), "run", f"{base}/openapi.json", "--phases", PHASES, "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
-           "--generation-deterministic", "--workers", "1", "--request-timeout", "30", "--max-response-time", "20",
+           "--generation-deterministic", "--workers", "1", "--request-timeout", "30", "--max-response-time", "30",
            "--no-color", "--report", "json", "--report-json-path", str(report)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
     out = run.stdout + run.stderr
