@@ -13,8 +13,8 @@ from shared.images import ALLOWED_TEXT, refused_format
 from webserver.errors import ApiError
 
 # An image URL, as the OpenAPI document states it (webserver/docs.py copies this pattern): http(s), a host
-# name or [IPv6] literal, a port in 1-65535, then printable ASCII (anything else percent-encoded).
-IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?|\[[0-9A-Fa-f:.]+\])"
+# name or IPv4 address (not an IPv6 literal), a port in 1-65535, then printable ASCII (others percent-encoded).
+IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?"
                      r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
                      r"([/?#][!-~]*)?$")
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
