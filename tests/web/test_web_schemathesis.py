@@ -64,6 +64,7 @@ def test_schemathesis_with_every_check_finds_no_failure_against_the_served_docum
            "--no-color", "--report", "json", "--report-json-path", str(report)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
     out = run.stdout + run.stderr
+    print(out[out.find("Test cases:"):][:200])   # how many cases ran (the report's count)
     failures = out[out.find("FAILURES"):] if "FAILURES" in out else out
     assert run.returncode == 0, failures[:30000]
-    assert "0 unique failures" in out or "No issues found" in out or " passed" in out, out[-3000:]
+    assert "Test cases:" in out and "unique failures" not in out, out[-3000:]
