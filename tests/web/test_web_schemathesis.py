@@ -62,7 +62,7 @@ def test_schemathesis_with_every_check_finds_no_failure_against_the_served_docum
            "--config-file", str(Path(__file__).parent / "schemathesis.toml"), "run", f"{base}/openapi.json", "--phases", PHASES, "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
            "--generation-deterministic", "--workers", "1", "--request-timeout", "30", "--max-response-time", "30",
            "--no-color", "--report", "json", "--report-json-path", str(report)]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env)
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env, cwd=tmp_path)  # its cache too
     out = run.stdout + run.stderr
     print(out[out.find("Test cases:"):][:200])   # how many cases ran (the report's count)
     failures = out[out.find("FAILURES"):] if "FAILURES" in out else out
