@@ -19,6 +19,8 @@ from webserver.jobs import JobStore
 from webserver.limits import body_limit, install_body_limits
 from webserver.proxy import install_proxy_fix
 from webserver.replies import ReplyListener
+from webserver.blueprints import register_routes
+from webserver.routing import UPLOAD
 from webserver.submit import Submitter
 
 log = logging.getLogger(__name__)
@@ -72,23 +74,16 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
     app = Flask(__name__)
     # the largest body any route takes; each route narrows it (webserver.limits)
-    app.config["MAX_CONTENT_LENGTH"] = body_limit(settings, "api.classify")
-    app.config["MAX_FORM_MEMORY_SIZE"] = body_limit(settings, "api.classify")  # base64 in form fields (XCloud)
+    app.config["MAX_CONTENT_LENGTH"] = body_limit(settings, UPLOAD)
+    app.config["MAX_FORM_MEMORY_SIZE"] = body_limit(settings, UPLOAD)  # base64 in form fields (XCloud)
     install_proxy_fix(app, settings)
     app.json.sort_keys = False
     ctx = WebContext(settings, catalogue)
     app.extensions[EXTENSION] = ctx
 
-    from webserver.bulk import bp as batches_bp
-    from webserver.faces import bp as faces_bp
-    from webserver.routes import bp as api_bp
-    from webserver.xcloud import bp as xcloud_bp
-    app.register_blueprint(api_bp)
-    app.register_blueprint(xcloud_bp)
-    app.register_blueprint(faces_bp)
-    app.register_blueprint(batches_bp)
+    register_routes(app)    # every blueprint: the API, XCloud, faces, batches, probes, docs and pages
     install_error_handlers(app)
-    install_edge(app, ctx)  # API keys, usage log, /openapi.json and /docs (webserver/auth.py)
+    install_edge(app, ctx)  # API keys and the usage log, as each route declares (webserver/auth.py)
     install_body_limits(app, settings)
     install_security_headers(app)  # nosniff, CSP with frame-ancestors, HSTS behind TLS (webserver/headers.py)
 
@@ -101,11 +96,6 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
         ctx.metrics.record("Requests", 1, Route=route, Status=str(resp.status_code))
         return resp
-
-    @app.route("/")
-    def index():
-        """A small upload page for people; the API is JSON."""
-        return app.send_static_file("index.html")
 
     if start:
         ctx.start()

@@ -1,6 +1,7 @@
 """The edge of the API: API keys, rate limits and quotas before a request, one usage record after it.
 
-install_edge(app, ctx) registers the hooks and the docs blueprint. Keys come in
+install_edge(app, ctx) registers the hooks; each route declares whether it needs a key, is logged, or
+shows a job only to its owner (webserver.routing). Keys come in
 ``Authorization: Bearer <key>`` or ``X-Api-Key: <key>``; missing, unknown or revoked
 -> 401, over the rate -> 429 with Retry-After, over the monthly quota -> 403. With keys
 on, GET /jobs/<id> answers only to the key that submitted the job (404 to others).
@@ -22,20 +23,10 @@ from shared.naming import DEFAULT_TENANT
 from webserver.errors import ApiError
 from webserver.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
 from webserver.usage import ANONYMOUS, UsageLog, UsageRecord
+from webserver.routing import rules_for
 from webserver.usage_tags import tagged
 
 log = logging.getLogger(__name__)
-
-# Reachable without a key: probes, the API description, the docs and upload pages, the catalogue.
-PUBLIC = frozenset({"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services"})
-# Not written to the usage log: load-balancer probes and static pages are not API calls.
-UNLOGGED = frozenset({"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs"})
-
-
-def is_public(path: str) -> bool:
-    """Whether a path is served without an API key."""
-    return path in PUBLIC or path.startswith("/static/")
-
 
 def current_owner() -> str | None:
     """The key id of the request being served (None without keys or outside a request)."""
@@ -122,7 +113,7 @@ class Edge:
             raise ApiError(503, "auth_unavailable", "API keys cannot be checked right now; try again") from None
 
     def check_job_owner(self, ctx) -> None:
-        """GET /jobs/<id> with keys on: 404 unless the id (webserver.jobs.owned_id) or the marker names this key."""
+        """A job route with keys on: 404 unless the id (owned_id) or the job marker names this key."""
         job_id = (request.view_args or {}).get("job_id", "")
         if not valid_id(job_id):
             return  # the route answers 400
@@ -176,21 +167,20 @@ def _service(tagged_service: str | None) -> str:
 
 
 def install_edge(app: Flask, ctx) -> Edge:
-    """Register the key check, the usage record and the OpenAPI/docs routes on the app."""
-    from webserver.docs import bp as docs_bp
+    """Register the key check and the usage record on the app, as each route's rules say."""
     settings = ctx.settings
     edge = Edge(settings)
     ctx.edge = edge
-    app.register_blueprint(docs_bp)
     atexit.register(edge.close)  # outside gunicorn (whose worker_exit calls ctx.close) records still land
 
     @app.before_request
     def _edge_check():
         g.edge_started = time.perf_counter()
-        if request.url_rule is None or is_public(request.path) or not settings.api_keys_enabled:
+        rules = rules_for(app, request.endpoint)
+        if request.url_rule is None or rules.public or not settings.api_keys_enabled:
             return None
         edge.authenticate()
-        if request.endpoint == "api.get_job":
+        if rules.owner_checked:
             edge.check_job_owner(ctx)
         return None
 
@@ -201,7 +191,7 @@ def install_edge(app: Flask, ctx) -> Edge:
             resp.headers["Retry-After"] = str(retry)
         if resp.status_code == 401:
             resp.headers["WWW-Authenticate"] = 'Bearer realm="classifycloud"'
-        if settings.usage_log and request.path not in UNLOGGED and not request.path.startswith("/static/"):
+        if settings.usage_log and not rules_for(app, request.endpoint).unlogged:
             try:
                 edge.record(resp)
             except Exception:  # the usage log must never fail the call it describes

@@ -19,6 +19,7 @@ from webserver.auth import current_owner
 from webserver.errors import ApiError
 from webserver.inputs import check_url, parse_json_body, parse_top_k
 from webserver.proxy import external_url
+from webserver.routing import BATCH, route
 from webserver.usage_tags import tag_usage
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
 
 
 @bp.route("/batches", methods=["POST"])
+@route(body=BATCH, answers=(400, 403, 404, 413, 503))
 def create_batch():
     """Accept a batch: 202 with its id and status URL; the driver runs it."""
     doc = parse_json_body(request)
@@ -142,6 +144,7 @@ def _owned(batch_id: str) -> tuple[BatchStore, dict]:
 
 
 @bp.route("/batches/<batch_id>", methods=["GET"])
+@route(answers=(400, 404, 503))
 def get_batch(batch_id: str):
     """Progress: total, done, failed, rate (items/s), ETA (s) and state; the shards once finished."""
     store, rec = _owned(batch_id)
@@ -153,6 +156,7 @@ def get_batch(batch_id: str):
 
 @bp.route("/batches/<batch_id>", methods=["DELETE"])
 @bp.route("/batches/<batch_id>/cancel", methods=["POST"])
+@route(answers=(400, 404, 409, 503))
 def cancel_batch(batch_id: str):
     """The owner cancels: the driver stops queueing and writes the output (undone items say cancelled)."""
     store, rec = _owned(batch_id)
@@ -166,12 +170,14 @@ def cancel_batch(batch_id: str):
 
 
 @bp.route("/webhooks/secret", methods=["GET"])
+@route(answers=(503,))
 def webhook_secret():
     """This key's webhook signing secret (made on first use)."""
     return _secret_answer(_secrets().get(current_owner()))
 
 
 @bp.route("/webhooks/secret", methods=["POST"])
+@route(answers=(503,))
 def rotate_webhook_secret():
     """A new webhook secret for this key (the old one stops verifying)."""
     return _secret_answer(_secrets().rotate(current_owner()))

@@ -1,30 +1,90 @@
-"""The API description: GET /openapi.json (from webserver/openapi.yaml) and GET /docs (renders it, no CDN)."""
+"""The API description and the pages: GET /openapi.json, GET /docs (renders it, no CDN) and the upload page.
+
+The served document is webserver/openapi.yaml (shapes, bodies, descriptions) completed from the route
+declarations (webserver.routing): which operations need a key, and the error statuses each answers.
+"""
 from __future__ import annotations
 
+import copy
 import os
+import re
 from functools import lru_cache
 
 import yaml
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
+
+from webserver.inputs import IMAGE_URL_PATTERN
+from webserver.blueprints import register_routes
+from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
 
 bp = Blueprint("docs", __name__)
 SPEC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openapi.yaml")
+KEY_SECURITY = [{"bearerKey": []}, {"headerKey": []}]
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+# what the edge answers, by rule: a refused key (webserver.auth) and a refused body (webserver.limits)
+KEY_ANSWERS = (401, 403, 429, 503)    # missing/invalid key, quota, rate, key store down
+BODY_ANSWERS = (413, 503)             # larger than the route's limit, the in-flight budget is full
+
+
+def openapi_path(rule: str) -> str:
+    """'/jobs/<job_id>' -> '/jobs/{job_id}'; converters ('<path:filename>') are dropped."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
 @lru_cache(maxsize=1)
-def load_spec() -> dict:
-    """The OpenAPI 3.1 document, read once per process."""
+def _written() -> dict:
     with open(SPEC_PATH, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
+@lru_cache(maxsize=2)
+def load_spec(api_keys: bool = False) -> dict:
+    """The OpenAPI 3.1 document as served by an app with API keys on or off (built once per process)."""
+    spec = copy.deepcopy(_written())
+    url = spec["components"]["schemas"]["ImageUrl"]
+    url["pattern"] = r"^\s*" + IMAGE_URL_PATTERN[1:-1] + r"\s*$"   # what check_url applies (after strip)
+    routes = register_routes(Flask("webserver"))   # the routes alone, for their declarations
+    for rule in routes.url_map.iter_rules():
+        path = openapi_path(rule.rule)
+        for method in sorted(rule.methods - IGNORED_METHODS):
+            op = spec["paths"].get(path, {}).get(method.lower())
+            if op is None:
+                raise ValueError(f"{method} {rule.rule} is not described in {SPEC_PATH}")
+            _complete(op, rules_for(routes, rule.endpoint), api_keys, xcloud=path.startswith("/cv/"))
+    return spec
+
+
+def _complete(op: dict, rules: RouteRules, api_keys: bool, xcloud: bool) -> None:
+    """Set an operation's security and error responses from its route's rules."""
+    keyed = api_keys and not rules.public
+    op["security"] = KEY_SECURITY if keyed else []
+    statuses = set(rules.answers)
+    if keyed:
+        statuses.update(KEY_ANSWERS)
+    if rules.body in (UPLOAD, BATCH):
+        statuses.update(BODY_ANSWERS)
+    error = {"$ref": "#/components/responses/XCloudError" if xcloud else "#/components/responses/Error"}
+    responses = op.setdefault("responses", {})
+    for status in sorted(statuses):
+        responses.setdefault(str(status), dict(error))
+
+
 @bp.route("/openapi.json", methods=["GET"])
+@route(public=True, unlogged=True)
 def openapi():
-    """The OpenAPI 3.1 description of every route."""
-    return jsonify(load_spec())
+    """The OpenAPI 3.1 description of every route, security as this server applies it."""
+    return jsonify(load_spec(current_app.extensions["classifycloud"].settings.api_keys_enabled))
 
 
 @bp.route("/docs", methods=["GET"])
+@route(public=True, unlogged=True)
 def docs():
     """A page that renders /openapi.json (self-contained HTML and JS)."""
     return current_app.send_static_file("docs.html")
+
+
+@bp.route("/", methods=["GET"])
+@route(public=True, unlogged=True)
+def index():
+    """A small upload page for people; the API is JSON."""
+    return current_app.send_static_file("index.html")

@@ -16,11 +16,12 @@ from shared.naming import face_prefix, gallery_prefix
 from webserver.failures import StorageUnavailable
 
 from webserver.auth import current_tenant
-from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError
 from webserver.inputs import parse_classify
 from webserver.params import check_gallery, field_value
-from webserver.routes import ok_reply
+from webserver.outcomes import answer
+from webserver.outcomes import SYNC_ANSWERS
+from webserver.routing import UPLOAD, route
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def face_service(asked: str | None) -> str:
 
 
 @bp.route("/faces/<gallery>", methods=["POST"])
+@route(body=UPLOAD, answers=SYNC_ANSWERS)
 def enroll(gallery: str):
     """Enrol the most confident face of the image as `name`: 201 {gallery, name, box, faces, id}."""
     c = current_app.extensions["classifycloud"]
@@ -55,16 +57,16 @@ def enroll(gallery: str):
     outcome = c.submitter.classify(parsed.image, face_service(parsed.service), 1,
                                    params={"op": "enroll", "gallery": gallery, "name": name.strip(),
                                            "tenant": current_tenant()})
-    entry = ok_reply(outcome).results[0]  # else the mapped error: 504 with the job id, no_face 422 ...
-    tag_usage(outcome.request_id)
-    resp = jsonify({"id": outcome.request_id, "gallery": gallery, "name": entry.get("label"),
-                    "box": entry.get("box"), "faces": entry.get("faces"),
-                    "latency_ms": round(outcome.latency_ms, 1)})
-    resp.status_code = 201
-    return resp
+
+    def enrolled(reply, outcome):
+        entry = reply.results[0]
+        return {"id": outcome.request_id, "gallery": gallery, "name": entry.get("label"), "box": entry.get("box"),
+                "faces": entry.get("faces"), "latency_ms": round(outcome.latency_ms, 1)}
+    return answer(outcome, enrolled, 201)  # else the mapped error: 504 with the job id, no_face 422 ...
 
 
 @bp.route("/faces/<gallery>", methods=["DELETE"])
+@route(answers=(400, 404, 503))
 def erase_gallery(gallery: str):
     """Erase every face of this tenant's gallery: 200 {gallery, erased}, 404 when it holds none."""
     gallery = check_gallery(gallery)
@@ -75,6 +77,7 @@ def erase_gallery(gallery: str):
 
 
 @bp.route("/faces/<gallery>/<name>", methods=["DELETE"])
+@route(answers=(400, 404, 503))
 def erase_name(gallery: str, name: str):
     """Erase every face enrolled as `name` in this tenant's gallery: 200 {gallery, name, erased}, or 404."""
     gallery = check_gallery(gallery)

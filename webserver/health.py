@@ -1,4 +1,4 @@
-"""Worker liveness from S3 heartbeats (heartbeats/<instance>.json), cached for a couple of seconds."""
+"""The probes (/healthz, /livez, /readyz) and worker liveness from S3 heartbeats (heartbeats/<instance>.json)."""
 from __future__ import annotations
 
 import logging
@@ -6,12 +6,17 @@ import threading
 import time
 
 from botocore.exceptions import BotoCoreError, ClientError
+from flask import Blueprint, current_app, jsonify
 
 from shared import naming
 from shared.config import Settings
 from shared.messages import Heartbeat, MessageError, now_ms
+from webserver.routing import route
 
 log = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__)
+PROBE = {"public": True, "unlogged": True}   # load-balancer probes: no key, not API calls
 
 
 class HeartbeatMonitor:
@@ -63,3 +68,66 @@ class HeartbeatMonitor:
         except MessageError as exc:
             log.warning("heartbeat %s is malformed (%s); ignored", key, exc)
             return None
+
+
+@bp.route("/healthz", methods=["GET"])
+@route(**PROBE, answers=(503,))
+def healthz():
+    """200 only with a fresh ready worker heartbeat and a live reply listener; else 503 with why."""
+    c = current_app.extensions["classifycloud"]
+    try:
+        c.listener.start()
+    except Exception as exc:  # a dead queue endpoint is a health fact, not a crash
+        current_app.logger.warning("reply listener cannot start: %s", exc)
+    workers, problem = c.heartbeats.ready_workers()
+    body = {"workers": len(workers),
+            "services": sorted({s for w in workers for s in (w.get("services") or [])}),
+            "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
+            "waiting": c.listener.waiting}
+    if not c.listener.alive:
+        problem = "reply listener is not running"
+    elif problem is None and not workers:
+        problem = (f"no worker heartbeat with state 'ready' in the last "
+                   f"{c.settings.heartbeat_max_age_s:g} s")
+    return _probe_answer(body, problem, "unhealthy")
+
+
+@bp.route("/livez", methods=["GET"])
+@route(**PROBE)
+def livez():
+    """Liveness: this process answers (restart it if not); says nothing about queues or workers."""
+    return jsonify({"status": "ok"})
+
+
+@bp.route("/readyz", methods=["GET"])
+@route(**PROBE, answers=(503,))
+def readyz():
+    """Readiness: the reply queue is polled and the queue endpoint answers, so work can be accepted; workers optional."""
+    c = current_app.extensions["classifycloud"]
+    problem = None
+    try:
+        c.listener.start()
+    except Exception as exc:  # a dead queue endpoint is a readiness fact, not a crash
+        problem = f"reply queue cannot be created: {type(exc).__name__}"
+    if problem is None:
+        if c.listener.draining:
+            problem = "this process is shutting down"
+        elif not c.listener.alive:
+            problem = "reply listener is not running"
+        else:
+            problem = c.listener.reachable()
+    workers, _ = c.heartbeats.ready_workers()
+    body = {"workers": len(workers), "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
+            "waiting": c.listener.waiting}
+    return _probe_answer(body, problem, "not_ready")
+
+
+def _probe_answer(body: dict, problem: str | None, code: str):
+    """A probe's reply: 200 with status ok, or 503 with status unavailable and the problem as the error."""
+    if problem:
+        body.update(status="unavailable", error={"code": code, "message": problem})
+        resp = jsonify(body)
+        resp.status_code = 503
+        return resp
+    body["status"] = "ok"
+    return jsonify(body)

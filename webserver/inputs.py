@@ -12,6 +12,12 @@ from flask import Request, current_app
 from shared.images import ALLOWED_TEXT, refused_format
 from webserver.errors import ApiError
 
+# An image URL, as the OpenAPI document states it (webserver/docs.py copies this pattern): http(s), a host
+# name or IPv4 address (not an IPv6 literal), a port in 1-65535, then printable ASCII (others percent-encoded).
+IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?"
+                     r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
+                     r"([/?#][!-~]*)?$")
+_IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
 MAX_URL_LENGTH = 2048
@@ -71,6 +77,9 @@ def check_url(url: object) -> str:
         raise ApiError(400, "invalid_url", "url has no host")
     if port == 0:
         raise ApiError(400, "invalid_url", "url port 0 is not valid")
+    if not _IMAGE_URL.match(url):
+        raise ApiError(400, "invalid_url", "url must be http(s)://host[:port][/path] in printable ASCII "
+                                           "(percent-encode other characters; no user:password@)")
     return url
 
 
@@ -115,6 +124,8 @@ def parse_top_k(value: object) -> int | None:
         return None
     if isinstance(value, bool):
         raise ApiError(400, "invalid_top_k", "top_k must be an integer in 1..100")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)   # 5.0 is an integer in JSON (and in the OpenAPI document's JSON Schema)
     if isinstance(value, str):
         try:
             value = int(value.strip(), 10)
@@ -165,6 +176,14 @@ def parse_json_body(req: Request) -> object:
         raise ApiError(400, "malformed_json", "request body JSON is nested too deeply") from None
 
 
+def refuse_repeated(req: Request, fields: tuple[str, ...]) -> None:
+    """400 for a form field given more than once: which one counts would be a guess (the OpenAPI document
+    says each field once)."""
+    for name in fields:
+        if len(req.form.getlist(name)) + len(req.files.getlist(name)) > 1:
+            raise ApiError(400, "bad_request", f"form field {name!r} is given more than once")
+
+
 def parse_classify(req: Request) -> ClassifyInput:
     """One of: GET ?url=; POST JSON {url | image_base64}; POST multipart field image (+ service, top_k)."""
     if req.method == "GET":
@@ -190,6 +209,9 @@ def parse_classify(req: Request) -> ClassifyInput:
             raise ApiError(400, "missing_image", "JSON body needs url or image_base64")
         return _with_query(req, image, doc.get("service"), doc.get("top_k"))
     form = req.form  # multipart or urlencoded; reading it enforces the body limits
+    refuse_repeated(req, ("image", "url", "image_base64", "service", "top_k"))
+    if "image" in req.files and form.get("url"):
+        check_url(form.get("url"))   # the file is used, but a malformed field is refused, not ignored
     if "image" in req.files:
         image = ImageInput(data=_upload(req))
     elif form.get("url"):
@@ -208,6 +230,7 @@ XCLOUD_FIELDS = ("image", "imgraw", "imgurl")
 
 def parse_xcloud_image(req: Request) -> ImageInput:
     """One of XCloud's imgraw (file) / imgurl (URL), or our image (file, http(s) URL or base64)."""
+    refuse_repeated(req, XCLOUD_FIELDS + ("top_k",))
     given = [f for f in XCLOUD_FIELDS if f in req.files or (req.form.get(f) or "").strip()]
     if not given:
         raise ApiError(400, "missing_image",

@@ -14,6 +14,7 @@ from flask import Flask, g, has_request_context, request
 
 from shared.config import Settings
 from webserver.errors import ApiError
+from webserver.routing import BATCH, UPLOAD, rules_for
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +23,13 @@ BATCH_BODY_BYTES = 4 * 1024 * 1024  # POST /batches: batch_max_items URLs of up 
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and the other form fields
 RETRY_AFTER_S = 2
 
-# endpoints that take an image in the body (blueprint.function names)
-UPLOAD_ENDPOINTS = frozenset({"api.classify", "api.submit_job", "xcloud.classify", "xcloud.classify_mcloud_skin", "faces.enroll"})
 
 
-def body_limit(settings: Settings, endpoint: str | None) -> int:
-    """Largest body a route accepts: base64 JSON of a max-size image for upload routes, small elsewhere."""
-    if endpoint in UPLOAD_ENDPOINTS:
+def body_limit(settings: Settings, body: str) -> int:
+    """Largest body of a kind (webserver.routing): base64 JSON of a max-size image for uploads, small elsewhere."""
+    if body == UPLOAD:
         return settings.max_upload_bytes * 4 // 3 + _MULTIPART_OVERHEAD
-    if endpoint == "batches.create_batch":   # an inline list of up to batch_max_items URLs
+    if body == BATCH:   # an inline list of up to batch_max_items URLs
         return BATCH_BODY_BYTES
     return SMALL_BODY_BYTES
 
@@ -66,7 +65,7 @@ def install_body_limits(app: Flask, settings: Settings) -> BodyBudget:
 
     @app.before_request
     def _admit():
-        limit = body_limit(settings, request.endpoint)
+        limit = body_limit(settings, rules_for(app, request.endpoint).body)
         request.max_content_length = limit
         request.max_form_memory_size = limit  # base64 in a form field (XCloud) is a form value
         size = request.content_length

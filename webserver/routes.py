@@ -1,19 +1,22 @@
-"""The native JSON API: /classify, /jobs, /services, /healthz, /livez, /readyz."""
+"""The native JSON API: /classify, /jobs, /services (the probes are in webserver/health.py)."""
 from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
-from shared.messages import Reply, valid_id
+from shared.messages import valid_id
 from webserver.bulk import job_notify, queue_job_notice
 from shared.versions import versioned_name
 from webserver.usage_tags import tag_usage
-from webserver.errors import ApiError, public_reason, status_for_reply_code
+from webserver.errors import ApiError, public_reason
 from webserver.inputs import parse_classify
+from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, answer
 from webserver.proxy import status_url
 from webserver.params import request_params
-from webserver.outcome import Outcome
+from webserver.outcomes import Outcome
+from webserver.routing import UPLOAD, route
 
 bp = Blueprint("api", __name__)
+
 
 
 def ctx():
@@ -21,46 +24,25 @@ def ctx():
     return current_app.extensions["classifycloud"]
 
 
-def ok_reply(outcome: Outcome) -> Reply:
-    """The ok reply of an outcome; every other outcome raises its error, the same for every route:
-    shutdown 503 and timeout 504 (both with the job id), an error reply as its mapped 4xx/5xx."""
-    rid, reply = outcome.request_id, outcome.reply
-    if reply is None and outcome.shutdown:
-        raise ApiError(503, "shutting_down", "this server is stopping before the reply came; "
-                       "the job continues, poll status_url", rid, status_url=status_url(rid))
-    if reply is None:
-        raise ApiError(504, "timeout", f"no reply within {ctx().settings.reply_timeout_s:g} s; "
-                       "the job continues, poll status_url", rid, status_url=status_url(rid))
-    if reply.status == "error":
-        code = reply.error.get("code", "error")
-        raise ApiError(status_for_reply_code(code), code, reply.error.get("message", ""), rid)
-    return reply
-
-
-def answer(outcome: Outcome):
-    """200 with the reply; any other outcome as ok_reply raises it."""
-    reply = ok_reply(outcome)
-    body = reply.to_dict()
-    tag_usage(reply.id, versioned_name(reply.service, reply.version or None))  # usage names the version
-    body["latency_ms"] = round(outcome.latency_ms, 1)
-    return jsonify(body)
-
-
 @bp.route("/classify", methods=["GET", "POST"])
+@route(body=UPLOAD, answers=SYNC_ANSWERS)
 def classify():
     """Synchronous classification: waits for the worker's reply."""
     parsed = parse_classify(request)
-    params = request_params(request, ctx().submitter.resolve_service(parsed.service))
-    return answer(ctx().submitter.classify(parsed.image, parsed.service, parsed.top_k, params))
+    spec = ctx().submitter.resolve_service(parsed.service)   # once: params and the message use one entry
+    params = request_params(request, spec)
+    return answer(ctx().submitter.classify(parsed.image, parsed.service, parsed.top_k, params, spec=spec))
 
 
 @bp.route("/jobs", methods=["POST"])
+@route(body=UPLOAD, answers=SUBMIT_ANSWERS)
 def submit_job():
     """Asynchronous classification: 202 with the id and where to poll."""
     parsed = parse_classify(request)
-    params = request_params(request, ctx().submitter.resolve_service(parsed.service))
+    spec = ctx().submitter.resolve_service(parsed.service)
+    params = request_params(request, spec)
     notify = job_notify(request)    # checked before the job is sent: a bad notify sends nothing
-    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params)
+    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec)
     if notify:
         queue_job_notice(rid, notify)
     tag_usage(rid, service)
@@ -71,6 +53,7 @@ def submit_job():
 
 
 @bp.route("/jobs/<job_id>", methods=["GET"])
+@route(owner_checked=True, answers=(400, 404, 502, 503))
 def get_job(job_id: str):
     """200 with the result record, 202 while pending, 404 when unknown, 400 for a malformed id."""
     if not valid_id(job_id):
@@ -92,6 +75,7 @@ def get_job(job_id: str):
 
 
 @bp.route("/services", methods=["GET"])
+@route(public=True)
 def services():
     """Every catalogue service, whether it can serve (weights configured), and the backends workers serve it with."""
     c = ctx()
@@ -138,63 +122,3 @@ def serving_backends(workers: list[dict]) -> dict[str, dict]:
             if isinstance(choice.get("auto"), dict):
                 entry["backend_choice"] = choice["auto"]
     return out
-
-
-@bp.route("/healthz", methods=["GET"])
-def healthz():
-    """200 only with a fresh ready worker heartbeat and a live reply listener; else 503 with why."""
-    c = ctx()
-    try:
-        c.listener.start()
-    except Exception as exc:  # a dead queue endpoint is a health fact, not a crash
-        current_app.logger.warning("reply listener cannot start: %s", exc)
-    workers, problem = c.heartbeats.ready_workers()
-    body = {"workers": len(workers),
-            "services": sorted({s for w in workers for s in (w.get("services") or [])}),
-            "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
-            "waiting": c.listener.waiting}
-    if not c.listener.alive:
-        problem = "reply listener is not running"
-    elif problem is None and not workers:
-        problem = (f"no worker heartbeat with state 'ready' in the last "
-                   f"{c.settings.heartbeat_max_age_s:g} s")
-    return _probe_answer(body, problem, "unhealthy")
-
-
-@bp.route("/livez", methods=["GET"])
-def livez():
-    """Liveness: this process answers (restart it if not); says nothing about queues or workers."""
-    return jsonify({"status": "ok"})
-
-
-@bp.route("/readyz", methods=["GET"])
-def readyz():
-    """Readiness: the reply queue is polled and the queue endpoint answers, so work can be accepted; workers optional."""
-    c = ctx()
-    problem = None
-    try:
-        c.listener.start()
-    except Exception as exc:  # a dead queue endpoint is a readiness fact, not a crash
-        problem = f"reply queue cannot be created: {type(exc).__name__}"
-    if problem is None:
-        if c.listener.draining:
-            problem = "this process is shutting down"
-        elif not c.listener.alive:
-            problem = "reply listener is not running"
-        else:
-            problem = c.listener.reachable()
-    workers, _ = c.heartbeats.ready_workers()
-    body = {"workers": len(workers), "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
-            "waiting": c.listener.waiting}
-    return _probe_answer(body, problem, "not_ready")
-
-
-def _probe_answer(body: dict, problem: str | None, code: str):
-    """A probe's reply: 200 with status ok, or 503 with status unavailable and the problem as the error."""
-    if problem:
-        body.update(status="unavailable", error={"code": code, "message": problem})
-        resp = jsonify(body)
-        resp.status_code = 503
-        return resp
-    body["status"] = "ok"
-    return jsonify(body)

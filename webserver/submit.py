@@ -16,7 +16,7 @@ from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavaila
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
-from webserver.outcome import Outcome
+from webserver.outcomes import Outcome
 from webserver.replies import ReplyListener
 from webserver.versions import VersionRouter, split_service
 
@@ -81,9 +81,11 @@ class Submitter:
             raise QueueUnavailable("could not enqueue the request; try again", req.id) from None
 
     def classify(self, image: ImageInput, service: str | None, top_k: int | None,
-                 params: dict | None = None) -> Outcome:
-        """Send a request with reply_to = this process's queue and wait up to reply_timeout_s."""
-        spec = self.resolve_service(service)
+                 params: dict | None = None, spec: ServiceSpec | None = None) -> Outcome:
+        """Send a request with reply_to = this process's queue and wait up to reply_timeout_s.
+
+        spec: the entry the route already resolved for `service` (one catalogue read per request)."""
+        spec = spec or self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         try:
@@ -118,9 +120,9 @@ class Submitter:
         return Outcome(rid, spec.name, reply, latency_ms, version=version)
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
-                   params: dict | None = None) -> tuple[str, str]:
+                   params: dict | None = None, spec: ServiceSpec | None = None) -> tuple[str, str]:
         """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
-        spec = self.resolve_service(service)
+        spec = spec or self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         ref = self._image_ref(rid, image)

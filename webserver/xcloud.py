@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, request
 
 from shared import kinds
 from webserver.usage_tags import tag_usage
 from webserver.errors import XCLOUD_OK
 from webserver.inputs import parse_top_k, parse_xcloud_image
+from webserver.outcomes import answer
 from webserver.params import request_params
-from webserver.routes import ok_reply
+from webserver.outcomes import SYNC_ANSWERS
+from webserver.routing import UPLOAD, route
 
 bp = Blueprint("xcloud", __name__)
 
@@ -24,21 +26,25 @@ XCLOUD_ALIASES = {"mcloud/skin": "skin"}
 
 
 @bp.route("/cv/mcloud/skin", methods=["POST"])
+@route(body=UPLOAD, answers=SYNC_ANSWERS)
 def classify_mcloud_skin():
     """XCloud's POST /cv/mcloud/skin, served by the service 'skin'."""
     return classify(XCLOUD_ALIASES["mcloud/skin"])
 
 
 @bp.route("/cv/<service>", methods=["POST"])
+@route(body=UPLOAD, answers=SYNC_ANSWERS)
 def classify(service: str):
     """XCloud's POST /cv/<service> (and /cv/mcloud/skin): imgraw | imgurl | image; optional top_k."""
     started = time.monotonic()
     c = current_app.extensions["classifycloud"]
     image = parse_xcloud_image(request)
     top_k = parse_top_k(request.form.get("top_k"))
-    params = request_params(request, c.submitter.resolve_service(service))
-    outcome = c.submitter.classify(image, service, top_k, params)
-    rid, reply = outcome.request_id, ok_reply(outcome)   # shutdown, timeout, errors: as on every route
-    tag_usage(rid)
-    return jsonify({"code": XCLOUD_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
-                    "elapse": round(time.monotonic() - started, 2), "id": rid})
+    spec = c.submitter.resolve_service(service)   # once: params and the message use one entry
+    params = request_params(request, spec)
+
+    def envelope(reply, outcome):
+        return {"code": XCLOUD_OK, "msg": "success", "results": xcloud_results(reply.results, reply.kind),
+                "elapse": round(time.monotonic() - started, 2), "id": outcome.request_id}
+    # shutdown, timeout and error replies: as on every route, in XCloud's envelope (webserver.errors)
+    return answer(c.submitter.classify(image, service, top_k, params, spec=spec), envelope)

@@ -56,6 +56,8 @@ class PeerWorker:
         self.sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
 
     def classify(self, req: Request) -> Reply:
+        if (req.params or {}).get("op") == "enroll":
+            return self.enroll(req)
         if "url" in req.image:
             if "169.254.169.254" in req.image["url"]:
                 return Reply.failure(req.id, req.service, "forbidden_address",
@@ -71,6 +73,14 @@ class PeerWorker:
                    for i in range(req.top_k)]
         return Reply.ok(req.id, req.service, results, worker="peer",
                         timings_ms={"queue": 1, "fetch": 1, "inference": 1, "total": 3},
+                        model={"name": req.service, "version": "peer"})
+
+    def enroll(self, req: Request) -> Reply:
+        """As facesearch enrols: one face stored under the tenant's gallery and name, its box in the reply."""
+        p = req.params
+        key = f"{naming.face_prefix(p['tenant'], p['gallery'], p['name'])}{req.id}.json"
+        self.s3.put_object(Bucket=self.settings.bucket_name, Key=key, Body=b'{"embedding": []}')
+        return Reply.ok(req.id, req.service, [{"label": p["name"], "box": [0, 0, 8, 8], "faces": 1}], worker="peer",
                         model={"name": req.service, "version": "peer"})
 
 
