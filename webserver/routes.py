@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from shared import kinds
 from shared.messages import valid_id
 from webserver.bulk import job_notify, queue_job_notice
 from shared.versions import versioned_name
 from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError, public_reason
 from webserver.inputs import parse_classify
-from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, answer
+from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, Outcome, answer
 from webserver.proxy import status_url
 from webserver.params import request_params
-from webserver.outcomes import Outcome
 from webserver.routing import UPLOAD, route
 
 bp = Blueprint("api", __name__)
@@ -88,8 +88,7 @@ def services():
                  "architecture": spec.architecture, "backend": spec.backend,
                  "num_classes": spec.num_classes, "top_k": spec.top_k,
                  "available": reason is None, "reason": reason}
-        if spec.kind == "score":
-            entry["threshold"] = spec.threshold
+        entry.update(kinds.get(spec.kind).describe(spec))   # what the kind adds (score: its threshold)
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
         versions = c.submitter.versions.describe(name) if not spec.derived_from else None

@@ -36,6 +36,10 @@ class Kind:
         """The request message's params this kind needs, from the request's fields (raises ParamError)."""
         return {}
 
+    def describe(self, spec: "ServiceSpec") -> dict:
+        """What GET /services shows of a service of this kind beyond the fields every service has."""
+        return {}
+
     def xcloud(self, results: list[dict]) -> list[dict]:
         """The reply's results in XCloud's style (docs/API.md)."""
         raise NotImplementedError

@@ -9,6 +9,10 @@ class Score(Classifier):
 
     name = "score"
 
+    def describe(self, spec) -> dict:
+        """Its verdict's threshold."""
+        return {"threshold": spec.threshold}
+
     def xcloud(self, results: list[dict]) -> list[dict]:
         """The classifier's shape with the verdict, or [{name, score}] for a regression."""
         if results and "verdict" not in results[0]:
