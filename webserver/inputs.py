@@ -12,9 +12,11 @@ from flask import Request, current_app
 from shared.images import ALLOWED_TEXT, refused_format
 from webserver.errors import ApiError
 
-# An image URL, as the OpenAPI document states it (webserver/docs.py copies this pattern): http(s), a host
-# name or IPv4 address (not an IPv6 literal), a port in 1-65535, then printable ASCII (others percent-encoded).
-IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?"
+# An image URL, as the OpenAPI document states it (webserver/docs.py copies this pattern): http(s), an optional
+# user:password@ (accepted as before; every log redacts it), a host name or IPv4 address (not an IPv6 literal),
+# a port in 1-65535, then printable ASCII (others percent-encoded).
+IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~%!$&'()*+,;=:-]+@)?"
+                     r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?"
                      r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3}))?"
                      r"([/?#][!-~]*)?$")
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
@@ -79,7 +81,7 @@ def check_url(url: object) -> str:
         raise ApiError(400, "invalid_url", "url port 0 is not valid")
     if not _IMAGE_URL.match(url):
         raise ApiError(400, "invalid_url", "url must be http(s)://host[:port][/path] in printable ASCII "
-                                           "(percent-encode other characters; no user:password@)")
+                                           "(percent-encode other characters)")
     return url
 
 
