@@ -290,14 +290,15 @@ def test_a_terminate_taken_as_work_arrives_is_passed_on_with_its_issue_time(stac
 
 
 def test_only_the_idle_worker_of_three_takes_a_terminate_and_the_busy_keep_every_message(stack, model):
-    # 2 busy workers each hold 2 slow requests (3 s fetch each, one at a time); the third is idle
-    # the idle one looks only every 4 s, after the busy ones finish their first batch (3 s): were a busy
-    # worker allowed to take a terminate, it would get this one first
+    # 2 busy workers each hold 2 slow requests (6 s fetch each, one at a time); the third is idle and looks
+    # every 4 s; a busy worker would look every 0.2 s: were it allowed to take a terminate while it holds
+    # work, it would get this one first. 6 s, not 3: on a loaded box the idle worker's start-up ate the 3 s
+    # window, the busy ones went idle first and took the terminate as they should.
     s = dict(buffer_size=2, max_batch_size=1, terminate_expiry_s=30.0)
     workers = {name: stack.worker(model, instance_id=name, terminate_check_interval_s=4.0 if name == "idle-c"
                                   else 0.2, **s) for name in ("busy-a", "busy-b", "idle-c")}
     threads = {n: threading.Thread(target=w.work, kwargs={"install_signals": False}) for n, w in workers.items()}
-    with ImageServer(slow_s=3.0) as srv:
+    with ImageServer(slow_s=6.0) as srv:
         try:
             for n in ("busy-a", "busy-b"):
                 threads[n].start()
