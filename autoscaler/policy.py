@@ -8,7 +8,7 @@ call the same functions.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Mapping, Sequence
 
 from shared.config import Settings
@@ -60,14 +60,10 @@ class PolicyConfig:
     def from_settings(cls, settings: Settings, seconds_per_request: Mapping[str, float] | None = None,
                       **overrides) -> "PolicyConfig":
         """Config from settings; seconds_per_request maps service -> current estimate."""
-        kw = dict(min_workers=settings.min_workers, max_workers=settings.max_workers,
-                  latency_budget_s=settings.latency_budget_s,
-                  seconds_per_request=dict(seconds_per_request or {}),
-                  default_seconds_per_request=settings.seconds_per_request,
-                  scale_in_window_s=settings.scale_in_window_s, scale_in_fraction=settings.scale_in_fraction,
-                  scale_in_step_s=settings.scale_in_step_s, target_utilization=settings.target_utilization,
-                  qos=settings.qos, scaling_factor=settings.scaling_factor)
-        kw.update(overrides)
+        # every field Settings also has, by name; seconds_per_request is a per-service map here
+        kw = {f.name: getattr(settings, f.name) for f in fields(cls) if hasattr(settings, f.name)}
+        kw.update(seconds_per_request=dict(seconds_per_request or {}),
+                  default_seconds_per_request=settings.seconds_per_request, **overrides)
         return cls(**kw)
 
     def spr(self, service: str) -> float:
