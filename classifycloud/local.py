@@ -113,8 +113,8 @@ class LocalStack:
         api_keys = "off" if self.settings.api_keys.strip().lower() == "auto" else self.settings.api_keys
         self.settings = self.settings.replace(fetch_allow_loopback=True, parent_pid=os.getpid(), api_keys=api_keys,
                                               shutdown_drain_s=min(self.settings.shutdown_drain_s, 2.0))
-        ensure_all(self.settings, catalogue_for(self.settings))
         self.transport = Transport(self.settings)
+        ensure_all(self.settings, catalogue_for(self.settings), self.transport)
         self.samples = SampleServer().start()
         self.web_port = self.web_port or free_port()
         self.start_web()

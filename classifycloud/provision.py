@@ -58,13 +58,14 @@ def ensure_tables(dynamodb, settings: Settings) -> list[str]:
     return list(specs)
 
 
-def ensure_all(settings: Settings, catalogue: Catalogue) -> dict[str, str]:
-    """Every request and bulk queue (with DLQs), the terminate queue and the bucket; {name: url}."""
-    transport = Transport(settings)   # provisioning is a command of its own (`classifycloud provision`)
-    s3 = client("s3", settings)
+def ensure_all(settings: Settings, catalogue: Catalogue, transport: Transport | None = None) -> dict[str, str]:
+    """Every request and bulk queue (with DLQs), the terminate queue and the bucket; {name: url}.
 
-    def reconcile(url, attrs):
-        transport.set_attributes(url, attrs)
+    `transport`: the caller's one Transport (the local stack's); `classifycloud provision` has none yet.
+    """
+    transport = transport or Transport(settings)
+    s3 = client("s3", settings)
+    reconcile = transport.set_attributes
     urls = {svc: ensure_request_queue(transport, settings, svc, reconcile=reconcile) for svc in catalogue.names()}
     urls.update({f"__bulk__{svc}": ensure_bulk_queue(transport, settings, svc, reconcile=reconcile)
                  for svc in catalogue.names()})
