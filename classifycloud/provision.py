@@ -65,8 +65,9 @@ def ensure_all(settings: Settings, catalogue: Catalogue, transport: Transport | 
     """
     transport = transport or Transport(settings)
     s3 = client("s3", settings)
-    urls = {svc: ensure_request_queue(transport, settings, svc, reconcile=True) for svc in catalogue.names()}
-    urls.update({f"__bulk__{svc}": ensure_bulk_queue(transport, settings, svc, reconcile=True)
+    reconcile = transport.set_attributes
+    urls = {svc: ensure_request_queue(transport, settings, svc, reconcile=reconcile) for svc in catalogue.names()}
+    urls.update({f"__bulk__{svc}": ensure_bulk_queue(transport, settings, svc, reconcile=reconcile)
                  for svc in catalogue.names()})
     urls["__terminate__"] = ensure_terminate_queue(transport, settings)
     ensure_bucket(s3, settings)

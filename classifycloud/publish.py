@@ -38,7 +38,8 @@ def push_service(settings: Settings, service: str, weights_path: str, labels: li
                "labels": f"labels-{labels_sha[:16]}.txt"}
     text = yaml.safe_dump(written, sort_keys=False, default_flow_style=None)
     parse_s3_entry(service, text, bucket)  # the rules every worker applies: refuse before uploading anything
-    url = ensure_request_queue(transport, settings, service, reconcile=True)
+    url = ensure_request_queue(transport, settings, service,
+                               reconcile=lambda u, attrs: transport.set_attributes(u, attrs))
     s3.upload_file(weights_path, bucket, naming.model_key(service, written["weights"]))
     s3.put_object(Bucket=bucket, Key=naming.model_key(service, written["labels"]), Body=labels_text.encode(),
                   ContentType="text/plain")

@@ -11,13 +11,13 @@ from shared.transport import Transport, TransportError
 log = logging.getLogger(__name__)
 
 
-def ensure_request_queue(transport: Transport, settings: Settings, service: str, reconcile: bool = False) -> str:
+def ensure_request_queue(transport: Transport, settings: Settings, service: str, reconcile=None) -> str:
     """Create a service's request queue and its DLQ with a redrive policy; return the queue URL.
 
     Protected as Terraform protects the packaged services' queues (infra/terraform/queues.tf): encrypted,
     the request queue under the same queue policy as theirs (only the web sends requests), the DLQ a
     dead-letter target of this request queue only. A queue that exists with other attributes is left
-    as it is unless `reconcile` is set: only operator tools set it (SetQueueAttributes
+    as it is unless `reconcile(url, attrs)` is given: only operator tools pass one (SetQueueAttributes
     could also rewrite the queue policy, so the autoscaler's role has none; infra/terraform/iam.tf).
     """
     return _ensure(transport, settings, naming.request_queue(settings.prefix, service),
@@ -25,7 +25,7 @@ def ensure_request_queue(transport: Transport, settings: Settings, service: str,
                    reconcile, copy_policy=True)
 
 
-def ensure_bulk_queue(transport: Transport, settings: Settings, service: str, reconcile: bool = False) -> str:
+def ensure_bulk_queue(transport: Transport, settings: Settings, service: str, reconcile=None) -> str:
     """Create a service's low-priority bulk queue (batch items) and its DLQ; return the queue URL.
 
     Not under the request queues' policy: the batch driver, not the web, sends to it.
@@ -35,7 +35,7 @@ def ensure_bulk_queue(transport: Transport, settings: Settings, service: str, re
                    reconcile, copy_policy=False)
 
 
-def _ensure(transport: Transport, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile: bool,
+def _ensure(transport: Transport, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile,
             copy_policy: bool) -> str:
     template = deployed_request_policy(transport, settings) if copy_policy else None
     dlq_attrs = {"MessageRetentionPeriod": "1209600", "SqsManagedSseEnabled": "true"}
@@ -62,10 +62,10 @@ def _ensure(transport: Transport, settings: Settings, name: str, dlq_name: str, 
         if exc.code not in ("QueueAlreadyExists", "QueueNameExists"):
             raise
         url = transport.url(name)
-        if reconcile:
-            transport.set_attributes(url, attrs)
-        else:
+        if reconcile is None:
             log.warning("queue %s exists with other attributes; left as it is", name)
+        else:
+            reconcile(url, attrs)
     return url
 
 
