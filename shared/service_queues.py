@@ -19,6 +19,8 @@ def ensure_request_queue(transport: Transport, settings: Settings, service: str,
     dead-letter target of this request queue only. A queue that exists with other attributes is left
     as it is unless `reconcile(url, attrs)` is given: only operator tools pass one (SetQueueAttributes
     could also rewrite the queue policy, so the autoscaler's role has none; infra/terraform/iam.tf).
+    A callback, not a flag, so the SetQueueAttributes call sits in the operator's code, where
+    tests/test_infra_iam.py's scan charges it to the operator's role and not to the autoscaler's.
     """
     return _ensure(transport, settings, naming.request_queue(settings.prefix, service),
                    naming.dead_letter_queue(settings.prefix, service), settings.visibility_timeout_s,
