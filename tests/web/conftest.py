@@ -62,9 +62,9 @@ def start_server(web_settings, provisioned):
     SIGTERM (then killed) afterwards unless the test already ended it."""
     started = []
 
-    def start(cmd, port, log_path):
+    def start(cmd, port, log_path, settings=None):
         log = open(log_path, "w+")
-        proc = subprocess.Popen(cmd, env={**os.environ, **web_settings.to_env()},
+        proc = subprocess.Popen(cmd, env={**os.environ, **(settings or web_settings).to_env()},
                                 stdout=log, stderr=subprocess.STDOUT)
         started.append((proc, log))
         base = f"http://127.0.0.1:{port}"
