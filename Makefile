@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TOOLS  := .venv-tools
 
-.PHONY: install run test test-fast lint-infra bench bench-load bench-e2e browser clean system-tools
+.PHONY: install run test test-fast lint lint-infra bench bench-load bench-e2e browser clean system-tools
 
 $(VENV)/.installed: setup.cfg pyproject.toml requirements-nodeps.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,11 +39,22 @@ browser:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; \
 	else echo "error: the upload-page test needs chromium and chromedriver on PATH (Debian/Ubuntu: apt-get install chromium chromium-driver)" >&2; exit 1; fi
 
-test: install $(TOOLS)/.installed system-tools browser
-	PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH" $(PY) -m pytest -q -ra --durations=30
+# The suite in two passes: everything but the wall-clock bounds on JOBS xdist workers (tests/conftest.py groups
+# the deployment suite, the infrastructure checks and the whole-stack tests, each run in series on one worker),
+# then the tests marked `timing` alone on the machine. Per-test times: out/durations*.tsv and out/junit*.xml.
+JOBS    ?= 2
+TESTENV := PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH"
+test: install $(TOOLS)/.installed system-tools browser lint
+	$(TESTENV) $(PY) -m pytest -q -ra -n $(JOBS) --dist loadgroup -m "not timing" --junitxml=out/junit.xml
+	$(TESTENV) DURATIONS_FILE=durations-timing.tsv $(PY) -m pytest -q -ra -p no:xdist -m timing \
+	  --junitxml=out/junit-timing.xml
 
-test-fast: install
-	$(PY) -m pytest -q -ra -m "not slow"
+# The quick loop: lint, then every test that starts no stack of processes and asserts no wall-clock bound.
+test-fast: install lint
+	$(PY) -m pytest -q -ra -n $(JOBS) --dist loadgroup -m "not slow and not timing"
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 # The offline infrastructure checks alone (fmt, terraform validate, checkov, shellcheck, systemd, cross-checks).
 lint-infra: install $(TOOLS)/.installed system-tools

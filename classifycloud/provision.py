@@ -9,7 +9,7 @@ from shared import naming
 from shared.aws import client, region
 from shared.catalogue import Catalogue
 from shared.config import Settings
-from shared.service_queues import ensure_bulk_queue, ensure_request_queue
+from shared.service_queues import deployed_request_policy, ensure_bulk_queue, ensure_request_queue
 from shared.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,9 @@ def ensure_all(settings: Settings, catalogue: Catalogue, transport: Transport | 
     transport = transport or Transport(settings)
     s3 = client("s3", settings)
     reconcile = transport.set_attributes
-    urls = {svc: ensure_request_queue(transport, settings, svc, reconcile=reconcile) for svc in catalogue.names()}
+    policy = deployed_request_policy(transport, settings, catalogue.names())   # once, not once per queue
+    urls = {svc: ensure_request_queue(transport, settings, svc, reconcile=reconcile, policy=policy)
+            for svc in catalogue.names()}
     urls.update({f"__bulk__{svc}": ensure_bulk_queue(transport, settings, svc, reconcile=reconcile)
                  for svc in catalogue.names()})
     urls["__terminate__"] = ensure_terminate_queue(transport, settings)

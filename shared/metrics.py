@@ -244,14 +244,10 @@ class MetricsPublisher:
 
     def _cw(self):
         if self._client is None:
-            from botocore.config import Config
-
-            from shared.aws import region
-            import boto3
+            from shared.aws import client
             # short timeouts and one retry: a dead endpoint must not hold the flusher for long
-            cfg = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=5)
-            self._client = boto3.session.Session().client("cloudwatch", region_name=region(self.settings),
-                                                          config=cfg)
+            self._client = client("cloudwatch", self.settings, retries={"mode": "standard", "max_attempts": 2},
+                                  connect_timeout=2, read_timeout=5)
         return self._client
 
     def _write_emf(self, data: list[dict]) -> None:

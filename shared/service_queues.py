@@ -11,7 +11,11 @@ from shared.transport import Transport, TransportError
 log = logging.getLogger(__name__)
 
 
-def ensure_request_queue(transport: Transport, settings: Settings, service: str, reconcile=None) -> str:
+_LOOK_UP = object()   # ensure_request_queue's default: find the deployed policy itself
+
+
+def ensure_request_queue(transport: Transport, settings: Settings, service: str, reconcile=None,
+                         policy=_LOOK_UP) -> str:
     """Create a service's request queue and its DLQ with a redrive policy; return the queue URL.
 
     Protected as Terraform protects the packaged services' queues (infra/terraform/queues.tf): encrypted,
@@ -21,10 +25,13 @@ def ensure_request_queue(transport: Transport, settings: Settings, service: str,
     could also rewrite the queue policy, so the autoscaler's role has none; infra/terraform/iam.tf).
     A callback, not a flag, so the SetQueueAttributes call sits in the operator's code, where
     tests/test_infra_iam.py's scan charges it to the operator's role and not to the autoscaler's.
+    `policy`: deployed_request_policy()'s answer when the caller already has it (provisioning looks it up
+    once for every queue, not once per queue).
     """
+    template = deployed_request_policy(transport, settings) if policy is _LOOK_UP else policy
     return _ensure(transport, settings, naming.request_queue(settings.prefix, service),
                    naming.dead_letter_queue(settings.prefix, service), settings.visibility_timeout_s,
-                   reconcile, copy_policy=True)
+                   reconcile, template)
 
 
 def ensure_bulk_queue(transport: Transport, settings: Settings, service: str, reconcile=None) -> str:
@@ -34,12 +41,11 @@ def ensure_bulk_queue(transport: Transport, settings: Settings, service: str, re
     """
     return _ensure(transport, settings, naming.bulk_queue(settings.prefix, service),
                    naming.bulk_dead_letter_queue(settings.prefix, service), settings.bulk_visibility_timeout_s,
-                   reconcile, copy_policy=False)
+                   reconcile, None)
 
 
 def _ensure(transport: Transport, settings: Settings, name: str, dlq_name: str, visibility_s: int, reconcile,
-            copy_policy: bool) -> str:
-    template = deployed_request_policy(transport, settings) if copy_policy else None
+            template: tuple[str, str] | None) -> str:
     dlq_attrs = {"MessageRetentionPeriod": "1209600", "SqsManagedSseEnabled": "true"}
     arn = None
     if template is not None:
@@ -71,14 +77,17 @@ def _ensure(transport: Transport, settings: Settings, name: str, dlq_name: str, 
     return url
 
 
-def deployed_request_policy(transport: Transport, settings: Settings) -> tuple[str, str] | None:
+def deployed_request_policy(transport: Transport, settings: Settings,
+                            services: list[str] | None = None) -> tuple[str, str] | None:
     """(policy, queue ARN) of a packaged request queue Terraform gave a policy; None without one.
 
     Copied from a packaged service's queue rather than rebuilt: the web role it names is Terraform's to
     know. Where those queues carry no policy (the local stack), neither does a new one.
     """
-    from shared.catalogue import load_catalogue
-    for service in load_catalogue().names():
+    if services is None:
+        from shared.catalogue import load_catalogue
+        services = load_catalogue().names()
+    for service in services:
         try:
             url = transport.url(naming.request_queue(settings.prefix, service))
             attrs = transport.attributes(url, ["Policy", "QueueArn"])

@@ -1,12 +1,16 @@
-"""Shared fixtures: a moto server (the only AWS stand-in), fresh settings, provisioned queues."""
+"""Shared fixtures: a moto server (the only AWS stand-in), fresh settings, provisioned queues; test grouping."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 
 import pytest
 
-from classifycloud.local import aws_env, free_port, start_moto  # noqa: F401  (tests import free_port from here)
+from classifycloud.local import aws_env, free_port  # noqa: F401  (tests import free_port from here)
 from shared.catalogue import load_catalogue
 from shared.config import Settings
 
@@ -14,14 +18,35 @@ SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "sample
 
 
 @pytest.fixture(scope="session")
-def moto_endpoint():
-    """A moto server for the whole session; AWS_* variables point boto3 (and children) at it."""
-    server, url = start_moto()
+def moto_endpoint(tmp_path_factory):
+    """A moto server for the whole session; AWS_* variables point boto3 (and children) at it.
+
+    In a process of its own: serving requests in a thread of the test's process took that process's GIL
+    from the code under test (an in-process web app, a peer worker thread).
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(tmp_path_factory.mktemp("moto") / "moto.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        assert server.poll() is None, f"the moto server exited ({server.returncode})"
+        try:
+            urllib.request.urlopen(url + "/moto-api/data.json", timeout=5).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the moto server did not answer within 60 s"
+            time.sleep(0.1)
     env = aws_env(url)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield url
-    server.stop()
+    server.terminate()
+    try:
+        server.wait(10)
+    except subprocess.TimeoutExpired:
+        server.kill()
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -75,3 +100,51 @@ def responses_match_the_openapi_description():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(requests.Session, "send", send)
         yield
+
+
+# --- running the suite in parallel (pytest-xdist, --dist loadgroup; see the Makefile and README) ---------------
+# Each group runs on one xdist worker, in series: the deployment suite (Terraform against its own moto); the
+# offline infrastructure checks (terraform, checkov, packer, shellcheck); and the tests that start whole stacks
+# of processes with models loaded, which would otherwise compete for the two cores and the memory.
+GROUPS = (
+    ("deploy", ("test_deploy.py",)),
+    ("infra", ("test_infra_", "test_metrics_tf.py")),
+    ("stack", ("test_e2e_", "test_local_lifeline.py", "test_local_housekeeping.py")),
+)
+
+
+def group_of(filename: str) -> str | None:
+    """The xdist group of a test file, or None (its tests are spread over the workers)."""
+    for group, prefixes in GROUPS:
+        if filename.startswith(prefixes):
+            return group
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)      # before xdist reads the marks (it suffixes node ids with the group)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = group_of(item.path.name)
+        if group and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Every test's setup + call + teardown time, slowest first, in out/durations.tsv (kept out of git)."""
+    if hasattr(config, "workerinput"):
+        return
+    total: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():
+        for rep in reports:
+            if getattr(rep, "when", None) in ("setup", "call", "teardown") and hasattr(rep, "duration"):
+                total[rep.nodeid] = total.get(rep.nodeid, 0.0) + rep.duration
+    if not total:
+        return
+    out = os.path.join(str(config.rootpath), "out")
+    os.makedirs(out, exist_ok=True)
+    name = os.environ.get("DURATIONS_FILE", "durations.tsv")
+    with open(os.path.join(out, name), "w") as fh:
+        fh.write("seconds\ttest\n")
+        for nodeid, secs in sorted(total.items(), key=lambda kv: -kv[1]):
+            fh.write(f"{secs:.2f}\t{nodeid}\n")
+    terminalreporter.write_line(f"per-test durations: out/{name} ({len(total)} tests, {sum(total.values()):.0f} s)")

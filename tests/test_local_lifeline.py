@@ -96,6 +96,7 @@ def _gone_within(kids: set[int], port: int, limit_s: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_sigkill_of_up_takes_every_child_with_it_and_frees_the_port(up):
     proc, port, kids, _ = up
     assert len(kids) >= 4       # gunicorn master + 2 workers + 1 classifycloud worker (at least)
@@ -106,6 +107,7 @@ def test_sigkill_of_up_takes_every_child_with_it_and_frees_the_port(up):
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_ctrl_c_stops_everything_within_a_few_seconds(up):
     proc, port, kids, log = up
     t0 = time.monotonic()

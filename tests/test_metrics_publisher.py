@@ -168,6 +168,7 @@ def stuck_endpoint():
         c.close()
 
 
+@pytest.mark.timing
 def test_record_never_blocks_while_the_flush_is_stuck_on_the_network(metrics_settings, stuck_endpoint):
     url, accepted = stuck_endpoint
     # a real client on an endpoint that never answers: the flush hangs until the fixture closes the socket

@@ -66,6 +66,7 @@ def _refusal(fetcher: Fetcher, image: dict, request_id: str | None = None) -> Fe
 
 
 @pytest.mark.parametrize("part", ["headers", "body"])
+@pytest.mark.timing
 def test_a_drip_feeding_server_is_cut_off_at_the_fetch_deadline(server, part):
     # one byte every 0.3 s never trips the 0.5 s read timeout: only the whole-fetch deadline stops it
     t0 = time.monotonic()
@@ -80,6 +81,7 @@ def test_a_drip_feeding_server_is_cut_off_at_the_fetch_deadline(server, part):
     assert server.dripped_until, "the fetcher did not close the socket"
 
 
+@pytest.mark.timing
 def test_the_deadline_spans_every_redirect_hop(server):
     # each hop answers at once; the deadline still counts from the first byte of the first hop
     url = server.base + "/redirect?to=" + server.base + "/drip/body"
@@ -231,6 +233,7 @@ def tls_server(tmp_path, monkeypatch):
         yield srv, srv.httpd.server_address[1]
 
 
+@pytest.mark.timing
 def test_https_keeps_sni_and_certificate_checks_and_the_deadline(tls_server, sample_bytes):
     srv, port = tls_server
     f = _fetcher()
@@ -268,6 +271,7 @@ except FetchError as exc:
 """
 
 
+@pytest.mark.timing
 def test_the_fetch_deadline_bounds_a_dns_lookup_that_never_answers(tmp_path):
     import subprocess
     import sys

@@ -24,9 +24,12 @@ def calls(transport):
     def record(model, params, **_):
         seen.append((model.name, len(params.get("Entries", []))))
 
-    for sqs in {id(transport.sqs): transport.sqs, id(transport.poll_sqs): transport.poll_sqs}.values():
-        sqs.meta.events.register("before-parameter-build.sqs", record)
+    clients = {id(transport.sqs): transport.sqs, id(transport.poll_sqs): transport.poll_sqs}.values()
+    for sqs in clients:
+        sqs.meta.events.register("before-parameter-build.sqs", record, unique_id="calls")
     yield seen
+    for sqs in clients:   # the clients are the process's shared ones (shared.aws): leave them as found
+        sqs.meta.events.unregister("before-parameter-build.sqs", unique_id="calls")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The message buffer's reservations follow the work: idle queues never keep room from busy ones (moto queues)."""
+"""The message buffer's reservations follow the work: idle queues never keep room from busy ones (stub queues)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from shared.transport import Transport
+from stub_transport import StubTransport
 from worker.consumer import Consumer, MessageBuffer
 
 SERVICES = ("hot", "warm", "idle-a", "idle-b", "idle-c")
@@ -16,9 +17,9 @@ SERVICES = ("hot", "warm", "idle-a", "idle-b", "idle-c")
 
 @pytest.fixture
 def queues(settings):
-    """Five request queues of a fast-polling worker (2 s long polls, like the fault benchmark)."""
+    """Five request queues of a fast-polling worker (2 s long polls, like the fault benchmark), in memory."""
     s = settings.replace(wait_time_s=2, visibility_timeout_s=60)
-    transport = Transport(s)
+    transport = StubTransport(s)
     urls = {svc: transport.create_queue(f"{s.prefix}-buf-{svc}") for svc in SERVICES}
     yield s, transport, urls
     for url in urls.values():

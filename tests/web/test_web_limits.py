@@ -114,6 +114,7 @@ def test_concurrent_large_uploads_get_503_before_the_web_process_passes_a_memory
     assert status == 504
 
 
+@pytest.mark.timing
 def test_a_refused_body_is_answered_at_once_with_connection_close_and_never_read(web_process):
     import socket
     base, _ = web_process(max_upload_bytes=1024 * 1024)
