@@ -148,3 +148,14 @@ def pytest_terminal_summary(terminalreporter, config):
         for nodeid, secs in sorted(total.items(), key=lambda kv: -kv[1]):
             fh.write(f"{secs:.2f}\t{nodeid}\n")
     terminalreporter.write_line(f"per-test durations: out/{name} ({len(total)} tests, {sum(total.values()):.0f} s)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report):
+    """Captured output with lone surrogates (tests send undecodable bodies on purpose) made UTF-8-safe.
+
+    xdist sends each report to the controller as UTF-8: a lone surrogate in a captured log crashed the worker.
+    """
+    def safe(text: str) -> str:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    report.sections = [(title, safe(content)) for title, content in report.sections]
