@@ -24,9 +24,9 @@ SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "sample
 
 @pytest.fixture(scope="module")
 def stack(moto_endpoint):
-    """One web process and one worker, API keys on."""
+    """One web process and one worker hosting imagenet (all these tests use), API keys on."""
     settings = Settings.from_env({}, prefix="x" + uuid.uuid4().hex[:8], metrics_enabled=False, api_keys="on",
-                                 api_key_cache_s=0.0, usage_flush_interval_s=0.2)
+                                 api_key_cache_s=0.0, usage_flush_interval_s=0.2, services=("imagenet",))
     s = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, workers=1).start()
     try:
         s.wait_ready(timeout=240)
