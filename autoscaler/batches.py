@@ -20,9 +20,19 @@ from autoscaler.notify import Notifier
 from autoscaler.policy import QueueStats
 from shared import naming
 from shared.aws import client
-from shared.batches import FINAL, BatchError, BatchStore, check_location, item_input, output_line, summary_of
+from shared.batches import (
+    FINAL,
+    BatchError,
+    BatchStore,
+    bad_line_error,
+    check_location,
+    item_input,
+    output_line,
+    summary_of,
+)
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
+from shared.grants import KeyGrants
 from shared.messages import Reply, Request, now_ms
 from shared.service_queues import ensure_bulk_queue
 from shared.transport import QueueGone, Transport, TransportError
@@ -47,13 +57,14 @@ class BatchDriver:
     """tick(): advance every active batch one step, settle dead-lettered items, deliver notifications."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue | None = None, s3=None, transport=None,
-                 notifier=None, clock=time.time):
+                 notifier=None, clock=time.time, grants: KeyGrants | None = None):
         self.settings = settings
         self.catalogue = catalogue or catalogue_for(settings)
         self.s3 = s3 or client("s3", settings)
         self.transport = transport or Transport(settings)
         self.store = BatchStore(settings, self.s3)
         self.notifier = notifier or Notifier(settings, self.s3, clock=clock)
+        self.grants = grants or KeyGrants(settings, client("dynamodb", settings))
         self.dead_letters = BulkDeadLetters(settings, self.catalogue, self.transport, self.s3, clock=clock)
         self.clock = clock
         self.ticks = 0
@@ -123,16 +134,13 @@ class BatchDriver:
         """The input as a list of items, written once to inputs.jsonl (an item's id is its line)."""
         spec, owner = rec["input"], rec.get("owner")
         if "s3_prefix" in spec:
-            bucket, prefix = check_location(spec["s3_prefix"], owner, self.settings, "input.s3_prefix")
+            bucket, prefix = check_location(spec["s3_prefix"], owner, self.settings, "input.s3_prefix",
+                                            self.grants.of(owner))
             inputs = self.store.list_images(bucket, prefix)
         elif "manifest" in spec:
-            bucket, key = check_location(spec["manifest"], owner, self.settings, "input.manifest")
-            inputs = []
-            for entry in self.store.read_manifest(bucket, key):
-                try:
-                    inputs.append(item_input(entry))
-                except BatchError:   # kept as its own line: the output says why it was not classified
-                    inputs.append(json.dumps(entry)[:500])
+            bucket, key = check_location(spec["manifest"], owner, self.settings, "input.manifest",
+                                         self.grants.of(owner))
+            inputs = self.store.read_manifest(bucket, key)    # a bad line is its own error item
         else:
             inputs = [item_input(x) for x in spec["items"]]
         if not inputs:
@@ -172,8 +180,11 @@ class BatchDriver:
         log.info("batch %s: items %d..%d on the bulk queue", rec["id"], start, len(inputs) - 1)
 
     def _image(self, source: str, owner: str | None) -> dict:
+        error = bad_line_error(source)
+        if error is not None:
+            raise error
         if source.startswith("s3://"):
-            check_location(source, owner, self.settings, "item")
+            check_location(source, owner, self.settings, "item", self.grants.of(owner))
             return {"url": self.store.presign(source)}
         if source.lower().startswith(("http://", "https://")) and len(source) <= 2048:
             return {"url": source}      # the worker resolves and checks it as it does any image URL
@@ -207,7 +218,10 @@ class BatchDriver:
         if rec.get("total") is None:
             rec["total"] = len(inputs)
         self.count(rec) if inputs else rec.update(done=0, failed=0)
-        shards = self.write_shards(rec, inputs)
+        try:
+            shards = self.write_shards(rec, inputs)
+        except BatchError as exc:   # the output's grant was withdrawn while the batch ran
+            return self.fail(rec, exc.code, exc.message)
         rec.update(state="cancelled" if cancelled else "succeeded", shards=shards, finished_at=now_ms(),
                    eta_s=0.0)
         self.store.save(rec)
@@ -228,7 +242,8 @@ class BatchDriver:
 
     def write_shards(self, rec: dict, inputs: list[str]) -> list[str]:
         """Shards part-NNNNN.jsonl under <output>/<batch id>/, built from the records, so duplicates collapse."""
-        bucket, prefix = check_location(rec["output"], rec.get("owner"), self.settings, "output")
+        owner = rec.get("owner")
+        bucket, prefix = check_location(rec["output"], owner, self.settings, "output", self.grants.of(owner))
         base = f"{prefix.rstrip('/')}/{rec['id']}/" if prefix.strip("/") else f"{rec['id']}/"
         per = max(1, self.settings.batch_shard_lines)
         shards = []
