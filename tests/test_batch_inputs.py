@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from waiting import wait_for
 
 from autoscaler.batches import BatchDriver
 from classifycloud.keyadmin import create_key, grant_location
@@ -14,7 +15,6 @@ from classifycloud.provision import ensure_all
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix, new_batch_id
 from shared.messages import now_ms
-from waiting import wait_for
 
 
 @pytest.fixture

@@ -4,15 +4,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from openapi_check import check_flask_response
+from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
 
 from autoscaler.batches import BatchDriver
 from classifycloud import keyadmin
 from classifycloud.keyadmin import create_key, grant_location
-from openapi_check import check_flask_response
 from shared.aws import client
 from shared.batches import io_prefix
 from shared.grants import GrantError
-from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def keyed(settings, provisioned):
 class Client:
     """The test client with a key; every response checked against the OpenAPI description."""
 
-    def __init__(self, app, key, key_id):
+    def __init__(self, app, key, key_id):  # noqa: F811
         self.c = app.test_client()
         self.key = key
         self.key_id = key_id
