@@ -18,7 +18,7 @@ import time
 from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.notify import Notifier
 from autoscaler.policy import QueueStats
-from shared import naming
+from shared import logsafe, naming
 from shared.aws import client
 from shared.batches import (
     FINAL,
@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the batch driver until SIGTERM/SIGINT (the local stack's own small process)."""
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logsafe.install()   # client strings never start a forged log line
     if settings.parent_pid:
         from shared.lifeline import watch_parent
         watch_parent(settings.parent_pid)   # a local-stack driver ends with `classifycloud up`

@@ -5,6 +5,7 @@ model is loaded."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 from waiting import wait_for
@@ -12,6 +13,7 @@ from waiting import wait_for
 from autoscaler.batches import BatchDriver
 from classifycloud.keyadmin import create_key, grant_location
 from classifycloud.provision import ensure_all
+from shared import logsafe
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix, new_batch_id
 from shared.messages import now_ms
@@ -109,3 +111,16 @@ def test_a_manifest_over_the_byte_or_line_cap_fails_its_batch_with_the_reason(ke
     rec = batch(s, None, {"manifest": f"s3://{s.bucket_name}/{key}"})
     final = BatchDriver(s, catalogue).advance(rec["id"])
     assert final["state"] == "failed" and final["error"]["code"] == code
+
+
+def test_a_client_s3_key_with_line_breaks_is_logged_escaped_never_as_a_new_line(keyed, catalogue, caplog):
+    logsafe.install()           # as every entry point does (webserver.app, worker, autoscaler, cli)
+    key = f"{io_prefix(None)}m\r\n2026-12-07 00:00:00 ERROR forged: all keys revoked\u2028.jsonl"
+    rec = batch(keyed, None, {"manifest": f"s3://{keyed.bucket_name}/{key}"})
+    with caplog.at_level(logging.INFO):
+        final = BatchDriver(keyed, catalogue).advance(rec["id"])
+    assert final["state"] == "failed" and final["error"]["code"] == "manifest_not_found"
+    logged = [r.getMessage() for r in caplog.records if rec["id"] in r.getMessage()]
+    assert any("forged" in m for m in logged), logged
+    assert not any(c in m for m in logged for c in ("\r", "\n", "\u2028"))
+    assert any("m\\r\\n2026" in m and "\\u2028" in m for m in logged)
