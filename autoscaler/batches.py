@@ -63,8 +63,8 @@ class BatchDriver:
         self.s3 = s3 or client("s3", settings)
         self.transport = transport or Transport(settings)
         self.store = BatchStore(settings, self.s3)
-        self.notifier = notifier or Notifier(settings, self.s3, clock=clock)
         self.grants = grants or KeyGrants(settings, client("dynamodb", settings))
+        self.notifier = notifier or Notifier(settings, self.s3, clock=clock, grants=self.grants)
         self.dead_letters = BulkDeadLetters(settings, self.catalogue, self.transport, self.s3, clock=clock)
         self.clock = clock
         self.ticks = 0

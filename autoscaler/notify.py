@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared import naming
 from shared.aws import client
 from shared.config import Settings
+from shared.grants import KeyGrants
 from shared.messages import now_ms
 from shared.notify import (
     DELIVERY_HEADER,
@@ -37,9 +38,10 @@ MAX_BACKOFF_S = 300.0
 class Notifier(Outbox):
     """Delivers the outbox's due notices."""
 
-    def __init__(self, settings: Settings, s3, sns=None, clock=time.time):
+    def __init__(self, settings: Settings, s3, sns=None, clock=time.time, grants: KeyGrants | None = None):
         super().__init__(settings, s3)
         self.sns = sns
+        self.grants = grants
         self.secrets = WebhookSecrets(settings, s3)
         self.own = OwnEndpoints(settings)
         self.clock = clock
@@ -112,7 +114,13 @@ class Notifier(Outbox):
     def _send(self, channel: str, doc: dict, event: str, body: bytes) -> tuple[bool, str]:
         if channel == "webhook":
             return self.post_webhook(doc["notify"]["webhook"], doc, event, body)
-        return self.publish(doc["notify"][channel], event, body)
+        topic, owner = doc["notify"][channel], doc.get("owner")
+        if owner is not None:   # keys on: only a topic the operator registered to the notice's key
+            if self.grants is None:
+                self.grants = KeyGrants(self.settings, client("dynamodb", self.settings))
+            if topic not in self.grants.topics_of(owner):
+                return False, "refused: topic_not_registered: the topic is not registered to the notice's key"
+        return self.publish(topic, event, body)
 
     def publish(self, topic_arn: str, event: str, body: bytes) -> tuple[bool, str]:
         """Publish to an SNS topic; (ok, what happened)."""

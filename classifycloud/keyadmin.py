@@ -1,4 +1,4 @@
-"""`classifycloud keys create|list|revoke|grant|ungrant`: API-key administration from an operator's machine."""
+"""`classifycloud keys create|list|revoke|grant|ungrant|topic|untopic`: API-key administration from an operator's machine."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,9 @@ import sys
 
 from shared.aws import client
 from shared.config import Settings
-from shared.grants import GRANTS_ATTR, GrantError, normalize_grant
+from shared.grants import GRANTS_ATTR, TOPICS_ATTR, GrantError, normalize_grant
 from shared.messages import now_ms
+from shared.notify import valid_topic
 from webserver.keys import ApiKey, hash_key, new_key, table_name
 
 
@@ -71,6 +72,22 @@ def grant_location(settings: Settings, key_id: str, uri: str, dynamodb=None, wit
     return grant
 
 
+def register_topic(settings: Settings, key_id: str, arn: str, dynamodb=None, withdraw: bool = False) -> str:
+    """Register (or withdraw) an SNS topic this key's notices may go to; ValueError for a value that is not
+    a topic ARN, LookupError for an unknown key."""
+    if not valid_topic(arn):
+        raise ValueError(f"{arn!r} is not an SNS topic ARN")
+    db = dynamodb or client("dynamodb", settings)
+    try:
+        db.update_item(TableName=table_name(settings), Key={"key_id": {"S": key_id}},
+                       UpdateExpression=f"{'DELETE' if withdraw else 'ADD'} #t :t",
+                       ConditionExpression="attribute_exists(key_id)",
+                       ExpressionAttributeNames={"#t": TOPICS_ATTR}, ExpressionAttributeValues={":t": {"SS": [arn]}})
+    except db.exceptions.ConditionalCheckFailedException:
+        raise LookupError(f"no key with id {key_id!r}") from None
+    return arn
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `classifycloud keys`."""
     settings = Settings.from_env()
@@ -92,7 +109,19 @@ def main(argv: list[str]) -> int:
                             "(never the data bucket; the bucket must be in CLASSIFYCLOUD_BATCH_BUCKETS)")
         gr.add_argument("key_id")
         gr.add_argument("location")
+    for action, verb in (("topic", "register"), ("untopic", "withdraw")):
+        tp = sub.add_parser(action, help=f"{verb} an SNS topic ARN this key's notices may go to")
+        tp.add_argument("key_id")
+        tp.add_argument("topic_arn")
     args = p.parse_args(argv)
+    if args.action in ("topic", "untopic"):
+        try:
+            register_topic(settings, args.key_id, args.topic_arn, withdraw=args.action == "untopic")
+        except (ValueError, LookupError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{'registered' if args.action == 'topic' else 'withdrew'} {args.topic_arn} for {args.key_id}")
+        return 0
     if args.action in ("grant", "ungrant"):
         try:
             grant = grant_location(settings, args.key_id, args.location, withdraw=args.action == "ungrant")

@@ -11,6 +11,7 @@ import pytest
 
 from autoscaler.batches import BatchDriver
 from autoscaler.notify import Notifier
+from classifycloud.keyadmin import create_key, register_topic
 from shared.aws import client
 from shared.batches import BatchStore
 from shared.notify import SIGNATURE_HEADER, Outbox, WebhookSecrets, sign, verify
@@ -229,3 +230,20 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_whole_delivery_de
         slow.close()
     assert not ok and detail.startswith("timeout"), detail
     assert took < 3.0, f"the delivery held the driver for {took:.1f} s against a 1 s deadline"
+
+
+def test_the_notifier_publishes_a_keys_notice_only_to_topics_registered_to_that_key(s):
+    ok_arn, ok_q = topic_with_queue(s, "registered")
+    other_arn, other_q = topic_with_queue(s, "someone-elses")
+    _, alice = create_key(s, "alice")
+    register_topic(s, alice.key_id, ok_arn)
+    s3 = client("s3", s)
+    st = s.replace(notify_max_attempts=1, api_key_cache_s=0.0)
+    outbox = Outbox(st, s3)
+    outbox.enqueue("job-mine", alice.key_id, {"success_topic": ok_arn}, {"kind": "job", "id": "mine"}, ok=True)
+    outbox.enqueue("job-theirs", alice.key_id, {"success_topic": other_arn}, {"kind": "job", "id": "x"}, ok=True)
+    notifier = Notifier(st, s3)
+    assert deliver_until(notifier, "job-mine")["state"] == "delivered"
+    refused = deliver_until(notifier, "job-theirs")
+    assert refused["state"] == "failed" and refused["attempts"][0]["detail"].startswith("refused: topic_not_registered")
+    assert [m["id"] for m in read_queue(s, ok_q)] == ["mine"] and read_queue(s, other_q, timeout=2) == []

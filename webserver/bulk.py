@@ -83,8 +83,9 @@ def parse_deadline(value: object) -> int | None:
 
 def parse_notify(value: object) -> dict | None:
     """The checked notify object (400 with the reason)."""
+    key = g.get("api_key")
     try:
-        return check_notify(value, _ctx().settings)
+        return check_notify(value, _ctx().settings, key.sns_topics if key is not None else None)
     except NotifyError as exc:
         raise ApiError(400, exc.code, exc.message) from None
 

@@ -71,6 +71,7 @@ class ApiKey:
     monthly_quota: int         # calls per calendar month
     calls_this_month: int = 0
     batch_grants: tuple[str, ...] = ()   # s3:// prefixes the operator granted this key for batches (shared/grants.py)
+    sns_topics: tuple[str, ...] = ()     # SNS topic ARNs the operator registered to this key for notices
 
     @property
     def active(self) -> bool:
@@ -88,14 +89,15 @@ class ApiKey:
                    created_at=int(num("created_at", 0)), revoked_at=None if revoked is None else int(revoked),
                    rate_limit=num("rate_limit", 0.0), burst=int(num("burst", 1)),
                    monthly_quota=int(num("monthly_quota", 0)), calls_this_month=int(num(month_attr(), 0)),
-                   batch_grants=tuple(sorted(item.get("batch_grants", {}).get("SS", []))))  # shared/grants.py
+                   batch_grants=tuple(sorted(item.get("batch_grants", {}).get("SS", []))),  # shared/grants.py
+                   sns_topics=tuple(sorted(item.get("sns_topics", {}).get("SS", []))))
 
     def public(self) -> dict:
         """What `classifycloud keys list` shows: everything but the hash."""
         return {"key_id": self.key_id, "owner": self.owner, "created_at": self.created_at,
                 "revoked_at": self.revoked_at, "rate_limit": self.rate_limit, "burst": self.burst,
                 "monthly_quota": self.monthly_quota, "calls_this_month": self.calls_this_month,
-                "batch_grants": list(self.batch_grants)}
+                "batch_grants": list(self.batch_grants), "sns_topics": list(self.sns_topics)}
 
 
 class KeyStoreError(Exception):

@@ -9,7 +9,7 @@ from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this 
 
 from autoscaler.batches import BatchDriver
 from classifycloud import keyadmin
-from classifycloud.keyadmin import create_key, grant_location
+from classifycloud.keyadmin import create_key, grant_location, register_topic
 from shared.aws import client
 from shared.batches import io_prefix
 from shared.grants import GrantError
@@ -132,3 +132,17 @@ def test_shards_in_a_granted_bucket_are_listed_without_a_download_link(keyed, al
     assert shard["uri"] == shared(keyed, f"alice/out/{bid}/part-00000.jsonl") and shard["url"] is None
     r = alice.open("GET", f"/batches/{bid}/results/0")
     assert r.status_code == 404 and r.json["error"]["code"] == "unknown_shard"
+
+
+def test_a_key_notifies_only_the_sns_topics_the_operator_registered_to_it(keyed, alice, bob):
+    mine, theirs = ("arn:aws:sns:us-east-1:123456789012:alice-done", "arn:aws:sns:us-east-1:123456789012:payments")
+    register_topic(keyed, alice.key_id, mine)
+    doc = {"service": "imagenet", "input": {"items": ["https://example.com/a.jpg"]},
+           "output": own(keyed, alice.key_id, "out/")}
+    assert alice.open("POST", "/batches", json={**doc, "notify": {"success_topic": mine}}).status_code == 202
+    for who, notify in ((alice, {"error_topic": theirs}), (bob, {"success_topic": mine})):
+        body = {**doc, "output": own(keyed, who.key_id, "out/"), "notify": notify}
+        r = who.open("POST", "/batches", json=body)
+        assert r.status_code == 400 and r.json["error"]["code"] == "topic_not_registered", (who.key_id, r.json)
+        r = who.open("POST", "/jobs", json={"url": "https://example.com/a.jpg", "notify": notify})
+        assert r.status_code == 400 and r.json["error"]["code"] == "topic_not_registered"
