@@ -220,8 +220,8 @@ class BatchDriver:
         self.count(rec) if inputs else rec.update(done=0, failed=0)
         try:
             shards = self.write_shards(rec, inputs)
-        except BatchError as exc:   # the output's grant was withdrawn while the batch ran
-            return self.fail(rec, exc.code, exc.message)
+        except BatchError as exc:   # the output's grant was withdrawn while the batch ran: its items stay counted
+            return self.fail(rec, exc.code, exc.message, total=rec["total"])
         rec.update(state="cancelled" if cancelled else "succeeded", shards=shards, finished_at=now_ms(),
                    eta_s=0.0)
         self.store.save(rec)
@@ -231,9 +231,9 @@ class BatchDriver:
                  rec.get("failed", 0), len(shards))
         return rec
 
-    def fail(self, rec: dict, code: str, message: str) -> dict:
-        """The input could not be expanded: the batch ends failed with the reason."""
-        rec.update(state="failed", error={"code": code, "message": message}, finished_at=now_ms(), total=0)
+    def fail(self, rec: dict, code: str, message: str, total: int = 0) -> dict:
+        """The input could not be expanded (or the output not written): the batch ends failed with the reason."""
+        rec.update(state="failed", error={"code": code, "message": message}, finished_at=now_ms(), total=total)
         self.store.save(rec)
         self.notify(rec)
         self.store.finish(rec["id"])

@@ -1,4 +1,4 @@
-"""`classifycloud keys create|list|revoke|grant|ungrant|topic|untopic`: API-key administration from an operator's machine."""
+"""`classifycloud keys create|list|revoke|grant|ungrant|topic|untopic`: API keys, from an operator's machine."""
 from __future__ import annotations
 
 import argparse

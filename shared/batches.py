@@ -89,8 +89,8 @@ def bad_line_error(source: str) -> BatchError | None:
     if not source.startswith(BAD_LINE):
         return None
     number, _, code = source[len(BAD_LINE):].partition(":")
-    reason = {"invalid_json": "is not JSON (or is nested too deeply)",
-              "line_too_long": "is longer than 8 KiB"}.get(code, "is not a URL, an s3:// URI or {\"url\"|\"s3\": ...}")
+    reasons = {"invalid_json": "is not JSON (or is nested too deeply)", "line_too_long": "is longer than 8 KiB"}
+    reason = reasons.get(code, "is not a URL, an s3:// URI or {\"url\"|\"s3\": ...}")
     return BatchError(code or "invalid_input", f"manifest line {number} {reason}")
 
 
@@ -242,7 +242,7 @@ class BatchStore:
             for raw in body.iter_lines(chunk_size=64 << 10, keepends=True):
                 number += 1
                 read += len(raw)
-                if read > cap:   # the object grew after the HEAD of get_object: the cap still holds
+                if read > cap:   # a body longer than its Content-Length said: the cap holds all the same
                     raise BatchError("manifest_too_large", f"the manifest is larger than {cap} bytes")
                 line = raw.decode("utf-8", errors="replace").strip()
                 if not line:

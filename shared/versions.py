@@ -202,8 +202,8 @@ class TrafficPolicy:
         return cls(service=service, weights=weights, live=check_version(doc.get("live", BASE_VERSION)),
                    previous=check_version(previous) if previous else None,
                    shadow=check_version(shadow) if shadow else None, shadow_share=float(share),
-                   pinning=bool(doc.get("pinning", False)), pin_idle=bool(doc.get("pin_idle", False)), bounds=b, rolled_back=dict(rolled),
-                   since=int(doc.get("since") or 0))
+                   pinning=bool(doc.get("pinning", False)), pin_idle=bool(doc.get("pin_idle", False)), bounds=b,
+                   rolled_back=dict(rolled), since=int(doc.get("since") or 0))
 
     @classmethod
     def from_json(cls, service: str, text: str | bytes) -> "TrafficPolicy":

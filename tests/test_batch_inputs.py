@@ -124,3 +124,20 @@ def test_a_client_s3_key_with_line_breaks_is_logged_escaped_never_as_a_new_line(
     assert any("forged" in m for m in logged), logged
     assert not any(c in m for m in logged for c in ("\r", "\n", "\u2028"))
     assert any("m\\r\\n2026" in m and "\\u2028" in m for m in logged)
+
+
+def test_an_output_grant_withdrawn_before_the_shards_are_written_ends_the_batch_failed_with_nothing_written(
+        keyed, catalogue):
+    s3 = client("s3", keyed)
+    _, alice = create_key(keyed, "alice")
+    grant_location(keyed, alice.key_id, f"s3://{keyed.prefix}-shared/alice/")
+    rec = batch(keyed, alice.key_id, {"items": 2}, output=f"s3://{keyed.prefix}-shared/alice/out/")
+    BatchStore(keyed, s3).write_inputs(rec["id"], ["https://example.com/a.jpg", "https://example.com/b.jpg"])
+    driver = BatchDriver(keyed, catalogue)
+    driver.advance(rec["id"])                         # queued; no worker runs
+    BatchStore(keyed, s3).cancel(rec["id"])
+    grant_location(keyed, alice.key_id, f"s3://{keyed.prefix}-shared/alice/", withdraw=True)
+    final = driver.advance(rec["id"])
+    assert final["state"] == "failed" and final["error"]["code"] == "forbidden_location" and final["total"] == 2
+    assert s3.list_objects_v2(Bucket=f"{keyed.prefix}-shared", Prefix="alice/out/").get("KeyCount") == 0
+    assert rec["id"] not in BatchStore(keyed, s3).active_ids()

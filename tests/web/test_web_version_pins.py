@@ -1,4 +1,4 @@
-"""The web's version routing: pins reach only versions with traffic (unless the policy says so); enrolment stays live."""
+"""The web's version routing: pins reach only versions with traffic unless the policy allows; enrolments stay live."""
 from __future__ import annotations
 
 import json
