@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from shared import logsafe
 from shared.config import Settings
 
 
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env(**overrides)
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logsafe.install()   # client strings never start a forged log line
     from autoscaler.fleet import make_fleet
     from autoscaler.loop import Autoscaler
     from shared.transport import Transport

@@ -18,11 +18,21 @@ import time
 from autoscaler.deadletters import DeadLetterSettler
 from autoscaler.notify import Notifier
 from autoscaler.policy import QueueStats
-from shared import naming
+from shared import logsafe, naming
 from shared.aws import client
-from shared.batches import FINAL, BatchError, BatchStore, check_location, item_input, output_line, summary_of
+from shared.batches import (
+    FINAL,
+    BatchError,
+    BatchStore,
+    bad_line_error,
+    check_location,
+    item_input,
+    output_line,
+    summary_of,
+)
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
+from shared.grants import KeyGrants
 from shared.messages import Reply, Request, now_ms
 from shared.service_queues import ensure_bulk_queue
 from shared.transport import QueueGone, Transport, TransportError
@@ -47,13 +57,14 @@ class BatchDriver:
     """tick(): advance every active batch one step, settle dead-lettered items, deliver notifications."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue | None = None, s3=None, transport=None,
-                 notifier=None, clock=time.time):
+                 notifier=None, clock=time.time, grants: KeyGrants | None = None):
         self.settings = settings
         self.catalogue = catalogue or catalogue_for(settings)
         self.s3 = s3 or client("s3", settings)
         self.transport = transport or Transport(settings)
         self.store = BatchStore(settings, self.s3)
-        self.notifier = notifier or Notifier(settings, self.s3, clock=clock)
+        self.grants = grants or KeyGrants(settings, client("dynamodb", settings))
+        self.notifier = notifier or Notifier(settings, self.s3, clock=clock, grants=self.grants)
         self.dead_letters = BulkDeadLetters(settings, self.catalogue, self.transport, self.s3, clock=clock)
         self.clock = clock
         self.ticks = 0
@@ -123,16 +134,13 @@ class BatchDriver:
         """The input as a list of items, written once to inputs.jsonl (an item's id is its line)."""
         spec, owner = rec["input"], rec.get("owner")
         if "s3_prefix" in spec:
-            bucket, prefix = check_location(spec["s3_prefix"], owner, self.settings, "input.s3_prefix")
+            bucket, prefix = check_location(spec["s3_prefix"], owner, self.settings, "input.s3_prefix",
+                                            self.grants.of(owner))
             inputs = self.store.list_images(bucket, prefix)
         elif "manifest" in spec:
-            bucket, key = check_location(spec["manifest"], owner, self.settings, "input.manifest")
-            inputs = []
-            for entry in self.store.read_manifest(bucket, key):
-                try:
-                    inputs.append(item_input(entry))
-                except BatchError:   # kept as its own line: the output says why it was not classified
-                    inputs.append(json.dumps(entry)[:500])
+            bucket, key = check_location(spec["manifest"], owner, self.settings, "input.manifest",
+                                         self.grants.of(owner))
+            inputs = self.store.read_manifest(bucket, key)    # a bad line is its own error item
         else:
             inputs = [item_input(x) for x in spec["items"]]
         if not inputs:
@@ -172,8 +180,11 @@ class BatchDriver:
         log.info("batch %s: items %d..%d on the bulk queue", rec["id"], start, len(inputs) - 1)
 
     def _image(self, source: str, owner: str | None) -> dict:
+        error = bad_line_error(source)
+        if error is not None:
+            raise error
         if source.startswith("s3://"):
-            check_location(source, owner, self.settings, "item")
+            check_location(source, owner, self.settings, "item", self.grants.of(owner))
             return {"url": self.store.presign(source)}
         if source.lower().startswith(("http://", "https://")) and len(source) <= 2048:
             return {"url": source}      # the worker resolves and checks it as it does any image URL
@@ -207,7 +218,10 @@ class BatchDriver:
         if rec.get("total") is None:
             rec["total"] = len(inputs)
         self.count(rec) if inputs else rec.update(done=0, failed=0)
-        shards = self.write_shards(rec, inputs)
+        try:
+            shards = self.write_shards(rec, inputs)
+        except BatchError as exc:   # the output's grant was withdrawn while the batch ran: its items stay counted
+            return self.fail(rec, exc.code, exc.message, total=rec["total"])
         rec.update(state="cancelled" if cancelled else "succeeded", shards=shards, finished_at=now_ms(),
                    eta_s=0.0)
         self.store.save(rec)
@@ -217,9 +231,9 @@ class BatchDriver:
                  rec.get("failed", 0), len(shards))
         return rec
 
-    def fail(self, rec: dict, code: str, message: str) -> dict:
-        """The input could not be expanded: the batch ends failed with the reason."""
-        rec.update(state="failed", error={"code": code, "message": message}, finished_at=now_ms(), total=0)
+    def fail(self, rec: dict, code: str, message: str, total: int = 0) -> dict:
+        """The input could not be expanded (or the output not written): the batch ends failed with the reason."""
+        rec.update(state="failed", error={"code": code, "message": message}, finished_at=now_ms(), total=total)
         self.store.save(rec)
         self.notify(rec)
         self.store.finish(rec["id"])
@@ -228,7 +242,8 @@ class BatchDriver:
 
     def write_shards(self, rec: dict, inputs: list[str]) -> list[str]:
         """Shards part-NNNNN.jsonl under <output>/<batch id>/, built from the records, so duplicates collapse."""
-        bucket, prefix = check_location(rec["output"], rec.get("owner"), self.settings, "output")
+        owner = rec.get("owner")
+        bucket, prefix = check_location(rec["output"], owner, self.settings, "output", self.grants.of(owner))
         base = f"{prefix.rstrip('/')}/{rec['id']}/" if prefix.strip("/") else f"{rec['id']}/"
         per = max(1, self.settings.batch_shard_lines)
         shards = []
@@ -294,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the batch driver until SIGTERM/SIGINT (the local stack's own small process)."""
     settings = Settings.from_env()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logsafe.install()   # client strings never start a forged log line
     if settings.parent_pid:
         from shared.lifeline import watch_parent
         watch_parent(settings.parent_pid)   # a local-stack driver ends with `classifycloud up`

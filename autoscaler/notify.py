@@ -16,10 +16,19 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared import naming
 from shared.aws import client
 from shared.config import Settings
+from shared.grants import KeyGrants
 from shared.messages import now_ms
-from shared.notify import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, Outbox, WebhookSecrets, sign
+from shared.notify import (
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    Outbox,
+    WebhookSecrets,
+    sign,
+)
+
 # the same SSRF rules as image URLs: the worker's own checks (resolve, refuse internal addresses, pin the IP)
-from worker.fetch import FetchError, OwnEndpoints, parse_target
+from worker.fetch import FetchError, OwnEndpoints, _Watchdog, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +38,10 @@ MAX_BACKOFF_S = 300.0
 class Notifier(Outbox):
     """Delivers the outbox's due notices."""
 
-    def __init__(self, settings: Settings, s3, sns=None, clock=time.time):
+    def __init__(self, settings: Settings, s3, sns=None, clock=time.time, grants: KeyGrants | None = None):
         super().__init__(settings, s3)
         self.sns = sns
+        self.grants = grants
         self.secrets = WebhookSecrets(settings, s3)
         self.own = OwnEndpoints(settings)
         self.clock = clock
@@ -104,7 +114,13 @@ class Notifier(Outbox):
     def _send(self, channel: str, doc: dict, event: str, body: bytes) -> tuple[bool, str]:
         if channel == "webhook":
             return self.post_webhook(doc["notify"]["webhook"], doc, event, body)
-        return self.publish(doc["notify"][channel], event, body)
+        topic, owner = doc["notify"][channel], doc.get("owner")
+        if owner is not None:   # keys on: only a topic the operator registered to the notice's key
+            if self.grants is None:
+                self.grants = KeyGrants(self.settings, client("dynamodb", self.settings))
+            if topic not in self.grants.topics_of(owner):
+                return False, "refused: topic_not_registered: the topic is not registered to the notice's key"
+        return self.publish(topic, event, body)
 
     def publish(self, topic_arn: str, event: str, body: bytes) -> tuple[bool, str]:
         """Publish to an SNS topic; (ok, what happened)."""
@@ -118,29 +134,43 @@ class Notifier(Outbox):
             return False, f"sns: {type(exc).__name__}: {exc}"[:300]
 
     def post_webhook(self, url: str, doc: dict, event: str, body: bytes) -> tuple[bool, str]:
-        """POST the signed body to the pinned, checked address; no redirects are followed. (ok, status)."""
+        """POST the signed body to the pinned, checked address; no redirects are followed. (ok, status).
+
+        One deadline (notify_timeout_s) covers the whole delivery, DNS included: a per-read timeout alone
+        let a receiver that sends its status line a byte at a time hold the driver's thread for ever."""
+        deadline = time.monotonic() + self.settings.notify_timeout_s
         try:
             self.own.check_name(url)
-            target = parse_target(url, self.settings.fetch_allow_loopback)
+            target = parse_target(url, self.settings.fetch_allow_loopback, self.settings.notify_timeout_s)
             self.own.check(target)
         except FetchError as exc:
             return False, f"refused: {exc.code}: {exc.message}"
         from urllib3.connection import HTTPConnection, HTTPSConnection
-        timeout = self.settings.notify_timeout_s
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False, f"timeout: not delivered within {self.settings.notify_timeout_s:g} s"
         if target.scheme == "https":
             from worker.fetch import _CA_CERTS
-            conn = HTTPSConnection(target.ip, target.port, timeout=timeout, server_hostname=target.host,
+            conn = HTTPSConnection(target.ip, target.port, timeout=remaining, server_hostname=target.host,
                                    assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=_CA_CERTS)
         else:
-            conn = HTTPConnection(target.ip, target.port, timeout=timeout)
+            conn = HTTPConnection(target.ip, target.port, timeout=remaining)
         headers = {"Host": target.host_header, "Content-Type": "application/json",
                    "User-Agent": "ClassifyCloud-notify/1", EVENT_HEADER: event, DELIVERY_HEADER: doc["id"],
                    SIGNATURE_HEADER: sign(self.secrets.get(doc.get("owner")), body)}
+        watchdog = _Watchdog(conn, remaining)   # shuts the socket at the deadline, whatever read is blocked
         try:
+            conn.connect()
+            watchdog.sock = conn.sock
             conn.request("POST", target.path, body=body, headers=headers)
             status = conn.getresponse().status
         except Exception as exc:   # a receiver that is down or slow: retried with backoff
+            if watchdog.fired or time.monotonic() >= deadline:
+                return False, f"timeout: not delivered within {self.settings.notify_timeout_s:g} s"
             return False, f"{type(exc).__name__}: {exc}"[:300]
         finally:
+            watchdog.cancel()
             conn.close()
+        if watchdog.fired:
+            return False, f"timeout: not delivered within {self.settings.notify_timeout_s:g} s"
         return 200 <= status < 300, f"HTTP {status}"

@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from shared import kinds
+from shared import kinds, logsafe
 from shared.config import Settings
 
 log = logging.getLogger("classifycloud")
@@ -61,8 +61,8 @@ def cmd_web(argv: list[str]) -> int:
 
 def cmd_provision(argv: list[str]) -> int:
     """Create the request queues (with DLQs), the terminate queue and the bucket."""
-    from shared.catalogue import catalogue_for
     from classifycloud.provision import ensure_all
+    from shared.catalogue import catalogue_for
     argparse.ArgumentParser(prog="classifycloud provision").parse_args(argv)
     settings = Settings.from_env()
     for name, url in ensure_all(settings, catalogue_for(settings)).items():
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     level = os.environ.get("CLASSIFYCLOUD_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(level=getattr(logging, level, logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logsafe.install()   # client strings never start a forged log line
     # the embedded moto server logs every AWS call through werkzeug; keep the terminal for the user
     for noisy in ("werkzeug", "botocore.credentials", "botocore.configprovider"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

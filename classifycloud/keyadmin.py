@@ -1,4 +1,4 @@
-"""`classifycloud keys create|list|revoke`: API-key administration from an operator's machine."""
+"""`classifycloud keys create|list|revoke|grant|ungrant|topic|untopic`: API keys, from an operator's machine."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,9 @@ import sys
 
 from shared.aws import client
 from shared.config import Settings
+from shared.grants import GRANTS_ATTR, TOPICS_ATTR, GrantError, normalize_grant
 from shared.messages import now_ms
+from shared.notify import valid_topic
 from webserver.keys import ApiKey, hash_key, new_key, table_name
 
 
@@ -54,6 +56,38 @@ def revoke_key(settings: Settings, key_id: str, dynamodb=None) -> bool:
     return True
 
 
+def grant_location(settings: Settings, key_id: str, uri: str, dynamodb=None, withdraw: bool = False) -> str:
+    """Grant (or withdraw) a batch location to one key; returns the stored form. GrantError for a location
+    no key may be given (the data bucket), LookupError for an unknown key."""
+    grant = normalize_grant(uri, settings)
+    db = dynamodb or client("dynamodb", settings)
+    try:
+        db.update_item(TableName=table_name(settings), Key={"key_id": {"S": key_id}},
+                       UpdateExpression=f"{'DELETE' if withdraw else 'ADD'} #g :g",
+                       ConditionExpression="attribute_exists(key_id)",
+                       ExpressionAttributeNames={"#g": GRANTS_ATTR},
+                       ExpressionAttributeValues={":g": {"SS": [grant]}})
+    except db.exceptions.ConditionalCheckFailedException:
+        raise LookupError(f"no key with id {key_id!r}") from None
+    return grant
+
+
+def register_topic(settings: Settings, key_id: str, arn: str, dynamodb=None, withdraw: bool = False) -> str:
+    """Register (or withdraw) an SNS topic this key's notices may go to; ValueError for a value that is not
+    a topic ARN, LookupError for an unknown key."""
+    if not valid_topic(arn):
+        raise ValueError(f"{arn!r} is not an SNS topic ARN")
+    db = dynamodb or client("dynamodb", settings)
+    try:
+        db.update_item(TableName=table_name(settings), Key={"key_id": {"S": key_id}},
+                       UpdateExpression=f"{'DELETE' if withdraw else 'ADD'} #t :t",
+                       ConditionExpression="attribute_exists(key_id)",
+                       ExpressionAttributeNames={"#t": TOPICS_ATTR}, ExpressionAttributeValues={":t": {"SS": [arn]}})
+    except db.exceptions.ConditionalCheckFailedException:
+        raise LookupError(f"no key with id {key_id!r}") from None
+    return arn
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `classifycloud keys`."""
     settings = Settings.from_env()
@@ -70,7 +104,36 @@ def main(argv: list[str]) -> int:
     ls.add_argument("--json", action="store_true")
     r = sub.add_parser("revoke", help="revoke a key by its id (kNNNNNNNNNNNN)")
     r.add_argument("key_id")
+    for action, verb in (("grant", "let the key use"), ("ungrant", "withdraw from the key")):
+        gr = sub.add_parser(action, help=f"{verb} a batch location: s3://bucket/ or s3://bucket/prefix/ "
+                            "(never the data bucket; the bucket must be in CLASSIFYCLOUD_BATCH_BUCKETS)")
+        gr.add_argument("key_id")
+        gr.add_argument("location")
+    for action, verb in (("topic", "register"), ("untopic", "withdraw")):
+        tp = sub.add_parser(action, help=f"{verb} an SNS topic ARN this key's notices may go to")
+        tp.add_argument("key_id")
+        tp.add_argument("topic_arn")
     args = p.parse_args(argv)
+    if args.action in ("topic", "untopic"):
+        try:
+            register_topic(settings, args.key_id, args.topic_arn, withdraw=args.action == "untopic")
+        except (ValueError, LookupError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{'registered' if args.action == 'topic' else 'withdrew'} {args.topic_arn} for {args.key_id}")
+        return 0
+    if args.action in ("grant", "ungrant"):
+        try:
+            grant = grant_location(settings, args.key_id, args.location, withdraw=args.action == "ungrant")
+        except (GrantError, LookupError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.action == "grant" and grant.split("/")[2] not in settings.batch_buckets:
+            print(f"warning: {grant} is not in CLASSIFYCLOUD_BATCH_BUCKETS here; batches use it only once "
+                  "the deployment's bucket list names it", file=sys.stderr)
+        done = "granted {} to {}" if args.action == "grant" else "withdrew {} from {}"
+        print(done.format(grant, args.key_id))
+        return 0
     if args.action == "create":
         try:
             secret, rec = create_key(settings, args.owner, args.rate, args.burst, args.quota)
@@ -88,10 +151,11 @@ def main(argv: list[str]) -> int:
         if args.json:
             print(json.dumps([k.public() for k in keys]))
             return 0
-        print(f"{'key id':14s} {'owner':20s} {'state':8s} {'rate/s':>7s} {'burst':>5s} {'quota':>9s} {'month':>9s}")
+        print(f"{'key id':14s} {'owner':20s} {'state':8s} {'rate/s':>7s} {'burst':>5s} {'quota':>9s} {'month':>9s}"
+              "  batch grants")
         for k in keys:
             print(f"{k.key_id:14s} {k.owner[:20]:20s} {'active' if k.active else 'revoked':8s} {k.rate_limit:7g} "
-                  f"{k.burst:5d} {k.monthly_quota:9d} {k.calls_this_month:9d}")
+                  f"{k.burst:5d} {k.monthly_quota:9d} {k.calls_this_month:9d}  {' '.join(k.batch_grants) or '-'}")
         return 0
     if not revoke_key(settings, args.key_id):
         print(f"error: no key with id {args.key_id!r}", file=sys.stderr)

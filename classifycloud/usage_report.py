@@ -90,13 +90,20 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def csv_cell(value: object) -> object:
+    """A text cell a spreadsheet will not run: one starting with = + - @ or a tab/CR gets a leading '."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") and value != "-":
+        return "'" + value
+    return value
+
+
 def write_csv(records: list[UsageRecord], path: str) -> None:
-    """Every record, one row each, oldest first."""
+    """Every record, one row each, oldest first; text cells escaped against formula injection."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
         for r in sorted(records, key=lambda r: r.at):
-            w.writerow({f: getattr(r, f) for f in CSV_FIELDS})
+            w.writerow({f: csv_cell(getattr(r, f)) for f in CSV_FIELDS})
 
 
 def main(argv: list[str]) -> int:

@@ -5,7 +5,7 @@
   promote SERVICE VERSION                 all traffic to VERSION, which becomes live
   rollback SERVICE [--reason TEXT]        canaries to 0; with none, back to the previous live version
   shadow SERVICE VERSION --share 0.5      a sampled copy of the traffic to VERSION (--off clears it)
-  pinning SERVICE on|off                  may clients send service=SERVICE@VERSION
+  pinning SERVICE on|off|any              may clients send service=SERVICE@VERSION (any: also idle versions)
   bounds SERVICE [--max-error-rate R] [--max-p95-ms MS] [--min-requests N]   the automatic rollback's bounds
 
 Writes s3://<bucket>/models/<SERVICE>/traffic.json; the web routes by it within catalogue_ttl_s.
@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--off", action="store_true")
     pn = sub.add_parser("pinning", help="allow or refuse service@version from clients")
     pn.add_argument("service")
-    pn.add_argument("state", choices=("on", "off"))
+    pn.add_argument("state", choices=("on", "off", "any"),
+                    help="on: versions with traffic; any: also those without (weight 0, rolled back)")
     bd = sub.add_parser("bounds", help="the automatic rollback's bounds")
     bd.add_argument("service")
     bd.add_argument("--max-error-rate", type=float)
@@ -123,7 +124,7 @@ class VersionsCommand:
                 self._check(s, [args.version])
             self.change(s, lambda p, now: p.with_shadow(None if args.off else args.version, args.share, now))
         elif args.cmd == "pinning":
-            self.change(s, lambda p, now: replace(p, pinning=args.state == "on"))
+            self.change(s, lambda p, now: replace(p, pinning=args.state != "off", pin_idle=args.state == "any"))
         elif args.cmd == "bounds":
             def bounds(p: TrafficPolicy, now: int) -> TrafficPolicy:
                 b = p.bounds

@@ -24,6 +24,7 @@ from botocore.exceptions import ClientError
 from shared import naming
 from shared.aws import parse_s3_uri
 from shared.config import Settings
+from shared.grants import covers
 from shared.messages import MessageError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ FINAL = frozenset({"succeeded", "failed", "cancelled"})
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp")
 _ID_RE = re.compile(r"^b[0-9a-f]{20}$")
 _MISSING = ("NoSuchKey", "404", "NotFound")
+BAD_LINE = "manifest-line:"
+MAX_LINE = 8192            # a manifest line longer than this is an error item (an item is a URL or a URI)
 
 
 class BatchError(MessageError):
@@ -54,20 +57,41 @@ def io_prefix(owner: str | None) -> str:
     return f"batch-io/{owner or 'anonymous'}/"
 
 
-def check_location(uri: object, owner: str | None, settings: Settings, what: str) -> tuple[str, str]:
-    """(bucket, key) of an s3:// URI the owner may use: a granted customer bucket, or its data-bucket folder."""
+def check_location(uri: object, owner: str | None, settings: Settings, what: str,
+                   grants: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(bucket, key) of an s3:// URI the owner may use: its data-bucket folder, or a location granted to it.
+
+    Keys on, `grants` are the key's own (shared/grants.py) and must lie in a bucket of batch_buckets; keys
+    off (owner None, one tenant), batch_buckets are granted whole. The data bucket is never granted."""
     if not isinstance(uri, str) or not uri.startswith("s3://"):
         raise BatchError("invalid_location", f"{what} must be an s3://bucket/key URI")
     try:
         bucket, key = parse_s3_uri(uri)
     except ValueError as exc:
         raise BatchError("invalid_location", f"{what}: {exc}") from None
-    if bucket in settings.batch_buckets:
-        return bucket, key
-    if bucket == settings.bucket_name and key.startswith(io_prefix(owner)) and ".." not in key:
-        return bucket, key
-    raise BatchError("forbidden_location", f"{what} {uri!r} is not a location this key may use: use "
-                     f"s3://{settings.bucket_name}/{io_prefix(owner)}... or a bucket granted to the deployment")
+    if ".." not in key:
+        if bucket == settings.bucket_name:
+            if key.startswith(io_prefix(owner)):
+                return bucket, key
+        elif bucket in settings.batch_buckets and (owner is None or covers(grants, bucket, key, settings)):
+            return bucket, key
+    raise BatchError("forbidden_location", f"{what} is not a location this key may use: use "
+                     f"s3://{settings.bucket_name}/{io_prefix(owner)}... or a location granted to this key")
+
+
+def bad_line(number: int, code: str) -> str:
+    """The input recorded for a manifest line that cannot run: its number and why, never its text."""
+    return f"{BAD_LINE}{number}:{code}"
+
+
+def bad_line_error(source: str) -> BatchError | None:
+    """The error of an input made by bad_line, else None."""
+    if not source.startswith(BAD_LINE):
+        return None
+    number, _, code = source[len(BAD_LINE):].partition(":")
+    reasons = {"invalid_json": "is not JSON (or is nested too deeply)", "line_too_long": "is longer than 8 KiB"}
+    reason = reasons.get(code, "is not a URL, an s3:// URI or {\"url\"|\"s3\": ...}")
+    return BatchError(code or "invalid_input", f"manifest line {number} {reason}")
 
 
 def item_input(entry: object) -> str:
@@ -79,6 +103,23 @@ def item_input(entry: object) -> str:
     if not isinstance(entry, str) or not entry.strip():
         raise BatchError("invalid_input", "an item must be a URL, an s3:// URI or {\"url\"|\"s3\": ...}")
     return entry.strip()
+
+
+def manifest_item(line: str, number: int) -> str:
+    """One manifest line as its input, or bad_line(number, code) when it cannot be one."""
+    if len(line) > MAX_LINE:
+        return bad_line(number, "line_too_long")
+    try:
+        entry = json.loads(line)
+    except (ValueError, RecursionError):     # deep nesting: this line fails, never the batch
+        return bad_line(number, "invalid_json")
+    try:
+        item = item_input(entry)
+    except BatchError:
+        return bad_line(number, "invalid_input")
+    if not item.lower().startswith(("http://", "https://", "s3://")):
+        return bad_line(number, "invalid_input")
+    return item
 
 
 class BatchStore:
@@ -178,31 +219,61 @@ class BatchStore:
         for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             out.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])
                        if o["Key"].lower().endswith(IMAGE_SUFFIXES))
+            if len(out) > self.settings.batch_max_lines:
+                raise BatchError("input_too_large", f"the prefix holds more than {self.settings.batch_max_lines} "
+                                 "images; split it into several batches")
         return out
 
-    def read_manifest(self, bucket: str, key: str) -> list:
-        """The manifest's entries (JSON Lines; a line that is not JSON is kept as the raw text, an error item)."""
+    def read_manifest(self, bucket: str, key: str) -> list[str]:
+        """The manifest's items, streamed under a byte and line cap; a line that cannot run is kept as
+        bad_line(number, code), so it fails alone and its text never reaches the output."""
+        cap = self.settings.batch_manifest_max_bytes
         try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            obj = self.s3.get_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING + ("NoSuchBucket",):
                 raise BatchError("manifest_not_found", f"manifest s3://{bucket}/{key} does not exist") from None
             raise
-        entries = []
-        for line in body.decode("utf-8", errors="replace").splitlines():
-            if not line.strip():
-                continue
-            try:
-                entries.append(json.loads(line))
-            except ValueError:
-                entries.append({"unparsed": line[:200]})
-        return entries
+        body = obj["Body"]
+        try:
+            if obj.get("ContentLength", 0) > cap:
+                raise BatchError("manifest_too_large", f"the manifest is larger than {cap} bytes")
+            items, number, read = [], 0, 0
+            for raw in body.iter_lines(chunk_size=64 << 10, keepends=True):
+                number += 1
+                read += len(raw)
+                if read > cap:   # a body longer than its Content-Length said: the cap holds all the same
+                    raise BatchError("manifest_too_large", f"the manifest is larger than {cap} bytes")
+                line = raw.decode("utf-8", errors="replace").strip()
+                if not line:
+                    continue
+                if len(items) >= self.settings.batch_max_lines:
+                    raise BatchError("input_too_large", f"the manifest has more than "
+                                     f"{self.settings.batch_max_lines} items; split it into several batches")
+                items.append(manifest_item(line, number))
+            return items
+        finally:
+            body.close()
 
     def presign(self, uri: str) -> str:
         """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves)."""
         bucket, key = parse_s3_uri(uri)
         return self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
                                               ExpiresIn=min(self.settings.batch_link_expiry_s, 7 * 86400))
+
+    def shard_chunks(self, uri: str, owner: str | None):
+        """The bytes of an output shard in the owner's data-bucket folder, in chunks; BatchError elsewhere."""
+        bucket, key = parse_s3_uri(uri)
+        if bucket != self.bucket or not key.startswith(io_prefix(owner)) or ".." in key:
+            raise BatchError("unknown_shard", "this shard is not in the data bucket: read it from its own bucket")
+        body = self.s3.get_object(Bucket=bucket, Key=key)["Body"]
+
+        def chunks():
+            try:
+                yield from body.iter_chunks(64 << 10)
+            finally:
+                body.close()
+        return chunks()
 
     # --- results -------------------------------------------------------------------------------------
     def result(self, item_id: str) -> dict | None:

@@ -129,8 +129,11 @@ class Settings:
     # --- bulk: batches over a bucket, notifications (shared/batches.py, autoscaler/batches.py) ---
     batch_max_items: int = 1000               # POST /batches: items in an inline list at most (bigger: a manifest)
     batch_shard_lines: int = 1000             # output JSON Lines per shard file
-    batch_buckets: tuple[str, ...] = ()       # customer buckets batches may read and write (the deployment's
-                                              # role must be granted them); the data bucket: batch-io/<key>/ only
+    batch_buckets: tuple[str, ...] = ()       # customer buckets the deployment's role was granted: keys off, any
+                                              # batch may use them; keys on, a key only the prefixes granted to it
+                                              # (`classifycloud keys grant`); the data bucket: batch-io/<key>/ only
+    batch_manifest_max_bytes: int = 64 << 20  # a manifest larger than this fails its batch (manifest_too_large)
+    batch_max_lines: int = 100_000            # items of one manifest or prefix at most (more: input_too_large)
     batch_tick_s: float = 1.0                 # the batch driver expands, enqueues, tallies and notifies this often
     batch_checkpoint_items: int = 200         # the driver records its enqueue cursor after this many sends
     batch_link_expiry_s: int = 86400 * 2      # presigned GET of an S3 item: outlives the bulk queue's retention

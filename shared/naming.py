@@ -35,6 +35,11 @@ def terminate_queue(prefix: str) -> str:
     return f"{prefix}-terminate"
 
 
+def api_key_table(prefix: str) -> str:
+    """The API-key table (Terraform: infra/terraform/dynamodb.tf); the driver reads a key's grants there."""
+    return f"{prefix}-api-keys"
+
+
 def reply_queue_prefix(prefix: str) -> str:
     """Every web process's reply queue starts with this (IAM grants by this prefix)."""
     return f"{prefix}-reply-"

@@ -34,8 +34,16 @@ class NotifyError(MessageError):
     """A `notify` object the web refuses (400 with this code)."""
 
 
-def check_notify(spec: object, settings: Settings) -> dict | None:
-    """The normalised notify object ({success_topic, error_topic, webhook}, each optional), or None."""
+def valid_topic(arn: object) -> bool:
+    """Whether a value is an SNS topic ARN."""
+    return isinstance(arn, str) and bool(_TOPIC_RE.match(arn))
+
+
+def check_notify(spec: object, settings: Settings, topics: tuple[str, ...] | None = None) -> dict | None:
+    """The normalised notify object ({success_topic, error_topic, webhook}, each optional), or None.
+
+    topics: with API keys on, the topics the operator registered to the key (shared/grants.py); a topic
+    outside them is refused. None (keys off, one tenant): any topic ARN."""
     if spec is None:
         return None
     if not isinstance(spec, dict) or not spec or set(spec) - set(FIELDS):
@@ -43,8 +51,11 @@ def check_notify(spec: object, settings: Settings) -> dict | None:
     out = {}
     for name in ("success_topic", "error_topic"):
         if name in spec:
-            if not isinstance(spec[name], str) or not _TOPIC_RE.match(spec[name]):
+            if not valid_topic(spec[name]):
                 raise NotifyError("invalid_notify", f"notify.{name} must be an SNS topic ARN")
+            if topics is not None and spec[name] not in topics:
+                raise NotifyError("topic_not_registered", f"notify.{name} is not a topic registered to this key "
+                                  "(the operator registers topics with `classifycloud keys topic`)")
             out[name] = spec[name]
     if "webhook" in spec:
         out["webhook"] = check_webhook(spec["webhook"], settings)
@@ -61,7 +72,7 @@ def check_webhook(url: object, settings: Settings) -> str:
         raise NotifyError("invalid_webhook", "notify.webhook must be an https URL of at most 2048 characters")
     try:
         parts = urlsplit(url.strip())
-        parts.port
+        _ = parts.port   # raises ValueError for a port out of range
     except ValueError as exc:
         raise NotifyError("invalid_webhook", f"notify.webhook is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()

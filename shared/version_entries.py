@@ -1,8 +1,10 @@
 """The versions of a service: v1 (its own entry), the packaged `versions:`, and S3's models/<service>/versions/<v>/.
 
-S3 versions live under their service's folder but apart from its entry.yaml: publishing a version of a
-packaged service (imagenet v2) is not publishing an S3 entry named like a packaged service, so the
-rule that refuses those (shared/live_catalogue.py) does not apply to it.
+S3 versions live under their service's folder but apart from its entry.yaml. A version is a way to
+answer the service's requests, so the rule for S3 entries (shared/live_catalogue.py) applies to it too:
+an S3 version of a packaged service that has its model is refused (reported, never loaded) unless the
+operator sets catalogue_s3_replaces_packaged. Otherwise a `models/*` publisher could send every request
+of a packaged service to its own model with versions/<v>/entry.yaml and traffic.json.
 """
 from __future__ import annotations
 
@@ -10,7 +12,13 @@ import logging
 from dataclasses import dataclass
 
 from shared import naming
-from shared.catalogue import Catalogue, CatalogueError, ServiceSpec, parse_entry
+from shared.catalogue import (
+    Catalogue,
+    CatalogueError,
+    ServiceSpec,
+    catalogue_for,
+    parse_entry,
+)
 from shared.config import Settings
 from shared.live_catalogue import _source as source_of
 from shared.live_catalogue import confine_options, entry_doc
@@ -59,9 +67,10 @@ def parse_version_entry(service: str, version: str, text: str | bytes, bucket: s
 class VersionEntries:
     """Lists every version of every service; S3 entries are re-parsed only when their folder changed."""
 
-    def __init__(self, settings: Settings, s3=None):
+    def __init__(self, settings: Settings, s3=None, packaged: Catalogue | None = None):
         self.settings = settings
         self._s3 = s3
+        self._packaged = packaged
         self._parsed: dict[tuple[str, str], tuple[tuple, ServiceSpec | None, str | None]] = {}
 
     @property
@@ -109,8 +118,24 @@ class VersionEntries:
                 cached = (fingerprint, *self._parse(name, version, key))
                 self._parsed[(name, version)] = cached
             _, spec, error = cached
+            refused = self._refused(name)
+            if refused:
+                spec, error = None, refused
             out[(name, version)] = VersionEntry(name, version, spec, "s3", fingerprint, error)
         return out
+
+    def _refused(self, service: str) -> str | None:
+        """Why S3 may not add versions to this service (a packaged one that has its model), else None."""
+        if self.settings.catalogue_s3_replaces_packaged:
+            return None
+        if self._packaged is None:
+            self._packaged = catalogue_for(self.settings)
+        own = self._packaged.services.get(service)
+        if own is None or not (own.weights or own.artefact):
+            return None
+        log.error("service %s: S3 versions refused: it is a packaged service", service)
+        return (f"names the packaged service {service!r}; S3 versions of packaged services need the "
+                "operator setting catalogue_s3_replaces_packaged")
 
     def _parse(self, service: str, version: str, key: str) -> tuple[ServiceSpec | None, str | None]:
         bucket = self.settings.bucket_name

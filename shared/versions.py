@@ -75,6 +75,7 @@ class TrafficPolicy:
     shadow: str | None = None           # runs on a sampled copy of the traffic; its answers are never returned
     shadow_share: float = 0.0
     pinning: bool = False               # may a client ask for service@version
+    pin_idle: bool = False              # ... even a version without traffic (weight 0, rolled back)
     bounds: Bounds = field(default_factory=Bounds)
     rolled_back: dict = field(default_factory=dict)   # version -> {"reason", "at", "by"}
     since: int = 0                      # epoch ms the weights last changed: the controller's window starts here
@@ -107,6 +108,10 @@ class TrafficPolicy:
         if not self.shadow or self.shadow == answered_by or self.shadow_share <= 0:
             return None
         return self.shadow if unit_hash("shadow", self.service, request_id) < self.shadow_share else None
+
+    def serves(self, version: str) -> bool:
+        """Whether the version answers traffic now: the live one, or one with weight > 0 not rolled back."""
+        return version == self.live or (self.weights.get(version, 0) > 0 and version not in self.rolled_back)
 
     def canaries(self) -> list[str]:
         """Versions other than live that get traffic."""
@@ -197,8 +202,8 @@ class TrafficPolicy:
         return cls(service=service, weights=weights, live=check_version(doc.get("live", BASE_VERSION)),
                    previous=check_version(previous) if previous else None,
                    shadow=check_version(shadow) if shadow else None, shadow_share=float(share),
-                   pinning=bool(doc.get("pinning", False)), bounds=b, rolled_back=dict(rolled),
-                   since=int(doc.get("since") or 0))
+                   pinning=bool(doc.get("pinning", False)), pin_idle=bool(doc.get("pin_idle", False)), bounds=b,
+                   rolled_back=dict(rolled), since=int(doc.get("since") or 0))
 
     @classmethod
     def from_json(cls, service: str, text: str | bytes) -> "TrafficPolicy":

@@ -152,7 +152,7 @@ def test_manifest_lines_that_cannot_run_become_error_lines_and_the_batch_still_f
     assert final["state"] == "succeeded" and final["total"] == 6 and len(lines) == 6
     assert [x["status"] for x in lines] == ["ok", "ok", "error", "error", "error", "error"]
     assert lines[0]["results"][0]["index"] == ESPRESSO and lines[1]["results"][0]["index"] in CATS
-    assert lines[2]["error"]["code"] == "invalid_input"
+    assert lines[2]["error"]["code"] == "invalid_json" and lines[2]["input"] == "manifest-line:3:invalid_json"
     assert lines[3]["error"]["code"] == "forbidden_location"     # another folder of the data bucket
     assert lines[4]["error"]["code"] == "invalid_input"
     assert lines[5]["error"]["code"].startswith("fetch")          # the worker's 404 from the photo server

@@ -31,7 +31,8 @@ def stack(moto_endpoint):
     """One web process, the autoscaler loop (its canary controller included) and one worker hosting imagenet."""
     settings = Settings.from_env({}, prefix="v" + uuid.uuid4().hex[:8], metrics_enabled=False, services=("imagenet",),
                                  min_workers=1, max_workers=1, tick_s=1.0, catalogue_ttl_s=1.0,
-                                 models_refresh_s=2.0)
+                                 models_refresh_s=2.0,
+                                 catalogue_s3_replaces_packaged=True)   # the broken canary is an S3 version of imagenet
     s = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, autoscale=True).start()
     try:
         s.wait_ready(timeout=300, workers=True)
@@ -140,6 +141,10 @@ def test_pins_are_refused_until_allowed_then_answered_by_the_pinned_version(stac
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_version", r.text
     cli(stack, "pinning", "imagenet", "on")
     wait_policy(stack, pinning=True)
+    r = classify(stack, "coffee", service="imagenet@v2")    # v2 has weight 0 since the shadow test
+    assert r.status_code == 403 and r.json()["error"]["code"] == "version_not_serving", r.text
+    cli(stack, "pinning", "imagenet", "any")
+    wait_policy(stack, pinning=True, pin_idle=True)
     r = classify(stack, "coffee", service="imagenet@v2")
     assert r.status_code == 200 and r.json()["version"] == "v2", r.text
     assert r.json()["results"][0]["label"] == "espresso"

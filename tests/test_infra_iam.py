@@ -51,6 +51,7 @@ ROLE_OF_PATH = {
     "shared/transport.py": ALL,                      # every component's queue calls (checked per method: below)
     "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
     "shared/batches.py": ("web", "autoscaler"),      # the web records batches; the driver (autoscaler) runs them
+    "shared/grants.py": ("autoscaler",),               # the driver re-reads a batch key's granted locations
     "shared/notify.py": ("web", "autoscaler"),       # the web queues notices and secrets; the driver delivers
     "shared/traffic.py": ("web", "autoscaler", "operator"),  # web reads traffic.json; controller and CLI write it
     "shared/version_entries.py": ("worker", "operator"),     # workers load versions; `classifycloud versions` checks
@@ -210,7 +211,7 @@ def role_statements() -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for entry in doc["resource"]:
         for rtype, named in entry.items():
-            for name, body in named.items():
+            for _name, body in named.items():
                 if rtype not in ("aws_iam_role_policy", "aws_iam_policy"):
                     continue
                 policy = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", body["policy"]).group(1)
@@ -331,6 +332,13 @@ def test_web_reaches_dynamodb_only_for_the_key_and_usage_calls_it_makes():
                            ("${aws_dynamodb_table.usage.arn}",): {"dynamodb:BatchWriteItem"}}
 
 
+def test_the_batch_driver_reads_only_key_records_for_their_grants_and_never_writes_keys():
+    dynamo = {a for a in granted("autoscaler") if a.startswith("dynamodb:")}
+    assert dynamo == {"dynamodb:GetItem"}
+    (stmt,) = _statements("autoscaler", "dynamodb:GetItem")
+    assert stmt["resources"] == ["${aws_dynamodb_table.api_keys.arn}"]
+
+
 def test_only_the_autoscaler_creates_queues_besides_web_reply_queues_and_only_request_and_bulk_queues():
     created = sorted(s["resources"] for s in _statements("autoscaler", "sqs:CreateQueue"))
     assert created == ["${local.bulk_queue_arns}", "${local.request_queue_arns}"]
@@ -411,7 +419,9 @@ def test_web_writes_batch_records_and_notices_but_not_batch_io_results_or_delive
                                                   "notify/secrets/*", "notify/pending/*"}
     reads = _s3_prefixes("web", "s3:GetObject")
     assert {"batches/*", "notify/secrets/*", "notify/pending/*", "notify/done/*"} <= reads
-    assert not any(p.startswith("batch-io/") for p in reads | _s3_prefixes("web", "s3:PutObject"))
+    # of batch-io/ the web reads output shards only (GET /batches/<id>/results/<n>), never photos
+    assert {p for p in reads if p.startswith("batch-io/")} == {"batch-io/*/part-*.jsonl"}
+    assert not any(p.startswith("batch-io/") for p in _s3_prefixes("web", "s3:PutObject"))
     assert not _s3_prefixes("web", "s3:DeleteObject") - {"galleries/*"}    # never drops an active marker
 
 

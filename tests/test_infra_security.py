@@ -197,6 +197,9 @@ def test_only_the_driver_reads_batch_io_and_the_web_cannot_rewrite_traffic():
     assert decide(role("autoscaler"), "s3:GetObject", io, policy("autoscaler"), []) == "allow"
     for name in ("web", "worker"):
         assert decide(role(name), "s3:GetObject", io, policy(name), []) == "implicit-deny", name
+    shard = "arn:aws:s3:::cc-data/batch-io/k0123456789ab/out/b0123456789abcdef0123/part-00000.jsonl"
+    assert decide(role("web"), "s3:GetObject", shard, policy("web"), []) == "allow"     # GET .../results/<n>
+    assert decide(role("worker"), "s3:GetObject", shard, policy("worker"), []) == "implicit-deny"
     assert decide(role("web"), "s3:GetObject", traffic, policy("web"), []) == "allow"
     assert decide(role("web"), "s3:PutObject", traffic, policy("web"), []) == "implicit-deny"
     assert decide(role("autoscaler"), "s3:PutObject", traffic, policy("autoscaler"), []) == "allow"

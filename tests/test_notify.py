@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import threading
 import time
 
@@ -10,6 +11,7 @@ import pytest
 
 from autoscaler.batches import BatchDriver
 from autoscaler.notify import Notifier
+from classifycloud.keyadmin import create_key, register_topic
 from shared.aws import client
 from shared.batches import BatchStore
 from shared.notify import SIGNATURE_HEADER, Outbox, WebhookSecrets, sign, verify
@@ -184,3 +186,64 @@ def test_a_job_and_a_batch_notify_when_done_through_the_web_worker_and_driver(s,
     while len(topic) < 2 and time.monotonic() < end:
         topic += read_queue(s, ok_q, timeout=2)
     assert sorted(m["event"] for m in topic) == ["batch.succeeded", "job.succeeded"]
+
+
+class TrickleReceiver:
+    """A receiver that reads the request, then sends its answer one byte every `gap_s` (a full, valid 200)."""
+
+    def __init__(self, gap_s: float):
+        self.gap_s = gap_s
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                if self.stop.wait(self.gap_s):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_whole_delivery_deadline(s):
+    st = s.replace(notify_timeout_s=1.0)
+    slow = TrickleReceiver(gap_s=0.25)        # 38 bytes: about 10 s, each read well inside a per-read timeout
+    try:
+        notifier = Notifier(st, client("s3", st))
+        started = time.monotonic()
+        ok, detail = notifier.post_webhook(slow.url, {"id": "job-x", "owner": None}, "job.succeeded", b"{}")
+        took = time.monotonic() - started
+    finally:
+        slow.close()
+    assert not ok and detail.startswith("timeout"), detail
+    assert took < 3.0, f"the delivery held the driver for {took:.1f} s against a 1 s deadline"
+
+
+def test_the_notifier_publishes_a_keys_notice_only_to_topics_registered_to_that_key(s):
+    ok_arn, ok_q = topic_with_queue(s, "registered")
+    other_arn, other_q = topic_with_queue(s, "someone-elses")
+    _, alice = create_key(s, "alice")
+    register_topic(s, alice.key_id, ok_arn)
+    s3 = client("s3", s)
+    st = s.replace(notify_max_attempts=1, api_key_cache_s=0.0)
+    outbox = Outbox(st, s3)
+    outbox.enqueue("job-mine", alice.key_id, {"success_topic": ok_arn}, {"kind": "job", "id": "mine"}, ok=True)
+    outbox.enqueue("job-theirs", alice.key_id, {"success_topic": other_arn}, {"kind": "job", "id": "x"}, ok=True)
+    notifier = Notifier(st, s3)
+    assert deliver_until(notifier, "job-mine")["state"] == "delivered"
+    refused = deliver_until(notifier, "job-theirs")
+    assert refused["state"] == "failed" and refused["attempts"][0]["detail"].startswith("refused: topic_not_registered")
+    assert [m["id"] for m in read_queue(s, ok_q)] == ["mine"] and read_queue(s, other_q, timeout=2) == []

@@ -1,6 +1,7 @@
 """The canary controller and version entries against S3 (moto): rollback written with its reason, costs, S3 versions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -8,7 +9,7 @@ import pytest
 
 from autoscaler.versions import VersionController
 from shared.aws import client
-from shared.catalogue import CatalogueError
+from shared.catalogue import Catalogue, CatalogueError
 from shared.live_catalogue import S3Entries
 from shared.traffic import LiveTraffic, TrafficStore, stats_key
 from shared.version_entries import VersionEntries, parse_version_entry, version_prefix
@@ -73,7 +74,8 @@ def test_s3_versions_are_read_beside_their_entry_and_do_not_touch_the_service_en
     s3.put_object(Bucket=settings.bucket_name, Key=prefix + "entry.yaml",
                   Body=b"architecture: efficientnet_lite0\nnum_classes: 1000\nweights: model.pth\n")
     s3.put_object(Bucket=settings.bucket_name, Key=version_prefix("imagenet", "V!") + "entry.yaml", Body=b"{}")
-    versions = VersionEntries(settings, s3).read(catalogue, "imagenet")["imagenet"]
+    allowed = settings.replace(catalogue_s3_replaces_packaged=True)   # imagenet is packaged: the operator allows it
+    versions = VersionEntries(allowed, s3).read(catalogue, "imagenet")["imagenet"]
     assert versions["v1"].spec == catalogue["imagenet"] and versions["v2"].origin == "packaged"
     assert versions["v3"].spec.weights == f"s3://{settings.bucket_name}/{prefix}model.pth"
     assert versions["V!"].spec is None and "must match" in versions["V!"].error
@@ -82,3 +84,20 @@ def test_s3_versions_are_read_beside_their_entry_and_do_not_touch_the_service_en
     with pytest.raises(CatalogueError):
         parse_version_entry("imagenet", "v3", b"architecture: x\nnum_classes: 2\nweights: ../../pdr/model.pth\n",
                             settings.bucket_name)
+
+
+def test_s3_versions_of_a_packaged_service_are_refused_unless_the_operator_allows_them(settings, s3, catalogue):
+    prefix = version_prefix("imagenet", "v3")
+    s3.put_object(Bucket=settings.bucket_name, Key=prefix + "model.pth", Body=b"weights")
+    s3.put_object(Bucket=settings.bucket_name, Key=prefix + "entry.yaml",
+                  Body=b"architecture: efficientnet_lite0\nnum_classes: 1000\nweights: model.pth\n")
+    TrafficStore(settings, s3).write(TrafficPolicy("imagenet", weights={"v1": 0, "v3": 1}, live="v3"))
+    versions = VersionEntries(settings, s3).read(catalogue, "imagenet")["imagenet"]
+    assert versions["v3"].spec is None and "packaged service 'imagenet'" in versions["v3"].error
+    assert versions["v2"].spec is not None and versions["v2"].origin == "packaged"   # the operator's own versions
+    # a service published in S3 (not packaged) may have S3 versions: the rule is about packaged ones only
+    mine = dataclasses.replace(catalogue["imagenet"], name="mycats")
+    s3.put_object(Bucket=settings.bucket_name, Key=version_prefix("mycats", "v2") + "entry.yaml",
+                  Body=b"architecture: efficientnet_lite0\nnum_classes: 1000\nweights: model.pth\n")
+    theirs = VersionEntries(settings, s3).read(Catalogue(services={"mycats": mine}), "mycats")["mycats"]
+    assert theirs["v2"].spec is not None and theirs["v2"].error is None

@@ -5,6 +5,7 @@ import logging
 
 from flask import Flask, request
 
+from shared import logsafe
 from shared.aws import client
 from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings, get_settings
@@ -12,6 +13,7 @@ from shared.live_catalogue import LiveCatalogue
 from shared.metrics import MetricsPublisher
 from shared.transport import Transport
 from webserver.auth import install_edge
+from webserver.blueprints import register_routes
 from webserver.errors import install_error_handlers
 from webserver.headers import install_security_headers
 from webserver.health import HeartbeatMonitor
@@ -19,7 +21,6 @@ from webserver.jobs import JobStore
 from webserver.limits import body_limit, install_body_limits
 from webserver.proxy import install_proxy_fix
 from webserver.replies import ReplyListener
-from webserver.blueprints import register_routes
 from webserver.routing import UPLOAD
 from webserver.submit import Submitter
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
                start: bool = False) -> Flask:
     """The web app; the reply queue is created on first use (or start=True), never before fork."""
     settings = settings or get_settings()
+    logsafe.install()   # client strings (S3 keys, names) never start a forged log line
     catalogue = catalogue or LiveCatalogue(settings, catalogue_for(settings))  # + S3 entries, short TTL
     app = Flask(__name__)
     # the largest body any route takes; each route narrows it (webserver.limits)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import math
+import re
 import time
 
 from flask import Flask, g, has_request_context, request
@@ -22,11 +23,15 @@ from shared.messages import new_id, now_ms, valid_id
 from shared.naming import DEFAULT_TENANT
 from webserver.errors import ApiError
 from webserver.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
-from webserver.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.routing import rules_for
+from webserver.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.usage_tags import tagged
 
 log = logging.getLogger(__name__)
+
+INVALID_SERVICE = "(invalid)"   # the usage record's service when the client named no possible service
+# a service name or a pin, as webserver/openapi.yaml's ServiceName says (40 + 20 characters at most)
+_SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}(@[a-z0-9][a-z0-9_-]{0,19})?")
 
 def current_owner() -> str | None:
     """The key id of the request being served (None without keys or outside a request)."""
@@ -149,10 +154,11 @@ def client_request_id() -> str:
 
 
 def _service(tagged_service: str | None) -> str:
-    """The service a call was for: the reply's, the route's, or what the client named."""
+    """The service a call was for: the reply's, the route's, or what the client named (bounded: a name
+    that no service could have is recorded as INVALID_SERVICE, never as the client's text)."""
     for value in (tagged_service, (request.view_args or {}).get("service"), request.args.get("service")):
         if isinstance(value, str) and value:
-            return value
+            return _bounded(value)
     # Only what the route already parsed: reading the body here would take in the very bodies the
     # in-flight budget refused (503 busy) and block on slow or vanished clients.
     form = request.__dict__.get("form")            # werkzeug caches the parsed form in the instance
@@ -163,7 +169,13 @@ def _service(tagged_service: str | None) -> str:
         value = doc.get("service")
     else:
         value = None
-    return value if isinstance(value, str) and value else "-"
+    return _bounded(value) if isinstance(value, str) and value else "-"
+
+
+def _bounded(value: str) -> str:
+    """A service name (name or name@version, as the catalogue allows) as is; anything else INVALID_SERVICE."""
+    value = value.strip()
+    return value if _SERVICE_NAME.fullmatch(value) else INVALID_SERVICE
 
 
 def install_edge(app: Flask, ctx) -> Edge:

@@ -9,12 +9,34 @@ import json
 import logging
 from datetime import datetime
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    request,
+    stream_with_context,
+)
 
-from shared.batches import (FINAL, BatchError, BatchStore, check_location, item_input, new_batch_id,
-                            summary_of, valid_batch_id)
+from shared.batches import (
+    FINAL,
+    BatchError,
+    BatchStore,
+    check_location,
+    item_input,
+    new_batch_id,
+    summary_of,
+    valid_batch_id,
+)
 from shared.messages import now_ms
-from shared.notify import SIGNATURE_HEADER, NotifyError, Outbox, WebhookSecrets, check_notify
+from shared.notify import (
+    SIGNATURE_HEADER,
+    NotifyError,
+    Outbox,
+    WebhookSecrets,
+    check_notify,
+)
 from webserver.auth import current_owner
 from webserver.errors import ApiError
 from webserver.inputs import check_url, parse_json_body, parse_top_k
@@ -61,10 +83,17 @@ def parse_deadline(value: object) -> int | None:
 
 def parse_notify(value: object) -> dict | None:
     """The checked notify object (400 with the reason)."""
+    key = g.get("api_key")
     try:
-        return check_notify(value, _ctx().settings)
+        return check_notify(value, _ctx().settings, key.sns_topics if key is not None else None)
     except NotifyError as exc:
         raise ApiError(400, exc.code, exc.message) from None
+
+
+def _grants() -> tuple[str, ...]:
+    """The batch locations the operator granted to this request's key (none without keys)."""
+    key = g.get("api_key")
+    return key.batch_grants if key is not None else ()
 
 
 def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | None]:
@@ -75,7 +104,7 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
     kind, value = next(iter(spec.items()))
     try:
         if kind != "items":
-            check_location(value, owner, settings, f"input.{kind}")
+            check_location(value, owner, settings, f"input.{kind}", _grants())
             return {kind: value}, None
         if not isinstance(value, list) or not 1 <= len(value) <= settings.batch_max_items:
             raise BatchError("invalid_input", f"input.items must be a list of 1 to {settings.batch_max_items} "
@@ -83,7 +112,7 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
         items = [item_input(x) for x in value]
         for item in items:
             if item.startswith("s3://"):
-                check_location(item, owner, settings, "an item")
+                check_location(item, owner, settings, "an item", _grants())
             else:
                 check_url(item)
         return {"items": len(items)}, items
@@ -105,7 +134,7 @@ def create_batch():
     spec = c.submitter.resolve_service(doc.get("service"))
     input_spec, items = _checked_input(doc.get("input"), owner)
     try:
-        check_location(doc.get("output"), owner, c.settings, "output")
+        check_location(doc.get("output"), owner, c.settings, "output", _grants())
     except BatchError as exc:
         raise ApiError(400, exc.code, exc.message) from None
     bid = new_batch_id()
@@ -167,6 +196,41 @@ def cancel_batch(batch_id: str):
     resp = jsonify({"id": batch_id, "kind": "batch", "state": "cancelling", "status_url": _status_url(batch_id)})
     resp.status_code = 202
     return resp
+
+
+@bp.route("/batches/<batch_id>/results", methods=["GET"])
+@route(answers=(400, 404, 409, 503))
+def batch_results(batch_id: str):
+    """A finished batch's output shards (owner only): each s3:// URI, and a download link for those in the
+    data bucket (the web reads batch-io/ shards only; a customer bucket's shards are read from that bucket)."""
+    store, rec = _owned(batch_id)
+    if rec.get("state") not in FINAL:
+        raise ApiError(409, "batch_not_finished", f"batch {batch_id} is {rec.get('state')}; its shards are "
+                       "written when it ends")
+    shards = []
+    for part, uri in enumerate(rec.get("shards") or []):
+        here = uri.startswith(f"s3://{store.bucket}/")
+        shards.append({"part": part, "uri": uri, "url": external_url("batches.batch_shard", batch_id=batch_id,
+                                                                     part=part) if here else None})
+    return jsonify({"id": batch_id, "kind": "batch_results", "state": rec["state"], "shards": shards})
+
+
+@bp.route("/batches/<batch_id>/results/<int:part>", methods=["GET"])
+@route(answers=(400, 404, 503))
+def batch_shard(batch_id: str, part: int):
+    """One output shard of the owner's batch, streamed as JSON Lines (a shard in the data bucket only)."""
+    store, rec = _owned(batch_id)
+    shards = rec.get("shards") or []
+    if not 0 <= part < len(shards):
+        raise ApiError(404, "unknown_shard", f"batch {batch_id} has no shard {part}")
+    try:
+        chunks = store.shard_chunks(shards[part], rec.get("owner"))
+    except BatchError as exc:
+        raise ApiError(404, exc.code, exc.message) from None
+    except Exception as exc:
+        log.error("batch %s: shard %d unreadable: %s", batch_id, part, exc)
+        raise ApiError(503, "storage_unavailable", "could not read the shard; try again") from None
+    return Response(stream_with_context(chunks), mimetype="application/x-ndjson")
 
 
 @bp.route("/webhooks/secret", methods=["GET"])

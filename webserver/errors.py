@@ -63,6 +63,7 @@ ERRORS: dict[str, ErrorKind] = {
     # service versions (docs/VERSIONS.md)
     "invalid_version": ErrorKind(400, _B), "unknown_version": ErrorKind(404, _S),
     "pinning_not_allowed": ErrorKind(403, _B), "version_unavailable": ErrorKind(503, _S),
+    "version_not_serving": ErrorKind(403, _B),  # a pin to a version without traffic (policy: pin_idle off)
     "gallery_unavailable": ErrorKind(503, _S),  # facesearch: the gallery in S3 cannot be read or written
     "gallery_full": ErrorKind(409, _B),         # facesearch: the gallery holds gallery_max_entries faces
     "unknown_face": ErrorKind(404, _B),         # DELETE /faces/<gallery>[/<name>]: nothing enrolled there

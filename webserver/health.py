@@ -1,12 +1,13 @@
 """The probes (/healthz, /livez, /readyz) and worker liveness from S3 heartbeats (heartbeats/<instance>.json)."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 import time
 
 from botocore.exceptions import BotoCoreError, ClientError
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from shared import naming
 from shared.config import Settings
@@ -122,8 +123,29 @@ def readyz():
     return _probe_answer(body, problem, "not_ready")
 
 
+def _local_caller() -> bool:
+    """Whether the probe comes from this host (an operator, the local stack, bench): only it sees details.
+
+    Behind the ALB the peer is the load balancer, and ProxyFix takes the address the ALB appended, so
+    a client cannot pass for the loopback address with its own X-Forwarded-For."""
+    try:
+        return ipaddress.ip_address((request.remote_addr or "").split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _probe_answer(body: dict, problem: str | None, code: str):
-    """A probe's reply: 200 with status ok, or 503 with status unavailable and the problem as the error."""
+    """A probe's reply: 200 with status ok, or 503 with status unavailable and the problem as the error.
+
+    Callers from elsewhere (the public, the ALB) get the status and the error code only: queue names,
+    worker counts and raw S3 or SQS errors are for the host itself."""
+    if not _local_caller():
+        if problem:
+            body = {"status": "unavailable", "error": {"code": code, "message": f"this server is {code}"}}
+            resp = jsonify(body)
+            resp.status_code = 503
+            return resp
+        return jsonify({"status": "ok"})
     if problem:
         body.update(status="unavailable", error={"code": code, "message": problem})
         resp = jsonify(body)

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from shared import naming
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ _KEY = re.compile(r"^cc_(k[0-9a-f]{12})_[A-Za-z0-9_-]{40,64}$")
 
 def table_name(settings: Settings) -> str:
     """The API-key table (Terraform: infra/terraform/dynamodb.tf)."""
-    return f"{settings.prefix}-api-keys"
+    return naming.api_key_table(settings.prefix)
 
 
 def hash_key(secret: str) -> str:
@@ -69,6 +70,8 @@ class ApiKey:
     burst: int                 # token-bucket size
     monthly_quota: int         # calls per calendar month
     calls_this_month: int = 0
+    batch_grants: tuple[str, ...] = ()   # s3:// prefixes the operator granted this key for batches (shared/grants.py)
+    sns_topics: tuple[str, ...] = ()     # SNS topic ARNs the operator registered to this key for notices
 
     @property
     def active(self) -> bool:
@@ -85,13 +88,16 @@ class ApiKey:
         return cls(key_id=item["key_id"]["S"], key_hash=item["key_hash"]["S"], owner=item.get("owner", {}).get("S", ""),
                    created_at=int(num("created_at", 0)), revoked_at=None if revoked is None else int(revoked),
                    rate_limit=num("rate_limit", 0.0), burst=int(num("burst", 1)),
-                   monthly_quota=int(num("monthly_quota", 0)), calls_this_month=int(num(month_attr(), 0)))
+                   monthly_quota=int(num("monthly_quota", 0)), calls_this_month=int(num(month_attr(), 0)),
+                   batch_grants=tuple(sorted(item.get("batch_grants", {}).get("SS", []))),  # shared/grants.py
+                   sns_topics=tuple(sorted(item.get("sns_topics", {}).get("SS", []))))
 
     def public(self) -> dict:
         """What `classifycloud keys list` shows: everything but the hash."""
         return {"key_id": self.key_id, "owner": self.owner, "created_at": self.created_at,
                 "revoked_at": self.revoked_at, "rate_limit": self.rate_limit, "burst": self.burst,
-                "monthly_quota": self.monthly_quota, "calls_this_month": self.calls_this_month}
+                "monthly_quota": self.monthly_quota, "calls_this_month": self.calls_this_month,
+                "batch_grants": list(self.batch_grants), "sns_topics": list(self.sns_topics)}
 
 
 class KeyStoreError(Exception):

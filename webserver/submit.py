@@ -11,8 +11,13 @@ from shared.metrics import MetricsPublisher
 from shared.transport import QueueGone, Transport, TransportError
 from webserver.auth import current_owner, owned_id
 from webserver.errors import public_reason
-from webserver.failures import (ImageTooLarge, QueueUnavailable, ServiceUnavailable, StorageUnavailable,
-                                 UnknownService)
+from webserver.failures import (
+    ImageTooLarge,
+    QueueUnavailable,
+    ServiceUnavailable,
+    StorageUnavailable,
+    UnknownService,
+)
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
@@ -87,7 +92,8 @@ class Submitter:
         spec: the entry the route already resolved for `service` (one catalogue read per request)."""
         spec = spec or self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
-        version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
+        version, shadow = self.versions.route(spec.name, rid, split_service(service)[1],
+                                              steady=(params or {}).get("op") == "enroll")
         try:
             reply_to = self.listener.start()
         except TransportError as exc:
@@ -124,7 +130,8 @@ class Submitter:
         """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
         spec = spec or self.resolve_service(service)
         rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
-        version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
+        version, shadow = self.versions.route(spec.name, rid, split_service(service)[1],
+                                              steady=(params or {}).get("op") == "enroll")
         ref = self._image_ref(rid, image)
         submitted = now_ms()
         # send first: a refused send must not leave a marker that says pending forever

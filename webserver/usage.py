@@ -59,7 +59,7 @@ class UsageRecord:
         """The DynamoDB item (low-level format)."""
         return {"day": {"S": day_of(self.at)}, "sk": {"S": f"{self.at:013d}#{self.request_id[:64]}#{self.nonce}"},
                 "key_id": {"S": self.key_id}, "route": {"S": self.route}, "method": {"S": self.method},
-                "service": {"S": self.service or "-"}, "status": {"N": str(self.status)},
+                "service": {"S": (self.service or "-")[:64]}, "status": {"N": str(self.status)},
                 "latency_ms": {"N": f"{self.latency_ms:.3f}"}, "bytes_in": {"N": str(self.bytes_in)},
                 "bytes_out": {"N": str(self.bytes_out)}, "request_id": {"S": self.request_id},
                 "at": {"N": str(self.at)}, "expires_at": {"N": str(self.at // 1000 + ttl_days * 86400)}}

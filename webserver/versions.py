@@ -31,8 +31,12 @@ class VersionRouter:
         policy, stored = self.traffic.get(service)
         return policy if stored else None
 
-    def route(self, service: str, request_id: str, pin: str | None) -> tuple[str | None, str | None]:
-        """The version that answers and the shadow that copies; 403/404 for a pin not allowed or not known."""
+    def route(self, service: str, request_id: str, pin: str | None,
+              steady: bool = False) -> tuple[str | None, str | None]:
+        """The version that answers and the shadow that copies; 403/404 for a pin not allowed or not known.
+
+        steady: a request that changes state (a face enrolment) goes to the live version only, never to a
+        canary nor a shadow (a shadow would enrol the face a second time, with another model)."""
         policy = self.policy(service)
         if pin is not None:
             known = set(policy.versions() if policy else [BASE_VERSION])
@@ -43,9 +47,15 @@ class VersionRouter:
             if policy is None or not policy.pinning:
                 raise ApiError(403, "pinning_not_allowed",
                                f"service {service!r} does not allow pinning a version; send service={service}")
+            if not policy.serves(pin) and not policy.pin_idle:
+                raise ApiError(403, "version_not_serving",
+                               f"version {pin!r} of service {service!r} has no traffic (weight 0 or rolled "
+                               "back) and its policy does not allow pins to such versions")
             return pin, None
         if policy is None:
             return None, None
+        if steady:
+            return policy.live, None
         version = policy.choose(request_id)
         return version, policy.shadow_for(request_id, version)
 
@@ -55,5 +65,5 @@ class VersionRouter:
         if policy is None:
             return None
         return {"live": policy.live, "weights": dict(policy.weights), "shadow": policy.shadow,
-                "shadow_share": policy.shadow_share, "pinning": policy.pinning,
+                "shadow_share": policy.shadow_share, "pinning": policy.pinning, "pin_idle": policy.pin_idle,
                 "rolled_back": dict(policy.rolled_back), "policy_error": self.traffic.error(service)}

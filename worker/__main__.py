@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from shared import logsafe
 from shared.config import Settings
 
 
@@ -23,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env(**overrides)
     logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
                         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s")
+    logsafe.install()   # client strings never start a forged log line
     from shared.lifeline import watch_parent
     from worker.loop import Worker  # after logging is set up: model loading logs
     watch_parent(settings.parent_pid)   # a local-stack worker ends with `classifycloud up`

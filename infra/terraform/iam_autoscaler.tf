@@ -104,6 +104,14 @@ data "aws_iam_policy_document" "autoscaler" {
     ]
   }
 
+  # The batch locations the operator granted to a batch's key (shared/grants.py): read again by the
+  # driver before it touches a customer bucket, so a withdrawn grant stops running batches too.
+  statement {
+    sid       = "ReadKeyGrants"
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.api_keys.arn]
+  }
+
   statement {
     sid     = "FinishBatchesAndNotices"
     actions = ["s3:DeleteObject"]

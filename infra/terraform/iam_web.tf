@@ -40,13 +40,20 @@ data "aws_iam_policy_document" "web" {
 
   # Batches (webserver/bulk.py, shared/batches.py): the web records a batch (inputs.jsonl, batch.json,
   # the active marker) and an owner's cancel, and reads batch.json and the cancel marker back.
-  # It sends no batch item (bulk queues: the driver only) and never reads batch-io/ (the driver does).
+  # It sends no batch item (bulk queues: the driver only) and reads nothing of batch-io/ but output
+  # shards (GET /batches/<id>/results/<n> streams the owner's; the code checks the owner and folder).
   statement {
     sid     = "RecordBatches"
     actions = ["s3:PutObject", "s3:GetObject"]
     resources = [
       "${aws_s3_bucket.data.arn}/batches/*",
     ]
+  }
+
+  statement {
+    sid       = "StreamBatchShards"
+    actions   = ["s3:GetObject"]
+    resources = ["${aws_s3_bucket.data.arn}/batch-io/*/part-*.jsonl"]
   }
 
   statement {

@@ -4,17 +4,16 @@ from __future__ import annotations
 import base64
 import io
 import threading
-import time
 
 from botocore.exceptions import ClientError
+from openapi_check import check_flask_response
+from waiting import wait_for
+from web_peer import PeerWorker, sha_label, write_heartbeat
 from werkzeug.serving import make_server
 
-from web_peer import PeerWorker, sha_label, write_heartbeat
 from shared import naming
 from shared.aws import client
 from shared.messages import Request, now_ms
-from waiting import wait_for
-
 
 
 def test_classify_by_url_round_trip_answers_the_workers_reply(web, peer, app):
@@ -333,3 +332,18 @@ def test_a_job_whose_send_is_refused_leaves_no_pending_marker(make_app, web_sett
     assert r.status_code == 503 and r.get_json()["error"]["code"] == "queue_unavailable"
     listed = client("s3", web_settings).list_objects_v2(Bucket=web_settings.bucket_name, Prefix="jobs/")
     assert listed.get("KeyCount", 0) == 0                 # no marker: nothing says "pending" forever
+
+
+def test_public_probes_say_only_their_status_and_the_host_itself_sees_the_details(app, web_settings):
+    public = app.test_client()
+    public.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    queue = app.extensions["classifycloud"].listener.queue_name
+    for path, status, code in (("/readyz", 200, None), ("/healthz", 503, "unhealthy")):
+        r = public.get(path)
+        assert r.status_code == status and set(r.get_json()) <= {"status", "error"}, r.get_json()
+        assert (r.get_json().get("error") or {}).get("code") == code
+        assert "queue" not in r.get_data(as_text=True) and (queue or "-") not in r.get_data(as_text=True)
+        check_flask_response("GET", path, r)
+    r = app.test_client().get("/healthz")      # loopback: the operator's view, with the reason
+    assert r.status_code == 503 and "no worker heartbeat" in r.get_json()["error"]["message"]
+    assert r.get_json()["listener"] is True and "reply_queue" in r.get_json()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from autoscaler.batches import BatchDriver
-from classifycloud.keyadmin import create_key
+from classifycloud.keyadmin import create_key, register_topic
 from openapi_check import check_flask_response
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix
@@ -117,6 +117,7 @@ def test_the_webhook_secret_is_per_key_and_rotates(alice, bob):
 
 def test_a_job_with_notify_queues_its_notice_and_a_bad_notify_sends_no_job(keyed, alice, provisioned):
     topic = "arn:aws:sns:us-east-1:123456789012:done"
+    register_topic(keyed, alice.key_id, topic)           # keys on: the operator registers a key's topics
     r = alice.open("POST", "/jobs", json={"url": "https://example.com/cat.jpg", "notify": {"success_topic": topic}})
     assert r.status_code == 202
     notice = Outbox(keyed, client("s3", keyed)).record(f"job-{r.json['id']}")
