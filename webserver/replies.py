@@ -118,6 +118,9 @@ class ReplyListener:
             self._waiters.clear()
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
+            late = bool(self._late)
+        if url and late:   # replies for given-up clients that came after the last poll: record them first
+            self._sweep(url)
         if url:
             try:
                 self.transport.delete_queue(url)
@@ -126,6 +129,22 @@ class ReplyListener:
                 log.warning("reply queue %s not deleted: %s", self.queue_name, exc)
         if thread is not None and thread is not threading.current_thread():
             thread.join(join_timeout)
+
+    def _sweep(self, url: str, rounds: int = 10) -> None:
+        """Take what waits on the queue now (no long poll) before it is deleted; late replies are recorded.
+
+        A reply sent between this sweep and the deletion is still lost with the queue (its client
+        has a 503 with the job id, which then says pending); the window is this sweep's last call.
+        """
+        queue = self.transport.consumer(url, wait_s=0)
+        try:
+            for _ in range(rounds):
+                messages = queue.receive(10)
+                if not messages:
+                    return
+                self._handle(queue, messages)
+        except TransportError as exc:
+            log.warning("reply queue %s: last sweep failed: %s", self.queue_name, exc)
 
     def drain(self, grace_s: float) -> None:
         """Shutdown began: replies keep flowing for grace_s, then every waiter still waiting is woken as 'shutdown'."""

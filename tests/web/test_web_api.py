@@ -142,6 +142,22 @@ def test_a_reply_to_a_request_whose_client_still_waits_is_not_recorded(web, peer
     assert listed.get("KeyCount", 0) == 0
 
 
+def test_a_late_reply_waiting_on_the_queue_when_the_process_closes_is_recorded_before_the_queue_goes(
+        make_app, web_settings):
+    app = make_app(web_settings)
+    ctx = app.extensions["classifycloud"]
+    url = ctx.listener.start()
+    ctx.listener.register("gave-up")
+    assert ctx.listener.give_up("gave-up") is None and ctx.listener.is_late("gave-up")
+    ctx.listener._stop.set()            # the poll thread ends after its current (1 s) poll
+    ctx.listener._thread.join(10)
+    from shared.messages import Reply
+    reply = Reply.ok("gave-up", "imagenet", [{"label": "espresso", "index": 967, "score": 0.9}], worker="w")
+    client("sqs", web_settings).send_message(QueueUrl=url, MessageBody=reply.to_json())
+    ctx.listener.close()
+    assert ctx.jobs.result("gave-up") == reply.to_dict() and ctx.listener.recorded == 1
+
+
 def test_a_late_reply_that_cannot_be_recorded_stays_on_the_reply_queue_until_it_is(make_app, web_settings):
     app = make_app(web_settings.replace(reply_timeout_s=1.0))
     ctx = app.extensions["classifycloud"]
