@@ -160,6 +160,8 @@ class Settings:
     api_key_burst: int = 20                   # default for new keys: token-bucket size
     api_key_monthly_quota: int = 100000       # default for new keys: calls per calendar month (UTC)
     api_key_cache_s: float = 5.0              # a key record is re-read this often (revocation takes effect within)
+    quota_block_s: float = 10.0               # a web process reserves a key's quota in blocks of its calls in the
+    quota_block_max: int = 1000               # last quota_block_s seconds (1..quota_block_max; webserver/keys.py)
     usage_log: bool = True                    # one DynamoDB record per API call, written off the request path
     usage_flush_interval_s: float = 1.0       # the background writer flushes at least this often
     usage_buffer_max: int = 50000             # records held in memory at most (beyond: dropped and logged)

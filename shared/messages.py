@@ -74,6 +74,12 @@ class Request:
     params: dict | None = None       # optional, per kind: {"op", "gallery", "name"} (embedding), {"meta"} (skin)
     version: str | None = None       # optional: the service version chosen at submit (sticky on redelivery)
     shadow: str | None = None        # optional: a version that also runs on this image; its answer is not returned
+    record: bool = True              # optional: write results/<id>.json; a waiting client's request says false
+
+    @property
+    def wants_record(self) -> bool:
+        """Whether the worker writes the result record: always without a reply queue, else as asked."""
+        return self.reply_to is None or self.record
 
     def to_json(self) -> str:
         """The message body (optional fields only when given, so plain requests keep their v1 shape)."""
@@ -81,6 +87,8 @@ class Request:
         for key in ("params", "version", "shadow"):
             if body[key] is None:
                 del body[key]
+        if body["record"]:  # the default: absent, as in messages written before the field existed
+            del body["record"]
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
@@ -118,8 +126,11 @@ class Request:
         for key, value in versions.items():
             if value is not None and not (isinstance(value, str) and _VERSION_RE.match(value)):
                 raise MessageError("malformed_message", f"request: {key} must be a version name like 'v2'")
+        record = data.get("record", True)
+        if not isinstance(record, bool):
+            raise MessageError("malformed_message", "request: record must be true or false")
         return cls(id=rid, service=service, image=dict(image), reply_to=reply_to,
-                   top_k=top_k, submitted_at=submitted, params=params, **versions)
+                   top_k=top_k, submitted_at=submitted, params=params, record=record, **versions)
 
 
 def readable_reply_to(body: str | bytes) -> tuple[str | None, str | None]:

@@ -150,3 +150,40 @@ def test_a_bad_derived_entry_is_refused_with_the_reason(tmp_path, entry, message
 def test_an_s3_entry_cannot_declare_a_derived_service():
     with pytest.raises(CatalogueError, match="derived services are declared in the packaged catalogue only"):
         parse_s3_entry("fruit", "derived_from: imagenet\nclasses: [948]\n", "bucket")
+
+
+def test_imagenet_food_and_insect_requests_arriving_together_share_one_forward_pass_of_the_worker(
+        registry, engine, cat, settings, sample_bytes):
+    from test_worker_loop import run_burst
+
+    from classifycloud.provision import ensure_all
+    from shared.aws import client
+    from shared.messages import Reply, Request
+    from worker.loop import Worker
+    s = settings.replace(services=("food", "imagenet", "insect"), wait_time_s=1, instance_id="w-derived",
+                         max_batch_size=3, max_batch_wait_ms=10_000, heartbeat_interval_s=0.5)
+    urls = ensure_all(s, cat)
+    sqs, s3 = client("sqs", s), client("s3", s)
+    reply_q = sqs.create_queue(QueueName=f"{s.prefix}-reply-derived")["QueueUrl"]
+    for service in ("imagenet", "food", "insect"):      # one request on each of the three queues
+        s3.put_object(Bucket=s.bucket_name, Key=f"uploads/coffee-{service}", Body=sample_bytes["coffee"])
+        sqs.send_message(QueueUrl=urls[service], MessageBody=Request(
+            id=f"coffee-{service}", service=service, image={"s3": f"s3://{s.bucket_name}/uploads/coffee-{service}"},
+            reply_to=reply_q, top_k=1).to_json())
+    calls = []
+    backend = registry.get("imagenet").backend
+    original = backend.forward
+    backend.forward = lambda batch: calls.append(len(batch)) or original(batch)  # counts passes, runs the real one
+    try:
+        assert run_burst(Worker(s, cat, registry=registry, engine=engine)) == 0
+    finally:
+        backend.forward = original
+    assert calls == [3]                                  # the three queues' requests in one pass of the model
+    replies = {}
+    while len(replies) < 3:
+        msgs = sqs.receive_message(QueueUrl=reply_q, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", [])
+        assert msgs or len(replies) == 3, replies
+        replies.update((r.id, r) for r in (Reply.from_json(m["Body"]) for m in msgs))
+    labels = {rid: (r.service, r.results[0]["label"]) for rid, r in replies.items()}
+    assert labels == {"coffee-imagenet": ("imagenet", "espresso"), "coffee-food": ("food", "espresso"),
+                      "coffee-insect": ("insect", "Unknown")}

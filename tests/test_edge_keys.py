@@ -96,6 +96,28 @@ def test_past_the_monthly_quota_calls_are_answered_403(keyed, web):
     assert r.status_code == 403 and r.json["error"]["code"] == "quota_exceeded"
 
 
+def test_quota_is_reserved_in_blocks_with_one_conditional_update_per_block_not_per_call(keyed, app, web):
+    secret, rec = create_key(keyed, "frank", rate_limit=1000, burst=1000, monthly_quota=1000)
+    db = app.extensions["classifycloud"].edge.keys._db
+    updates = []
+    db.meta.events.register("before-call.dynamodb.UpdateItem", lambda **_: updates.append(1), unique_id="count-upd")
+    try:
+        assert [_job(web, secret).status_code for _ in range(30)] == [202] * 30
+    finally:
+        db.meta.events.unregister("before-call.dynamodb.UpdateItem", unique_id="count-upd")
+    assert len(updates) <= 8    # blocks of 1, 1, 2, 4, 8, 16 calls: the block follows the recent rate
+    (listed,) = [k for k in list_keys(keyed) if k.key_id == rec.key_id]
+    assert 30 <= listed.calls_this_month <= 30 + 16   # reserved: at most one block ahead of the calls made
+
+
+def test_blocks_shrink_at_the_quota_so_a_key_is_never_granted_more_than_its_quota(keyed, web):
+    secret, rec = create_key(keyed, "grace", rate_limit=1000, burst=1000, monthly_quota=25)
+    codes = [_job(web, secret).status_code for _ in range(30)]
+    assert codes == [202] * 25 + [403] * 5
+    (listed,) = [k for k in list_keys(keyed) if k.key_id == rec.key_id]
+    assert listed.calls_this_month == 25
+
+
 def test_a_job_answers_only_to_the_key_that_submitted_it(keyed, web):
     mine, _ = create_key(keyed, "erin")
     theirs, _ = create_key(keyed, "frank")

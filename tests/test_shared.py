@@ -36,6 +36,17 @@ def test_request_round_trips_and_validates():
             Request.from_json(bad)
 
 
+def test_a_request_says_whether_it_wants_a_result_record_and_a_plain_one_keeps_its_v1_shape():
+    sync = Request(id="s1", service="imagenet", image={"url": "http://e.com/a.jpg"}, reply_to="q", record=False)
+    assert json.loads(sync.to_json())["record"] is False and not Request.from_json(sync.to_json()).wants_record
+    plain = Request(id="p1", service="imagenet", image={"url": "http://e.com/a.jpg"}, reply_to="q")
+    assert "record" not in json.loads(plain.to_json()) and Request.from_json(plain.to_json()).wants_record
+    job = Request(id="j1", service="imagenet", image={"url": "http://e.com/a.jpg"}, reply_to=None, record=False)
+    assert job.wants_record   # no reply queue: the record is the only answer
+    with pytest.raises(MessageError, match="record"):
+        Request.from_json({**json.loads(plain.to_json()), "record": "no"})
+
+
 def test_reply_and_terminate_schemas():
     rep = Reply.failure("id1", "imagenet", "invalid_image", "not an image")
     assert Reply.from_json(rep.to_json()) == rep

@@ -219,6 +219,20 @@ def test_worker_writes_only_the_result_record_for_an_async_job(stack, model, sam
     assert stack.counts() == (0, 0)
 
 
+def test_a_synchronous_request_through_the_web_is_answered_with_no_s3_write_of_a_result_record(stack, model, images):
+    from webserver.app import create_app
+    app = create_app(stack.settings, catalogue=stack.catalogue)
+    try:
+        with in_thread(stack.worker(model)):
+            r = app.test_client().get("/classify", query_string={"url": images.base + "/chelsea.jpg"})
+            assert r.status_code == 200 and r.get_json()["results"][0]["index"] in CATS
+            assert stack.settled((0, 0)) == (0, 0)          # answered and deleted
+        listed = stack.s3.list_objects_v2(Bucket=stack.settings.bucket_name, Prefix="results/")
+        assert listed.get("KeyCount", 0) == 0, [o["Key"] for o in listed.get("Contents", [])]
+    finally:
+        app.extensions["classifycloud"].close()
+
+
 def test_worker_resends_the_stored_result_when_a_request_is_redelivered(stack, model, sample_bytes):
     stored = Reply.ok("again", "imagenet", [{"label": "espresso", "index": 967, "score": 0.9}], worker="earlier")
     stack.s3.put_object(Bucket=stack.settings.bucket_name, Key=naming.result_key("again"), Body=stored.to_json())

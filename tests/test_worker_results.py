@@ -126,3 +126,28 @@ def test_the_reply_is_sent_before_the_record_is_written_and_the_delete_comes_las
     assert order[0] == "SendMessageBatch" and order[-1] == "DeleteMessageBatch", order
     assert order.count("PutObject") == 3 and order.index("PutObject") > order.index("SendMessageBatch")
     assert _replies(sink_env, sink_env["reply"]) == ["ordered-0", "ordered-1", "ordered-2"]
+
+
+def test_a_delivered_reply_to_a_waiting_client_writes_no_record_and_is_deleted(sink_env):
+    sink = sink_env["make"]()
+    puts: list[str] = []
+    sink_env["s3"].meta.events.register("before-call.s3.PutObject", lambda **_: puts.append("put"),
+                                        unique_id="count-puts")
+    try:
+        out = _outcome(sink_env, "waiting-client", sink_env["reply"])
+        out.record = False                     # what a synchronous request asks for (Request.record=False)
+        assert [h.message_id for h in sink.deliver([out])] == [out.held.message_id]
+    finally:
+        sink_env["s3"].meta.events.unregister("before-call.s3.PutObject", unique_id="count-puts")
+    assert puts == [] and sink.stored_reply("waiting-client") is None
+    assert _left(sink_env) == 0 and _replies(sink_env, sink_env["reply"]) == ["waiting-client"]
+
+
+def test_a_reply_whose_queue_is_gone_is_recorded_even_when_no_record_was_asked_for(sink_env):
+    sink = sink_env["make"]()
+    gone = sink_env["sqs"].create_queue(QueueName=naming.reply_queue(sink_env["settings"].prefix))["QueueUrl"]
+    sink_env["sqs"].delete_queue(QueueUrl=gone)
+    out = _outcome(sink_env, "homeless", gone)
+    out.record = False
+    assert [h.message_id for h in sink.deliver([out])] == [out.held.message_id]
+    assert _left(sink_env) == 0 and sink.stored_reply("homeless") is not None

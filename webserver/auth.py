@@ -22,7 +22,7 @@ from shared.aws import client
 from shared.messages import new_id, now_ms, valid_id
 from shared.naming import DEFAULT_TENANT
 from webserver.errors import ApiError
-from webserver.keys import KeyStore, KeyStoreError, QuotaExceeded, RateLimiter
+from webserver.keys import KeyStore, KeyStoreError, QuotaBlocks, QuotaExceeded, RateLimiter
 from webserver.routing import rules_for
 from webserver.usage import ANONYMOUS, UsageLog, UsageRecord
 from webserver.usage_tags import tagged
@@ -85,6 +85,7 @@ class Edge:
         self.settings = settings
         db = client("dynamodb", settings)
         self.keys = KeyStore(settings, db)
+        self.quota = QuotaBlocks(self.keys, settings.quota_block_s, settings.quota_block_max)
         self.limiter = RateLimiter()
         self.usage = UsageLog(settings, db)
 
@@ -110,7 +111,7 @@ class Edge:
                            f"more than {key.rate_limit:g} requests/s (burst {key.burst}) for key {key.key_id}; "
                            f"retry after {g.retry_after} s")
         try:
-            self.keys.count_call(key)
+            self.quota.take(key)
         except QuotaExceeded:
             raise ApiError(403, "quota_exceeded",
                            f"key {key.key_id} has used its monthly quota of {key.monthly_quota} calls") from None

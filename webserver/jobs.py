@@ -8,7 +8,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import now_ms
+from shared.messages import Reply, now_ms
 from webserver.auth import current_owner
 from webserver.failures import CorruptRecord, StorageUnavailable
 
@@ -47,6 +47,15 @@ class JobStore:
         except (ClientError, BotoCoreError) as exc:
             log.error("request %s: job marker not written: %s", request_id, exc)
             raise StorageUnavailable("could not record the job; try again", request_id) from None
+
+    def record_result(self, reply: Reply) -> None:
+        """results/<id>.json from a late reply (its client stopped waiting); StorageUnavailable on failure."""
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=naming.result_key(reply.id), Body=reply.to_json().encode(),
+                                ContentType="application/json")
+        except (ClientError, BotoCoreError) as exc:
+            log.error("request %s: result record not written: %s", reply.id, exc)
+            raise StorageUnavailable("could not record the result; try again", reply.id) from None
 
     def result(self, request_id: str) -> dict | None:
         """The result record (the worker's reply), or None when there is none yet."""

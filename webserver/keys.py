@@ -3,7 +3,8 @@
 A key looks like ``cc_<key id>_<secret>``: the key id (12 hex digits after "k") is the
 table's partition key and is safe to show; the whole key is hashed (256 bits of random
 secret, so a plain SHA-256 is enough: no dictionary to guess from) and compared in
-constant time. The web role only reads keys and counts calls (get_item, update_item);
+constant time. The web role only reads keys and reserves quota (get_item, update_item), in blocks
+(QuotaBlocks: one conditional update per block, not per call);
 creating, listing and revoking run on an operator's machine (classifycloud/keyadmin.py).
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -153,27 +154,94 @@ class KeyStore:
                 self._cache.popitem(last=False)
         return record
 
-    def count_call(self, key: ApiKey) -> int:
-        """Add one call to this month's counter, atomically refusing past the quota; returns the new count."""
-        attr = month_attr()
+    def count_call(self, key: ApiKey, calls: int = 1, attr: str | None = None) -> int:
+        """Add `calls` to this month's counter only if they fit under the quota (atomic); returns the new count."""
+        attr = attr or month_attr()
         try:
             out = self._db.update_item(
                 TableName=self.table, Key={"key_id": {"S": key.key_id}},
-                UpdateExpression="SET #m = if_not_exists(#m, :zero) + :one",
-                ConditionExpression="attribute_exists(key_id) AND (attribute_not_exists(#m) OR #m < :quota)",
+                UpdateExpression="SET #m = if_not_exists(#m, :zero) + :n",
+                ConditionExpression="attribute_exists(key_id) AND (attribute_not_exists(#m) OR #m <= :room)",
                 ExpressionAttributeNames={"#m": attr},
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":one": {"N": "1"},
-                                           ":quota": {"N": str(key.monthly_quota)}},
+                ExpressionAttributeValues={":zero": {"N": "0"}, ":n": {"N": str(calls)},
+                                           ":room": {"N": str(key.monthly_quota - calls)}},
                 ReturnValues="UPDATED_NEW")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 raise QuotaExceeded(key.key_id) from None
-            log.error("api key %s: counting a call failed: %s", key.key_id, exc)
+            log.error("api key %s: counting calls failed: %s", key.key_id, exc)
             raise KeyStoreError(str(exc)) from None
         except BotoCoreError as exc:
-            log.error("api key %s: counting a call failed: %s", key.key_id, exc)
+            log.error("api key %s: counting calls failed: %s", key.key_id, exc)
             raise KeyStoreError(str(exc)) from None
         return int(out["Attributes"][attr]["N"])
+
+    def used(self, key_id: str, attr: str) -> int:
+        """This month's counter as stored now (a consistent read)."""
+        try:
+            item = self._db.get_item(TableName=self.table, Key={"key_id": {"S": key_id}}, ConsistentRead=True,
+                                     ProjectionExpression="#m", ExpressionAttributeNames={"#m": attr}).get("Item")
+        except (ClientError, BotoCoreError) as exc:
+            log.error("api key %s: reading its counter failed: %s", key_id, exc)
+            raise KeyStoreError(str(exc)) from None
+        return int((item or {}).get(attr, {}).get("N", 0))
+
+
+class QuotaBlocks:
+    """A web process reserves a key's quota in blocks: one conditional UpdateItem per block, not per call.
+
+    A block is as many calls as this process made for the key in the last `block_s` seconds (at least
+    1, at most `block_max`), so it lasts about `block_s` at the current rate and a quiet key reserves
+    one call at a time. Near the quota the block shrinks to what is left. The counter therefore counts
+    calls *reserved*: at a month's edge at most one block per process and key goes unused (and the
+    new month starts with fresh blocks), so a key is never granted more than its quota.
+    """
+
+    def __init__(self, store: KeyStore, block_s: float, block_max: int, clock=time.monotonic):
+        self.store = store
+        self.block_s = block_s
+        self.block_max = max(1, block_max)
+        self.clock = clock
+        self.reserved = 0        # conditional updates made (one per block)
+        self._lock = threading.Lock()
+        self._left: dict[str, tuple[str, int]] = {}     # key id -> (month attr, calls left in its block)
+        self._recent: dict[str, deque] = {}             # key id -> times of its recent calls (this process)
+        self._key_locks: dict[str, threading.Lock] = {}
+
+    def take(self, key: ApiKey) -> None:
+        """Count one call against the key's quota; QuotaExceeded or KeyStoreError when it cannot be."""
+        attr = month_attr()
+        with self._lock:
+            lock = self._key_locks.setdefault(key.key_id, threading.Lock())
+        with lock:   # one reservation at a time per key: concurrent calls share its block
+            now = self.clock()
+            recent = self._recent.setdefault(key.key_id, deque())
+            recent.append(now)
+            while recent and recent[0] < now - self.block_s:
+                recent.popleft()
+            month, left = self._left.get(key.key_id, (attr, 0))
+            if month == attr and left > 0:
+                self._left[key.key_id] = (attr, left - 1)
+                return
+            size = max(1, min(self.block_max, len(recent) - 1, key.monthly_quota))   # the calls before this one
+            granted = self._reserve(key, size, attr)
+            self._left[key.key_id] = (attr, granted - 1)
+
+    def _reserve(self, key: ApiKey, size: int, attr: str) -> int:
+        """Reserve up to `size` calls; fewer when only fewer are left; QuotaExceeded when none are."""
+        self.reserved += 1
+        try:
+            self.store.count_call(key, size, attr)
+            return size
+        except QuotaExceeded:
+            if size == 1:
+                raise
+        left = key.monthly_quota - self.store.used(key.key_id, attr)   # near the quota: what is left
+        if left <= 0:
+            raise QuotaExceeded(key.key_id)
+        self.reserved += 1
+        self.store.count_call(key, min(size, left), attr)   # QuotaExceeded if another process took it meanwhile
+        return min(size, left)
 
 
 class RateLimiter:

@@ -1,4 +1,10 @@
-"""The reply listener: this process's own reply queue, one long-poll thread, waiters by request id."""
+"""The reply listener: this process's own reply queue, one long-poll thread, waiters by request id.
+
+A synchronous request asks the worker for no result record (one S3 PUT per request cost more than
+the GPUs). When its client stops waiting (504 after the timeout, 503 at shutdown) its id becomes
+*late*: the reply that comes afterwards is written to results/<id>.json here, so GET /jobs/<id>
+answers it, and deleted from the queue only once written.
+"""
 from __future__ import annotations
 
 import atexit
@@ -7,6 +13,8 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
+from typing import Callable
 
 from shared import naming
 from shared.config import Settings
@@ -14,6 +22,8 @@ from shared.messages import MessageError, Reply, now_ms
 from shared.transport import Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
+
+_LATE_MAX = 100_000   # late ids remembered per process (~10 MB); the oldest is forgotten first
 
 
 class Waiter:
@@ -41,11 +51,13 @@ class Waiter:
 class ReplyListener:
     """Owns one reply queue per process (created after fork), polls it, wakes waiters, deletes it on close."""
 
-    def __init__(self, settings: Settings, transport: Transport):
+    def __init__(self, settings: Settings, transport: Transport, record: Callable[[Reply], None] | None = None):
         self.settings = settings
         self.transport = transport   # its poll client's read timeout outlasts the long poll
+        self.record = record         # writes a late reply's result record (JobStore.record_result); raises on failure
         self._lock = threading.Lock()
         self._waiters: dict[str, Waiter] = {}
+        self._late: OrderedDict[str, float] = OrderedDict()   # id -> forget after (monotonic): client gave up
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -59,6 +71,7 @@ class ReplyListener:
         self.draining = False          # SIGTERM seen: waiters get drain_s for their reply, then a 503
         self.delivered = 0
         self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
+        self.recorded = 0              # late replies written to results/<id>.json by this process
         self.malformed = 0
 
     # --- lifecycle ----------------------------------------------------------
@@ -101,9 +114,13 @@ class ReplyListener:
             for waiter in self._waiters.values():
                 waiter.shutdown = True  # wake them; they answer 503 with their job id
                 waiter.deliver(None)
+                self._mark_late(waiter.request_id)   # the queue goes: the worker records these itself
             self._waiters.clear()
             if self._drain_timer is not None:
                 self._drain_timer.cancel()
+            late = bool(self._late)
+        if url and late:   # replies for given-up clients that came after the last poll: record them first
+            self._sweep(url)
         if url:
             try:
                 self.transport.delete_queue(url)
@@ -112,6 +129,22 @@ class ReplyListener:
                 log.warning("reply queue %s not deleted: %s", self.queue_name, exc)
         if thread is not None and thread is not threading.current_thread():
             thread.join(join_timeout)
+
+    def _sweep(self, url: str, rounds: int = 10) -> None:
+        """Take what waits on the queue now (no long poll) before it is deleted; late replies are recorded.
+
+        A reply sent between this sweep and the deletion is still lost with the queue (its client
+        has a 503 with the job id, which then says pending); the window is this sweep's last call.
+        """
+        queue = self.transport.consumer(url, wait_s=0)
+        try:
+            for _ in range(rounds):
+                messages = queue.receive(10)
+                if not messages:
+                    return
+                self._handle(queue, messages)
+        except TransportError as exc:
+            log.warning("reply queue %s: last sweep failed: %s", self.queue_name, exc)
 
     def drain(self, grace_s: float) -> None:
         """Shutdown began: replies keep flowing for grace_s, then every waiter still waiting is woken as 'shutdown'."""
@@ -129,6 +162,8 @@ class ReplyListener:
         with self._lock:
             waiters = list(self._waiters.values())
             self._waiters.clear()
+            for waiter in waiters:   # answered 503 with the job id: a reply still to come is recorded
+                self._mark_late(waiter.request_id)
         for waiter in waiters:
             waiter.shutdown = True
             waiter._event.set()
@@ -174,6 +209,32 @@ class ReplyListener:
         with self._lock:
             self._waiters.pop(request_id, None)
 
+    def give_up(self, request_id: str) -> Reply | None:
+        """The client stops waiting: its reply, if one came just now, else None and the reply is recorded later.
+
+        Under the lock that delivery takes too, so a reply is either handed to this waiter or
+        recorded as late, never dropped between the two.
+        """
+        with self._lock:
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is None or waiter.reply is not None:   # delivered (under this lock) before we got here
+                return waiter.reply if waiter is not None else None
+            self._mark_late(request_id)
+            return None
+
+    def is_late(self, request_id: str) -> bool:
+        """True while a reply for this id would be recorded here (its client stopped waiting)."""
+        with self._lock:
+            return request_id in self._late
+
+    def _mark_late(self, request_id: str) -> None:
+        """Remember a given-up id for as long as its request can wait in a queue (caller holds the lock)."""
+        self._late[request_id] = time.monotonic() + self.settings.message_retention_s
+        self._late.move_to_end(request_id)
+        now = time.monotonic()
+        while self._late and (len(self._late) > _LATE_MAX or next(iter(self._late.values())) < now):
+            self._late.popitem(last=False)
+
     # --- polling ------------------------------------------------------------
     def _beat(self, url: str) -> None:
         """Re-tag the queue with the time now: the janitor leaves queues whose owner beats alone."""
@@ -206,6 +267,7 @@ class ReplyListener:
         log.info("reply listener for %s stopped", self.queue_name)
 
     def _handle(self, queue, messages: list[Received]) -> None:
+        done = []
         for msg in messages:
             try:
                 reply = msg.parse(Reply)
@@ -213,15 +275,25 @@ class ReplyListener:
                 # nothing to wake; keeping it would only redeliver the same garbage
                 self.malformed += 1
                 log.warning("reply queue %s: malformed reply dropped: %s", self.queue_name, exc.message)
+                done.append(msg)
                 continue
             with self._lock:
                 waiter = self._waiters.pop(reply.id, None)
-            if waiter is None:
-                self.orphans += 1
-                log.info("reply %s has no waiter (timed out or duplicate); its record is in S3", reply.id)
-            else:
+                if waiter is not None:
+                    waiter.deliver(reply)   # under the lock: give_up() sees either this reply or a late id
+                late = waiter is None and reply.id in self._late
+            if waiter is not None:
                 self.delivered += 1
-                waiter.deliver(reply)
+            elif late and not self._record_late(reply):
+                continue   # not written: left on the queue, it comes back after the visibility timeout
+            else:
+                self.orphans += 1
+                if not late:
+                    log.info("request %s: reply has no waiter (a duplicate); dropped", reply.id)
+            done.append(msg)
+        if not done:
+            return
+        messages = done
         try:
             result = queue.ack(messages)
         except TransportError as exc:
@@ -230,3 +302,18 @@ class ReplyListener:
         if result.failed:
             log.warning("reply queue %s: %d not deleted (%s); duplicates will be ignored", self.queue_name,
                         len(result.failed), result.failed[0].code)
+
+    def _record_late(self, reply: Reply) -> bool:
+        """Write a late reply's result record; True once written (or when this process writes none)."""
+        if self.record is None:
+            return True
+        try:
+            self.record(reply)
+        except Exception as exc:  # StorageUnavailable or worse: the message stays and is tried again
+            log.error("request %s: late reply not recorded (%s); kept on the reply queue", reply.id, exc)
+            return False
+        with self._lock:
+            self._late.pop(reply.id, None)
+        self.recorded += 1
+        log.info("request %s: late reply recorded as results/%s.json", reply.id, reply.id)
+        return True

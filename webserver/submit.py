@@ -101,14 +101,17 @@ class Submitter:
             raise QueueUnavailable("this server's reply queue cannot be created; try again") from None
         started = time.monotonic()
         ref = self._image_ref(rid, image)
-        req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to,
-                      top_k=top_k or spec.top_k, params=params, version=version, shadow=shadow)
+        # no result record: this process answers from the reply, and records it itself if the client gives up
+        req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to, top_k=top_k or spec.top_k,
+                      params=params, version=version, shadow=shadow, record=False)
         waiter = self.listener.register(rid)
         try:
             self._send(req)
             log.info("request %s: sent to %s%s (%s), waiting", rid, spec.name, f"@{version}" if version else "",
                      image.kind)
             reply = waiter.wait(self.settings.reply_timeout_s)
+            if reply is None and not waiter.shutdown:
+                reply = self.listener.give_up(rid)   # from now on a reply for rid is recorded by the listener
         finally:
             self.listener.discard(rid)
         latency_ms = (time.monotonic() - started) * 1000

@@ -42,6 +42,11 @@ class BatchOutcome:
     early_delivered: list[Held] = field(default_factory=list)  # answered and deleted inside process()
 
 
+def _outcome(item: _Item) -> Outcome:
+    """What to deliver for one answered request: its reply, and a record only where one is read."""
+    return Outcome(item.held, item.reply, item.request.reply_to, record=item.request.wants_record)
+
+
 class BatchProcessor:
     """Turns a batch of held messages into replies; never raises for a bad message."""
 
@@ -85,7 +90,7 @@ class BatchProcessor:
                 reply = Reply.failure(rid, held.service, exc.code, exc.message, worker=self.worker_id,
                                       timings_ms=self._timings(held, None, 0.0, 0.0))
                 self.metrics.record("Errors", 1, Service=held.service, Code=exc.code)
-                outcomes.append(Outcome(held, reply, reply_to))
+                outcomes.append(Outcome(held, reply, reply_to, record=False))  # no request: the reply answers it
         for item in items:
             self._check_service(item)
             if item.reply is None and item.held.receive_count > 1:
@@ -98,7 +103,7 @@ class BatchProcessor:
         for item in items:
             if id(item) in handed:
                 continue
-            outcomes.append(Outcome(item.held, item.reply, item.request.reply_to))
+            outcomes.append(_outcome(item))
             self._log(item)
         return BatchOutcome(outcomes, unreadable, early_delivered=[i.held for i in early])
 
@@ -119,7 +124,7 @@ class BatchProcessor:
                 self._take(futures[f], f)
             self._infer_ready(early)
             if early:  # answered, recorded and deleted now, like any batch (sink.deliver's rules)
-                self.sink.deliver([Outcome(i.held, i.reply, i.request.reply_to) for i in early])
+                self.sink.deliver([_outcome(i) for i in early])
                 for item in early:
                     self._log(item)
                 log.info("batch: %d answered, %d image(s) still downloading", len(early), len(pending))

@@ -6,6 +6,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 from shared.config import Settings
 from shared.transport import Received, Transport, TransportError
@@ -47,8 +48,11 @@ class MessageBuffer:
     reserved by a receive in progress, and messages taken by the inference loop until done().
     """
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, group: Callable[[str], Hashable] | None = None):
         self.capacity = max(1, capacity)
+        # which services may share a batch: those of one model (a derived service rides its parent's
+        # forward pass); the worker sets it once its models are loaded; by default, one service
+        self.group: Callable[[str], Hashable] = group or (lambda service: service)
         self._cond = threading.Condition()
         self._items: deque[Held] = deque()
         self._reserved = 0
@@ -125,7 +129,7 @@ class MessageBuffer:
             self._cond.notify_all()
 
     def take_batch(self, max_size: int, max_wait_s: float, timeout: float) -> list[Held]:
-        """Messages of one service (the oldest one's), up to max_size; waits max_wait_s for more."""
+        """Messages of the oldest one's group (services sharing its model), up to max_size; waits max_wait_s for more."""
         with self._cond:
             end = time.monotonic() + timeout
             while not self._items:
@@ -133,16 +137,16 @@ class MessageBuffer:
                 if left <= 0 or self._closed:
                     return []
                 self._cond.wait(left)
-            service = self._items[0].service
+            group = self.group(self._items[0].service)
             fill_by = time.monotonic() + max_wait_s
-            while self._count(service) < max_size and not self._closed:
+            while self._count(group) < max_size and not self._closed:
                 left = fill_by - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             batch, rest = [], deque()
             for item in self._items:
-                (batch if item.service == service and len(batch) < max_size else rest).append(item)
+                (batch if len(batch) < max_size and self.group(item.service) == group else rest).append(item)
             self._items = rest
             self._taken.update((id(h), h) for h in batch)
             return batch
@@ -193,8 +197,8 @@ class MessageBuffer:
     def _free(self) -> int:
         return self.capacity - len(self._items) - self._reserved - len(self._taken)
 
-    def _count(self, service: str) -> int:
-        return sum(1 for item in self._items if item.service == service)
+    def _count(self, group: Hashable) -> int:
+        return sum(1 for item in self._items if self.group(item.service) == group)
 
 
 def release(transport: Transport, messages: list[Held]) -> int:

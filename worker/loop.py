@@ -178,6 +178,7 @@ class Worker:
                 raise StartupError(f"request queue {name} cannot be looked up ({exc})") from None
         if self.registry is None:
             self.registry = registry.load()
+        self.buffer.group = self._model_of   # one batch may hold every service of one model
         if self.engine is None:
             from worker.models.cpu_clock import ModelClock
             from worker.models.engine import InferenceEngine
@@ -228,14 +229,22 @@ class Worker:
             self.handled += len(batch)
             # what one request really costs this worker (fetch, decode, inference, reply, record, delete):
             # the autoscaler sizes the fleet by it (autoscaler.queues.ServiceTimes)
-            self.metrics.record("WorkTime", (time.perf_counter() - started) * 1000 / len(batch),
-                                Service=batch[0].service)
+            per_request = (time.perf_counter() - started) * 1000 / len(batch)
+            for service in dict.fromkeys(h.service for h in batch):   # a batch may hold services of one model
+                self.metrics.record("WorkTime", per_request, Service=service)
             log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
         except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
             log.exception("batch of %d failed; its messages will be redelivered", len(batch))
             self.sink.note_failure(batch, f"{type(exc).__name__}: {exc}")
         finally:
             self.buffer.done(batch, requeued)
+
+    def _model_of(self, service: str) -> object:
+        """The batch group of a request queue's service: its model's identity (a derived service: its parent's)."""
+        handler = self.registry.get(service) if self.registry is not None else None
+        if handler is None:   # not hosted (any more): a group of its own, answered service_unavailable
+            return service
+        return id(getattr(handler, "forward_owner", handler))
 
     def _progress(self) -> tuple[int, int]:
         """(loop's last step, oldest held message's receive time), epoch ms: the heartbeat's liveness fields."""

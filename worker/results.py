@@ -1,7 +1,10 @@
-"""Delivery: send replies in batches, write results/<id>.json, then (and only then) delete the requests.
+"""Delivery: send replies in batches, write results/<id>.json where one is read, then delete the requests.
 
 The reply goes first because the client waits for it and not for the record; the request is deleted
 only once both are done, so a record that fails still brings the request back (at-least-once).
+A record is written only where something reads it: async jobs and batch items (no reply queue),
+requests that ask for one, and replies whose queue is gone. A waiting client's request asks for
+none: one S3 PUT per request cost more than the GPUs; its web process records a late reply itself.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class Outcome:
     held: Held
     reply: Reply
     reply_to: str | None
+    record: bool = True       # write results/<id>.json even when the reply is delivered (Request.wants_record)
 
 
 class ResultSink:
@@ -68,8 +72,10 @@ class ResultSink:
         """Reply, record, delete; returns the held messages that were deleted."""
         if not outcomes:
             return []
-        replied = self._send_replies(outcomes)       # first: the client waits for this, not for the record
-        recorded = list(self.pool.map(self._record, outcomes))
+        replied, homeless = self._send_replies(outcomes)  # first: the client waits for this, not for the record
+        wanted = [o for i, o in enumerate(outcomes) if o.reply_to is None or o.record or i in homeless]
+        written = dict(zip(map(id, wanted), self.pool.map(self._record, wanted), strict=True))
+        recorded = [written.get(id(o), True) for o in outcomes]
         done = []
         for outcome, ok_record, ok_reply in zip(outcomes, recorded, replied):
             if ok_reply and ok_record:
@@ -87,9 +93,14 @@ class ResultSink:
             log.error("request %s: result record not written: %s", outcome.reply.id, exc)
             return False
 
-    def _send_replies(self, outcomes: list[Outcome]) -> list[bool]:
-        """Send the replies, batched per reply queue; True per outcome that was answered (or needs no answer)."""
+    def _send_replies(self, outcomes: list[Outcome]) -> tuple[list[bool], set[int]]:
+        """Send the replies, batched per reply queue.
+
+        Returns True per outcome that was answered (or needs no answer), and the positions whose reply
+        queue is gone: only a record can answer those.
+        """
         sent = [o.reply_to is None for o in outcomes]
+        homeless: set[int] = set()
         result = self.transport.send_grouped((i, o.reply_to, o.reply) for i, o in enumerate(outcomes)
                                              if o.reply_to is not None)
         for i in result.succeeded:
@@ -99,10 +110,11 @@ class ResultSink:
                 log.warning("request %s: reply queue %s is gone; kept as a record only",
                             outcomes[f.key].reply.id, outcomes[f.key].reply_to)
                 sent[f.key] = True
+                homeless.add(f.key)
             else:
                 log.error("request %s: reply not sent (%s: %s); request stays queued",
                           outcomes[f.key].reply.id, f.code, f.message)
-        return sent
+        return sent, homeless
 
     def delete(self, messages: list[Held]) -> list[Held]:
         """Delete answered requests, batched per queue; returns the messages deleted."""

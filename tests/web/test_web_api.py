@@ -14,6 +14,7 @@ from werkzeug.serving import make_server
 from shared import naming
 from shared.aws import client
 from shared.messages import Request, now_ms
+from webserver.jobs import JobStore
 
 
 def test_classify_by_url_round_trip_answers_the_workers_reply(web, peer, app):
@@ -101,7 +102,7 @@ def test_twenty_concurrent_requests_each_get_their_own_answer_and_no_waiter_is_l
     assert app.extensions["classifycloud"].waiting == 0
 
 
-def test_timeout_answers_504_with_job_id_then_jobs_says_pending_then_gives_the_result(
+def test_timeout_answers_504_with_job_id_then_the_web_records_the_late_reply_for_get_jobs(
         make_app, web_settings):
     app = make_app(web_settings.replace(reply_timeout_s=1.0))
     web = app.test_client()
@@ -121,9 +122,63 @@ def test_timeout_answers_504_with_job_id_then_jobs_says_pending_then_gives_the_r
         late.stop()
     record = done.get_json()
     assert record["id"] == rid and record["results"][0]["label"] == "url:http://example.com/late.jpg"
-    # the late reply reached the reply queue with no waiter: deleted, not left to pile up
+    # the request asked the worker for no record: this process wrote it from the late reply, then deleted it
+    assert [r.record for r in late.requests] == [False]
     listener = app.extensions["classifycloud"].listener
+    assert listener.recorded == 1 and not listener.is_late(rid)
     wait_for(lambda: listener.orphans == 1)
+    reply_queue = listener.queue_url
+    wait_for(lambda: client("sqs", web_settings).get_queue_attributes(
+        QueueUrl=reply_queue, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"] == {"ApproximateNumberOfMessages": "0", "ApproximateNumberOfMessagesNotVisible": "0"})
+
+
+def test_a_reply_to_a_request_whose_client_still_waits_is_not_recorded(web, peer, web_settings):
+    r = web.get("/classify?url=http://example.com/on-time.jpg")
+    assert r.status_code == 200
+    assert [q.record for q in peer.requests] == [False]
+    listed = client("s3", web_settings).list_objects_v2(Bucket=web_settings.bucket_name, Prefix="results/")
+    assert listed.get("KeyCount", 0) == 0
+
+
+def test_a_late_reply_waiting_on_the_queue_when_the_process_closes_is_recorded_before_the_queue_goes(
+        make_app, web_settings):
+    app = make_app(web_settings)
+    ctx = app.extensions["classifycloud"]
+    url = ctx.listener.start()
+    ctx.listener.register("gave-up")
+    assert ctx.listener.give_up("gave-up") is None and ctx.listener.is_late("gave-up")
+    ctx.listener._stop.set()            # the poll thread ends after its current (1 s) poll
+    ctx.listener._thread.join(10)
+    from shared.messages import Reply
+    reply = Reply.ok("gave-up", "imagenet", [{"label": "espresso", "index": 967, "score": 0.9}], worker="w")
+    client("sqs", web_settings).send_message(QueueUrl=url, MessageBody=reply.to_json())
+    ctx.listener.close()
+    assert ctx.jobs.result("gave-up") == reply.to_dict() and ctx.listener.recorded == 1
+
+
+def test_a_late_reply_that_cannot_be_recorded_stays_on_the_reply_queue_until_it_is(make_app, web_settings):
+    app = make_app(web_settings.replace(reply_timeout_s=1.0))
+    ctx = app.extensions["classifycloud"]
+    r = app.test_client().get("/classify?url=http://example.com/late-again.jpg")
+    assert r.status_code == 504
+    rid = r.get_json()["id"]
+    writes = []
+    missing = JobStore(web_settings.replace(prefix=web_settings.prefix + "-gone"), ctx.s3)   # no such bucket
+
+    def flaky(reply):      # the first write goes to a bucket that is not there (S3 refuses), then the real one
+        writes.append(reply.id)
+        (missing if len(writes) == 1 else ctx.jobs).record_result(reply)
+
+    ctx.listener.record = flaky
+    sqs = client("sqs", web_settings)
+    sqs.set_queue_attributes(QueueUrl=ctx.listener.queue_url, Attributes={"VisibilityTimeout": "1"})
+    late = PeerWorker(web_settings).start()
+    try:
+        done = wait_for(lambda: (lambda x: x if x.status_code == 200 else None)(app.test_client().get(f"/jobs/{rid}")))
+    finally:
+        late.stop()
+    assert done.get_json()["id"] == rid and writes == [rid, rid] and ctx.listener.recorded == 1
 
 
 def test_post_jobs_answers_202_and_get_jobs_gives_the_result_record(web, peer, web_settings):

@@ -11,7 +11,7 @@ from shared.messages import MessageError, Reply, Request, now_ms
 
 
 class PeerWorker:
-    """Plays the worker: receives from the request queues, answers via reply_to, writes the S3 record.
+    """Plays the worker: receives from the request queues, answers via reply_to, writes the S3 record where asked.
 
     Its answer is derived from what arrived (sha256 of uploaded bytes, or the URL), so a test can
     tell that each client got the answer to its own request.
@@ -49,10 +49,15 @@ class PeerWorker:
             return  # left for the DLQ, as the real worker does
         self.requests.append(req)
         reply = self.classify(req)
-        self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(req.id),
-                           Body=reply.to_json().encode())
+        record = req.wants_record   # as the worker: a waiting client's request asks for no record
         if req.reply_to:
-            self.sqs.send_message(QueueUrl=req.reply_to, MessageBody=reply.to_json())
+            try:
+                self.sqs.send_message(QueueUrl=req.reply_to, MessageBody=reply.to_json())
+            except self.sqs.exceptions.QueueDoesNotExist:
+                record = True       # the asker is gone: only the record can answer
+        if record:
+            self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(req.id),
+                               Body=reply.to_json().encode())
         self.sqs.delete_message(QueueUrl=url, ReceiptHandle=msg["ReceiptHandle"])
 
     def classify(self, req: Request) -> Reply:
