@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-
 from typing import Callable
 
 from autoscaler.queues import Heartbeats

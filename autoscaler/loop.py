@@ -10,8 +10,17 @@ from autoscaler.batches import BulkReader
 from autoscaler.fleet import Fleet
 from autoscaler.health import WorkerHealth, exits_in_window
 from autoscaler.housekeeping import Housekeeping
-from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, Decision, FleetState, PolicyConfig, PolicyState,
-                               QueueStats, get_policy)
+from autoscaler.policy import (
+    HOLD,
+    LAUNCH,
+    TERMINATE,
+    Decision,
+    FleetState,
+    PolicyConfig,
+    PolicyState,
+    QueueStats,
+    get_policy,
+)
 from autoscaler.queues import HeartbeatReader, QueueReader, ServiceTimes
 from autoscaler.versions import VersionController, declared_times
 from shared.aws import client

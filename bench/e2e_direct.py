@@ -30,7 +30,7 @@ def create_app():
 
     from shared.catalogue import catalogue_for
     from shared.config import Settings
-    from worker.fetch import FetchError, Fetcher
+    from worker.fetch import Fetcher, FetchError
     from worker.models.engine import ImageDecodeError, decode_image
     from worker.models.kinds.classifier import ImageClassifier
     from worker.models.registry import served_spec

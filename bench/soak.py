@@ -195,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(lambda _: load._one("url"), range(burst)))
         th = threading.Thread(target=sampler, daemon=True)
         th.start()
-        started = time.time()
         load.run(args.minutes * 60)
         stop.set()
         th.join(30)

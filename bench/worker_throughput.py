@@ -326,8 +326,8 @@ def main(argv=None) -> int:
         if args.services:
             from moto import mock_aws  # facesearch's gallery: S3 in this process (moto), no network
             with mock_aws():
-                from shared.aws import client
                 from classifycloud.provision import ensure_bucket
+                from shared.aws import client
                 ensure_bucket(client("s3", settings), settings)
                 for name in args.services:
                     rows.extend(bench_service(name, args, settings, jpegs))

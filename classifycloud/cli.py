@@ -91,8 +91,9 @@ def _classify_samples(stack, out=print) -> bool:
     ok = True
     out(f"\n{'photo':10s} {'top-1':28s} {'score':>6s} {'class':>5s} {'ms':>6s}")
     for name in SAMPLES:
-        done = _timed(lambda: requests.get(stack.base_url + "/classify", params={"url": stack.sample_url(name)},
-                                           timeout=180), f"{name:10s}", out)
+        done = _timed(lambda name=name: requests.get(stack.base_url + "/classify",
+                                                     params={"url": stack.sample_url(name)}, timeout=180),
+                      f"{name:10s}", out)
         if done is None:
             ok = False
             continue

@@ -12,8 +12,8 @@ from autoscaler.deadletters import CODE, read_dead_letters, release_all
 from shared import naming
 from shared.aws import client
 from shared.catalogue import catalogue_for
-from shared.live_catalogue import LiveCatalogue
 from shared.config import Settings
+from shared.live_catalogue import LiveCatalogue
 from shared.transport import QueueGone, Transport
 
 

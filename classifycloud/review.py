@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 
 from classifycloud.report import html as html_report
 from classifycloud.report import plots, tables
-from classifycloud.report.sources import (auto_period, dump_json, fetch_series, parse_time, read_records,
-                                          stderr_progress)
+from classifycloud.report.sources import auto_period, dump_json, fetch_series, parse_time, read_records, stderr_progress
 from classifycloud.report.stats import summarize_fleet, summarize_records, totals_by_dims
 from classifycloud.report.versions import SHADOW_PREFIX, parse_shadow, shadow_table
 from shared.config import Settings

@@ -87,7 +87,6 @@ def sample_bytes():
 def responses_match_the_openapi_description():
     """Every response our web server (gunicorn) gives to `requests` in any test is checked against the spec."""
     import requests
-
     from openapi_check import check_requests_response
     original = requests.Session.send
 

@@ -19,8 +19,17 @@ from typing import Any, Hashable, Iterable
 
 from shared.config import Settings
 from shared.messages import now_ms
-from shared.transport import (MAX_BATCH, BatchResult, Failure, QueueDepth, QueueGone, Received, Transport,
-                              TransportError, _body)
+from shared.transport import (
+    MAX_BATCH,
+    BatchResult,
+    Failure,
+    QueueDepth,
+    QueueGone,
+    Received,
+    Transport,
+    TransportError,
+    _body,
+)
 
 BASE = "http://stub.local/000000000000/"
 

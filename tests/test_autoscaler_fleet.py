@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import pytest
+from waiting import wait_for
 
 from autoscaler.fleet import Fleet, make_fleet
 from autoscaler.fleet.local import LocalFleet
@@ -14,7 +14,6 @@ from autoscaler.loop import Autoscaler
 from autoscaler.queues import HeartbeatReader
 from shared.aws import client
 from shared.transport import Transport
-from waiting import wait_for
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 

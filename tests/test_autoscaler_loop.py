@@ -18,9 +18,8 @@ from shared import naming
 from shared.aws import client
 from shared.messages import Request, Terminate, now_ms
 from shared.transport import Transport
-from worker.terminate import TerminateWatch
-
 from tests.conftest import free_port
+from worker.terminate import TerminateWatch
 
 
 @pytest.fixture

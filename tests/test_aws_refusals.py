@@ -12,6 +12,9 @@ import json
 
 from botocore.exceptions import ClientError
 
+# the worker groups as Terraform builds them with min_workers = 1: warm (min 0), then the base group (min 1)
+from test_fleet_asg import describe as group  # noqa: F401  (groups: a fixture)
+
 from autoscaler.fleet.asg import AsgFleet
 from shared.aws import client
 from shared.messages import Terminate, now_ms
@@ -19,9 +22,6 @@ from shared.service_queues import ensure_request_queue
 from shared.transport import Transport
 from worker.asg import FleetAgent
 from worker.terminate import TerminateWatch
-
-# the worker groups as Terraform builds them with min_workers = 1: warm (min 0), then the base group (min 1)
-from test_fleet_asg import describe as group, groups  # noqa: F401  (groups: a fixture)
 
 MIN_SIZE_REFUSAL = ("Currently, desiredSize equals minSize ({size}). Terminating instance without replacement will "
                     "violate group's min size constraint. Either set shouldDecrementDesiredCapacity flag to false or "

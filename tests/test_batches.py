@@ -7,16 +7,16 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from test_fetch import ImageServer
+from test_worker_loop import CATS, ESPRESSO, in_thread, model  # noqa: F401  (model: the module's fixture)
 
 from autoscaler.batches import BatchDriver
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix, new_batch_id
 from shared.config import Settings
 from shared.messages import Request, now_ms
-from classifycloud.provision import ensure_all
-from test_fetch import ImageServer
-from test_worker_loop import CATS, ESPRESSO, in_thread, model  # noqa: F401  (model: the module's fixture)
 from worker.loop import Worker
 
 

@@ -7,12 +7,12 @@ import pytest
 
 from autoscaler.deadletters import DeadLetterSettler
 from classifycloud.dlq import list_dead_letters, redrive
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.messages import Reply, Request, new_id
-from classifycloud.provision import ensure_all
-from webserver.app import create_app
 from shared.transport import Transport
+from webserver.app import create_app
 from worker.consumer import Held
 from worker.results import ResultSink
 
@@ -148,8 +148,9 @@ def test_a_service_added_after_start_has_its_dead_letters_settled_too(env, catal
 
 
 def test_dlq_list_and_redrive_see_a_service_published_to_s3(env, tmp_path):
-    from classifycloud.publish import push_service
     from test_live_models import ENTRY
+
+    from classifycloud.publish import push_service
     s, urls, sqs, s3, _ = env
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"weights are not read by a listing")

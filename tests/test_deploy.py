@@ -27,11 +27,11 @@ import boto3
 import pytest
 import requests
 import yaml
-
-from classifycloud.local import free_port
 from moto_terraform import empty_bucket, leftovers, write_overrides
 from terraform_tools import ROOT, Terraform, scratch_copy
 from waiting import wait_for
+
+from classifycloud.local import free_port
 
 pytestmark = pytest.mark.slow
 

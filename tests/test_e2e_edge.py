@@ -174,8 +174,8 @@ def test_gunicorn_shutdown_flushes_every_buffered_usage_record(settings, provisi
     """A long flush interval keeps the records in memory; SIGTERM must still write every one."""
     from classifycloud.local import free_port
     from shared.aws import client
-    from webserver.usage import table_name
     from webserver.serve import gunicorn_command
+    from webserver.usage import table_name
     s = settings.replace(usage_flush_interval_s=600.0)
     port = free_port()
     proc = subprocess.Popen(gunicorn_command(s, processes=1, host="127.0.0.1", port=port),

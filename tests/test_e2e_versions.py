@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import boto3
 import pytest
 import requests
+from waiting import wait_for
 
 from classifycloud.local import SAMPLES, LocalStack
 from shared.config import Settings
 from shared.version_entries import version_prefix
 from shared.versions import TrafficPolicy
 from worker.shadow import shadow_key
-from waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -37,6 +37,7 @@ def photo_fitted_resnet18() -> torch.nn.Module:
     A purely random head ranks every image alike, which would hide results handed to the wrong request.
     """
     import torchvision.transforms.functional as TF
+
     from worker.models.engine import decode_image
     torch.manual_seed(2)
     model = builders.build("torchvision:resnet18", 4).eval()

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from shared.config import Settings
-from worker.fetch import FetchError, Fetcher, address_refusal, check_image_header
+from worker.fetch import Fetcher, FetchError, address_refusal, check_image_header
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "samples")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shared.aws import client
 from classifycloud.provision import ensure_bucket
+from shared.aws import client
 from worker.models.gallery import GalleryFull, GalleryStore
 
 

@@ -14,11 +14,11 @@ import uuid
 import hcl2
 import pytest
 
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.config import Settings
 from shared.messages import Terminate
-from classifycloud.provision import ensure_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 AMI = os.path.join(ROOT, "ami")

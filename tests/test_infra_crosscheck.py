@@ -171,7 +171,7 @@ def test_user_data_and_units_set_only_variables_the_settings_read():
 
 
 def test_literal_settings_in_user_data_parse_as_settings():
-    for component, env in _user_data_env().items():
+    for env in _user_data_env().values():
         literal = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and "${" not in str(v)}
         settings = Settings.from_env(literal)
         assert settings.metrics_enabled is True

@@ -9,10 +9,10 @@ import shutil
 import subprocess
 
 import pytest
+from terraform_tools import MIRROR_ENV, Terraform, find_mirror, holds_aws_provider, scratch_copy
 
 from shared.catalogue import load_catalogue
 from shared.config import Settings
-from terraform_tools import MIRROR_ENV, Terraform, find_mirror, holds_aws_provider, scratch_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF = os.path.join(ROOT, "infra", "terraform")

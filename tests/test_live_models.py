@@ -7,15 +7,15 @@ import time
 import pytest
 import torch
 import yaml
+from waiting import wait_for
 
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.catalogue import CatalogueError
 from shared.live_catalogue import LiveCatalogue, S3Entries, parse_s3_entry
 from shared.messages import Reply, Request
-from classifycloud.provision import ensure_all
 from shared.transport import Transport
-from waiting import wait_for
 
 CATS = range(281, 286)   # tabby, tiger cat, Persian, Siamese, Egyptian cat
 ENTRY = {"architecture": "efficientnet_lite0", "num_classes": 1000,
@@ -182,8 +182,9 @@ def _failed(worker, name: str) -> bool:
 
 def test_a_booby_trapped_s3_checkpoint_is_refused_and_the_worker_goes_on(
         live, running_worker, sample_bytes, tmp_path):
-    from classifycloud.publish import push_service
     from test_models_loader import _Trap
+
+    from classifycloud.publish import push_service
     from worker.models import builders
     marker = tmp_path / "ran"
     trap = tmp_path / "trap.pth"

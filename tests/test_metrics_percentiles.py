@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 
 from classifycloud.report.sources import auto_period, parse_record, parse_time
-from classifycloud.report.stats import (Record, bucket_percentiles, percentile, summarize_fleet,
-                                        summarize_records, totals_by_dims)
+from classifycloud.report.stats import (
+    Record,
+    bucket_percentiles,
+    percentile,
+    summarize_fleet,
+    summarize_records,
+    totals_by_dims,
+)
 from shared.messages import Reply
 
 

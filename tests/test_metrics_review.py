@@ -136,7 +136,7 @@ def test_review_of_a_short_load_prints_the_table_and_numbers_agree_with_what_was
 
 
 def test_review_writes_decodable_pngs_and_a_standalone_html_report(stack, tmp_path, capsys):
-    sent = short_load(stack)
+    short_load(stack)
     code, out, _ = run_review(stack, tmp_path, capsys)
     assert code == 0
     for name in ("timeline.png", "latency.png", "stages.png"):

@@ -117,8 +117,8 @@ def faces(moto_endpoint):
     """facesearch loaded once, its gallery in a fresh bucket on the session's moto server."""
     import uuid
 
-    from shared.aws import client
     from classifycloud.provision import ensure_bucket
+    from shared.aws import client
     settings = Settings.from_env({}, prefix="f" + uuid.uuid4().hex[:10], metrics_enabled=False,
                                  services=("facesearch",))
     ensure_bucket(client("s3", settings), settings)

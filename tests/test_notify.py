@@ -8,17 +8,17 @@ import threading
 import time
 
 import pytest
+from test_batches import driving, make_batch, wait_final, worker_for
+from test_fetch import ImageServer
+from test_worker_loop import CATS, in_thread, model  # noqa: F401  (model: the module's fixture)
 
 from autoscaler.batches import BatchDriver
 from autoscaler.notify import Notifier
 from classifycloud.keyadmin import create_key, register_topic
+from classifycloud.provision import ensure_all
 from shared.aws import client
 from shared.batches import BatchStore
 from shared.notify import SIGNATURE_HEADER, Outbox, WebhookSecrets, sign, verify
-from classifycloud.provision import ensure_all
-from test_batches import driving, make_batch, wait_final, worker_for
-from test_fetch import ImageServer
-from test_worker_loop import CATS, in_thread, model  # noqa: F401  (model: the module's fixture)
 from webserver.app import create_app
 
 

@@ -5,8 +5,18 @@ import math
 
 import pytest
 
-from autoscaler.policy import (HOLD, LAUNCH, TERMINATE, FleetState, PolicyConfig, PolicyState, QueueStats,
-                               backlog, classifycloud, get_policy)
+from autoscaler.policy import (
+    HOLD,
+    LAUNCH,
+    TERMINATE,
+    FleetState,
+    PolicyConfig,
+    PolicyState,
+    QueueStats,
+    backlog,
+    classifycloud,
+    get_policy,
+)
 
 PAPER = PolicyConfig(min_workers=1, max_workers=19, qos=0.9, scaling_factor=1.0)
 CFG = PolicyConfig(min_workers=1, max_workers=10, latency_budget_s=10.0, seconds_per_request={"imagenet": 1.0},

@@ -1,7 +1,16 @@
 """The bulk budget in the pure policy: deadlines add workers, no deadline uses the fleet there is."""
 from __future__ import annotations
 
-from autoscaler.policy import LAUNCH, FleetState, PolicyConfig, PolicyState, QueueStats, backlog, bulk_workers, classifycloud
+from autoscaler.policy import (
+    LAUNCH,
+    FleetState,
+    PolicyConfig,
+    PolicyState,
+    QueueStats,
+    backlog,
+    bulk_workers,
+    classifycloud,
+)
 
 CFG = PolicyConfig(min_workers=0, max_workers=10, latency_budget_s=10.0, seconds_per_request={"imagenet": 0.2},
                    bulk_margin_s=60.0)

@@ -10,12 +10,12 @@ import time
 
 import pytest
 from PIL import Image
+from test_fetch import ImageServer, _png_header
 
 from shared.config import Settings
-from shared.images import ALLOWED_FORMATS, open_checked, ImageRefused
+from shared.images import ALLOWED_FORMATS, ImageRefused, open_checked
+from worker.fetch import Fetcher, FetchError, check_image_header
 from worker.redact import safe_url
-from test_fetch import ImageServer, _png_header
-from worker.fetch import FetchError, Fetcher, check_image_header
 
 DEADLINE_S = 2.0
 SLACK_S = 0.6
@@ -199,6 +199,7 @@ def test_fetch_errors_carry_no_credentials_or_query(server):
 def _self_signed(tmp_path, name: str) -> tuple[str, str]:
     """A self-signed certificate for `name` (cert path, key path)."""
     import datetime
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -223,6 +224,7 @@ def _self_signed(tmp_path, name: str) -> tuple[str, str]:
 def tls_server(tmp_path, monkeypatch):
     """The image server behind TLS with a certificate for 'localhost', trusted by the fetcher."""
     import ssl
+
     import worker.fetch as fetch_mod
     cert, key = _self_signed(tmp_path, "localhost")
     monkeypatch.setattr(fetch_mod, "_CA_CERTS", cert)

@@ -5,10 +5,8 @@ import threading
 import time
 
 import pytest
-
 from test_security_fetch import _eps, _psd
-from test_worker_loop import CATS, ESPRESSO, Stack, run_burst  # noqa: F401
-from test_worker_loop import images, model, stack  # noqa: F401  (fixtures; ImageServer serves /drip/* too)
+from test_worker_loop import CATS, ESPRESSO, Stack, images, model, run_burst, stack  # noqa: F401  # noqa: F401  (fixtures; ImageServer serves /drip/* too)
 
 DEADLINE_S = 6.0
 BATCH_WAIT_S = 1.0

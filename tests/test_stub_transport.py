@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from stub_transport import StubTransport
 
 from shared.transport import QueueGone, Transport
-from stub_transport import StubTransport
 
 
 @pytest.fixture(params=["moto", "stub"])

@@ -8,8 +8,18 @@ import pytest
 
 from shared.catalogue import CatalogueError, load_catalogue, split_versions
 from shared.messages import MessageError, Reply, Request
-from shared.versions import (Bounds, Outcome, TrafficPolicy, VersionError, VersionStats, parse_pin, percentile,
-                             rollback_decision, seconds_per_request, stats_since)
+from shared.versions import (
+    Bounds,
+    Outcome,
+    TrafficPolicy,
+    VersionError,
+    VersionStats,
+    parse_pin,
+    percentile,
+    rollback_decision,
+    seconds_per_request,
+    stats_since,
+)
 
 N = 20000
 

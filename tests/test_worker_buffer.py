@@ -7,9 +7,9 @@ import time
 from collections import Counter
 
 import pytest
+from stub_transport import StubTransport
 
 from shared.transport import Transport
-from stub_transport import StubTransport
 from worker.consumer import Consumer, MessageBuffer
 
 SERVICES = ("hot", "warm", "idle-a", "idle-b", "idle-c")

@@ -4,11 +4,10 @@ from __future__ import annotations
 import time
 from types import SimpleNamespace
 
-import pytest
+from test_worker_loop import CATS, images, in_thread, model, stack  # noqa: F401  (fixtures)
 
 from shared import naming
 from shared.messages import Request
-from test_worker_loop import CATS, images, in_thread, model, stack  # noqa: F401  (fixtures)
 from worker.bulk import InteractiveQuiet
 
 

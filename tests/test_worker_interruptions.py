@@ -8,12 +8,12 @@ import time
 from contextlib import contextmanager
 
 import pytest
-
-from shared.aws import client
-from shared.messages import Terminate
 from test_fetch import ImageServer
 from test_worker_loop import Stack, in_thread, model  # noqa: F401  (the module-scoped model fixture)
+
 from classifycloud.provision import ensure_all
+from shared.aws import client
+from shared.messages import Terminate
 from worker.imds import Imds
 from worker.spot import InterruptionWatch
 

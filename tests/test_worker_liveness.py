@@ -4,10 +4,11 @@ from __future__ import annotations
 import threading
 import time
 
+from test_worker_loop import model, run_burst, stack  # noqa: F401  (fixtures)
+
 from autoscaler.health import WorkerHealth
 from autoscaler.queues import Heartbeats
 from shared.messages import now_ms
-from test_worker_loop import model, run_burst, stack  # noqa: F401  (fixtures)
 
 
 class BlockingEngine:

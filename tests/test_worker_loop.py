@@ -7,14 +7,14 @@ import time
 from contextlib import contextmanager
 
 import pytest
+from test_fetch import ImageServer
 
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.config import Settings
 from shared.messages import Reply, Request, Terminate, now_ms
-from classifycloud.provision import ensure_all
 from shared.transport import Transport
-from test_fetch import ImageServer
 from worker.consumer import Consumer, MessageBuffer, release
 from worker.loop import Worker
 from worker.terminate import TerminateWatch

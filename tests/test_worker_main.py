@@ -5,10 +5,10 @@ import json
 
 import pytest
 
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.messages import Request
-from classifycloud.provision import ensure_all
 from worker.__main__ import main
 
 

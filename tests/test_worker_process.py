@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
+from test_fetch import ImageServer
 
+from classifycloud.provision import ensure_all
 from shared import naming
 from shared.aws import client
 from shared.messages import Reply, Request, Terminate, now_ms
-from classifycloud.provision import ensure_all
-from test_fetch import ImageServer
 from worker.loop import Worker
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
@@ -117,7 +117,7 @@ def test_worker_process_ignores_a_stale_terminate_and_exits_zero_on_a_fresh_one(
 
 
 def test_worker_releases_messages_on_sigterm(env, procs, tmp_path):
-    sqs, s3 = env["sqs"], env["s3"]
+    sqs = env["sqs"]
     s = env["settings"].replace(buffer_size=6, max_batch_size=1)
     with ImageServer() as images:
         for i in range(6):  # the first fetch hangs until released: the worker is then holding all six
@@ -147,7 +147,7 @@ def test_worker_releases_messages_on_sigterm(env, procs, tmp_path):
 
 
 def test_sigkilled_worker_request_is_answered_by_another_worker(env, procs, tmp_path, catalogue):
-    sqs, s3 = env["sqs"], env["s3"]
+    sqs = env["sqs"]
     s = env["settings"].replace(visibility_timeout_s=3)
     ensure_all(s, catalogue)    # a short visibility timeout on the request queue
     with ImageServer() as images:

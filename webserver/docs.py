@@ -13,8 +13,8 @@ from functools import lru_cache
 import yaml
 from flask import Blueprint, Flask, current_app, jsonify
 
-from webserver.inputs import IMAGE_URL_PATTERN
 from webserver.blueprints import register_routes
+from webserver.inputs import IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
 
 bp = Blueprint("docs", __name__)

@@ -13,14 +13,12 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shared import kinds
 from shared.naming import face_prefix, gallery_prefix
-from webserver.failures import StorageUnavailable
-
 from webserver.auth import current_tenant
 from webserver.errors import ApiError
+from webserver.failures import StorageUnavailable
 from webserver.inputs import parse_classify
+from webserver.outcomes import SYNC_ANSWERS, answer
 from webserver.params import check_gallery, field_value
-from webserver.outcomes import answer
-from webserver.outcomes import SYNC_ANSWERS
 from webserver.routing import UPLOAD, route
 
 log = logging.getLogger(__name__)

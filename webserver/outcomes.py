@@ -12,7 +12,6 @@ from webserver.errors import ApiError, status_for_reply_code
 from webserver.proxy import status_url
 from webserver.usage_tags import tag_usage
 
-
 # what an image route answers besides 200: the input (400, 413, 415), the service (403/404 pins and names,
 # 503), the image as the worker saw it (422), and 500/502/504 from the worker, the store or the wait
 SUBMIT_ANSWERS = (400, 403, 404, 413, 415, 422, 502, 503)

@@ -5,15 +5,15 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shared import kinds
 from shared.messages import valid_id
-from webserver.bulk import job_notify, queue_job_notice
 from shared.versions import versioned_name
-from webserver.usage_tags import tag_usage
+from webserver.bulk import job_notify, queue_job_notice
 from webserver.errors import ApiError, public_reason
 from webserver.inputs import parse_classify
-from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, Outcome, answer
-from webserver.proxy import status_url
+from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, answer
 from webserver.params import request_params
+from webserver.proxy import status_url
 from webserver.routing import UPLOAD, route
+from webserver.usage_tags import tag_usage
 
 bp = Blueprint("api", __name__)
 
@@ -101,7 +101,7 @@ def services():
         if name in serving:
             entry.update(serving[name])
         out.append(entry)
-    for name, error in sorted(getattr(c.catalogue, "errors", {}).items()):  # refused S3 entries (why: the log)
+    for name in sorted(getattr(c.catalogue, "errors", {})):  # refused S3 entries (why: the log)
         if name not in services:
             out.append({"name": name, "kind": None, "description": "", "architecture": None, "backend": None,
                         "num_classes": None, "top_k": None, "available": False,

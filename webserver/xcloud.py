@@ -6,12 +6,10 @@ import time
 from flask import Blueprint, current_app, request
 
 from shared import kinds
-from webserver.usage_tags import tag_usage
 from webserver.errors import XCLOUD_OK
 from webserver.inputs import parse_top_k, parse_xcloud_image
-from webserver.outcomes import answer
+from webserver.outcomes import SYNC_ANSWERS, answer
 from webserver.params import request_params
-from webserver.outcomes import SYNC_ANSWERS
 from webserver.routing import UPLOAD, route
 
 bp = Blueprint("xcloud", __name__)

@@ -10,7 +10,7 @@ from shared.config import Settings
 from shared.messages import MessageError, Reply, Request, now_ms, readable_reply_to
 from shared.metrics import MetricsPublisher
 from worker.consumer import Held, extend_visibility
-from worker.fetch import FetchError, Fetcher
+from worker.fetch import Fetcher, FetchError
 from worker.models.engine import ImageDecodeError, InferenceEngine
 from worker.models.registry import ModelRegistry
 from worker.results import Outcome, ResultSink
@@ -202,7 +202,7 @@ class BatchProcessor:
         try:
             result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group],
                                      [i.request.params for i in group], answer_as=services if mixed else None)
-        except Exception as exc:  # the model failed: every item gets a clear error, the worker goes on
+        except Exception:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
             for item in group:
                 self._fail(item, "inference_failed", "the model failed on this batch; try again")  # detail: the log

@@ -7,7 +7,8 @@ from typing import Callable
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import Heartbeat as HeartbeatRecord, now_ms
+from shared.messages import Heartbeat as HeartbeatRecord
+from shared.messages import now_ms
 
 log = logging.getLogger(__name__)
 

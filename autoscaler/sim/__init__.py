@@ -7,9 +7,9 @@ from autoscaler.sim.report import Result, summarise, table
 from autoscaler.sim.traces import TRACES, Trace
 
 
-def simulate(trace: Trace, policy: str, cfg: SimConfig = SimConfig(), seed: int = 0) -> tuple[Result, Simulation]:
+def simulate(trace: Trace, policy: str, cfg: SimConfig | None = None, seed: int = 0) -> tuple[Result, Simulation]:
     """Run one controller on one trace; (summary, finished simulation)."""
-    sim = Simulation(trace, CONTROLLERS[policy](), cfg, seed=seed).run()
+    sim = Simulation(trace, CONTROLLERS[policy](), cfg or SimConfig(), seed=seed).run()
     return summarise(sim, policy), sim
 
 

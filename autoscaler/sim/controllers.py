@@ -65,11 +65,11 @@ class AsgController(PolicyController):
 
     period_s = 2.0
 
-    def __init__(self, warm_pool: int | None = None, model: AsgModel = AsgModel(), target_utilization: float = 0.35,
+    def __init__(self, warm_pool: int | None = None, model: AsgModel | None = None, target_utilization: float = 0.35,
                  **config):
         super().__init__("backlog", target_utilization=target_utilization, **config)
         self.warm_pool = warm_pool
-        self.model = model
+        self.model = model if model is not None else AsgModel()
 
     def start(self, sim) -> None:
         super().start(sim)

@@ -24,9 +24,10 @@ def _one(task) -> tuple[Result, Simulation | None]:
     return summarise(sim, policy), (sim if keep else None)
 
 
-def run_all(traces: list[str], policies: list[str], seeds: list[int], cfg: SimConfig = SimConfig(),
+def run_all(traces: list[str], policies: list[str], seeds: list[int], cfg: SimConfig | None = None,
             day_hours: float = 24.0, mean_rate: float = 12.0, jobs: int = 1, keep_seed: int | None = None):
     """Every (trace, policy, seed): (results in order, {trace: {policy: sim}} for keep_seed)."""
+    cfg = cfg or SimConfig()
     tasks = [(t, p, s, cfg, day_hours, mean_rate, s == keep_seed) for t in traces for s in seeds for p in policies]
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
@@ -46,7 +47,7 @@ def average(results: list[Result]) -> list[Result]:
     for r in results:
         groups.setdefault((r.trace, r.policy), []).append(r)
     out = []
-    for (trace, policy), rs in groups.items():
+    for rs in groups.values():
         kw = {}
         for f in fields(Result):
             values = [getattr(r, f.name) for r in rs]

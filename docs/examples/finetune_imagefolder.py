@@ -75,6 +75,7 @@ def train(args) -> None:
     from torch.utils.data import DataLoader
     from torchvision import datasets
     from torchvision import transforms as T
+
     from shared.catalogue import default_catalogue_path
     torch.manual_seed(args.seed)
     mean, std = ((0.5,) * 3, (0.5,) * 3) if args.arch == "efficientnet_lite0" else (

@@ -8,8 +8,8 @@ import time
 
 import pytest
 import requests
-
 from web_peer import PeerWorker
+
 from webserver.app import create_app
 
 

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import pytest
+from openapi_check import check_flask_response
+from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
 
 from autoscaler.batches import BatchDriver
 from classifycloud.keyadmin import create_key, register_topic
-from openapi_check import check_flask_response
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix
 from shared.notify import Outbox
-from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
 
 
 @pytest.fixture

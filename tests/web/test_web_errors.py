@@ -7,8 +7,14 @@ import sys
 import pytest
 
 from webserver.errors import ERRORS, XCLOUD_INTERNAL, XCLOUD_INVALID_URL, ApiError, status_for_code, xcloud_code
-from webserver.failures import (CorruptRecord, ImageTooLarge, QueueUnavailable, ServiceUnavailable,
-                                StorageUnavailable, UnknownService)
+from webserver.failures import (
+    CorruptRecord,
+    ImageTooLarge,
+    QueueUnavailable,
+    ServiceUnavailable,
+    StorageUnavailable,
+    UnknownService,
+)
 from webserver.jobs import JobStore
 
 ROUTE_MODULES = {"webserver.routes", "webserver.xcloud", "webserver.faces", "webserver.docs"}

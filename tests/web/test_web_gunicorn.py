@@ -10,13 +10,13 @@ import time
 
 import pytest
 import requests
+from waiting import wait_for
+from web_peer import PeerWorker
 
 from classifycloud.local import free_port
 from shared import naming
 from shared.aws import client
-from web_peer import PeerWorker
 from webserver.serve import gunicorn_command
-from waiting import wait_for
 
 
 def reply_queues(settings) -> list[str]:

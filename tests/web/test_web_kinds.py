@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from web_peer import PeerWorker
 
 from shared import naming
 from shared.aws import client
-from web_peer import PeerWorker
 from webserver.xcloud import xcloud_results
 
 

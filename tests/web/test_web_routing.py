@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from web_peer import PeerWorker
-from webserver.app import create_app
+
 from webserver.docs import KEY_SECURITY, load_spec
 from webserver.routing import UPLOAD, rules_for
 

@@ -5,7 +5,6 @@ the worker over real SQS (with its heartbeat, so /healthz is healthy as with a r
 (MAX_EXAMPLES per operation) and deterministic (schemathesis's deterministic generation)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,9 +12,9 @@ import threading
 from pathlib import Path
 
 import pytest
+from web_peer import PeerWorker, write_heartbeat
 
 from classifycloud.local import free_port
-from web_peer import PeerWorker, write_heartbeat
 from webserver.serve import gunicorn_command
 
 MAX_EXAMPLES = 10

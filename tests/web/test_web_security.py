@@ -5,7 +5,6 @@ import base64
 import io
 
 import pytest
-
 from test_security_fetch import _eps, _psd
 
 

@@ -5,6 +5,7 @@ import base64
 import io
 
 from web_peer import sha_label
+
 from webserver.xcloud import xcloud_results
 
 ENVELOPE = {"code", "msg", "results", "elapse"}
@@ -104,8 +105,9 @@ def test_cv_xcloud_names_are_checked_like_ours(web, peer, sample_bytes):
 def test_cv_mcloud_skin_is_served_by_the_skin_service(make_app, web_settings, provisioned, catalogue, sample_bytes):
     import dataclasses
 
-    from shared.catalogue import Catalogue
     from web_peer import PeerWorker
+
+    from shared.catalogue import Catalogue
     # the web checks only that weights are configured; the peer answers on the skin queue
     skin = dataclasses.replace(catalogue["skin"], weights="s3://bucket/models/skin/w.safetensors")
     app = make_app(web_settings, catalogue=Catalogue({**catalogue.services, "skin": skin}))

@@ -1,7 +1,6 @@
 """Batch execution: decode and preprocess in a thread pool, one forward pass, per-item results."""
 from __future__ import annotations
 
-import io
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from shared.config import get_settings
-from shared.images import ImageRefused, CheckedImage, open_checked, take_header
+from shared.images import CheckedImage, ImageRefused, open_checked, take_header
 from worker.models.cpu_clock import ModelClock
 from worker.models.registry import ModelRegistry
 

@@ -10,8 +10,8 @@ import numpy as np
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image
 
-from shared.config import Settings
 from shared.catalogue import ServiceSpec
+from shared.config import Settings
 from shared.naming import DEFAULT_TENANT
 from worker.models.gallery import GalleryFull, GalleryStore, check_gallery, check_name, check_tenant
 from worker.models.handler import Handler, ItemError
