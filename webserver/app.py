@@ -37,8 +37,8 @@ class WebContext:
         self.transport = Transport(settings)
         self.s3 = client("s3", settings)
         self.metrics = MetricsPublisher(settings, "web")
-        self.listener = ReplyListener(settings, self.transport)
         self.jobs = JobStore(settings, self.s3)
+        self.listener = ReplyListener(settings, self.transport, records=self.jobs.reply)
         self.heartbeats = HeartbeatMonitor(settings, self.s3)
         self.submitter = Submitter(settings, catalogue, self.transport, self.jobs, self.listener, self.metrics)
         self._metrics_started = False

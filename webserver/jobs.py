@@ -8,7 +8,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
-from shared.messages import now_ms
+from shared.messages import Reply, now_ms
 from webserver.auth import current_owner
 from webserver.failures import CorruptRecord, StorageUnavailable
 
@@ -51,6 +51,11 @@ class JobStore:
     def result(self, request_id: str) -> dict | None:
         """The result record (the worker's reply), or None when there is none yet."""
         return self._get_json(naming.result_key(request_id), request_id)
+
+    def reply(self, request_id: str) -> Reply | None:
+        """The result record as a Reply (for a waiter whose reply queue died), or None when there is none yet."""
+        doc = self.result(request_id)
+        return Reply.from_json(doc) if doc is not None else None
 
     def marker(self, request_id: str) -> dict | None:
         """The job marker, or None when this id was never submitted as a job."""

@@ -97,7 +97,7 @@ class Submitter:
         ref = self._image_ref(rid, image)
         req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to,
                       top_k=top_k or spec.top_k, params=params, version=version, shadow=shadow)
-        waiter = self.listener.register(rid)
+        waiter = self.listener.register(rid, reply_to)
         try:
             self._send(req)
             log.info("request %s: sent to %s%s (%s), waiting", rid, spec.name, f"@{version}" if version else "",
