@@ -7,12 +7,16 @@ chain itself (see shared/aws.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Mapping
 
 ENV_PREFIX = "CLASSIFYCLOUD_"
+WEB_PROBE_THREADS = 2      # derived gunicorn threads kept for probes and polls beyond the waiting requests
+WEB_MIN_THREADS = 8
+WEB_MAX_THREADS = 256      # past this a process is better split (web_processes): one GIL, one reply listener
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,9 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ()       # Host headers the web answers (ALB DNS, domains); () -> any
     proxy_hops: int = 0                       # proxies (ALB) in front of the web whose X-Forwarded-* count
     web_processes: int = 2                    # gunicorn worker processes
+    web_threads: int = 0                      # gunicorn threads per process; 0 -> derived (web_thread_count)
+    web_expected_rps: float = 0.25            # requests/s one process must keep taking while every reply waits
+                                              # the full reply_timeout_s (a stalled fleet): sizes the derived threads
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     reply_heartbeat_s: float = 30.0           # a web process re-tags its reply queue this often (owner alive)
@@ -184,6 +191,17 @@ class Settings:
     def pool_tag_value(self) -> str:
         """The tag value that marks the worker pool's instances."""
         return self.pool_tag or f"{self.prefix}-workers"
+
+    @property
+    def web_thread_count(self) -> int:
+        """gunicorn threads per process: web_threads, or enough that a stall never starves new requests.
+
+        Each synchronous request holds a thread until its reply or reply_timeout_s (Little's law:
+        rate x hold time), plus WEB_PROBE_THREADS so /readyz and /jobs polls still answer; bounded."""
+        if self.web_threads > 0:
+            return self.web_threads
+        held = math.ceil(self.web_expected_rps * self.reply_timeout_s)
+        return max(WEB_MIN_THREADS, min(WEB_MAX_THREADS, held + WEB_PROBE_THREADS))
 
     @property
     def api_keys_enabled(self) -> bool:
