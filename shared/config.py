@@ -55,6 +55,10 @@ class Settings:
     web_port: int = 8080
     reply_heartbeat_s: float = 30.0           # a web process re-tags its reply queue this often (owner alive)
     reply_queue_grace_s: float = 300.0        # the janitor deletes a reply queue whose owner is silent this long
+    job_ttl_s: int = 6 * 3600                 # POST /jobs without ttl_s: not started this long after submission,
+                                              # a job ends `expired` (the worker answers that instead of running it)
+    job_ttl_max_s: int = 23 * 3600            # the largest ttl_s taken: under message_retention_s, so a job's
+                                              # deadline always comes before SQS could drop its message
     shutdown_drain_s: float = 30.0            # on SIGTERM, waiting requests get this long for their reply, then a
                                               # 503 with their job id; gunicorn's graceful timeout outlasts the reply wait
 

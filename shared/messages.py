@@ -74,11 +74,16 @@ class Request:
     params: dict | None = None       # optional, per kind: {"op", "gallery", "name"} (embedding), {"meta"} (skin)
     version: str | None = None       # optional: the service version chosen at submit (sticky on redelivery)
     shadow: str | None = None        # optional: a version that also runs on this image; its answer is not returned
+    expires_at: int | None = None    # optional, epoch ms: not started by then, the job is answered `expired`
+
+    def expired(self, now: int | None = None) -> bool:
+        """True when the request carries a deadline and it has passed."""
+        return self.expires_at is not None and (now_ms() if now is None else now) > self.expires_at
 
     def to_json(self) -> str:
         """The message body (optional fields only when given, so plain requests keep their v1 shape)."""
         body = asdict(self)
-        for key in ("params", "version", "shadow"):
+        for key in ("params", "version", "shadow", "expires_at"):
             if body[key] is None:
                 del body[key]
         return json.dumps(body, separators=(",", ":"))
@@ -114,12 +119,15 @@ class Request:
         if params is not None and not (isinstance(params, dict) and len(json.dumps(params)) <= MAX_PARAMS_BYTES):
             raise MessageError("malformed_message", f"request: params must be a JSON object of at most "
                                                     f"{MAX_PARAMS_BYTES} bytes")
+        expires_at = data.get("expires_at")
+        if expires_at is not None and (not isinstance(expires_at, int) or isinstance(expires_at, bool)):
+            raise MessageError("malformed_message", "request: expires_at must be epoch milliseconds or null")
         versions = {k: data.get(k) for k in ("version", "shadow")}
         for key, value in versions.items():
             if value is not None and not (isinstance(value, str) and _VERSION_RE.match(value)):
                 raise MessageError("malformed_message", f"request: {key} must be a version name like 'v2'")
         return cls(id=rid, service=service, image=dict(image), reply_to=reply_to,
-                   top_k=top_k, submitted_at=submitted, params=params, **versions)
+                   top_k=top_k, submitted_at=submitted, params=params, expires_at=expires_at, **versions)
 
 
 def readable_reply_to(body: str | bytes) -> tuple[str | None, str | None]:

@@ -14,10 +14,10 @@ from flask import Blueprint, current_app, jsonify, request
 from shared.batches import (FINAL, BatchError, BatchStore, check_location, item_input, new_batch_id,
                             summary_of, valid_batch_id)
 from shared.messages import now_ms
-from shared.notify import SIGNATURE_HEADER, NotifyError, Outbox, WebhookSecrets, check_notify
+from shared.notify import SIGNATURE_HEADER, NotifyError, WebhookSecrets, check_notify
 from webserver.auth import current_owner
 from webserver.errors import ApiError
-from webserver.inputs import check_url, parse_json_body, parse_top_k
+from webserver.inputs import check_url, merge_param, parse_json_body, parse_top_k
 from webserver.proxy import external_url
 from webserver.routing import BATCH, route
 from webserver.usage_tags import tag_usage
@@ -205,7 +205,20 @@ def job_notify(req) -> dict | None:
     return parse_notify(value)
 
 
-def queue_job_notice(job_id: str, notify: dict) -> None:
-    """Put the job's notice in the outbox; the driver sends it once the result record exists."""
-    c = _ctx()
-    Outbox(c.settings, c.s3).enqueue(f"job-{job_id}", current_owner(), notify, None, job_id=job_id)
+def job_ttl(req, settings) -> int:
+    """The time-to-live of a POST /jobs in seconds: `ttl_s` from the JSON body, form or query string (400 past
+    job_ttl_max_s), else job_ttl_s."""
+    doc = req.get_json(silent=True) if req.is_json else None
+    body = doc.get("ttl_s") if isinstance(doc, dict) else req.form.get("ttl_s")
+    ttl = merge_param("ttl_s", req.args.get("ttl_s"), body, lambda v: _parse_ttl(v, settings.job_ttl_max_s))
+    return settings.job_ttl_s if ttl is None else ttl
+
+
+def _parse_ttl(value: object, most: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ApiError(400, "invalid_ttl", f"ttl_s must be an integer number of seconds in 1..{most}")
+    return value

@@ -37,16 +37,23 @@ class JobStore:
             raise StorageUnavailable("could not store the uploaded image; try again", request_id) from None
         return f"s3://{self.bucket}/{key}"
 
-    def write_marker(self, request_id: str, service: str, submitted_at: int | None = None) -> None:
+    def write_marker(self, request_id: str, service: str, submitted_at: int | None = None,
+                     expires_at: int | None = None) -> None:
         """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown."""
         body = {"id": request_id, "service": service, "submitted_at": submitted_at or now_ms(),
-                "owner": current_owner()}  # the submitting API key: GET /jobs/<id> answers only to it
+                "owner": current_owner(),  # the submitting API key: GET /jobs/<id> answers only to it
+                "expires_at": expires_at}
         try:
             self._s3.put_object(Bucket=self.bucket, Key=naming.job_key(request_id),
                                 Body=json.dumps(body).encode(), ContentType="application/json")
         except (ClientError, BotoCoreError) as exc:
             log.error("request %s: job marker not written: %s", request_id, exc)
             raise StorageUnavailable("could not record the job; try again", request_id) from None
+
+    @property
+    def s3(self):
+        """The S3 client (the notify outbox shares it)."""
+        return self._s3
 
     def result(self, request_id: str) -> dict | None:
         """The result record (the worker's reply), or None when there is none yet."""

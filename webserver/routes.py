@@ -5,7 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from shared import kinds
 from shared.messages import valid_id
-from webserver.bulk import job_notify, queue_job_notice
+from webserver.bulk import job_notify, job_ttl
 from shared.versions import versioned_name
 from webserver.usage_tags import tag_usage
 from webserver.errors import ApiError, public_reason
@@ -42,11 +42,13 @@ def submit_job():
     spec = ctx().submitter.resolve_service(parsed.service)
     params = request_params(request, spec)
     notify = job_notify(request)    # checked before the job is sent: a bad notify sends nothing
-    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec)
-    if notify:
-        queue_job_notice(rid, notify)
-    tag_usage(rid, service)
-    resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid)})
+    ttl_s = job_ttl(request, ctx().settings)
+    job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec,
+                                     ttl_s=ttl_s, notify=notify)
+    rid = job.id
+    tag_usage(rid, job.service)
+    resp = jsonify({"id": rid, "service": job.service, "status": "pending", "status_url": status_url(rid),
+                    "expires_at": job.expires_at})
     resp.status_code = 202
     resp.headers["Location"] = status_url(rid)
     return resp
@@ -69,7 +71,7 @@ def get_job(job_id: str):
         raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
     tag_usage(job_id, marker.get("service"))
     resp = jsonify({"id": job_id, "status": "pending", "service": marker.get("service"),
-                    "submitted_at": marker.get("submitted_at")})
+                    "submitted_at": marker.get("submitted_at"), "expires_at": marker.get("expires_at")})
     resp.status_code = 202
     return resp
 

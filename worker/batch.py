@@ -87,6 +87,9 @@ class BatchProcessor:
                 self.metrics.record("Errors", 1, Service=held.service, Code=exc.code)
                 outcomes.append(Outcome(held, reply, reply_to))
         for item in items:
+            if item.request.expired():
+                self._expire(item)
+                continue
             self._check_service(item)
             if item.reply is None and item.held.receive_count > 1:
                 item.reply = self.sink.stored_reply(item.request.id)  # answered before: send that again
@@ -171,6 +174,17 @@ class BatchProcessor:
     def _log(item: _Item) -> None:
         log.info("request %s %s: %s", item.request.id, item.request.service,
                  item.reply.status if item.reply.status == "ok" else item.reply.error["code"])
+
+    def _expire(self, item: _Item) -> None:
+        """Past its deadline: answer `expired` instead of running it (unless an earlier delivery answered)."""
+        if item.held.receive_count > 1:
+            item.reply = self.sink.stored_reply(item.request.id)
+            if item.reply is not None:
+                return
+        late_s = (now_ms() - item.request.expires_at) / 1000
+        log.warning("request %s: not started before its deadline (%.1f s ago); answered expired",
+                    item.request.id, late_s)
+        self._fail(item, "expired", "the job was not started before its time-to-live ran out")
 
     def _check_service(self, item: _Item) -> None:
         reason = self.versions.ensure(item.request.service, item.request.version)  # loads a new version once
