@@ -59,6 +59,9 @@ class Settings:
                                               # a job ends `expired` (the worker answers that instead of running it)
     job_ttl_max_s: int = 23 * 3600            # the largest ttl_s taken: under message_retention_s, so a job's
                                               # deadline always comes before SQS could drop its message
+    idempotency_window_s: int = 86400         # POST /jobs: an Idempotency-Key names one job this long
+    idempotency_claim_s: float = 60.0         # a key claimed but never marked sent (its web process died) is
+                                              # taken over after this, with the same job id
     shutdown_drain_s: float = 30.0            # on SIGTERM, waiting requests get this long for their reply, then a
                                               # 503 with their job id; gunicorn's graceful timeout outlasts the reply wait
 

@@ -15,6 +15,7 @@ from webserver.auth import install_edge
 from webserver.errors import install_error_handlers
 from webserver.headers import install_security_headers
 from webserver.health import HeartbeatMonitor
+from webserver.idempotency import IdempotencyStore
 from webserver.jobs import JobStore
 from webserver.limits import body_limit, install_body_limits
 from webserver.proxy import install_proxy_fix
@@ -40,6 +41,7 @@ class WebContext:
         self.jobs = JobStore(settings, self.s3)
         self.listener = ReplyListener(settings, self.transport, records=self.jobs.reply)
         self.heartbeats = HeartbeatMonitor(settings, self.s3)
+        self.idempotency = IdempotencyStore(settings, self.s3)
         self.submitter = Submitter(settings, catalogue, self.transport, self.jobs, self.listener, self.metrics)
         self._metrics_started = False
 

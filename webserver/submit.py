@@ -139,13 +139,13 @@ class Submitter:
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
                    params: dict | None = None, spec: ServiceSpec | None = None, ttl_s: int | None = None,
-                   notify: dict | None = None) -> SubmittedJob:
+                   notify: dict | None = None, rid: str | None = None) -> SubmittedJob:
         """Asynchronous: queue its notice, send with reply_to = null and a deadline, write the job marker.
 
         The notice goes in the outbox before the send: a job that is queued always has its notice, and an
         S3 failure there refuses the job with nothing sent (a client's retry makes no duplicate)."""
         spec = spec or self.resolve_service(service)
-        rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
+        rid = rid or owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         version, shadow = self.versions.route(spec.name, rid, split_service(service)[1])
         ref = self._image_ref(rid, image)
         submitted = now_ms()
