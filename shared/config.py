@@ -78,6 +78,9 @@ class Settings:
     decode_threads: int = 4                   # preprocessing thread pool size
     heartbeat_interval_s: float = 10.0        # worker writes heartbeats/<id>.json this often
     heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
+    selfcheck_after_failures: int = 3         # model failures in a row (a whole batch's forward raising) before the
+                                              # worker runs its model on a bundled photo; failing that too, it
+                                              # gives back its work and exits 4 to be replaced (0: never)
     worker_stall_s: float = 60.0              # a worker holding work whose loop made no step for a full batch's
                                               # expected time (fetch deadline + batch x s/request) plus this is
                                               # wedged: it releases its messages and exits; the autoscaler replaces it
