@@ -1,7 +1,7 @@
-"""Idempotent submission: an `Idempotency-Key` names one job for idempotency_window_s, never a second.
+"""Idempotent submission: an `Idempotency-Key` names one job (or batch) for idempotency_window_s, never a second.
 
 The first request with a key claims it with a conditional S3 write (If-None-Match: *) of
-`jobs/idempotency/<owner>/<sha256 of the key>.json`, holding the job id it will send; only the
+`<jobs|batches>/idempotency/<owner>/<sha256 of the key>.json`, holding the id it will create; only the
 winner sends. A later request with the key and the same inputs gets that job back; with other
 inputs, a 422. A claim whose holder never said accepted (it crashed, or its send was refused) is
 taken over after idempotency_claim_s with a conditional write (If-Match) and the same job id, so
@@ -38,8 +38,7 @@ class Claim:
     created_at: float                 # epoch s of the first claim
     state: str                        # claimed | accepted | refused
     claimed_at: float                 # epoch s of the latest claim
-    service: str | None = None
-    expires_at: int | None = None
+    answer: dict | None = None        # accepted: what the first 202 said beyond the id (service, deadline, total)
     etag: str = ""
 
     def to_json(self) -> bytes:
@@ -64,14 +63,15 @@ def fingerprint(inputs: dict) -> str:
 class IdempotencyStore:
     """Claims, replays and releases Idempotency-Keys in the data bucket; speaks S3, not HTTP."""
 
-    def __init__(self, settings: Settings, s3, clock=time.time):
+    def __init__(self, settings: Settings, s3, area: str = "jobs", clock=time.time):
         self.settings = settings
         self._s3 = s3
+        self.area = area                  # jobs | batches: the web writes under these (its IAM grants)
         self.clock = clock
 
     def s3_key(self, owner: str | None, key: str) -> str:
         """Where a key's claim lives: per owner, so one tenant's keys never meet another's."""
-        return f"jobs/idempotency/{owner or 'anonymous'}/{hashlib.sha256(key.encode()).hexdigest()}.json"
+        return f"{self.area}/idempotency/{owner or 'anonymous'}/{hashlib.sha256(key.encode()).hexdigest()}.json"
 
     def claim(self, owner: str | None, key: str, print_: str, job_id: str) -> tuple[Claim, bool]:
         """(the claim, True when this caller must send the job) or (an accepted claim to replay, False).
@@ -100,11 +100,10 @@ class IdempotencyStore:
                 return taken, True
         raise KeyInProgress(job_id)
 
-    def accepted(self, owner: str | None, key: str, claim: Claim, service: str, expires_at: int) -> None:
+    def accepted(self, owner: str | None, key: str, claim: Claim, answer: dict) -> None:
         """The job was sent: later requests with the key replay it (best effort: a claim left 'claimed'
         is taken over with the same job id)."""
-        done = Claim(claim.job_id, claim.fingerprint, claim.created_at, "accepted", claim.claimed_at,
-                     service, expires_at)
+        done = Claim(claim.job_id, claim.fingerprint, claim.created_at, "accepted", claim.claimed_at, answer)
         try:
             self._put(self.s3_key(owner, key), done)
         except StorageUnavailable:
@@ -139,7 +138,7 @@ class IdempotencyStore:
             obj = self._s3.get_object(Bucket=self.settings.bucket_name, Key=where)
             doc = json.loads(obj["Body"].read())
             return Claim(**{k: doc.get(k) for k in ("job_id", "fingerprint", "created_at", "state", "claimed_at",
-                                                    "service", "expires_at")}, etag=obj["ETag"])
+                                                    "answer")}, etag=obj["ETag"])
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 return None

@@ -11,7 +11,7 @@ from shared.messages import valid_id
 from shared.versions import versioned_name
 from webserver import idempotency
 from webserver.auth import current_owner, owned_id
-from webserver.bulk import job_notify, job_ttl
+from webserver.bulk import claim_key, job_notify, job_ttl
 from webserver.errors import ApiError, public_reason
 from webserver.inputs import parse_classify
 from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, answer
@@ -56,26 +56,15 @@ def submit_job():
         job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec,
                                          ttl_s=ttl_s, notify=notify)
         return _accepted(job.id, job.service, job.expires_at)
-    if not idempotency.KEY_RE.match(key):
-        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")
     image = {"url": parsed.image.url} if parsed.image.url is not None else {
         "sha256": hashlib.sha256(parsed.image.data).hexdigest()}
     inputs = {"image": image, "service": parsed.service, "top_k": parsed.top_k, "params": params,
               "notify": notify, "ttl_s": ttl_s}
     store, owner = ctx().idempotency, current_owner()
-    try:
-        claim, send = store.claim(owner, key, idempotency.fingerprint(inputs), owned_id(owner))
-    except idempotency.KeyReused as exc:
-        raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used for a job with other inputs "
-                       "in the last 24 h; use a new key for a new job", str(exc)) from None
-    except idempotency.KeyInProgress as exc:
-        err = ApiError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is being "
-                       "submitted right now; retry shortly", str(exc))
-        err.retry_after = 1
-        raise err from None
+    claim, send = claim_key(store, owner, key, inputs, owned_id(owner))
     if not send:
         log.info("job %s: Idempotency-Key repeated; the same job answered", claim.job_id)
-        resp = _accepted(claim.job_id, claim.service, claim.expires_at)
+        resp = _accepted(claim.job_id, **claim.answer)
         resp.headers["Idempotent-Replayed"] = "true"
         return resp
     try:
@@ -84,7 +73,7 @@ def submit_job():
     except Exception:
         store.refused(owner, key, claim)    # a retry with the key sends at once, with the same job id
         raise
-    store.accepted(owner, key, claim, job.service, job.expires_at)
+    store.accepted(owner, key, claim, {"service": job.service, "expires_at": job.expires_at})
     return _accepted(job.id, job.service, job.expires_at)
 
 

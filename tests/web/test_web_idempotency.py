@@ -108,3 +108,22 @@ def test_a_malformed_key_is_a_400(web, web_settings):
     r = web.post("/jobs", json=URL, headers={"Idempotency-Key": "has space"})
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_idempotency_key"
     assert _queued(web_settings) == []
+
+
+def _batch(web_settings, **over):
+    doc = {"service": "imagenet", "input": {"items": ["https://example.com/a.jpg", "https://example.com/b.jpg"]},
+           "output": f"s3://{web_settings.bucket_name}/batch-io/anonymous/out/"}
+    doc.update(over)
+    return doc
+
+
+def test_post_batches_with_one_key_twice_records_one_batch_and_other_inputs_are_a_422(app, web, web_settings):
+    from shared.aws import client
+    from shared.batches import BatchStore
+    first = web.post("/batches", json=_batch(web_settings), headers={"Idempotency-Key": "nightly-2026-12-07"})
+    again = web.post("/batches", json=_batch(web_settings), headers={"Idempotency-Key": "nightly-2026-12-07"})
+    assert first.status_code == again.status_code == 202, (first.get_json(), again.get_json())
+    assert again.get_json() == first.get_json() and again.headers["Idempotent-Replayed"] == "true"
+    other = web.post("/batches", json=_batch(web_settings, top_k=2), headers={"Idempotency-Key": "nightly-2026-12-07"})
+    assert other.status_code == 422 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert BatchStore(web_settings, client("s3", web_settings)).active_ids() == [first.get_json()["id"]]
