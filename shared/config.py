@@ -49,6 +49,7 @@ class Settings:
     proxy_hops: int = 0                       # proxies (ALB) in front of the web whose X-Forwarded-* count
     web_processes: int = 2                    # gunicorn worker processes
     web_threads: int = 0                      # gunicorn threads per process; 0 -> derived (web_thread_count)
+    web_expected_concurrency: int = 30        # requests one process holds waiting at once in normal running
     web_expected_rps: float = 0.25            # requests/s one process must keep taking while every reply waits
                                               # the full reply_timeout_s (a stalled fleet): sizes the derived threads
     web_host: str = "127.0.0.1"
@@ -204,13 +205,15 @@ class Settings:
 
     @property
     def web_thread_count(self) -> int:
-        """gunicorn threads per process: web_threads, or enough that a stall never starves new requests.
+        """gunicorn threads per process: web_threads, or enough for the expected concurrency and for a stall.
 
-        Each synchronous request holds a thread until its reply or reply_timeout_s (Little's law:
-        rate x hold time), plus WEB_PROBE_THREADS so /readyz and /jobs polls still answer; bounded."""
+        Each synchronous request holds a thread until its reply or reply_timeout_s: in a stall that is
+        rate x reply timeout threads (Little's law), in normal running web_expected_concurrency; the larger,
+        plus WEB_PROBE_THREADS so /readyz and /jobs polls still answer; bounded."""
         if self.web_threads > 0:
             return self.web_threads
-        held = math.ceil(self.web_expected_rps * self.reply_timeout_s)
+        stalled = math.ceil(self.web_expected_rps * self.reply_timeout_s)
+        held = max(self.web_expected_concurrency, stalled)
         return max(WEB_MIN_THREADS, min(WEB_MAX_THREADS, held + WEB_PROBE_THREADS))
 
     @property

@@ -102,7 +102,7 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
 
 
 @bp.route("/batches", methods=["POST"])
-@route(body=BATCH, answers=(400, 403, 404, 409, 413, 422, 503))
+@route(body=BATCH, answers=(400, 403, 404, 409, 413, 503))
 def create_batch():
     """Accept a batch: 202 with its id and status URL; the driver runs it."""
     doc = parse_json_body(request)
@@ -261,13 +261,14 @@ def claim_key(store: IdempotencyStore, owner: str | None, key: str, inputs: dict
               new_id: str) -> tuple[Claim, bool]:
     """Claim an Idempotency-Key for new_id: (claim, True: create it) or (the accepted claim, False: replay it).
 
-    400 for a malformed key, 422 when it named other inputs, 409 while its first request is being sent."""
+    400 for a malformed key; 409 when it named other inputs, or while its first request is being sent (a
+    conflict with the key's state either way: schema-valid input is never refused as unprocessable)."""
     if not idempotency.KEY_RE.match(key):
         raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")
     try:
         return store.claim(owner, key, idempotency.fingerprint(inputs), new_id)
     except idempotency.KeyReused as exc:
-        raise ApiError(422, "idempotency_key_reused", "this Idempotency-Key was used with other inputs in the "
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with other inputs in the "
                        "last 24 h; use a new key for new work", str(exc)) from None
     except idempotency.KeyInProgress as exc:
         err = ApiError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is being "

@@ -207,11 +207,14 @@ def _conf_threads(**env: str) -> int:
     return int(out.stdout.strip())
 
 
-def test_gunicorn_threads_come_from_settings_and_the_default_follows_the_reply_timeout():
+def test_gunicorn_threads_come_from_settings_and_the_default_follows_the_reply_timeout_and_concurrency():
     assert _conf_threads(web_threads="7") == 7
-    # derived: requests/s x reply timeout (each waiting request holds a thread) + 2 for probes
+    # derived: the larger of the expected concurrency (30) and requests/s x reply timeout (each request
+    # waiting in a stall holds a thread), + 2 for probes
     assert _conf_threads(reply_timeout_s="40", web_expected_rps="1") == 42
     assert _conf_threads(reply_timeout_s="240", web_expected_rps="0.5") == 122
-    assert _conf_threads(reply_timeout_s="5", web_expected_rps="0.1") == 8         # never below 8
+    assert _conf_threads(reply_timeout_s="60") == 32                               # the concurrency floor
+    assert _conf_threads(web_expected_concurrency="50") == 52
+    assert _conf_threads(reply_timeout_s="5", web_expected_concurrency="2") == 8   # never below 8
     assert _conf_threads(reply_timeout_s="600", web_expected_rps="10") == 256      # nor above 256
-    assert _conf_threads() == 32   # the defaults (0.25/s x 120 s + 2): what was hard-coded before
+    assert _conf_threads() == 32   # the defaults (max(30, 0.25/s x 120 s) + 2): what was hard-coded before

@@ -23,11 +23,11 @@ def test_the_same_key_and_body_twice_answer_the_same_job_and_send_it_once(web, w
     assert sorted(r.id for r in _queued(web_settings)) == sorted([first.get_json()["id"], other.get_json()["id"]])
 
 
-def test_the_same_key_with_other_inputs_is_a_422_and_sends_nothing_more(web, web_settings):
+def test_the_same_key_with_other_inputs_is_a_409_and_sends_nothing_more(web, web_settings):
     first = web.post("/jobs", json=URL, headers={"Idempotency-Key": "k-1"})
     for changed in ({"url": "http://example.com/other.jpg"}, {**URL, "top_k": 3}, {**URL, "ttl_s": 60}):
         r = web.post("/jobs", json=changed, headers={"Idempotency-Key": "k-1"})
-        assert r.status_code == 422, r.get_json()
+        assert r.status_code == 409, r.get_json()
         assert r.get_json()["error"]["code"] == "idempotency_key_reused"
         assert r.get_json()["error"]["id"] == first.get_json()["id"]
     assert [r.id for r in _queued(web_settings)] == [first.get_json()["id"]]
@@ -117,7 +117,7 @@ def _batch(web_settings, **over):
     return doc
 
 
-def test_post_batches_with_one_key_twice_records_one_batch_and_other_inputs_are_a_422(app, web, web_settings):
+def test_post_batches_with_one_key_twice_records_one_batch_and_other_inputs_are_a_409(app, web, web_settings):
     from shared.aws import client
     from shared.batches import BatchStore
     first = web.post("/batches", json=_batch(web_settings), headers={"Idempotency-Key": "nightly-2026-12-07"})
@@ -125,5 +125,5 @@ def test_post_batches_with_one_key_twice_records_one_batch_and_other_inputs_are_
     assert first.status_code == again.status_code == 202, (first.get_json(), again.get_json())
     assert again.get_json() == first.get_json() and again.headers["Idempotent-Replayed"] == "true"
     other = web.post("/batches", json=_batch(web_settings, top_k=2), headers={"Idempotency-Key": "nightly-2026-12-07"})
-    assert other.status_code == 422 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+    assert other.status_code == 409 and other.get_json()["error"]["code"] == "idempotency_key_reused"
     assert BatchStore(web_settings, client("s3", web_settings)).active_ids() == [first.get_json()["id"]]
