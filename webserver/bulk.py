@@ -27,7 +27,7 @@ from webserver import idempotency
 from webserver.auth import current_owner
 from webserver.errors import ApiError
 from webserver.idempotency import Claim, IdempotencyStore
-from webserver.inputs import check_url, merge_param, parse_json_body, parse_top_k
+from webserver.inputs import check_url, parse_json_body, parse_top_k
 from webserver.proxy import external_url
 from webserver.routing import BATCH, route
 from webserver.usage_tags import tag_usage
@@ -239,11 +239,11 @@ def job_notify(req) -> dict | None:
 
 
 def job_ttl(req, settings) -> int:
-    """The time-to-live of a POST /jobs in seconds: `ttl_s` from the JSON body, form or query string (400 past
-    job_ttl_max_s), else job_ttl_s."""
+    """The time-to-live of a POST /jobs in seconds: `ttl_s` of the JSON body or form (400 past job_ttl_max_s),
+    else job_ttl_s."""
     doc = req.get_json(silent=True) if req.is_json else None
     body = doc.get("ttl_s") if isinstance(doc, dict) else req.form.get("ttl_s")
-    ttl = merge_param("ttl_s", req.args.get("ttl_s"), body, lambda v: _parse_ttl(v, settings.job_ttl_max_s))
+    ttl = _parse_ttl(body, settings.job_ttl_max_s)
     return settings.job_ttl_s if ttl is None else ttl
 
 

@@ -155,7 +155,7 @@ def _upload(req: Request, field: str = "image") -> bytes:
     return check_image_bytes(data)
 
 
-def merge_param(name: str, query: object, body: object, parse):
+def _merged(name: str, query: object, body: object, parse):
     """A parameter from the query string or the body; both given and different is a 400, never a silent pick."""
     q, b = parse(query), parse(body)
     if q is not None and b is not None and q != b:
@@ -166,8 +166,8 @@ def merge_param(name: str, query: object, body: object, parse):
 
 def _with_query(req: Request, image: ImageInput, service: object, top_k: object) -> ClassifyInput:
     """service and top_k from the body, or from the query string on any method (a conflict is refused)."""
-    return ClassifyInput(image, merge_param("service", req.args.get("service"), service, parse_service),
-                         merge_param("top_k", req.args.get("top_k"), top_k, parse_top_k))
+    return ClassifyInput(image, _merged("service", req.args.get("service"), service, parse_service),
+                         _merged("top_k", req.args.get("top_k"), top_k, parse_top_k))
 
 
 def parse_json_body(req: Request) -> object:

@@ -31,7 +31,7 @@ def _queued(settings) -> list[Request]:
 
 def test_post_jobs_puts_its_ttl_on_the_message_and_get_jobs_shows_the_deadline(web, web_settings):
     before = now_ms()
-    r = web.post("/jobs?ttl_s=90", json={"url": "http://example.com/ttl.jpg"})
+    r = web.post("/jobs", json={"url": "http://example.com/ttl.jpg", "ttl_s": 90})
     assert r.status_code == 202, r.get_json()
     expires = r.get_json()["expires_at"]
     assert before + 90_000 <= expires <= now_ms() + 90_000
@@ -49,8 +49,8 @@ def test_post_jobs_refuses_a_ttl_past_the_maximum_or_not_a_number_and_sends_noth
         r = web.post("/jobs", json={"url": "http://example.com/a.jpg", **body})
         assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_ttl", (body, r.get_json())
         assert str(most) in r.get_json()["error"]["message"]
-    r = web.post("/jobs?ttl_s=60", json={"url": "http://example.com/a.jpg", "ttl_s": 61})
-    assert r.status_code == 400 and r.get_json()["error"]["code"] == "conflicting_parameter"
+    r = web.post("/jobs", data={"url": "http://example.com/a.jpg", "ttl_s": "soon"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_ttl"
     assert _queued(web_settings) == []
 
 
