@@ -66,13 +66,19 @@ class Notifier(Outbox):
         doc = self.get(naming.notify_key("pending", nid))
         if doc is None or doc.get("next_at", 0) > self.clock():
             return 0
+        if doc.get("withdrawn"):                 # its job was refused at the web: nothing to tell
+            doc["state"], doc["finished_at"] = "withdrawn", now_ms()
+            self.put(naming.notify_key("done", nid), doc)
+            self.s3.delete_object(Bucket=self.settings.bucket_name, Key=naming.notify_key("pending", nid))
+            return 1
         if doc.get("payload") is None:           # a job: notify once its result record exists
             record = self.get(naming.result_key(doc["job_id"]))
             if record is None:
                 return 0
             doc["ok"] = record.get("status") == "ok"
-            doc["payload"] = {"kind": "job", "id": doc["job_id"], "state": "succeeded" if doc["ok"] else "failed",
-                              "result": record}
+            code = (record.get("error") or {}).get("code") if isinstance(record.get("error"), dict) else None
+            state = "succeeded" if doc["ok"] else "expired" if code == "expired" else "failed"
+            doc["payload"] = {"kind": "job", "id": doc["job_id"], "state": state, "result": record}
         payload = dict(doc["payload"])
         payload["event"] = f"{payload.get('kind', 'job')}.{payload.get('state', 'succeeded')}"
         body = json.dumps(payload, separators=(",", ":")).encode()

@@ -7,12 +7,16 @@ chain itself (see shared/aws.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Mapping
 
 ENV_PREFIX = "CLASSIFYCLOUD_"
+WEB_PROBE_THREADS = 2      # derived gunicorn threads kept for probes and polls beyond the waiting requests
+WEB_MIN_THREADS = 8
+WEB_MAX_THREADS = 256      # past this a process is better split (web_processes): one GIL, one reply listener
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,21 @@ class Settings:
     trusted_hosts: tuple[str, ...] = ()       # Host headers the web answers (ALB DNS, domains); () -> any
     proxy_hops: int = 0                       # proxies (ALB) in front of the web whose X-Forwarded-* count
     web_processes: int = 2                    # gunicorn worker processes
+    web_threads: int = 0                      # gunicorn threads per process; 0 -> derived (web_thread_count)
+    web_expected_concurrency: int = 30        # requests one process holds waiting at once in normal running
+    web_expected_rps: float = 0.25            # requests/s one process must keep taking while every reply waits
+                                              # the full reply_timeout_s (a stalled fleet): sizes the derived threads
     web_host: str = "127.0.0.1"
     web_port: int = 8080
     reply_heartbeat_s: float = 30.0           # a web process re-tags its reply queue this often (owner alive)
     reply_queue_grace_s: float = 300.0        # the janitor deletes a reply queue whose owner is silent this long
+    job_ttl_s: int = 6 * 3600                 # POST /jobs without ttl_s: not started this long after submission,
+                                              # a job ends `expired` (the worker answers that instead of running it)
+    job_ttl_max_s: int = 23 * 3600            # the largest ttl_s taken: under message_retention_s, so a job's
+                                              # deadline always comes before SQS could drop its message
+    idempotency_window_s: int = 86400         # POST /jobs: an Idempotency-Key names one job this long
+    idempotency_claim_s: float = 60.0         # a key claimed but never marked sent (its web process died) is
+                                              # taken over after this, with the same job id
     shutdown_drain_s: float = 30.0            # on SIGTERM, waiting requests get this long for their reply, then a
                                               # 503 with their job id; gunicorn's graceful timeout outlasts the reply wait
 
@@ -64,6 +79,9 @@ class Settings:
     decode_threads: int = 4                   # preprocessing thread pool size
     heartbeat_interval_s: float = 10.0        # worker writes heartbeats/<id>.json this often
     heartbeat_max_age_s: float = 30.0         # older heartbeats mean the worker is gone
+    selfcheck_after_failures: int = 3         # model failures in a row (a whole batch's forward raising) before the
+                                              # worker runs its model on a bundled photo; failing that too, it
+                                              # gives back its work and exits 4 to be replaced (0: never)
     worker_stall_s: float = 60.0              # a worker holding work whose loop made no step for a full batch's
                                               # expected time (fetch deadline + batch x s/request) plus this is
                                               # wedged: it releases its messages and exits; the autoscaler replaces it
@@ -189,6 +207,19 @@ class Settings:
     def pool_tag_value(self) -> str:
         """The tag value that marks the worker pool's instances."""
         return self.pool_tag or f"{self.prefix}-workers"
+
+    @property
+    def web_thread_count(self) -> int:
+        """gunicorn threads per process: web_threads, or enough for the expected concurrency and for a stall.
+
+        Each synchronous request holds a thread until its reply or reply_timeout_s: in a stall that is
+        rate x reply timeout threads (Little's law), in normal running web_expected_concurrency; the larger,
+        plus WEB_PROBE_THREADS so /readyz and /jobs polls still answer; bounded."""
+        if self.web_threads > 0:
+            return self.web_threads
+        stalled = math.ceil(self.web_expected_rps * self.reply_timeout_s)
+        held = max(self.web_expected_concurrency, stalled)
+        return max(WEB_MIN_THREADS, min(WEB_MAX_THREADS, held + WEB_PROBE_THREADS))
 
     @property
     def api_keys_enabled(self) -> bool:

@@ -75,16 +75,21 @@ class Request:
     version: str | None = None       # optional: the service version chosen at submit (sticky on redelivery)
     shadow: str | None = None        # optional: a version that also runs on this image; its answer is not returned
     record: bool = True              # optional: write results/<id>.json; a waiting client's request says false
+    expires_at: int | None = None    # optional, epoch ms: not started by then, the job is answered `expired`
 
     @property
     def wants_record(self) -> bool:
         """Whether the worker writes the result record: always without a reply queue, else as asked."""
         return self.reply_to is None or self.record
 
+    def expired(self, now: int | None = None) -> bool:
+        """True when the request carries a deadline and it has passed."""
+        return self.expires_at is not None and (now_ms() if now is None else now) > self.expires_at
+
     def to_json(self) -> str:
         """The message body (optional fields only when given, so plain requests keep their v1 shape)."""
         body = asdict(self)
-        for key in ("params", "version", "shadow"):
+        for key in ("params", "version", "shadow", "expires_at"):
             if body[key] is None:
                 del body[key]
         if body["record"]:  # the default: absent, as in messages written before the field existed
@@ -122,6 +127,9 @@ class Request:
         if params is not None and not (isinstance(params, dict) and len(json.dumps(params)) <= MAX_PARAMS_BYTES):
             raise MessageError("malformed_message", f"request: params must be a JSON object of at most "
                                                     f"{MAX_PARAMS_BYTES} bytes")
+        expires_at = data.get("expires_at")
+        if expires_at is not None and (not isinstance(expires_at, int) or isinstance(expires_at, bool)):
+            raise MessageError("malformed_message", "request: expires_at must be epoch milliseconds or null")
         versions = {k: data.get(k) for k in ("version", "shadow")}
         for key, value in versions.items():
             if value is not None and not (isinstance(value, str) and _VERSION_RE.match(value)):
@@ -130,7 +138,8 @@ class Request:
         if not isinstance(record, bool):
             raise MessageError("malformed_message", "request: record must be true or false")
         return cls(id=rid, service=service, image=dict(image), reply_to=reply_to,
-                   top_k=top_k, submitted_at=submitted, params=params, record=record, **versions)
+                   top_k=top_k, submitted_at=submitted, params=params, record=record, expires_at=expires_at,
+                   **versions)
 
 
 def readable_reply_to(body: str | bytes) -> tuple[str | None, str | None]:

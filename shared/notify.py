@@ -176,6 +176,14 @@ class Outbox:
                            "job_id": job_id, "created_at": int(time.time() * 1000), "next_at": 0,
                            "delivered": [], "attempts": []})
 
+    def withdraw(self, notice_id: str) -> None:
+        """Mark a pending notice withdrawn (its job was refused): the driver files it as such, sending nothing."""
+        key = naming.notify_key("pending", notice_id)
+        doc = self.get(key)
+        if doc is not None:
+            doc["withdrawn"] = True
+            self.put(key, doc)
+
     def record(self, notice_id: str) -> dict | None:
         """A notice's record, pending or done (with its attempts)."""
         return self.get(naming.notify_key("pending", notice_id)) or self.get(naming.notify_key("done", notice_id))

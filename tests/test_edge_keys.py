@@ -128,6 +128,19 @@ def test_a_job_answers_only_to_the_key_that_submitted_it(keyed, web):
     assert web.open("GET", f"/jobs/{job['id']}").status_code == 401
 
 
+def test_an_idempotency_key_is_per_api_key_so_one_tenant_never_replays_anothers_job(keyed, web):
+    mine, _ = create_key(keyed, "gina")
+    theirs, _ = create_key(keyed, "hal")
+    body = {"url": "https://example.com/cat.jpg"}
+    a = web.open("POST", "/jobs", mine, json=body, headers={"Idempotency-Key": "shared-name"})
+    b = web.open("POST", "/jobs", theirs, json=body, headers={"Idempotency-Key": "shared-name"})
+    assert a.status_code == b.status_code == 202 and a.json["id"] != b.json["id"]
+    assert "Idempotent-Replayed" not in b.headers
+    again = web.open("POST", "/jobs", mine, json=body, headers={"Idempotency-Key": "shared-name"})
+    assert again.json["id"] == a.json["id"] and again.headers["Idempotent-Replayed"] == "true"
+    assert web.open("GET", f"/jobs/{again.json['id']}", theirs).status_code == 404
+
+
 def test_probes_catalogue_description_and_pages_need_no_key(web):
     assert web.open("GET", "/services").status_code == 200
     assert web.open("GET", "/openapi.json").status_code == 200

@@ -17,6 +17,7 @@ from webserver.blueprints import register_routes
 from webserver.errors import install_error_handlers
 from webserver.headers import install_security_headers
 from webserver.health import HeartbeatMonitor
+from webserver.idempotency import IdempotencyStore
 from webserver.jobs import JobStore
 from webserver.limits import body_limit, install_body_limits
 from webserver.proxy import install_proxy_fix
@@ -39,8 +40,10 @@ class WebContext:
         self.s3 = client("s3", settings)
         self.metrics = MetricsPublisher(settings, "web")
         self.jobs = JobStore(settings, self.s3)
-        self.listener = ReplyListener(settings, self.transport, record=self.jobs.record_result)
+        self.listener = ReplyListener(settings, self.transport, record=self.jobs.record_result,
+                                      records=self.jobs.reply)
         self.heartbeats = HeartbeatMonitor(settings, self.s3)
+        self.idempotency = IdempotencyStore(settings, self.s3)
         self.submitter = Submitter(settings, catalogue, self.transport, self.jobs, self.listener, self.metrics)
         self._metrics_started = False
 

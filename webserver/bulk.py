@@ -30,15 +30,11 @@ from shared.batches import (
     valid_batch_id,
 )
 from shared.messages import now_ms
-from shared.notify import (
-    SIGNATURE_HEADER,
-    NotifyError,
-    Outbox,
-    WebhookSecrets,
-    check_notify,
-)
+from shared.notify import SIGNATURE_HEADER, NotifyError, WebhookSecrets, check_notify
+from webserver import idempotency
 from webserver.auth import current_owner
 from webserver.errors import ApiError
+from webserver.idempotency import Claim, IdempotencyStore
 from webserver.inputs import check_url, parse_json_body, parse_top_k
 from webserver.proxy import external_url
 from webserver.routing import BATCH, route
@@ -121,7 +117,7 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
 
 
 @bp.route("/batches", methods=["POST"])
-@route(body=BATCH, answers=(400, 403, 404, 413, 503))
+@route(body=BATCH, answers=(400, 403, 404, 409, 413, 503))
 def create_batch():
     """Accept a batch: 202 with its id and status URL; the driver runs it."""
     doc = parse_json_body(request)
@@ -137,20 +133,43 @@ def create_batch():
         check_location(doc.get("output"), owner, c.settings, "output", _grants())
     except BatchError as exc:
         raise ApiError(400, exc.code, exc.message) from None
-    bid = new_batch_id()
-    record = {"id": bid, "owner": owner, "service": spec.name, "top_k": parse_top_k(doc.get("top_k")) or spec.top_k,
-              "input": input_spec, "output": doc["output"], "notify": parse_notify(doc.get("notify")),
-              "deadline": parse_deadline(doc.get("deadline")), "state": "accepted", "created_at": now_ms(),
+    top_k = parse_top_k(doc.get("top_k")) or spec.top_k
+    notify, deadline = parse_notify(doc.get("notify")), parse_deadline(doc.get("deadline"))
+    bid, claim, store = new_batch_id(), None, None
+    key = request.headers.get(idempotency.HEADER)
+    if key is not None:   # the same key and body: the same batch, never a second one
+        inputs = {"service": spec.name, "input": doc.get("input"), "output": doc["output"], "top_k": top_k,
+                  "notify": notify, "deadline": doc.get("deadline")}
+        store = IdempotencyStore(c.settings, c.s3, area="batches")
+        claim, send = claim_key(store, owner, key, inputs, bid)
+        bid = claim.job_id
+        if not send:
+            log.info("batch %s: Idempotency-Key repeated; the same batch answered", bid)
+            resp = _batch_accepted(bid, **claim.answer)
+            resp.headers["Idempotent-Replayed"] = "true"
+            return resp
+    record = {"id": bid, "owner": owner, "service": spec.name, "top_k": top_k,
+              "input": input_spec, "output": doc["output"], "notify": notify,
+              "deadline": deadline, "state": "accepted", "created_at": now_ms(),
               "total": len(items) if items is not None else None, "enqueued": 0, "done": 0, "failed": 0}
     try:
         _store().create(record, items)
     except Exception as exc:   # S3 refused: nothing was accepted
         log.error("batch %s: not recorded: %s", bid, exc)
+        if claim is not None:
+            store.refused(owner, key, claim)   # a retry with the key records it at once, with the same id
         raise ApiError(503, "storage_unavailable", "could not record the batch; try again") from None
     log.info("batch %s: accepted for %s (%s)", bid, spec.name, next(iter(input_spec)))
-    tag_usage(bid, spec.name)
-    resp = jsonify({"id": bid, "kind": "batch", "service": spec.name, "state": "accepted",
-                    "total": record["total"], "status_url": _status_url(bid)})
+    if claim is not None:
+        store.accepted(owner, key, claim, {"service": spec.name, "total": record["total"]})
+    return _batch_accepted(bid, spec.name, record["total"])
+
+
+def _batch_accepted(bid: str, service: str, total: int | None):
+    """202 with the batch's id, service, size (when known) and status URL (also the Location header)."""
+    tag_usage(bid, service)
+    resp = jsonify({"id": bid, "kind": "batch", "service": service, "state": "accepted",
+                    "total": total, "status_url": _status_url(bid)})
     resp.status_code = 202
     resp.headers["Location"] = _status_url(bid)
     return resp
@@ -269,7 +288,40 @@ def job_notify(req) -> dict | None:
     return parse_notify(value)
 
 
-def queue_job_notice(job_id: str, notify: dict) -> None:
-    """Put the job's notice in the outbox; the driver sends it once the result record exists."""
-    c = _ctx()
-    Outbox(c.settings, c.s3).enqueue(f"job-{job_id}", current_owner(), notify, None, job_id=job_id)
+def job_ttl(req, settings) -> int:
+    """The time-to-live of a POST /jobs in seconds: `ttl_s` of the JSON body or form (400 past job_ttl_max_s),
+    else job_ttl_s."""
+    doc = req.get_json(silent=True) if req.is_json else None
+    body = doc.get("ttl_s") if isinstance(doc, dict) else req.form.get("ttl_s")
+    ttl = _parse_ttl(body, settings.job_ttl_max_s)
+    return settings.job_ttl_s if ttl is None else ttl
+
+
+def _parse_ttl(value: object, most: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        raise ApiError(400, "invalid_ttl", f"ttl_s must be an integer number of seconds in 1..{most}")
+    return value
+
+
+def claim_key(store: IdempotencyStore, owner: str | None, key: str, inputs: dict,
+              new_id: str) -> tuple[Claim, bool]:
+    """Claim an Idempotency-Key for new_id: (claim, True: create it) or (the accepted claim, False: replay it).
+
+    400 for a malformed key; 409 when it named other inputs, or while its first request is being sent (a
+    conflict with the key's state either way: schema-valid input is never refused as unprocessable)."""
+    if not idempotency.KEY_RE.match(key):
+        raise ApiError(400, "invalid_idempotency_key", "Idempotency-Key must be 1-255 printable ASCII characters")
+    try:
+        return store.claim(owner, key, idempotency.fingerprint(inputs), new_id)
+    except idempotency.KeyReused as exc:
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with other inputs in the "
+                       "last 24 h; use a new key for new work", str(exc)) from None
+    except idempotency.KeyInProgress as exc:
+        err = ApiError(409, "idempotency_key_in_progress", "a request with this Idempotency-Key is being "
+                       "submitted right now; retry shortly", str(exc))
+        err.retry_after = 1
+        raise err from None

@@ -10,7 +10,7 @@ _settings = get_settings()
 bind = f"{_settings.web_host}:{_settings.web_port}"
 workers = _settings.web_processes
 worker_class = "webserver.gunicorn_worker.JsonErrorWorker"  # gthread + JSON 414/431 + draining SIGTERM
-threads = 32                 # requests block waiting for replies: many threads, little CPU
+threads = _settings.web_thread_count  # requests block waiting for replies: many threads, little CPU
 preload_app = False          # the app (and its reply queue) is built in each worker, never in the master
 timeout = 60                 # gthread: worker silence, not request time (requests may wait reply_timeout_s)
 # a SIGTERM never cuts a waiting request: each gets its reply or a 503 with its job id before the worker exits

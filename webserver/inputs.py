@@ -211,7 +211,7 @@ def parse_classify(req: Request) -> ClassifyInput:
             raise ApiError(400, "missing_image", "JSON body needs url or image_base64")
         return _with_query(req, image, doc.get("service"), doc.get("top_k"))
     form = req.form  # multipart or urlencoded; reading it enforces the body limits
-    refuse_repeated(req, ("image", "url", "image_base64", "service", "top_k"))
+    refuse_repeated(req, ("image", "url", "image_base64", "service", "top_k", "ttl_s"))
     if "image" in req.files and form.get("url"):
         check_url(form.get("url"))   # the file is used, but a malformed field is refused, not ignored
     if "image" in req.files:

@@ -37,10 +37,12 @@ class JobStore:
             raise StorageUnavailable("could not store the uploaded image; try again", request_id) from None
         return f"s3://{self.bucket}/{key}"
 
-    def write_marker(self, request_id: str, service: str, submitted_at: int | None = None) -> None:
+    def write_marker(self, request_id: str, service: str, submitted_at: int | None = None,
+                     expires_at: int | None = None) -> None:
         """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown."""
         body = {"id": request_id, "service": service, "submitted_at": submitted_at or now_ms(),
-                "owner": current_owner()}  # the submitting API key: GET /jobs/<id> answers only to it
+                "owner": current_owner(),  # the submitting API key: GET /jobs/<id> answers only to it
+                "expires_at": expires_at}
         try:
             self._s3.put_object(Bucket=self.bucket, Key=naming.job_key(request_id),
                                 Body=json.dumps(body).encode(), ContentType="application/json")
@@ -57,9 +59,19 @@ class JobStore:
             log.error("request %s: result record not written: %s", reply.id, exc)
             raise StorageUnavailable("could not record the result; try again", reply.id) from None
 
+    @property
+    def s3(self):
+        """The S3 client (the notify outbox shares it)."""
+        return self._s3
+
     def result(self, request_id: str) -> dict | None:
         """The result record (the worker's reply), or None when there is none yet."""
         return self._get_json(naming.result_key(request_id), request_id)
+
+    def reply(self, request_id: str) -> Reply | None:
+        """The result record as a Reply (for a waiter whose reply queue died), or None when there is none yet."""
+        doc = self.result(request_id)
+        return Reply.from_json(doc) if doc is not None else None
 
     def marker(self, request_id: str) -> dict | None:
         """The job marker, or None when this id was never submitted as a job."""

@@ -4,6 +4,11 @@ A synchronous request asks the worker for no result record (one S3 PUT per reque
 the GPUs). When its client stops waiting (504 after the timeout, 503 at shutdown) its id becomes
 *late*: the reply that comes afterwards is written to results/<id>.json here, so GET /jobs/<id>
 answers it, and deleted from the queue only once written.
+
+A reply queue can vanish under a running process (the janitor after a stall, an operator, a second
+provisioning). The listener then makes a new one under a new name (SQS refuses a deleted name for 60 s),
+and every waiter whose request named the dead queue is answered from its result record: the worker
+keeps the reply as `results/<id>.json` when its reply queue is gone, whatever the request asked.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from typing import Callable
 from shared import naming
 from shared.config import Settings
 from shared.messages import MessageError, Reply, now_ms
-from shared.transport import Received, Transport, TransportError
+from shared.transport import QueueGone, Received, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +34,11 @@ _LATE_MAX = 100_000   # late ids remembered per process (~10 MB); the oldest is 
 class Waiter:
     """One request waiting for its reply."""
 
-    __slots__ = ("request_id", "_event", "reply", "shutdown")
+    __slots__ = ("request_id", "reply_to", "_event", "reply", "shutdown")
 
-    def __init__(self, request_id: str):
+    def __init__(self, request_id: str, reply_to: str | None = None):
         self.request_id = request_id
+        self.reply_to = reply_to       # the queue its request names; not the current one -> read its record
         self._event = threading.Event()
         self.reply: Reply | None = None
         self.shutdown = False          # woken without a reply because this process is stopping
@@ -51,11 +57,14 @@ class Waiter:
 class ReplyListener:
     """Owns one reply queue per process (created after fork), polls it, wakes waiters, deletes it on close."""
 
-    def __init__(self, settings: Settings, transport: Transport, record: Callable[[Reply], None] | None = None):
+    def __init__(self, settings: Settings, transport: Transport, record: Callable[[Reply], None] | None = None,
+                 records: Callable[[str], Reply | None] | None = None):
         self.settings = settings
         self.transport = transport   # its poll client's read timeout outlasts the long poll
         self.record = record         # writes a late reply's result record (JobStore.record_result); raises on failure
+        self.records = records       # request id -> its result record, for waiters whose reply queue died
         self._lock = threading.Lock()
+        self._replacing = threading.Lock()
         self._waiters: dict[str, Waiter] = {}
         self._late: OrderedDict[str, float] = OrderedDict()   # id -> forget after (monotonic): client gave up
         self._stop = threading.Event()
@@ -73,6 +82,8 @@ class ReplyListener:
         self.orphans = 0               # replies for ids nobody waits for (timed out, duplicates)
         self.recorded = 0              # late replies written to results/<id>.json by this process
         self.malformed = 0
+        self.replaced = 0              # reply queues found gone and made again
+        self.from_records = 0          # waiters answered from their result record (their reply queue died)
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> str:
@@ -87,12 +98,7 @@ class ReplyListener:
                 self._thread = None
             self._stop.clear()
             if not self.queue_url:
-                self.queue_name = naming.reply_queue(self.settings.prefix)
-                now = str(now_ms())
-                self.queue_url = self.transport.create_queue(
-                    self.queue_name, {"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"},
-                    tags={naming.REPLY_TAG_OWNER: f"{socket.gethostname()[:100]}/{os.getpid()}",
-                          naming.REPLY_TAG_CREATED: now, naming.REPLY_TAG_BEAT: now})
+                self.queue_name, self.queue_url = self._create()
                 self._beat_at = time.monotonic()
                 log.info("reply queue %s created (pid %d)", self.queue_name, os.getpid())
             self._pid = os.getpid()
@@ -103,9 +109,41 @@ class ReplyListener:
                 self._atexit = True
             return self.queue_url
 
+    def _create(self) -> tuple[str, str]:
+        """Make a reply queue of a fresh name, tagged with its owner; (name, url)."""
+        name = naming.reply_queue(self.settings.prefix)
+        now = str(now_ms())
+        url = self.transport.create_queue(
+            name, {"MessageRetentionPeriod": "3600", "VisibilityTimeout": "30"},
+            tags={naming.REPLY_TAG_OWNER: f"{socket.gethostname()[:100]}/{os.getpid()}",
+                  naming.REPLY_TAG_CREATED: now, naming.REPLY_TAG_BEAT: now})
+        return name, url
+
+    def replace(self, dead_url: str | None) -> str | None:
+        """The queue dead_url is gone: make a new one (once, whoever notices first); the URL now in use.
+
+        Waiters keep their old reply_to: the listener answers them from their result records. Raises
+        TransportError when the new queue cannot be made (the next receive or probe tries again).
+        """
+        with self._replacing:
+            if self.queue_url != dead_url or self._stop.is_set() or self._pid != os.getpid():
+                return self.queue_url   # replaced already, or this process is stopping
+            old = self.queue_name
+            name, url = self._create()
+            with self._lock:
+                self.queue_name, self.queue_url = name, url
+                stranded = sum(1 for w in self._waiters.values() if w.reply_to not in (None, url))
+            self._beat_at = time.monotonic()
+            self._checked_at = -1e9
+            self.replaced += 1
+        log.warning("reply queue %s is gone (deleted under this process); made %s, %d waiting requests are "
+                    "answered from their result records", old, name, stranded)
+        return url
+
     def close(self, join_timeout: float = 2.0) -> None:
         """Stop polling and delete the queue (safe to call twice; replies in flight are lost to S3 only)."""
-        with self._lock:
+        with self._replacing, self._lock:   # never a new queue made after close
+
             if self._pid != os.getpid():
                 return
             self._stop.set()
@@ -176,9 +214,16 @@ class ReplyListener:
         now = time.monotonic()
         if now - self._checked_at < cache_s:
             return self._check
+        url = self.queue_url
         try:
-            self.transport.attributes(self.queue_url, ["QueueArn"])
+            self.transport.attributes(url, ["QueueArn"])
             self._check = None
+        except QueueGone:
+            try:   # a probe that finds the queue gone replaces it at once: ready again in one poll
+                self.replace(url)
+                self._check = None
+            except TransportError as exc:
+                self._check = f"reply queue gone and not made again: {type(exc).__name__}"
         except TransportError as exc:
             self._check = f"queue endpoint unreachable: {type(exc).__name__}"
         self._checked_at = time.monotonic()
@@ -197,9 +242,9 @@ class ReplyListener:
             return len(self._waiters)
 
     # --- waiters ------------------------------------------------------------
-    def register(self, request_id: str) -> Waiter:
-        """Register before sending the request, so a fast reply is never missed."""
-        waiter = Waiter(request_id)
+    def register(self, request_id: str, reply_to: str | None = None) -> Waiter:
+        """Register before sending the request (to reply_to), so a fast reply is never missed."""
+        waiter = Waiter(request_id, reply_to)
         with self._lock:
             self._waiters[request_id] = waiter
         return waiter
@@ -243,16 +288,58 @@ class ReplyListener:
         self._beat_at = time.monotonic()
         try:
             self.transport.tag(url, {naming.REPLY_TAG_BEAT: str(now_ms())})
+        except QueueGone:
+            self._replace_from_loop(url)
         except TransportError as exc:
             log.warning("reply queue %s: heartbeat tag not written: %s", self.queue_name, exc)
 
+    def _replace_from_loop(self, url: str) -> None:
+        try:
+            self.replace(url)
+        except TransportError as exc:
+            log.warning("reply queue %s is gone and a new one cannot be made yet: %s", self.queue_name, exc)
+            self._stop.wait(1.0)
+
+    def _stranded(self) -> list[Waiter]:
+        """Waiters whose request named a reply queue that is not this one any more."""
+        with self._lock:
+            url = self.queue_url
+            return [w for w in self._waiters.values() if w.reply_to is not None and w.reply_to != url]
+
+    def _answer_stranded(self, waiters: list[Waiter]) -> None:
+        """Wake each stranded waiter whose result record is there (its reply went to a dead queue)."""
+        for waiter in waiters:
+            try:
+                reply = self.records(waiter.request_id)
+            except Exception as exc:  # S3 down: the next round tries again, the timeout still ends it
+                log.warning("request %s: result record unreadable (%s); retrying", waiter.request_id, exc)
+                return
+            if reply is None:
+                continue
+            with self._lock:
+                if self._waiters.pop(waiter.request_id, None) is None:
+                    continue   # answered meanwhile, or timed out
+            self.from_records += 1
+            log.info("request %s: answered from its result record (its reply queue was replaced)", waiter.request_id)
+            waiter.deliver(reply)
+
     def _run(self) -> None:
-        url = self.queue_url
-        queue = self.transport.consumer(url)
         while not self._stop.is_set():
+            url = self.queue_url
+            if url is None:
+                break
             self._beat(url)
+            stranded = self._stranded() if self.records is not None else []
+            if stranded:
+                self._answer_stranded(stranded)
+            # while some wait on records, poll briefly so each record is read about once a second
+            queue = self.transport.consumer(url, wait_s=1 if stranded else None)
             try:
                 messages = queue.receive(10)
+            except QueueGone:
+                if not self._stop.is_set():
+                    self._replace_from_loop(url)
+                continue
             except TransportError as exc:
                 if self._stop.is_set():
                     break

@@ -1,12 +1,17 @@
 """The native JSON API: /classify, /jobs, /services (the probes are in webserver/health.py)."""
 from __future__ import annotations
 
+import hashlib
+import logging
+
 from flask import Blueprint, current_app, jsonify, request
 
 from shared import kinds
 from shared.messages import valid_id
 from shared.versions import versioned_name
-from webserver.bulk import job_notify, queue_job_notice
+from webserver import idempotency
+from webserver.auth import current_owner, owned_id
+from webserver.bulk import claim_key, job_notify, job_ttl
 from webserver.errors import ApiError, public_reason
 from webserver.inputs import parse_classify
 from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, answer
@@ -14,6 +19,8 @@ from webserver.params import request_params
 from webserver.proxy import status_url
 from webserver.routing import UPLOAD, route
 from webserver.usage_tags import tag_usage
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 
@@ -35,18 +42,46 @@ def classify():
 
 
 @bp.route("/jobs", methods=["POST"])
-@route(body=UPLOAD, answers=SUBMIT_ANSWERS)
+@route(body=UPLOAD, answers=SUBMIT_ANSWERS + (409,))
 def submit_job():
-    """Asynchronous classification: 202 with the id and where to poll."""
+    """Asynchronous classification: 202 with the id and where to poll (the same job again for a repeated
+    Idempotency-Key)."""
     parsed = parse_classify(request)
     spec = ctx().submitter.resolve_service(parsed.service)
     params = request_params(request, spec)
     notify = job_notify(request)    # checked before the job is sent: a bad notify sends nothing
-    rid, service = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec)
-    if notify:
-        queue_job_notice(rid, notify)
+    ttl_s = job_ttl(request, ctx().settings)
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec,
+                                         ttl_s=ttl_s, notify=notify)
+        return _accepted(job.id, job.service, job.expires_at)
+    image = {"url": parsed.image.url} if parsed.image.url is not None else {
+        "sha256": hashlib.sha256(parsed.image.data).hexdigest()}
+    inputs = {"image": image, "service": parsed.service, "top_k": parsed.top_k, "params": params,
+              "notify": notify, "ttl_s": ttl_s}
+    store, owner = ctx().idempotency, current_owner()
+    claim, send = claim_key(store, owner, key, inputs, owned_id(owner))
+    if not send:
+        log.info("job %s: Idempotency-Key repeated; the same job answered", claim.job_id)
+        resp = _accepted(claim.job_id, **claim.answer)
+        resp.headers["Idempotent-Replayed"] = "true"
+        return resp
+    try:
+        job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec,
+                                         ttl_s=ttl_s, notify=notify, rid=claim.job_id)
+    except Exception:
+        store.refused(owner, key, claim)    # a retry with the key sends at once, with the same job id
+        raise
+    store.accepted(owner, key, claim, {"service": job.service, "expires_at": job.expires_at})
+    return _accepted(job.id, job.service, job.expires_at)
+
+
+def _accepted(rid: str, service: str, expires_at: int):
+    """202 with the job's id, service, status URL (also the Location header) and deadline."""
     tag_usage(rid, service)
-    resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid)})
+    resp = jsonify({"id": rid, "service": service, "status": "pending", "status_url": status_url(rid),
+                    "expires_at": expires_at})
     resp.status_code = 202
     resp.headers["Location"] = status_url(rid)
     return resp
@@ -69,7 +104,7 @@ def get_job(job_id: str):
         raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
     tag_usage(job_id, marker.get("service"))
     resp = jsonify({"id": job_id, "status": "pending", "service": marker.get("service"),
-                    "submitted_at": marker.get("submitted_at")})
+                    "submitted_at": marker.get("submitted_at"), "expires_at": marker.get("expires_at")})
     resp.status_code = 202
     return resp
 

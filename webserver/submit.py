@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.catalogue import Catalogue, ServiceSpec
 from shared.config import Settings
 from shared.messages import Request, now_ms
 from shared.metrics import MetricsPublisher
+from shared.notify import Outbox
 from shared.transport import QueueGone, Transport, TransportError
 from webserver.auth import current_owner, owned_id
 from webserver.errors import public_reason
@@ -28,6 +32,15 @@ from webserver.versions import VersionRouter, split_service
 log = logging.getLogger(__name__)
 
 DEFAULT_SERVICE = "imagenet"
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """An accepted job: its id, its service, and its deadline (epoch ms)."""
+
+    id: str
+    service: str
+    expires_at: int
 
 
 class Submitter:
@@ -104,7 +117,7 @@ class Submitter:
         # no result record: this process answers from the reply, and records it itself if the client gives up
         req = Request(id=rid, service=spec.name, image=ref, reply_to=reply_to, top_k=top_k or spec.top_k,
                       params=params, version=version, shadow=shadow, record=False)
-        waiter = self.listener.register(rid)
+        waiter = self.listener.register(rid, reply_to)
         try:
             self._send(req)
             log.info("request %s: sent to %s%s (%s), waiting", rid, spec.name, f"@{version}" if version else "",
@@ -129,21 +142,50 @@ class Submitter:
         return Outcome(rid, spec.name, reply, latency_ms, version=version)
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
-                   params: dict | None = None, spec: ServiceSpec | None = None) -> tuple[str, str]:
-        """Asynchronous: write the job marker, send with reply_to = null; returns (id, service)."""
+                   params: dict | None = None, spec: ServiceSpec | None = None, ttl_s: int | None = None,
+                   notify: dict | None = None, rid: str | None = None) -> SubmittedJob:
+        """Asynchronous: queue its notice, send with reply_to = null and a deadline, write the job marker.
+
+        The notice goes in the outbox before the send: a job that is queued always has its notice, and an
+        S3 failure there refuses the job with nothing sent (a client's retry makes no duplicate)."""
         spec = spec or self.resolve_service(service)
-        rid = owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
+        rid = rid or owned_id(current_owner())   # GET /jobs/<id> answers its owner even without a marker
         version, shadow = self.versions.route(spec.name, rid, split_service(service)[1],
                                               steady=(params or {}).get("op") == "enroll")
         ref = self._image_ref(rid, image)
         submitted = now_ms()
-        # send first: a refused send must not leave a marker that says pending forever
-        self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None, top_k=top_k or spec.top_k,
-                           submitted_at=submitted, params=params, version=version, shadow=shadow))
+        expires_at = submitted + int((ttl_s or self.settings.job_ttl_s) * 1000)
+        if notify:
+            self._queue_notice(rid, notify)
+        # send before the marker: a refused send must not leave a marker that says pending forever
         try:
-            self.jobs.write_marker(rid, spec.name, submitted)
+            self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None, top_k=top_k or spec.top_k,
+                               submitted_at=submitted, params=params, version=version, shadow=shadow,
+                               expires_at=expires_at))
+        except QueueUnavailable:
+            if notify:
+                self._withdraw_notice(rid)
+            raise
+        try:
+            self.jobs.write_marker(rid, spec.name, submitted, expires_at)
         except StorageUnavailable:  # accepted all the same: its result record will answer GET /jobs/<id>
             log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done "
                         "(its id names its owner, so the result answers the owner)", rid)
-        log.info("job %s: sent to %s (%s)", rid, spec.name, image.kind)
-        return rid, spec.name
+        log.info("job %s: sent to %s (%s), expires in %d s", rid, spec.name, image.kind,
+                 (expires_at - submitted) // 1000)
+        return SubmittedJob(rid, spec.name, expires_at)
+
+    def _queue_notice(self, rid: str, notify: dict) -> None:
+        """The job's notice in the outbox (the driver sends it once the result record exists)."""
+        try:
+            Outbox(self.settings, self.jobs.s3).enqueue(f"job-{rid}", current_owner(), notify, None, job_id=rid)
+        except (ClientError, BotoCoreError) as exc:
+            log.error("job %s: notice not queued (%s); nothing sent", rid, exc)
+            raise StorageUnavailable("could not record the job's notification; try again", rid) from None
+
+    def _withdraw_notice(self, rid: str) -> None:
+        """The send was refused: mark the notice withdrawn (the driver files it unsent; the web deletes nothing)."""
+        try:
+            Outbox(self.settings, self.jobs.s3).withdraw(f"job-{rid}")
+        except (ClientError, BotoCoreError) as exc:
+            log.warning("job %s: refused, and its queued notice not withdrawn: %s", rid, exc)

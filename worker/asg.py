@@ -164,6 +164,8 @@ class FleetAgent:
         reason = stop_reason or ""
         if reason.startswith("terminate"):
             self.remove_self(decrement=True)      # scale-in: the group must not replace it
+        elif reason.startswith("broken"):
+            self.remove_self(decrement=False)     # its model cannot answer: the group launches a sound one
         elif self.watch is not None and self.watch.notice and reason == self.watch.notice:
             self.remove_self(decrement=False)     # spot / rebalance: replaced now, not after the reclaim
 

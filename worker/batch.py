@@ -14,6 +14,7 @@ from worker.fetch import Fetcher, FetchError
 from worker.models.engine import ImageDecodeError, InferenceEngine
 from worker.models.registry import ModelRegistry
 from worker.results import Outcome, ResultSink
+from worker.selfcheck import ModelHealth
 from worker.shadow import ShadowRunner
 from worker.versions import WorkerVersions
 
@@ -40,6 +41,7 @@ class BatchOutcome:
     outcomes: list[Outcome]
     unreadable: list[Held]
     early_delivered: list[Held] = field(default_factory=list)  # answered and deleted inside process()
+    release: list[Held] = field(default_factory=list)  # not answered (the model is broken): for another worker
 
 
 def _outcome(item: _Item) -> Outcome:
@@ -61,6 +63,7 @@ class BatchProcessor:
         self.worker_id = worker_id
         self.pool = ThreadPoolExecutor(max_workers=max(2, min(16, settings.max_batch_size)),
                                        thread_name_prefix="fetch")
+        self.health = ModelHealth(settings, engine)   # many model failures in a row: a self-check
         s3 = getattr(sink, "s3", None)
         self.versions = WorkerVersions(settings, registry, s3, worker_id)  # other versions, loaded on demand
         self.shadow = ShadowRunner(settings, engine, self.versions, s3, metrics) if s3 is not None else None
@@ -68,7 +71,9 @@ class BatchProcessor:
             self.versions.start()
 
     def process(self, batch: list[Held]) -> BatchOutcome:
-        """Replies for every readable message of the batch."""
+        """Replies for every readable message of the batch (none once the model is found broken)."""
+        if self.health.broken:
+            return BatchOutcome([], [], release=list(batch))
         outcomes: list[Outcome] = []
         unreadable: list[Held] = []
         items: list[_Item] = []
@@ -92,6 +97,9 @@ class BatchProcessor:
                 self.metrics.record("Errors", 1, Service=held.service, Code=exc.code)
                 outcomes.append(Outcome(held, reply, reply_to, record=False))  # no request: the reply answers it
         for item in items:
+            if item.request.expired():
+                self._expire(item)
+                continue
             self._check_service(item)
             if item.reply is None and item.held.receive_count > 1:
                 item.reply = self.sink.stored_reply(item.request.id)  # answered before: send that again
@@ -100,12 +108,16 @@ class BatchProcessor:
         todo = [i for i in items if i.reply is None]
         early = self._fetch_and_infer(todo)
         handed = {id(i) for i in early}
+        unanswered = []
         for item in items:
             if id(item) in handed:
                 continue
+            if item.reply is None:   # its model broke under it: no error reply, another worker answers it
+                unanswered.append(item.held)
+                continue
             outcomes.append(_outcome(item))
             self._log(item)
-        return BatchOutcome(outcomes, unreadable, early_delivered=[i.held for i in early])
+        return BatchOutcome(outcomes, unreadable, early_delivered=[i.held for i in early], release=unanswered)
 
     def _fetch_and_infer(self, todo: list[_Item]) -> list[_Item]:
         """Fetch in parallel; infer what arrived within fetch_batch_wait_s and deliver it at once.
@@ -123,6 +135,7 @@ class BatchProcessor:
             for f in done:
                 self._take(futures[f], f)
             self._infer_ready(early)
+            early = [i for i in early if i.reply is not None]   # a broken model leaves its items unanswered
             if early:  # answered, recorded and deleted now, like any batch (sink.deliver's rules)
                 self.sink.deliver([_outcome(i) for i in early])
                 for item in early:
@@ -177,6 +190,17 @@ class BatchProcessor:
         log.info("request %s %s: %s", item.request.id, item.request.service,
                  item.reply.status if item.reply.status == "ok" else item.reply.error["code"])
 
+    def _expire(self, item: _Item) -> None:
+        """Past its deadline: answer `expired` instead of running it (unless an earlier delivery answered)."""
+        if item.held.receive_count > 1:
+            item.reply = self.sink.stored_reply(item.request.id)
+            if item.reply is not None:
+                return
+        late_s = (now_ms() - item.request.expires_at) / 1000
+        log.warning("request %s: not started before its deadline (%.1f s ago); answered expired",
+                    item.request.id, late_s)
+        self._fail(item, "expired", "the job was not started before its time-to-live ran out")
+
     def _check_service(self, item: _Item) -> None:
         reason = self.versions.ensure(item.request.service, item.request.version)  # loads a new version once
         if reason is not None:
@@ -204,9 +228,12 @@ class BatchProcessor:
                                      [i.request.params for i in group], answer_as=services if mixed else None)
         except Exception:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
+            if self.health.failed(service):   # ... unless the self-check says the model is broken
+                return                        # unanswered: released for a worker whose model works
             for item in group:
                 self._fail(item, "inference_failed", "the model failed on this batch; try again")  # detail: the log
             return
+        self.health.succeeded()
         for name in dict.fromkeys(i.request.service for i in group):
             self.metrics.record("InferenceTime", result.inference_ms, Service=name)
             self.metrics.record("BatchSize", len(group), Service=name)

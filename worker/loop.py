@@ -24,6 +24,7 @@ from worker.identity import instance_id
 from worker.live import LiveServices
 from worker.liveness import Progress, Watchdog
 from worker.results import ResultSink
+from worker.selfcheck import EXIT_BROKEN
 from worker.terminate import TerminateWatch
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class Worker:
                                                self.settings.max_batch_wait_ms / 1000, timeout=0.5)
                 if batch:
                     self.handle(batch)
+                    if self.processor.health.broken:
+                        self._retire_broken(self.processor.health.broken)
+                        break
                 idle = not batch and self.buffer.held() == 0   # nothing held, nothing in flight
                 if self.terminate.due(idle) and self.terminate.check():
                     if self.buffer.held():      # a consumer received meanwhile: busy again, not ours to take
@@ -100,7 +104,7 @@ class Worker:
                         self.stop("terminate message")
                 if burst and self.buffer.quiescent():
                     self.stop("burst: queues empty")
-            return EXIT_OK
+            return EXIT_BROKEN if self.processor is not None and self.processor.health.broken else EXIT_OK
         finally:
             self.teardown()
             if install_signals:
@@ -226,6 +230,9 @@ class Worker:
             if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
                 release(self.transport, result.unreadable)
                 requeued = True
+            if result.release:     # the model broke under them: visible again now, for a worker that works
+                release(self.transport, result.release)
+                requeued = True
             self.handled += len(batch)
             # what one request really costs this worker (fetch, decode, inference, reply, record, delete):
             # the autoscaler sizes the fleet by it (autoscaler.queues.ServiceTimes)
@@ -249,6 +256,17 @@ class Worker:
     def _progress(self) -> tuple[int, int]:
         """(loop's last step, oldest held message's receive time), epoch ms: the heartbeat's liveness fields."""
         return self.progress.step_at, self.buffer.oldest_received_at() or 0
+
+    def _retire_broken(self, reason: str) -> None:
+        """The model is broken: take no more work, give back what is held, and leave to be replaced."""
+        self.stop(f"broken: {reason}")
+        held = self.buffer.holding()
+        self.buffer.close()
+        for c in self.consumers:
+            c.stop()
+        if held:
+            n = release(self.transport, held)
+            log.warning("broken model: released %d of %d held messages for other workers", n, len(held))
 
     def _release_wedged(self) -> int:
         """The loop is stuck: stop receiving and make every held message visible again, for another worker."""

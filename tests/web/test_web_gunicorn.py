@@ -196,3 +196,25 @@ def test_one_gunicorn_launch_path_cli_serve_conf_and_unit_agree(monkeypatch, web
     assert unit["Service"]["ExecStart"].endswith("/classifycloud web")
     assert int(unit["Service"]["TimeoutStopSec"]) > gunicorn_conf.graceful_timeout  # systemd outwaits the drain
     assert sys.modules["webserver.serve"].CONF.endswith("gunicorn_conf.py")
+
+
+def _conf_threads(**env: str) -> int:
+    """gunicorn_conf.threads as a fresh process with these CLASSIFYCLOUD_* variables reads it."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CLASSIFYCLOUD_")}
+    out = subprocess.run([sys.executable, "-c", "from webserver import gunicorn_conf; print(gunicorn_conf.threads)"],
+                         env={**clean, **{f"CLASSIFYCLOUD_{k.upper()}": v for k, v in env.items()}},
+                         capture_output=True, text=True, timeout=60, check=True)
+    return int(out.stdout.strip())
+
+
+def test_gunicorn_threads_come_from_settings_and_the_default_follows_the_reply_timeout_and_concurrency():
+    assert _conf_threads(web_threads="7") == 7
+    # derived: the larger of the expected concurrency (30) and requests/s x reply timeout (each request
+    # waiting in a stall holds a thread), + 2 for probes
+    assert _conf_threads(reply_timeout_s="40", web_expected_rps="1") == 42
+    assert _conf_threads(reply_timeout_s="240", web_expected_rps="0.5") == 122
+    assert _conf_threads(reply_timeout_s="60") == 32                               # the concurrency floor
+    assert _conf_threads(web_expected_concurrency="50") == 52
+    assert _conf_threads(reply_timeout_s="5", web_expected_concurrency="2") == 8   # never below 8
+    assert _conf_threads(reply_timeout_s="600", web_expected_rps="10") == 256      # nor above 256
+    assert _conf_threads() == 32   # the defaults (max(30, 0.25/s x 120 s) + 2): what was hard-coded before

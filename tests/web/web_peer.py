@@ -5,9 +5,12 @@ import hashlib
 import json
 import threading
 
+from botocore.exceptions import ClientError
+
 from shared import naming
 from shared.aws import client
 from shared.messages import MessageError, Reply, Request, now_ms
+from shared.transport import is_gone
 
 
 class PeerWorker:
@@ -53,8 +56,10 @@ class PeerWorker:
         if req.reply_to:
             try:
                 self.sqs.send_message(QueueUrl=req.reply_to, MessageBody=reply.to_json())
-            except self.sqs.exceptions.QueueDoesNotExist:
-                record = True       # the asker is gone: only the record can answer
+            except ClientError as exc:
+                if not is_gone(exc):
+                    raise
+                record = True       # as the real worker (worker/results.py): the asker is gone, the record answers
         if record:
             self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(req.id),
                                Body=reply.to_json().encode())
