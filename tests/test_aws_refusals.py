@@ -13,7 +13,8 @@ import json
 from botocore.exceptions import ClientError
 
 # the worker groups as Terraform builds them with min_workers = 1: warm (min 0), then the base group (min 1)
-from test_fleet_asg import describe as group  # noqa: F401  (groups: a fixture)
+from test_fleet_asg import describe as group
+from test_fleet_asg import groups  # noqa: F401  (a fixture)
 
 from autoscaler.fleet.asg import AsgFleet
 from shared.aws import client

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from test_security_fetch import _eps, _psd
-from test_worker_loop import CATS, ESPRESSO, Stack, images, model, run_burst, stack  # noqa: F401  # noqa: F401  (fixtures; ImageServer serves /drip/* too)
+from test_worker_loop import CATS, ESPRESSO, Stack, images, model, run_burst, stack  # noqa: F401  (fixtures; ImageServer serves /drip/* too)
 
 DEADLINE_S = 6.0
 BATCH_WAIT_S = 1.0
