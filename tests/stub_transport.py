@@ -23,6 +23,7 @@ from shared.transport import (
     MAX_BATCH,
     BatchResult,
     Failure,
+    QueueConsumer,
     QueueDepth,
     QueueGone,
     Received,
@@ -228,25 +229,9 @@ class StubTransport(Transport):
             return out
 
 
-class StubConsumer:
-    """One stub queue's receiver, with QueueConsumer's interface."""
-
-    def __init__(self, transport: StubTransport, url: str, wait_s: int | None = None,
-                 visibility_timeout: int | None = None):
-        self.transport = transport
-        self.url = url
-        self.wait_s = min(20, max(0, int(transport.settings.wait_time_s if wait_s is None else wait_s)))
-        self.visibility_timeout = visibility_timeout
+class StubConsumer(QueueConsumer):
+    """One stub queue's receiver: QueueConsumer's ack and release, with an in-memory receive."""
 
     def receive(self, max_messages: int = 10) -> list[Received]:
         """Up to max_messages (1..10), waiting up to wait_s for the first; QueueGone."""
         return self.transport.receive(self.url, max_messages, self.wait_s, self.visibility_timeout)
-
-    def ack(self, messages: Iterable[Received]) -> BatchResult:
-        """Delete messages that are done."""
-        return self.transport.delete_batch(self.url, [(m.message_id, m.receipt_handle) for m in messages])
-
-    def release(self, messages: Iterable[Received], timeout_s: int = 0) -> BatchResult:
-        """Give messages back (visible again after timeout_s)."""
-        return self.transport.change_visibility_batch(
-            self.url, [(m.message_id, m.receipt_handle) for m in messages], timeout_s)

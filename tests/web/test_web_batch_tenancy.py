@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from openapi_check import check_flask_response
 from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
+from test_web_batches import Client as KeyClient
 
 from autoscaler.batches import BatchDriver
 from classifycloud import keyadmin
@@ -24,18 +24,12 @@ def keyed(settings, provisioned):
     return s
 
 
-class Client:
-    """The test client with a key; every response checked against the OpenAPI description."""
+class Client(KeyClient):
+    """test_web_batches' keyed client, which also knows its key id."""
 
     def __init__(self, app, key, key_id):  # noqa: F811
-        self.c = app.test_client()
-        self.key = key
+        super().__init__(app, key)
         self.key_id = key_id
-
-    def open(self, method, path, **kw):
-        resp = self.c.open(path, method=method, headers={"Authorization": f"Bearer {self.key}"}, **kw)
-        check_flask_response(method, path, resp)
-        return resp
 
 
 @pytest.fixture
