@@ -120,6 +120,11 @@ def group_of(filename: str) -> str | None:
     return None
 
 
+# the longest units start first, one per worker, so that neither is left running alone at the end
+FIRST = ("deploy", "stack", "tests/web/test_web_schemathesis.py")
+
+
+@pytest.hookimpl(optionalhook=True)   # a hook of xdist's: unknown (and not called) under -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     """With --dist loadgroup: a group's files on one worker in series, every other file whole on one worker.
 
@@ -129,9 +134,24 @@ def pytest_xdist_make_scheduler(config, log):
     """
     if config.getoption("dist") != "loadgroup":
         return None
+    from collections import OrderedDict
+
     from xdist.scheduler import LoadScopeScheduling
 
+    class FrontLoaded(OrderedDict):
+        """xdist's work queue, with the units named in FIRST kept at its front in that order."""
+
+        def __setitem__(self, key, value):
+            super().__setitem__(key, value)
+            for first in reversed(FIRST):
+                if first in self:
+                    self.move_to_end(first, last=False)
+
     class GroupScheduling(LoadScopeScheduling):
+        def __init__(self, config, log=None):
+            super().__init__(config, log)
+            self.workqueue = FrontLoaded()
+
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return group_of(os.path.basename(path)) or path

@@ -59,8 +59,7 @@ def up(tmp_path):
     """`classifycloud up` (autoscaled, min 1 worker) on a free port, started and waited for; killed afterwards."""
     port = free_port()
     log = open(tmp_path / "up.log", "w+")
-    env = {**os.environ, "CLASSIFYCLOUD_METRICS_ENABLED": "false", "CLASSIFYCLOUD_MIN_WORKERS": "1",
-           "CLASSIFYCLOUD_SERVICES": "imagenet"}   # the worker loads one model: these tests are about processes
+    env = {**os.environ, "CLASSIFYCLOUD_METRICS_ENABLED": "false", "CLASSIFYCLOUD_MIN_WORKERS": "1"}
     for k in ("AWS_ENDPOINT_URL",):   # up starts its own AWS endpoint
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "-m", "classifycloud", "up", "--port", str(port), "--web-processes", "2"],
