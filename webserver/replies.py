@@ -143,7 +143,6 @@ class ReplyListener:
     def close(self, join_timeout: float = 2.0) -> None:
         """Stop polling and delete the queue (safe to call twice; replies in flight are lost to S3 only)."""
         with self._replacing, self._lock:   # never a new queue made after close
-
             if self._pid != os.getpid():
                 return
             self._stop.set()
