@@ -11,6 +11,8 @@ from shared.aws import client
 from shared.batches import BatchStore, io_prefix
 from shared.notify import Outbox
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 @pytest.fixture
 def keyed(settings, provisioned):
