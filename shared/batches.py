@@ -330,7 +330,7 @@ def output_line(index: int, item_id: str, source: str, record: dict | None) -> d
 def summary_of(rec: dict) -> dict:
     """The public view of a batch (GET /batches/<id> and the notification body)."""
     keys = ("id", "service", "state", "total", "done", "failed", "rate", "eta_s", "output", "shards",
-            "deadline", "created_at", "started_at", "finished_at", "error")
+            "deadline", "expires_at", "created_at", "started_at", "finished_at", "error")
     out = {k: rec.get(k) for k in keys}
     out["kind"] = "batch"
     out["done"] = out["done"] or 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime
 
 from flask import (
@@ -77,6 +78,15 @@ def parse_deadline(value: object) -> int | None:
     return at
 
 
+def _parse_time_limit(value: object, most: int) -> int | None:
+    """`time_limit_s` of POST /batches: whole seconds in 1..batch_time_limit_max_s, or absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ApiError(400, "invalid_time_limit", f"time_limit_s must be an integer number of seconds in 1..{most}")
+    return value
+
+
 def parse_notify(value: object) -> dict | None:
     """The checked notify object (400 with the reason)."""
     key = g.get("api_key")
@@ -123,7 +133,7 @@ def create_batch():
     doc = parse_json_body(request)
     if not isinstance(doc, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
-    unknown = set(doc) - {"service", "input", "output", "top_k", "notify", "deadline"}
+    unknown = set(doc) - {"service", "input", "output", "top_k", "notify", "deadline", "time_limit_s"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown fields: {', '.join(sorted(unknown))}")
     c, owner = _ctx(), current_owner()
@@ -135,11 +145,12 @@ def create_batch():
         raise ApiError(400, exc.code, exc.message) from None
     top_k = parse_top_k(doc.get("top_k")) or spec.top_k
     notify, deadline = parse_notify(doc.get("notify")), parse_deadline(doc.get("deadline"))
+    time_limit = _parse_time_limit(doc.get("time_limit_s"), c.settings.batch_time_limit_max_s)
     bid, claim, store = new_batch_id(), None, None
     key = request.headers.get(idempotency.HEADER)
     if key is not None:   # the same key and body: the same batch, never a second one
         inputs = {"service": spec.name, "input": doc.get("input"), "output": doc["output"], "top_k": top_k,
-                  "notify": notify, "deadline": doc.get("deadline")}
+                  "notify": notify, "deadline": doc.get("deadline"), "time_limit_s": time_limit}
         store = IdempotencyStore(c.settings, c.s3, area="batches")
         claim, send = claim_key(store, owner, key, inputs, bid)
         bid = claim.job_id
@@ -151,6 +162,7 @@ def create_batch():
     record = {"id": bid, "owner": owner, "service": spec.name, "top_k": top_k,
               "input": input_spec, "output": doc["output"], "notify": notify,
               "deadline": deadline, "state": "accepted", "created_at": now_ms(),
+              "expires_at": int(time.time()) + time_limit if time_limit else None,
               "total": len(items) if items is not None else None, "enqueued": 0, "done": 0, "failed": 0}
     try:
         _store().create(record, items)

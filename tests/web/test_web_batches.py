@@ -1,6 +1,8 @@
 """POST/GET/DELETE /batches, the webhook secret and `notify` on jobs: the Flask app against moto, keys on."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from openapi_check import check_flask_response
 from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
@@ -79,6 +81,9 @@ def test_a_batch_is_accepted_with_its_status_url_and_reports_progress_as_the_dri
     ({"notify": {"email": "a@b.c"}}, "invalid_notify"),
     ({"deadline": "2001-01-01T00:00:00Z"}, "invalid_deadline"),
     ({"deadline": "tomorrow"}, "invalid_deadline"),
+    ({"time_limit_s": 0}, "invalid_time_limit"),
+    ({"time_limit_s": "1h"}, "invalid_time_limit"),
+    ({"time_limit_s": 86400 * 14 + 1}, "invalid_time_limit"),
     ({"colour": "red"}, "bad_request"),
     ({"service": "no-such-service"}, "unknown_service"),
 ])
@@ -86,6 +91,16 @@ def test_a_batch_that_cannot_run_is_refused_with_a_json_error(keyed, alice, chan
     r = alice.open("POST", "/batches", json=body(keyed, alice.key_id, **change))
     assert 400 <= r.status_code < 500 and r.json["error"]["code"] == code, r.json
     assert BatchStore(keyed, client("s3", keyed)).active_ids() == []
+
+
+def test_a_batch_time_limit_is_shown_as_its_expiry(keyed, alice):
+    before = int(time.time())
+    r = alice.open("POST", "/batches", json=body(keyed, alice.key_id, time_limit_s=3600))
+    assert r.status_code == 202, r.json
+    got = alice.open("GET", f"/batches/{r.json['id']}").json
+    assert before + 3600 <= got["expires_at"] <= int(time.time()) + 3600
+    plain = alice.open("POST", "/batches", json=body(keyed, alice.key_id)).json["id"]
+    assert alice.open("GET", f"/batches/{plain}").json["expires_at"] is None
 
 
 def test_another_keys_data_bucket_folder_is_refused(keyed, alice, bob):
