@@ -150,6 +150,10 @@ class BatchDriver:
             inputs = [item_input(x) for x in spec["items"]]
         if not inputs:
             raise BatchError("empty_input", "the input names no image")
+        _, open_items = self.store.open_work(owner, skip=rec["id"])   # the web checked inline items; again here
+        if open_items + len(inputs) > self.settings.batch_max_open_items_per_key:
+            raise BatchError("too_many_items", f"{len(inputs)} items with the key's {open_items} still running "
+                             f"pass {self.settings.batch_max_open_items_per_key}")
         self.store.write_inputs(rec["id"], inputs)
         log.info("batch %s: %d items", rec["id"], len(inputs))
         return inputs

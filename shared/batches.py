@@ -191,6 +191,19 @@ class BatchStore:
             out.extend(o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", []))
         return [b for b in out if valid_batch_id(b)]
 
+    def open_work(self, owner: str | None, skip: str | None = None) -> tuple[int, int]:
+        """(batches not yet final, their items not yet answered) of one key: what the per-key caps count.
+
+        One record read per active batch of any key; the caps keep that list short."""
+        batches = items = 0
+        for bid in self.active_ids():
+            rec = self.record(bid) if bid != skip else None
+            if not rec or rec.get("owner") != owner or rec.get("state") in FINAL:
+                continue
+            batches += 1
+            items += max(0, (rec.get("total") or 0) - (rec.get("done") or 0))
+        return batches, items
+
     def finish(self, batch_id: str) -> None:
         """Drop the active marker (the batch is final)."""
         self.s3.delete_object(Bucket=self.bucket, Key=naming.active_batch_prefix() + batch_id)

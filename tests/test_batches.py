@@ -250,3 +250,16 @@ def test_a_batch_past_its_time_limit_ends_and_only_its_open_items_say_expired(bu
     lines = sorted(output_lines(s3, final), key=lambda x: x["index"])
     assert [x["error"]["code"] for x in lines] == ["fetch_failed", "expired", "expired"]
     assert rec["id"] not in store.active_ids()
+
+
+def test_an_expanded_input_past_the_keys_open_item_cap_fails_its_batch(bulk, catalogue, images, sample_bytes):
+    s, s3, _ = bulk
+    for i in range(6):
+        s3.put_object(Bucket=s.bucket_name, Key=f"{io_prefix(None)}many/{i}.jpg", Body=sample_bytes["coffee"])
+    running = make_batch(s, s3, {"items": 2}, [f"{images.base}/chelsea.jpg"] * 2)
+    driver = BatchDriver(s.replace(batch_max_open_items_per_key=7), catalogue)
+    driver.advance(running["id"])                  # 2 items to go, no worker runs
+    rec = make_batch(s, s3, {"s3_prefix": f"s3://{s.bucket_name}/{io_prefix(None)}many/"})
+    final = driver.advance(rec["id"])              # 6 more would make 8
+    assert final["state"] == "failed" and final["error"]["code"] == "too_many_items", final
+    assert rec["id"] not in BatchStore(s, s3).active_ids()

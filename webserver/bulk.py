@@ -78,6 +78,17 @@ def parse_deadline(value: object) -> int | None:
     return at
 
 
+def _check_caps(owner: str | None, items: list[str] | None, settings) -> None:
+    """A key's batches not yet final, and their unanswered items with this batch's inline ones, within the caps."""
+    active, open_items = _store().open_work(owner)
+    if active >= settings.batch_max_active_per_key:
+        raise ApiError(429, "too_many_batches", f"this key has {active} batches running (at most "
+                       f"{settings.batch_max_active_per_key}); wait for one to finish or cancel one")
+    if items is not None and open_items + len(items) > settings.batch_max_open_items_per_key:
+        raise ApiError(429, "too_many_items", f"this key's running batches have {open_items} items to go; "
+                       f"{len(items)} more would pass {settings.batch_max_open_items_per_key}")
+
+
 def _parse_time_limit(value: object, most: int) -> int | None:
     """`time_limit_s` of POST /batches: whole seconds in 1..batch_time_limit_max_s, or absent."""
     if value is None:
@@ -127,7 +138,7 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
 
 
 @bp.route("/batches", methods=["POST"])
-@route(body=BATCH, answers=(400, 403, 404, 409, 413, 503))
+@route(body=BATCH, answers=(400, 403, 404, 409, 413, 429, 503))
 def create_batch():
     """Accept a batch: 202 with its id and status URL; the driver runs it."""
     doc = parse_json_body(request)
@@ -146,6 +157,7 @@ def create_batch():
     top_k = parse_top_k(doc.get("top_k")) or spec.top_k
     notify, deadline = parse_notify(doc.get("notify")), parse_deadline(doc.get("deadline"))
     time_limit = _parse_time_limit(doc.get("time_limit_s"), c.settings.batch_time_limit_max_s)
+    _check_caps(owner, items, c.settings)
     bid, claim, store = new_batch_id(), None, None
     key = request.headers.get(idempotency.HEADER)
     if key is not None:   # the same key and body: the same batch, never a second one

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conft
 
 @pytest.fixture
 def keyed(settings, provisioned):
-    return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_log=False, batch_max_items=5)
+    return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_log=False, batch_max_items=5,
+                            batch_max_active_per_key=3, batch_max_open_items_per_key=6)
 
 
 class Client:
@@ -44,7 +45,10 @@ def alice(app, keyed):
 
 @pytest.fixture
 def bob(app, keyed):
-    return Client(app, create_key(keyed, "bob")[0])
+    key, record = create_key(keyed, "bob")
+    c = Client(app, key)
+    c.key_id = record.key_id
+    return c
 
 
 def body(keyed, key_id, **over):
@@ -101,6 +105,22 @@ def test_a_batch_time_limit_is_shown_as_its_expiry(keyed, alice):
     assert before + 3600 <= got["expires_at"] <= int(time.time()) + 3600
     plain = alice.open("POST", "/batches", json=body(keyed, alice.key_id)).json["id"]
     assert alice.open("GET", f"/batches/{plain}").json["expires_at"] is None
+
+
+def test_a_key_past_its_batch_caps_gets_a_429_and_another_key_is_not_held_back(keyed, alice, bob):
+    def post(client, n):
+        return client.open("POST", "/batches", json=body(keyed, client.key_id, input={
+            "items": [f"https://example.com/{i}.jpg" for i in range(n)]}))
+    assert [post(alice, 1).status_code for _ in range(3)] == [202, 202, 202]
+    r = post(alice, 1)
+    assert r.status_code == 429 and r.json["error"]["code"] == "too_many_batches", r.json
+    assert post(bob, 5).status_code == 202
+    r = post(bob, 2)                               # 5 to go + 2 > 6
+    assert r.status_code == 429 and r.json["error"]["code"] == "too_many_items", r.json
+    assert post(bob, 1).status_code == 202
+    owners = [BatchStore(keyed, client("s3", keyed)).record(b)["owner"]
+              for b in BatchStore(keyed, client("s3", keyed)).active_ids()]
+    assert sorted(owners) == sorted([alice.key_id] * 3 + [bob.key_id] * 2)
 
 
 def test_another_keys_data_bucket_folder_is_refused(keyed, alice, bob):
