@@ -34,6 +34,7 @@ from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.grants import KeyGrants
 from shared.messages import Reply, Request, now_ms
+from shared.quota import QuotaExceeded
 from shared.service_queues import ensure_bulk_queue
 from shared.transport import QueueGone, Transport, TransportError
 
@@ -120,6 +121,10 @@ class BatchDriver:
             except BatchError as exc:
                 return self.fail(rec, exc.code, exc.message)
         if rec.get("state") == "accepted":
+            try:
+                self.admit(rec, inputs)
+            except BatchError as exc:
+                return self.fail(rec, exc.code, exc.message)
             rec.update(total=len(inputs), state="running", started_at=now_ms())
             self.store.save(rec)
         if rec.get("enqueued", 0) < rec["total"]:
@@ -150,13 +155,25 @@ class BatchDriver:
             inputs = [item_input(x) for x in spec["items"]]
         if not inputs:
             raise BatchError("empty_input", "the input names no image")
-        _, open_items = self.store.open_work(owner, skip=rec["id"])   # the web checked inline items; again here
-        if open_items + len(inputs) > self.settings.batch_max_open_items_per_key:
-            raise BatchError("too_many_items", f"{len(inputs)} items with the key's {open_items} still running "
-                             f"pass {self.settings.batch_max_open_items_per_key}")
         self.store.write_inputs(rec["id"], inputs)
         log.info("batch %s: %d items", rec["id"], len(inputs))
         return inputs
+
+    def admit(self, rec: dict, inputs: list[str]) -> None:
+        """The key's caps and quota, where the items are used (the web checked what it could): BatchError.
+
+        Each item is a call against the key's monthly quota, charged once, here; a driver that dies before
+        saving the running state charges them again on its next tick."""
+        owner = rec.get("owner")
+        _, open_items = self.store.open_work(owner, skip=rec["id"])
+        if open_items + len(inputs) > self.settings.batch_max_open_items_per_key:
+            raise BatchError("too_many_items", f"{len(inputs)} items with the key's {open_items} still running "
+                             f"pass {self.settings.batch_max_open_items_per_key}")
+        try:
+            self.grants.charge(owner, len(inputs))
+        except QuotaExceeded:
+            raise BatchError("quota_exceeded", f"the {len(inputs)} items do not fit in what is left of this key's "
+                             "monthly quota; nothing was charged") from None
 
     def enqueue(self, rec: dict, inputs: list[str]) -> None:
         """Send items from the cursor on, checkpointing it; an input no worker can take gets its error record."""

@@ -18,12 +18,12 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
+from shared.quota import QuotaExceeded, add_calls, month_attr  # noqa: F401  (QuotaExceeded: webserver.auth)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def key_id_of(secret: str) -> str | None:
     """The key id inside a well-formed key, else None."""
     m = _KEY.match(secret or "")
     return m.group(1) if m else None
-
-
-def month_attr(at: float | None = None) -> str:
-    """The item attribute that counts this calendar month's calls (UTC), e.g. calls_2026_11."""
-    d = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
-    return f"calls_{d.year:04d}_{d.month:02d}"
 
 
 @dataclass(frozen=True)
@@ -105,10 +99,6 @@ class KeyStoreError(Exception):
     """DynamoDB could not be read or written (the caller answers 503)."""
 
 
-class QuotaExceeded(Exception):
-    """The key has used its monthly quota."""
-
-
 class KeyStore:
     """The web's view of the key table: look a key up (cached briefly) and count a call against its quota."""
 
@@ -156,25 +146,11 @@ class KeyStore:
 
     def count_call(self, key: ApiKey, calls: int = 1, attr: str | None = None) -> int:
         """Add `calls` to this month's counter only if they fit under the quota (atomic); returns the new count."""
-        attr = attr or month_attr()
         try:
-            out = self._db.update_item(
-                TableName=self.table, Key={"key_id": {"S": key.key_id}},
-                UpdateExpression="SET #m = if_not_exists(#m, :zero) + :n",
-                ConditionExpression="attribute_exists(key_id) AND (attribute_not_exists(#m) OR #m <= :room)",
-                ExpressionAttributeNames={"#m": attr},
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":n": {"N": str(calls)},
-                                           ":room": {"N": str(key.monthly_quota - calls)}},
-                ReturnValues="UPDATED_NEW")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise QuotaExceeded(key.key_id) from None
+            return add_calls(self._db, self.table, key.key_id, calls, key.monthly_quota, attr)
+        except (ClientError, BotoCoreError) as exc:   # QuotaExceeded passes through
             log.error("api key %s: counting calls failed: %s", key.key_id, exc)
             raise KeyStoreError(str(exc)) from None
-        except BotoCoreError as exc:
-            log.error("api key %s: counting calls failed: %s", key.key_id, exc)
-            raise KeyStoreError(str(exc)) from None
-        return int(out["Attributes"][attr]["N"])
 
     def used(self, key_id: str, attr: str) -> int:
         """This month's counter as stored now (a consistent read)."""

@@ -12,6 +12,8 @@ from classifycloud.keyadmin import create_key, register_topic
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix
 from shared.notify import Outbox
+from shared.quota import month_attr
+from webserver.keys import table_name
 
 pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 
@@ -121,6 +123,29 @@ def test_a_key_past_its_batch_caps_gets_a_429_and_another_key_is_not_held_back(k
     owners = [BatchStore(keyed, client("s3", keyed)).record(b)["owner"]
               for b in BatchStore(keyed, client("s3", keyed)).active_ids()]
     assert sorted(owners) == sorted([alice.key_id] * 3 + [bob.key_id] * 2)
+
+
+def test_batch_items_count_against_the_keys_monthly_quota_and_a_batch_past_it_fails(keyed, app, catalogue):
+    key, record = create_key(keyed, "carol", monthly_quota=7)
+    carol = Client(app, key)
+    carol.key_id = record.key_id
+    driver = BatchDriver(keyed, catalogue)
+
+    def run(n):
+        r = carol.open("POST", "/batches", json=body(keyed, carol.key_id, input={
+            "items": [f"https://example.com/{i}.jpg" for i in range(n)]}))
+        assert r.status_code == 202, r.json
+        return driver.advance(r.json["id"])
+
+    assert run(3)["state"] == "running"             # 1 call + 3 items (the module caps open items at 6)
+    failed = run(3)                                 # 4 + 1 call + 3 items: 8 > 7
+    assert failed["state"] == "failed" and failed["error"]["code"] == "quota_exceeded", failed
+    month = month_attr()
+    used = client("dynamodb", keyed).get_item(TableName=table_name(keyed), Key={"key_id": {"S": carol.key_id}},
+                                              ConsistentRead=True)["Item"][month]["N"]
+    assert 5 <= int(used) <= 7                      # calls (reserved in blocks) and the first 3 items; never the next 3
+    r = carol.open("POST", "/batches", json=body(keyed, carol.key_id))
+    assert r.status_code in (202, 403)              # what is left of the quota is still the key's to use
 
 
 def test_another_keys_data_bucket_folder_is_refused(keyed, alice, bob):
