@@ -239,6 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--idle", type=float, default=15.0, help="seconds of each idle measurement (a metric flush or two)")
     p.add_argument("--label", default="", help="names the run in the JSON (e.g. the commit)")
+    p.add_argument("--only", default="", help="run only this request kind (e.g. 'sync URL request')")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cost.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -259,15 +260,21 @@ def main(argv=None) -> int:
         for label, keys in (("keys_off", False), ("keys_on", True)):
             app, key = b.app(keys)
             app.test_client().get("/services", headers={"Authorization": f"Bearer {key}"} if key else {})
+            flush_usage(app)   # the warm-up call's counts are written before the idle window, not in it
             base_calls, base_units = b.measure(args.idle)   # worker + this web process, idle
             for name, fn in scenarios(b, app, key).items():
+                if args.only and name != args.only:
+                    continue
                 fn(0)   # warm: first-use lookups are not per-request costs
+                flush_usage(app)
                 calls, units, seconds = b.run(fn, args.n, app)
                 out[label][name] = per_request(calls, units, base_calls, base_units, args.idle, seconds, args.n)
                 print(f"{label} {name}: {out[label][name]['calls_per_request']} calls, "
                       f"${out[label][name]['dollars_per_million']}/M", file=sys.stderr)
-            calls, units, seconds = batch_items(b, app, key, args.n)
-            out[label]["batch item"] = per_request(calls, units, base_calls, base_units, args.idle, seconds, args.n)
+            if not args.only or args.only == "batch item":
+                calls, units, seconds = batch_items(b, app, key, args.n)
+                out[label]["batch item"] = per_request(calls, units, base_calls, base_units, args.idle, seconds,
+                                                       args.n)
             app.extensions["classifycloud"].close()
             b.apps.remove(app)
     finally:
