@@ -348,6 +348,31 @@ def test_a_flood_of_unknown_key_ids_never_evicts_a_key_in_use(keyed):
     assert len(store._cache) <= 20
 
 
+def test_threads_that_find_a_key_uncached_together_make_one_lookup(keyed):
+    import threading
+
+    from webserver.keys import KeyStore
+    secret, rec = create_key(keyed, "jack")
+    db = client("dynamodb", keyed)
+    store = KeyStore(keyed.replace(api_key_cache_s=60.0), db)
+    reads = []
+    db.meta.events.register("before-call.dynamodb.GetItem", lambda **_: reads.append(1), unique_id="count-get")
+    start = threading.Barrier(16)
+    found = []
+
+    def verify():
+        start.wait()
+        found.append(store.verify(secret))
+
+    threads = [threading.Thread(target=verify) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [k.key_id for k in found] == [rec.key_id] * 16
+    assert len(reads) == 1     # one GetItem for the 16 calls; the others waited for its answer
+
+
 def test_api_keys_auto_stays_on_whatever_endpoint_the_environment_names(moto_endpoint, monkeypatch):
     from shared.config import Settings
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)        # once enough to turn authentication off
