@@ -14,6 +14,7 @@ from shared.messages import now_ms
 from webserver.app import create_app
 from webserver.keys import RateLimiter, hash_key, key_id_of
 from webserver.usage import Aggregate, Call, UsageLog, table_name
+from webserver.usage import day_of as usage_day
 
 
 @pytest.fixture
@@ -250,6 +251,17 @@ def test_two_flushes_in_one_minute_write_two_items_that_add_up(keyed):
     assert sorted(x.calls for x in stored) == [2, 3] and len({x.process for x in stored}) == 1
     (row,) = [r for r in usage_report.summarize(stored)]
     assert (row["calls"], row["errors_5xx"]) == (5, 2)
+
+
+def test_a_per_call_item_of_the_old_log_reads_as_one_call_in_the_report(keyed):
+    at = now_ms()
+    client("dynamodb", keyed).put_item(TableName=table_name(keyed), Item={   # the shape written before aggregation
+        "day": {"S": usage_day(at)}, "sk": {"S": f"{at:013d}#r1#ab12"}, "key_id": {"S": "kold"},
+        "route": {"S": "/classify"}, "method": {"S": "GET"}, "service": {"S": "imagenet"}, "status": {"N": "503"},
+        "latency_ms": {"N": "12.5"}, "bytes_in": {"N": "0"}, "bytes_out": {"N": "99"}, "request_id": {"S": "r1"},
+        "at": {"N": str(at)}, "expires_at": {"N": str(at // 1000 + 86400)}})
+    (row,) = usage_report.summarize(usage_report.fetch(keyed, at - 60_000, key_id="kold"))
+    assert (row["calls"], row["errors_5xx"], row["p50_ms"], row["bytes_out"]) == (1, 1, 12.5, 99)
 
 
 def test_the_usage_cli_prints_totals_and_writes_csv(keyed, tmp_path, monkeypatch, capsys):
