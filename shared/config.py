@@ -187,10 +187,12 @@ class Settings:
     api_key_cache_s: float = 5.0              # a key record is re-read this often (revocation takes effect within)
     quota_block_s: float = 10.0               # a web process reserves a key's quota in blocks of its calls in the
     quota_block_max: int = 1000               # last quota_block_s seconds (1..quota_block_max; webserver/keys.py)
-    usage_log: bool = True                    # one DynamoDB record per API call, written off the request path
-    usage_flush_interval_s: float = 1.0       # the background writer flushes at least this often
-    usage_buffer_max: int = 50000             # records held in memory at most (beyond: dropped and logged)
-    usage_ttl_days: int = 90                  # DynamoDB TTL of a usage record
+    usage_log: bool = True                    # count API calls per (key, service, minute) in each web process
+    usage_flush_interval_s: float = 10.0      # write the counts (one DynamoDB item per key, service and minute seen)
+                                              # this often; a crash loses at most this much of one process's usage
+    usage_buffer_max: int = 50000             # (key, service, minute) aggregates held between flushes at most
+                                              # (beyond: a call of a new one is dropped and logged)
+    usage_ttl_days: int = 90                  # DynamoDB TTL of a usage item
 
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"

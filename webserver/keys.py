@@ -110,6 +110,9 @@ class KeyStore:
         self._lock = threading.Lock()
         # least recently used first: a flood of random key ids evicts other unknown ids, not the keys in use
         self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
+        # one lookup per key id at a time (striped: bounded however many ids clients make up), so the
+        # threads that find an expired entry together make one GetItem, not one each
+        self._lookups = [threading.Lock() for _ in range(64)]
 
     def verify(self, secret: str) -> ApiKey | None:
         """The key record matching this key string (revoked ones too: check .active), or None."""
@@ -123,13 +126,26 @@ class KeyStore:
 
     def get(self, key_id: str) -> ApiKey | None:
         """The record of a key id (None when unknown), from a cache no older than api_key_cache_s."""
-        now = time.monotonic()
+        hit = self._fresh(key_id)
+        if hit is not None:
+            return hit[1]
+        with self._lookups[hash(key_id) % len(self._lookups)]:
+            hit = self._fresh(key_id)   # another thread may have looked it up while this one waited
+            if hit is not None:
+                return hit[1]
+            return self._lookup(key_id)
+
+    def _fresh(self, key_id: str) -> tuple[float, ApiKey | None] | None:
+        """The cache entry when younger than api_key_cache_s, else None."""
         with self._lock:
             hit = self._cache.get(key_id)
             if hit is not None:
                 self._cache.move_to_end(key_id)
-        if hit is not None and now - hit[0] < self.cache_s:
-            return hit[1]
+        return hit if hit is not None and time.monotonic() - hit[0] < self.cache_s else None
+
+    def _lookup(self, key_id: str) -> ApiKey | None:
+        """Read the key's record (a consistent read) and cache it."""
+        now = time.monotonic()
         try:
             item = self._db.get_item(TableName=self.table, Key={"key_id": {"S": key_id}},
                                      ConsistentRead=True).get("Item")
