@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from classifycloud.local import LocalStack
 from shared.config import Settings
+from webserver.auth import owns
 
 pytestmark = pytest.mark.slow
 
@@ -88,6 +89,8 @@ def test_tritons_client_classifies_chelsea_as_egyptian_cat_with_the_labels_and_s
         assert list(scores[row]) == [np.float32(r["score"]) for r in native]
     response = result.get_response()
     assert response["model_name"] == "imagenet" and response["model_version"] == "v1"
+    # each image's queued request is the key's own (GET /jobs/<id> answers it), also those sent side by side
+    assert all(owns(rid, key["id"]) for rid in response["parameters"]["request_ids"])
 
 
 def test_json_tensors_and_the_classification_extension_through_tritons_client(stack, key, client, sample_bytes):
@@ -142,6 +145,15 @@ def test_a_missing_or_revoked_key_is_refused_in_the_protocols_error_shape(stack,
     r = requests.post(stack.base_url + "/v2/models/imagenet/infer", json=doc, timeout=60,
                       headers={"Authorization": f"Bearer {made['key']}"})
     assert r.status_code == 401 and r.json()["code"] == "revoked_api_key" and isinstance(r.json()["error"], str)
+
+
+def test_the_monthly_quota_counts_each_image_of_a_call(stack, sample_bytes):
+    made = json.loads(keys(stack, "create", "--owner", "small", "--quota", "2", "--json"))
+    doc = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3],
+                       "data": [base64.b64encode(sample_bytes[n]).decode() for n in ("chelsea", "coffee", "rocket")]}]}
+    r = requests.post(stack.base_url + "/v2/models/imagenet/infer", json=doc, timeout=60,
+                      headers={"Authorization": f"Bearer {made['key']}"})
+    assert r.status_code == 403 and r.json()["code"] == "quota_exceeded" and "one per image" in r.json()["error"]
 
 
 def test_curl_style_json_and_errors_match_the_described_shapes(stack, key, sample_bytes):

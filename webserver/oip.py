@@ -18,6 +18,7 @@ from shared.versions import BASE_VERSION, versioned_name
 from webserver.errors import ApiError, public_reason
 from webserver.health import readiness_problem
 from webserver.inputs import ImageInput
+from webserver.keys import KeyStoreError, QuotaExceeded
 from webserver.oip_pixels import pixel_size, pixels_to_png
 from webserver.oip_tensors import HEADER, IMAGE_INPUT, OUTPUTS, PIXELS_INPUT, infer_response, parse_infer
 from webserver.outcomes import SYNC_ANSWERS, Outcome, ok_reply
@@ -186,6 +187,7 @@ def _infer(service: str, version: str | None):
     if parsed.pixels is not None:
         images = [ImageInput(data=png) for png in pixels_to_png(parsed.pixels, _pixel_spec(service, version),
                                                                  service)]
+    charge_images(len(images))
     top_k = parsed.top_k or spec.top_k
     asked = max([top_k] + [o.classification for o in parsed.outputs])
     outcomes = classify_all(images, name, asked, spec)
@@ -218,6 +220,21 @@ def _pixel_spec(service: str, version: str | None) -> ServiceSpec:
                        f"model {service!r} serves versions {names} that take different pixels; pin one with "
                        f"/v2/models/{service}/versions/<version>/infer")
     return specs[0]
+
+
+def charge_images(count: int) -> None:
+    """The key's monthly quota counts images: the edge took one call, each further image takes one more."""
+    key, edge = g.get("api_key"), getattr(ctx(), "edge", None)
+    if key is None or edge is None:
+        return
+    try:
+        for _ in range(count - 1):
+            edge.quota.take(key)
+    except QuotaExceeded:
+        raise ApiError(403, "quota_exceeded", f"key {key.key_id} has not {count} calls left of its monthly "
+                                              f"quota of {key.monthly_quota} (one per image)") from None
+    except KeyStoreError:
+        raise ApiError(503, "auth_unavailable", "API keys cannot be checked right now; try again") from None
 
 
 def classify_all(images: list[ImageInput], name: str, top_k: int, spec: ServiceSpec) -> list[Outcome]:

@@ -55,11 +55,20 @@ class InferRequest:
         return len(self.pixels) if self.pixels is not None else len(self.images)
 
 
-def _int_param(params: dict, key: str, low: int, high: int) -> int | None:
-    value = params.get(key)
-    if value is None:
+def integer(value: object) -> int | None:
+    """An integer of JSON (5 or 5.0, as JSON Schema's integer), else None."""
+    if isinstance(value, bool):
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def _int_param(params: dict, key: str, low: int, high: int) -> int | None:
+    if params.get(key) is None:
+        return None
+    value = integer(params[key])
+    if value is None or not low <= value <= high:
         raise bad(f"parameter {key!r} must be an integer in {low}..{high}")
     return value
 
@@ -114,8 +123,8 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     req = InferRequest(rid, _outputs(doc.get("outputs"), _bool_param(params, "binary_data_output")), top_k)
     tensor = inputs[0]
     name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-    if not isinstance(shape, list) or not shape or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+    shape = [integer(d) for d in shape] if isinstance(shape, list) else []
+    if not shape or not all(d is not None and d >= 0 for d in shape):
         raise bad("input shape must be a list of non-negative integers")
     raw = _raw_data(tensor, binary)
     if name == IMAGE_INPUT:
@@ -145,13 +154,14 @@ def _count(shape: list[int]) -> int:
 
 def _raw_data(tensor: dict, binary: bytes) -> bytes | None:
     """The input's bytes from the binary part (binary_data_size), or None when its data is in the JSON."""
-    size = _params(tensor, "the input").get("binary_data_size")
-    if size is None:
+    given = _params(tensor, "the input").get("binary_data_size")
+    if given is None:
         if binary:
             raise bad(f"{len(binary)} bytes follow the JSON header, but no input has binary_data_size")
         return None
-    if isinstance(size, bool) or not isinstance(size, int) or size != len(binary):
-        raise bad(f"binary_data_size is {size!r} but {len(binary)} bytes follow the JSON header")
+    size = integer(given)
+    if size != len(binary):
+        raise bad(f"binary_data_size is {given!r} but {len(binary)} bytes follow the JSON header")
     if "data" in tensor:
         raise bad("an input has either data or binary_data_size, not both")
     return binary

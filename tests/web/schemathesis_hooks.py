@@ -53,5 +53,6 @@ def before_call(ctx, case, **kwargs):
         shape, data = (tensor.get("shape"), tensor.get("data")) if isinstance(tensor, dict) else (None, None)
         if not (isinstance(shape, list) and isinstance(data, list) and 1 <= len(data) <= 16 and 1 <= len(shape) <= 2):
             continue
-        if all(type(d) is int for d in shape) and 1 <= shape[0] <= 16 and shape[1:] in ([], [1]):
+        if all(type(d) in (int, float) and float(d).is_integer() for d in shape) and 1 <= shape[0] <= 16 \
+                and shape[1:] in ([], [1]):
             shape[0] = len(data)
