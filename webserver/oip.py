@@ -77,8 +77,13 @@ def model_spec(service: str) -> ServiceSpec:
     spec = ctx().catalogue.services.get(service)
     if spec is None:
         raise ApiError(404, "unknown_model", f"no model named {service!r}")
+    return classifier(spec)
+
+
+def classifier(spec: ServiceSpec) -> ServiceSpec:
+    """The spec of a classifier service; 404 for the other kinds (their answers are no label tensors)."""
     if spec.kind != "classifier":
-        raise ApiError(404, "unknown_model", f"{service!r} is a {spec.kind} service, not a classifier: the "
+        raise ApiError(404, "unknown_model", f"{spec.name!r} is a {spec.kind} service, not a classifier: the "
                                              "Open Inference Protocol serves classifiers (use /classify)")
     return spec
 
@@ -93,13 +98,12 @@ def known_versions(service: str) -> list[str]:
     return sorted(known)
 
 
-def version_spec(service: str, version: str) -> ServiceSpec | None:
+def version_spec(base: ServiceSpec, version: str) -> ServiceSpec | None:
     """A version's catalogue entry where the web knows it (the base entry, or a packaged version)."""
-    base = model_spec(service)
     if version == BASE_VERSION:
         return base
     packaged = getattr(ctx().catalogue, "packaged", ctx().catalogue)
-    return getattr(packaged, "versions", {}).get(service, {}).get(version)
+    return getattr(packaged, "versions", {}).get(base.name, {}).get(version)
 
 
 def _live_version(service: str) -> str:
@@ -108,11 +112,11 @@ def _live_version(service: str) -> str:
 
 
 def _metadata(service: str, version: str | None):
-    model_spec(service)
+    base = model_spec(service)
     versions = known_versions(service)
     if version is not None and version not in versions:
         raise ApiError(404, "unknown_version", f"model {service!r} has no version {version!r}", versions=versions)
-    spec = version_spec(service, version or _live_version(service)) or model_spec(service)
+    spec = version_spec(base, version or _live_version(service)) or base
     inputs = [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
     size = pixel_size(spec)
     if size is not None:
@@ -175,17 +179,16 @@ def version_infer(service: str, version: str):
 
 
 def _infer(service: str, version: str | None):
-    model_spec(service)
+    name = versioned_name(service, version)
+    spec = classifier(ctx().submitter.resolve_service(name))   # one catalogue read: the name, the pin, weights
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in ("", "identity"):   # a compressed body could inflate past the upload limit
         raise ApiError(415, "unsupported_media_type", f"Content-Encoding {encoding!r} is not accepted; "
                                                       "send the body uncompressed")
     parsed = parse_infer(request.get_data(), request.headers.get(HEADER))
-    name = versioned_name(service, version)
-    spec = ctx().submitter.resolve_service(name)
     images = parsed.images
     if parsed.pixels is not None:
-        images = [ImageInput(data=png) for png in pixels_to_png(parsed.pixels, _pixel_spec(service, version),
+        images = [ImageInput(data=png) for png in pixels_to_png(parsed.pixels, _pixel_spec(spec, version),
                                                                  service)]
     charge_images(len(images))
     top_k = parsed.top_k or spec.top_k
@@ -204,14 +207,15 @@ def _infer(service: str, version: str | None):
     return Response(body, status=200, mimetype="application/octet-stream", headers={HEADER: str(header_length)})
 
 
-def _pixel_spec(service: str, version: str | None) -> ServiceSpec:
+def _pixel_spec(base: ServiceSpec, version: str | None) -> ServiceSpec:
     """The entry whose preprocessing FP32 pixels must match: the pinned version's, else every serving version's."""
+    service = base.name
     if version is not None:
         names = [version]
     else:
         policy = ctx().submitter.versions.policy(service)
         names = [v for v in policy.versions() if policy.serves(v)] if policy else [BASE_VERSION]
-    specs = [version_spec(service, v) for v in names]
+    specs = [version_spec(base, v) for v in names]
     if any(s is None for s in specs):
         raise ApiError(400, "pixels_not_supported", f"model {service!r}: a version's preprocessing is not known "
                                                     "to the web; send the encoded image as BYTES input 'image'")

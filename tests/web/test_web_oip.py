@@ -153,7 +153,7 @@ def test_refused_formats_compressed_bodies_and_unknown_models_answer_their_4xx(w
     r = web.post(INFER, data=b"\x1f\x8b...", headers={"Content-Encoding": "gzip"})
     assert r.status_code == 415 and "Content-Encoding" in r.json["error"]
     r = post(web, {"inputs": [image_input(sample_bytes["chelsea"])]}, path="/v2/models/nosuch/infer")
-    assert r.status_code == 404 and r.json["code"] == "unknown_model"
+    assert r.status_code == 404 and r.json["code"] == "unknown_service"
     r = post(web, {"inputs": [image_input(sample_bytes["chelsea"])]}, path="/v2/models/facesearch/infer")
     assert r.status_code == 404 and "not a classifier" in r.json["error"]
     r = web.get(INFER)
