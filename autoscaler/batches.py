@@ -85,7 +85,7 @@ class BatchDriver:
             except Exception:
                 log.exception("batch %s: step failed; retried next tick", bid)
         self.dead_letters.maybe_settle()
-        self.notifier.deliver_due()
+        self.notifier.deliver_due(wait=False)   # on the notifier's pool: a slow receiver never holds this tick
 
     def run(self, stop: threading.Event) -> None:
         """Tick every batch_tick_s until stop is set."""
@@ -94,6 +94,7 @@ class BatchDriver:
             started = time.monotonic()
             self.tick()
             stop.wait(max(0.0, self.settings.batch_tick_s - (time.monotonic() - started)))
+        self.notifier.close()
 
     def start_thread(self, stop: threading.Event) -> threading.Thread:
         """Run in a daemon thread (inside the autoscaler process)."""

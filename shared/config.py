@@ -169,6 +169,9 @@ class Settings:
     bulk_wait_time_s: int = 2                 # worker: long poll on a bulk queue (short: it re-checks the gate)
     notify_max_attempts: int = 8              # notification deliveries tried at most (then recorded as failed)
     notify_backoff_s: float = 2.0             # first retry after this, doubling (capped at 300 s)
+    notify_workers: int = 8                   # notices delivered at once, off the batch driver's thread
+    notify_per_key: int = 2                   # of those, at most this many for one API key (a slow receiver
+                                              # holds its own key's slots, never another key's)
     notify_timeout_s: float = 10.0            # one webhook POST's whole time limit
 
     # --- metrics ------------------------------------------------------------
