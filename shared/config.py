@@ -116,7 +116,7 @@ class Settings:
     own_hosts: tuple[str, ...] = ()           # this stack's public host names (ALB DNS, domains): never fetched
 
     # --- autoscaler ---------------------------------------------------------
-    policy: str = "backlog"                   # backlog | classifycloud
+    policy: str = "backlog"                   # backlog | xcloud-baseline (old name: classifycloud)
     tick_s: float = 5.0
     min_workers: int = 1
     max_workers: int = 10
