@@ -130,7 +130,7 @@ class BatchDriver:
             self.store.save(rec)
         if rec.get("enqueued", 0) < rec["total"]:
             self.enqueue(rec, inputs)
-        self.count(rec)
+        self.count(rec, inputs)
         if rec["done"] < rec["total"] and rec.get("enqueued", 0) >= rec["total"]:
             if rec.get("expires_at") and self.clock() >= rec["expires_at"]:
                 self.expire(rec)
@@ -260,20 +260,34 @@ class BatchDriver:
             raise error
         if source.startswith("s3://"):
             check_location(source, owner, self.settings, "item", self.grants.of(owner))
-            return {"url": self.store.presign(source)}
+            url, dies = self.store.presign(source)
+            return {"url": url, "expires_at": dies}
         if source.lower().startswith(("http://", "https://")) and len(source) <= 2048:
             return {"url": source}      # the worker resolves and checks it as it does any image URL
         raise BatchError("invalid_input", f"not a URL or s3:// URI: {source[:100]!r}")
 
-    def count(self, rec: dict) -> None:
-        """Tally new result records (each read once, for its status) and refresh done, failed, rate, ETA."""
+    def count(self, rec: dict, inputs: list[str] | None = None) -> None:
+        """Tally new result records (each read once, for its status) and refresh done, failed, rate, ETA.
+
+        With `inputs`, an item a worker answered link_expired (its presigned link died before it was taken) is
+        not counted: its record goes and the item is sent again with a fresh link."""
         bid = rec["id"]
         seen, failed = self.store.tally(bid)
         fresh = self.store.recorded(bid) - seen
+        resign = []
         for i in sorted(fresh):
             doc = self.store.result(naming.batch_item_id(bid, i)) or {}
-            if doc.get("status") != "ok":
+            if inputs is not None and (doc.get("error") or {}).get("code") == "link_expired":
+                resign.append(i)
+            elif doc.get("status") != "ok":
                 failed += 1
+        if resign:
+            for i in resign:
+                self.store.delete_result(naming.batch_item_id(bid, i))
+            self._send(self._bulk_url(rec["service"]), rec, inputs, resign)
+            fresh -= set(resign)
+            rec["resigned"] = rec.get("resigned", 0) + len(resign)
+            log.info("batch %s: %d item(s) whose link expired signed again and re-sent", bid, len(resign))
         if fresh:
             seen |= fresh
             self.store.save_tally(bid, seen, failed)

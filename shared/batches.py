@@ -16,13 +16,14 @@ import base64
 import json
 import logging
 import re
+import time
 import uuid
 import zlib
 
 from botocore.exceptions import ClientError
 
 from shared import naming
-from shared.aws import parse_s3_uri
+from shared.aws import credentials_expiry, parse_s3_uri
 from shared.config import Settings
 from shared.grants import covers
 from shared.messages import MessageError
@@ -268,11 +269,19 @@ class BatchStore:
         finally:
             body.close()
 
-    def presign(self, uri: str) -> str:
-        """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves)."""
+    def presign(self, uri: str) -> tuple[str, int]:
+        """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves), and
+        when it dies (epoch ms): after batch_link_expiry_s, or sooner with the signing credentials (a role's
+        session lasts hours), so a worker that takes the item later answers link_expired and the driver signs
+        it again rather than the item failing."""
         bucket, key = parse_s3_uri(uri)
-        return self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                              ExpiresIn=min(self.settings.batch_link_expiry_s, 7 * 86400))
+        life = min(self.settings.batch_link_expiry_s, 7 * 86400)
+        url = self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=life)
+        dies = time.time() + life
+        creds = credentials_expiry(self.s3)
+        if creds is not None:
+            dies = min(dies, creds)
+        return url, int(dies * 1000)
 
     def shard_chunks(self, uri: str, owner: str | None):
         """The bytes of an output shard in the owner's data-bucket folder, in chunks; BatchError elsewhere."""
@@ -297,6 +306,10 @@ class BatchStore:
         """Write an item's result record (the driver's own, for inputs no worker can take)."""
         self.s3.put_object(Bucket=self.bucket, Key=naming.result_key(item_id), Body=reply_json.encode(),
                            ContentType="application/json")
+
+    def delete_result(self, item_id: str) -> None:
+        """Drop an item's record (one the driver answers again: a dead presigned link)."""
+        self.s3.delete_object(Bucket=self.bucket, Key=naming.result_key(item_id))
 
     def recorded(self, batch_id: str) -> set[int]:
         """Indices of the items that have a result record."""

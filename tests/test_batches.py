@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -263,3 +264,45 @@ def test_an_expanded_input_past_the_keys_open_item_cap_fails_its_batch(bulk, cat
     final = driver.advance(rec["id"])              # 6 more would make 8
     assert final["state"] == "failed" and final["error"]["code"] == "too_many_items", final
     assert rec["id"] not in BatchStore(s, s3).active_ids()
+
+
+def test_an_item_taken_after_its_link_died_is_signed_again_and_answered(bulk, catalogue, model, sample_bytes):
+    s, s3, _ = bulk
+    key = f"{io_prefix(None)}in/cat.jpg"
+    s3.put_object(Bucket=s.bucket_name, Key=key, Body=sample_bytes["chelsea"])
+    rec = make_batch(s, s3, {"items": 1}, [f"s3://{s.bucket_name}/{key}"])
+    store, item = BatchStore(s, s3), naming.batch_item_id(rec["id"], 0)
+    BatchDriver(s.replace(batch_link_expiry_s=1), catalogue).advance(rec["id"])   # its link dies in 1 s
+    time.sleep(1.2)
+    with in_thread(worker_for(s, catalogue, model)):
+        end = time.monotonic() + 60
+        while store.result(item) is None:
+            assert time.monotonic() < end
+            time.sleep(0.1)
+    assert store.result(item)["error"]["code"] == "link_expired"     # no fetch of a dead link
+    with driving(BatchDriver(s, catalogue)), in_thread(worker_for(s, catalogue, model)):
+        final = wait_final(store, rec["id"])
+    (line,) = output_lines(s3, final)
+    assert final["state"] == "succeeded" and final["failed"] == 0 and final["resigned"] == 1
+    assert line["status"] == "ok" and line["results"][0]["index"] in CATS
+
+
+def test_a_links_life_ends_with_the_credentials_that_signed_it(bulk):
+    s, _, _ = bulk
+    from botocore.credentials import RefreshableCredentials
+    from botocore.session import get_session
+    soon = time.time() + 600
+    meta = {"access_key": "AKIDEXAMPLE", "secret_key": "secret", "token": "session-token",
+            "expiry_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon))}
+    bs = get_session()
+    bs._credentials = RefreshableCredentials.create_from_metadata(meta, refresh_using=lambda: meta, method="test")
+    role_s3 = bs.create_client("s3", region_name="us-east-1", endpoint_url=s3_endpoint(s))
+    url, dies = BatchStore(s.replace(batch_link_expiry_s=86400), role_s3).presign(f"s3://{s.bucket_name}/x.jpg")
+    assert "x-amz-security-token" in url.lower() and abs(dies / 1000 - soon) < 2      # the session's end, not a day
+    _, long_lived = BatchStore(s.replace(batch_link_expiry_s=86400), client("s3", s)).presign(
+        f"s3://{s.bucket_name}/x.jpg")
+    assert abs(long_lived / 1000 - (time.time() + 86400)) < 5                 # long-term keys: the stated life
+
+
+def s3_endpoint(settings) -> str:
+    return os.environ["AWS_ENDPOINT_URL"]

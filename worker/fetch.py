@@ -209,6 +209,9 @@ class Fetcher:
         """The bytes of a request's image ({"url": ...} or {"s3": uploads/<request_id>}), checked to be an image
         (a shared.images.CheckedImage: its header travels with it to the decoder)."""
         if "url" in image:
+            if image.get("expires_at") is not None and time.time() * 1000 >= image["expires_at"]:
+                # a batch item taken after its presigned link died: the driver signs it again and re-sends it
+                raise FetchError("link_expired", "the item's presigned link expired before a worker took it")
             data = self.fetch_url(image["url"])
         elif "s3" in image:
             data = self.fetch_s3(image["s3"], request_id)
