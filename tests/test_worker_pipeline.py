@@ -11,8 +11,8 @@ from worker.results import ResultSink
 
 
 class GatedEngine:
-    """The real engine, noting each decode and forward pass; the first forward pass waits (up to a deadline)
-    until the next batch was decoded, then runs `then` (a test's action) before going on."""
+    """The real engine, noting each decode and forward pass: the second decode starts once the first forward
+    pass began, which waits (up to a deadline) until that decode is done, then runs `then` (a test's action)."""
 
     def __init__(self, engine, then=None):
         self.engine = engine
@@ -22,6 +22,9 @@ class GatedEngine:
         self._cond = threading.Condition()
 
     def prepare(self, service, images):
+        with self._cond:   # the second batch's decode waits for the first forward pass to begin
+            if self.events.count("prepared") == 1:
+                self._cond.wait_for(lambda: "forward" in self.events, timeout=30)
         out = self.engine.prepare(service, images)
         with self._cond:
             self.events.append("prepared")
@@ -32,6 +35,7 @@ class GatedEngine:
         with self._cond:
             first = "forward" not in self.events
             self.events.append("forward")
+            self._cond.notify_all()
             if first:   # on the old, serial loop nothing is decoded while this waits: the deadline passes
                 self.overlapped = self._cond.wait_for(lambda: self.events.count("prepared") >= 2, timeout=30)
         if first and self.then is not None:
