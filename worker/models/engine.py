@@ -137,8 +137,8 @@ class InferenceEngine:
         self.jpeg_draft = jpeg_draft           # DCT-scaled decode of photos at least twice the model's input
         self.clock = clock or ModelClock()   # the model's CPU time, apart from fetch/decode/queue work
         # no more decode threads than cores: more only contend with each other and with the forward pass
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(decode_threads, usable_cores())),
-                                       thread_name_prefix="decode")
+        self.threads = max(1, min(decode_threads, usable_cores()))
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="decode")
 
     def _prepare(self, handler, data: bytes) -> tuple[torch.Tensor | ImageDecodeError, str]:
         try:
@@ -178,7 +178,10 @@ class InferenceEngine:
         handler = self._handler(service)
         owner = getattr(handler, "forward_owner", handler)
         t0 = time.perf_counter()
-        prepared = list(self.pool.map(lambda b: self._prepare(owner, b), images))
+        if self.threads == 1:   # one core: decode in the calling thread, without a hand-off per image
+            prepared = [self._prepare(owner, b) for b in images]
+        else:
+            prepared = list(self.pool.map(lambda b: self._prepare(owner, b), images))
         return Prepared(service, [p for p, _ in prepared], [d for _, d in prepared], (time.perf_counter() - t0) * 1000)
 
     def forward(self, prepared: Prepared, top_ks: Sequence[int], params: Sequence[dict | None] | None = None,
