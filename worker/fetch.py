@@ -92,13 +92,21 @@ def address_refusal(address: str, allow_loopback: bool = False) -> str | None:
 _LOOKUP_SLOTS = threading.BoundedSemaphore(16)
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
 class LookupTimeout(Exception):
     """The host name did not resolve within the time left."""
 
 
 def getaddrinfo_within(host: str, port: int, timeout_s: float | None) -> list:
     """socket.getaddrinfo, given up (LookupTimeout) after timeout_s; None waits as long as the resolver does."""
-    if timeout_s is None:
+    if timeout_s is None or _is_ip_literal(host):   # an address needs no lookup: no thread for it
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     started = time.monotonic()
     if not _LOOKUP_SLOTS.acquire(timeout=max(0.0, timeout_s)):
