@@ -195,15 +195,12 @@ def _tool():
 def role_statements() -> dict[str, list[dict]]:
     """{role: [Allow statements]} from iam*.tf: role policies by their role, the operator managed policy."""
     tool = _tool()
-    doc, local_values = tool.load_tf_files(TF, "iam*.tf"), tool.folder_locals(TF)
-    bodies = {name: tool.expand_dynamic(body, local_values) for entry in doc["data"]
-              for rtype, named in entry.items() if rtype == "aws_iam_policy_document"
-              for name, body in named.items()}
+    doc, bodies = tool.load_tf_files(TF, "iam*.tf"), tool.policy_documents(TF, "iam*.tf")
 
     def statements(name: str) -> list[dict]:
         """A document's statements, those of its source_policy_documents first (as Terraform merges them)."""
         body = bodies[name]
-        sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
+        sources = [re.fullmatch(tool.DOCUMENT_REFERENCE, ref).group(1)
                    for ref in body.get("source_policy_documents", [])]
         return [st for src in sources for st in statements(src)] + body.get("statement", [])
 
@@ -214,7 +211,7 @@ def role_statements() -> dict[str, list[dict]]:
             for _name, body in named.items():
                 if rtype not in ("aws_iam_role_policy", "aws_iam_policy"):
                     continue
-                policy = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", body["policy"]).group(1)
+                policy = re.fullmatch(tool.DOCUMENT_REFERENCE, body["policy"]).group(1)
                 if rtype == "aws_iam_role_policy":
                     role = re.search(r'component\["(\w+)"\]', body["role"]).group(1)
                 else:

@@ -9,6 +9,7 @@ resource "aws_iam_role_policy" "autoscaler" {
 
 data "aws_iam_policy_document" "autoscaler" {
   source_policy_documents = [
+    data.aws_iam_policy_document.bucket_listing["autoscaler"].json,
     data.aws_iam_policy_document.read_catalogue.json,
     data.aws_iam_policy_document.put_metrics.json,
   ]
@@ -68,7 +69,7 @@ data "aws_iam_policy_document" "autoscaler" {
   statement {
     sid       = "ReadDeadLetters"
     actions   = ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"]
-    resources = [for q in aws_sqs_queue.dlq : q.arn]
+    resources = module.request_queues.dlq_arns
   }
 
   statement {
@@ -121,18 +122,6 @@ data "aws_iam_policy_document" "autoscaler" {
     ]
   }
 
-  statement {
-    sid       = "ListBatchWork"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["batches-active/*", "notify/pending/*", "results/*", "batch-io/*"]
-    }
-  }
-
   # Notices to the SNS topics a client names (autoscaler/notify.py). Topics are the client's choice, so
   # the grant is by account: only topics of this account and region (docs/DEPLOY.md).
   statement {
@@ -147,18 +136,6 @@ data "aws_iam_policy_document" "autoscaler" {
     sid       = "ReadVersionStats"
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.data.arn}/version-stats/*"]
-  }
-
-  statement {
-    sid       = "ListVersionStats"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["version-stats/*"]
-    }
   }
 
   statement {

@@ -9,6 +9,7 @@ resource "aws_iam_role_policy" "web" {
 
 data "aws_iam_policy_document" "web" {
   source_policy_documents = [
+    data.aws_iam_policy_document.bucket_listing["web"].json,
     data.aws_iam_policy_document.read_catalogue.json,
     data.aws_iam_policy_document.put_metrics.json,
     data.aws_iam_policy_document.use_table_key.json,
@@ -101,18 +102,6 @@ data "aws_iam_policy_document" "web" {
     sid       = "EraseFaces"
     actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
     resources = ["${aws_s3_bucket.data.arn}/galleries/*"]
-  }
-
-  statement {
-    sid       = "ListFaceVersions"
-    actions   = ["s3:ListBucketVersions"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["galleries/*"]
-    }
   }
 
   statement {
