@@ -1,9 +1,10 @@
 """Route rules declared on the views: the edge hooks, the body limits and the OpenAPI document read them."""
 from __future__ import annotations
 
+from openapi_check import load_spec
 from web_peer import PeerWorker
 
-from webserver.docs import KEY_SECURITY, load_spec
+from webserver.docs import KEY_SECURITY
 from webserver.routing import UPLOAD, rules_for
 
 PUBLIC_PATHS = {"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services", "/static/<path:filename>"}

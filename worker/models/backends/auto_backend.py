@@ -15,7 +15,7 @@ from PIL import Image
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
-from worker.models.backends import Backend, BackendUnavailable
+from worker.models.backends.base import Backend, BackendUnavailable
 from worker.models.loader import WeightsError, weights_cache_dir
 
 log = logging.getLogger(__name__)

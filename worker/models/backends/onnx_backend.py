@@ -9,7 +9,7 @@ import torch
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
-from worker.models.backends import BackendUnavailable, softmax_probs
+from worker.models.backends.base import BackendUnavailable, softmax_probs
 from worker.models.loader import WeightsError, fetch_to_local, verify_sha256
 
 log = logging.getLogger(__name__)

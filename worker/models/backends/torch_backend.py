@@ -9,7 +9,7 @@ import torch
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
 from worker.models import builders
-from worker.models.backends import softmax_probs
+from worker.models.backends.base import softmax_probs
 from worker.models.loader import WeightsError, fetch_to_local, load_strict, read_state_dict, verify_sha256
 
 log = logging.getLogger(__name__)
