@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loop.run(stop)
     finally:
-        if hasattr(fleet, "stop_all"):      # local workers are ours to stop; EC2 instances stay
-            fleet.stop_all()
+        fleet.stop_all()      # local workers are ours to stop; EC2 instances stay (Fleet.stop_all)
     return 0
 
 
