@@ -1,4 +1,4 @@
-"""Message schemas (version 1): request, reply, terminate (SQS) and heartbeat (S3 record). See DESIGN.md."""
+"""Message schemas (version 1): request, reply, terminate (SQS) and heartbeat (S3 record); docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import json

@@ -23,7 +23,7 @@ from classifycloud.local import free_port
 
 pytestmark = pytest.mark.slow
 
-BEFORE = os.path.join(ROOT, "tests", "fixtures", "terraform_before_service_queue", "queues.tf")
+BEFORE = os.path.join(ROOT, "tests", "fixtures", "terraform_before_service_queue", "queues.tf.recorded")
 # What the rest of the tree reads from the two module calls, given by a resource-free module over the
 # old resources, so the old queues.tf is applied next to today's other files unchanged.
 SHIM = {

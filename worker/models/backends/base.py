@@ -1,10 +1,12 @@
-"""What every inference backend shares: the Backend interface, BackendUnavailable and softmax_probs."""
+"""What every inference backend shares: the Backend interface, BackendBase, BackendUnavailable, softmax_probs."""
 from __future__ import annotations
 
 from typing import Protocol
 
 import torch
 
+from shared.catalogue import ServiceSpec
+from shared.config import Settings
 from worker.models.loader import WeightsError
 
 
@@ -24,6 +26,18 @@ class Backend(Protocol):
     def forward(self, batch: torch.Tensor) -> torch.Tensor: ...
 
     def close(self) -> None: ...
+
+
+class BackendBase:
+    """What every backend holds: its service's catalogue entry, the settings and its device."""
+
+    name = ""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, device: torch.device):
+        self.spec = spec
+        self.settings = settings
+        self.device = device
+        self.version = ""       # the loaded artefact's identity (a digest), set by load()
 
 
 def softmax_probs(logits: torch.Tensor, num_classes: int, where: str, outputs: str = "logits") -> torch.Tensor:

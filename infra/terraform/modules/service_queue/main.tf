@@ -1,5 +1,12 @@
 # One queue per service, each with its dead-letter queue, and a queue policy that lets one role send.
-# The root module calls it for the request queues and for the bulk queues (queues.tf).
+# The root module calls it for the request queues and for the bulk queues (queues.tf), and pins the
+# provider's version (versions.tf).
+
+terraform {
+  required_providers {
+    aws = { source = "hashicorp/aws" }
+  }
+}
 
 resource "aws_sqs_queue" "dlq" {
   for_each = var.dlq_names
