@@ -202,3 +202,13 @@ def test_the_file_cycle_check_finds_a_typing_import_and_a_package_that_its_modul
     assert sorted(found) == [["shared.a", "shared.b"], ["shared.plug", "shared.plug.impl"]]
     (pkg / "impl.py").write_text("from .base import helper\n")   # the cure: a base module both import
     assert circles(file_graph(str(tmp_path))) == [["shared.a", "shared.b"]]
+
+
+def test_importing_the_web_package_loads_no_app_until_create_app_is_asked_for():
+    import subprocess
+    import sys
+    code = ("import sys, webserver; before = 'webserver.app' in sys.modules; webserver.create_app; "
+            "print(before, 'webserver.app' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
