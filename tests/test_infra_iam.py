@@ -47,6 +47,7 @@ ROLE_OF_PATH = {
     "classifycloud/dlq.py": ("operator",),           # `classifycloud dlq list|redrive`, on an operator's machine
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
     "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
+    "shared/heartbeats.py": ("web", "autoscaler"),   # the web's probes and the autoscaler read worker heartbeats
     "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
     "shared/transport.py": ALL,                      # every component's queue calls (checked per method: below)
     "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
