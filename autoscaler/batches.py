@@ -125,6 +125,11 @@ class BatchDriver:
         if rec.get("enqueued", 0) < rec["total"]:
             self.enqueue(rec, inputs)
         self.count(rec)
+        if rec["done"] < rec["total"] and rec.get("enqueued", 0) >= rec["total"]:
+            if rec.get("expires_at") and self.clock() >= rec["expires_at"]:
+                self.expire(rec)
+            else:
+                self.resend_lost(rec, inputs)
         if rec["done"] >= rec["total"]:
             return self.complete(rec, inputs)
         self.store.save(rec)
@@ -145,39 +150,91 @@ class BatchDriver:
             inputs = [item_input(x) for x in spec["items"]]
         if not inputs:
             raise BatchError("empty_input", "the input names no image")
+        _, open_items = self.store.open_work(owner, skip=rec["id"])   # the web checked inline items; again here
+        if open_items + len(inputs) > self.settings.batch_max_open_items_per_key:
+            raise BatchError("too_many_items", f"{len(inputs)} items with the key's {open_items} still running "
+                             f"pass {self.settings.batch_max_open_items_per_key}")
         self.store.write_inputs(rec["id"], inputs)
         log.info("batch %s: %d items", rec["id"], len(inputs))
         return inputs
 
     def enqueue(self, rec: dict, inputs: list[str]) -> None:
         """Send items from the cursor on, checkpointing it; an input no worker can take gets its error record."""
-        try:
-            url = self.transport.url(naming.bulk_queue(self.settings.prefix, rec["service"]))
-        except QueueGone:   # a service added live (an S3 entry) has no bulk queue yet: made here, with its DLQ
-            url = ensure_bulk_queue(self.transport, self.settings, rec["service"])
-            log.info("created the bulk queue of service %s", rec["service"])
+        url = self._bulk_url(rec["service"])
         start = rec.get("enqueued", 0)
         step = max(10, self.settings.batch_checkpoint_items)
         for lo in range(start, len(inputs), step):
             hi = min(len(inputs), lo + step)
-            messages = []
-            for i in range(lo, hi):
-                item_id = naming.batch_item_id(rec["id"], i)
-                try:
-                    image = self._image(inputs[i], rec.get("owner"))
-                except BatchError as exc:
-                    self.store.put_result(item_id, Reply.failure(item_id, rec["service"], exc.code,
-                                                                 exc.message).to_json())
-                    continue
-                messages.append((i, Request(id=item_id, service=rec["service"], image=image, reply_to=None,
-                                            top_k=rec["top_k"])))
-            result = self.transport.send_batch(url, messages)
-            if result.failed:   # the cursor stays before this chunk: it is sent again next tick
-                raise TransportError(f"{len(result.failed)} of {len(messages)} items not sent: "
-                                     f"{result.failed[0].message}")
+            self._send(url, rec, inputs, range(lo, hi))
             rec["enqueued"] = hi
             self.store.save(rec)
         log.info("batch %s: items %d..%d on the bulk queue", rec["id"], start, len(inputs) - 1)
+
+    def _bulk_url(self, service: str) -> str:
+        try:
+            return self.transport.url(naming.bulk_queue(self.settings.prefix, service))
+        except QueueGone:   # a service added live (an S3 entry) has no bulk queue yet: made here, with its DLQ
+            url = ensure_bulk_queue(self.transport, self.settings, service)
+            log.info("created the bulk queue of service %s", service)
+            return url
+
+    def _send(self, url: str, rec: dict, inputs: list[str], indices) -> None:
+        """Put these items on the bulk queue; an input no worker can take gets its error record instead."""
+        messages = []
+        for i in indices:
+            item_id = naming.batch_item_id(rec["id"], i)
+            try:
+                image = self._image(inputs[i], rec.get("owner"))
+            except BatchError as exc:
+                self.store.put_result(item_id, Reply.failure(item_id, rec["service"], exc.code,
+                                                             exc.message).to_json())
+                continue
+            messages.append((i, Request(id=item_id, service=rec["service"], image=image, reply_to=None,
+                                        top_k=rec["top_k"])))
+        result = self.transport.send_batch(url, messages)
+        if result.failed:   # the caller's cursor stays before these: they are sent again next tick
+            raise TransportError(f"{len(result.failed)} of {len(messages)} items not sent: "
+                                 f"{result.failed[0].message}")
+
+    def resend_lost(self, rec: dict, inputs: list[str]) -> None:
+        """Send again the items whose message is gone: every item was sent, some lack a record, and the service's
+        bulk queue and its DLQ have held nothing (visible, in flight or delayed) for batch_lost_grace_s.
+
+        A message expires after the queue's retention or is purged, and nothing else would ever answer it; while
+        the queue holds anything, an unrecorded item may still be in it, so nothing is sent twice early.
+        """
+        try:
+            depth = self.transport.depth(self._bulk_url(rec["service"]))
+            dlq = self.dead_letters.dlq_url(rec["service"])
+            held = depth.visible + depth.in_flight + depth.delayed + (self.transport.depth(dlq).visible if dlq else 0)
+        except TransportError as exc:
+            log.warning("batch %s: bulk queue depth unreadable (%s); lost items checked next tick", rec["id"], exc)
+            return
+        now = self.clock()
+        if held:
+            rec.pop("empty_since", None)
+            return
+        rec.setdefault("empty_since", now)
+        if now - rec["empty_since"] < self.settings.batch_lost_grace_s:
+            return
+        lost = sorted(set(range(rec["total"])) - self.store.recorded(rec["id"]))
+        if lost:
+            log.warning("batch %s: %d item(s) without a record and none queued; sent again (first: %d)",
+                        rec["id"], len(lost), lost[0])
+            self._send(self._bulk_url(rec["service"]), rec, inputs, lost)
+            rec["resent"] = rec.get("resent", 0) + len(lost)
+        rec.pop("empty_since", None)
+
+    def expire(self, rec: dict) -> None:
+        """The batch's time limit passed: each item still without a record ends as failed: expired."""
+        open_items = sorted(set(range(rec["total"])) - self.store.recorded(rec["id"]))
+        for i in open_items:
+            item_id = naming.batch_item_id(rec["id"], i)
+            self.store.put_result(item_id, Reply.failure(item_id, rec["service"], "expired",
+                                                         "the batch's time limit passed before this item "
+                                                         "was answered").to_json())
+        log.warning("batch %s: time limit passed; %d open item(s) end as expired", rec["id"], len(open_items))
+        self.count(rec)
 
     def _image(self, source: str, owner: str | None) -> dict:
         error = bad_line_error(source)

@@ -191,6 +191,19 @@ class BatchStore:
             out.extend(o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", []))
         return [b for b in out if valid_batch_id(b)]
 
+    def open_work(self, owner: str | None, skip: str | None = None) -> tuple[int, int]:
+        """(batches not yet final, their items not yet answered) of one key: what the per-key caps count.
+
+        One record read per active batch of any key; the caps keep that list short."""
+        batches = items = 0
+        for bid in self.active_ids():
+            rec = self.record(bid) if bid != skip else None
+            if not rec or rec.get("owner") != owner or rec.get("state") in FINAL:
+                continue
+            batches += 1
+            items += max(0, (rec.get("total") or 0) - (rec.get("done") or 0))
+        return batches, items
+
     def finish(self, batch_id: str) -> None:
         """Drop the active marker (the batch is final)."""
         self.s3.delete_object(Bucket=self.bucket, Key=naming.active_batch_prefix() + batch_id)
@@ -330,7 +343,7 @@ def output_line(index: int, item_id: str, source: str, record: dict | None) -> d
 def summary_of(rec: dict) -> dict:
     """The public view of a batch (GET /batches/<id> and the notification body)."""
     keys = ("id", "service", "state", "total", "done", "failed", "rate", "eta_s", "output", "shards",
-            "deadline", "created_at", "started_at", "finished_at", "error")
+            "deadline", "expires_at", "created_at", "started_at", "finished_at", "error")
     out = {k: rec.get(k) for k in keys}
     out["kind"] = "batch"
     out["done"] = out["done"] or 0

@@ -154,6 +154,13 @@ class Settings:
     batch_max_lines: int = 100_000            # items of one manifest or prefix at most (more: input_too_large)
     batch_tick_s: float = 1.0                 # the batch driver expands, enqueues, tallies and notifies this often
     batch_checkpoint_items: int = 200         # the driver records its enqueue cursor after this many sends
+    batch_max_active_per_key: int = 4         # POST /batches: a key's batches not yet final at most (429 too_many_batches)
+    batch_max_open_items_per_key: int = 200_000  # a key's unanswered batch items at most, checked by the web (inline)
+                                              # and the driver (expanded input: the batch fails too_many_items)
+    batch_lost_grace_s: float = 120.0         # a running batch's bulk queue (and DLQ) empty this long while items lack
+                                              # records: their messages are gone (expired, purged), so they are sent again
+    batch_time_limit_max_s: int = 86400 * 14  # POST /batches time_limit_s at most; past its limit a batch's open items
+                                              # end as failed: expired
     batch_link_expiry_s: int = 86400 * 2      # presigned GET of an S3 item: outlives the bulk queue's retention
     bulk_visibility_timeout_s: int = 120      # bulk queues: a worker holds an item this long
     bulk_receive: int = 4                     # worker: bulk items taken at most per receive: one small batch, so

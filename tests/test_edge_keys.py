@@ -14,6 +14,8 @@ from webserver.app import create_app
 from webserver.keys import RateLimiter, hash_key, key_id_of
 from webserver.usage import UsageLog, UsageRecord, table_name
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 @pytest.fixture
 def keyed(settings, provisioned):

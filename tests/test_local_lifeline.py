@@ -46,7 +46,10 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on `port` again: as gunicorn does, with SO_REUSEADDR, so a connection the
+    stopped server closed (TIME_WAIT) does not count, and a listener still there does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -59,7 +62,8 @@ def up(tmp_path):
     """`classifycloud up` (autoscaled, min 1 worker) on a free port, started and waited for; killed afterwards."""
     port = free_port()
     log = open(tmp_path / "up.log", "w+")
-    env = {**os.environ, "CLASSIFYCLOUD_METRICS_ENABLED": "false", "CLASSIFYCLOUD_MIN_WORKERS": "1"}
+    env = {**os.environ, "CLASSIFYCLOUD_METRICS_ENABLED": "false", "CLASSIFYCLOUD_MIN_WORKERS": "1",
+           "CLASSIFYCLOUD_SERVICES": "imagenet"}   # one model loads in seconds; `up` skips the services no worker hosts
     for k in ("AWS_ENDPOINT_URL",):   # up starts its own AWS endpoint
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "-m", "classifycloud", "up", "--port", str(port), "--web-processes", "2"],

@@ -15,6 +15,8 @@ from classifycloud.local import free_port
 from webserver.app import create_app
 from webserver.serve import gunicorn_command
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 

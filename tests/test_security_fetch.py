@@ -17,6 +17,9 @@ from shared.images import ALLOWED_FORMATS, ImageRefused, open_checked
 from shared.url_safety import safe_url
 from worker.fetch import Fetcher, FetchError, check_image_header
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
+
 DEADLINE_S = 2.0
 SLACK_S = 0.6
 

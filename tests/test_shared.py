@@ -8,6 +8,8 @@ from shared.catalogue import CatalogueError, load_catalogue
 from shared.config import Settings, env_names
 from shared.messages import MessageError, Reply, Request, Terminate, now_ms
 
+pytestmark = pytest.mark.services("food", "imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 def test_settings_read_from_environment_and_round_trip():
     s = Settings.from_env({"CLASSIFYCLOUD_PREFIX": "x", "CLASSIFYCLOUD_SERVICES": "a, b",

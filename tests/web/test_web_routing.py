@@ -1,11 +1,14 @@
 """Route rules declared on the views: the edge hooks, the body limits and the OpenAPI document read them."""
 from __future__ import annotations
 
+import pytest
 from openapi_check import load_spec
 from web_peer import PeerWorker
 
 from webserver.docs import KEY_SECURITY
 from webserver.routing import UPLOAD, rules_for
+
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 
 PUBLIC_PATHS = {"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services", "/static/<path:filename>"}
 
