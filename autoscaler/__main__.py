@@ -16,10 +16,11 @@ from shared.config import Settings
 
 def main(argv: list[str] | None = None) -> int:
     """Run the autoscaler loop until SIGINT/SIGTERM (or one tick with --once)."""
+    from autoscaler.fleet import fleet_names, make_fleet
     p = argparse.ArgumentParser(prog="classifycloud autoscaler", description=main.__doc__)
     p.add_argument("--policy", choices=["backlog", "xcloud-baseline", "classifycloud"], default=None,
                    help="classifycloud: the old name of xcloud-baseline")
-    p.add_argument("--fleet", choices=["local", "asg", "ec2"], default=None)
+    p.add_argument("--fleet", choices=fleet_names(), default=None)
     p.add_argument("--min-workers", type=int, default=None)
     p.add_argument("--max-workers", type=int, default=None)
     p.add_argument("--tick", type=float, default=None, help="seconds between decisions")
@@ -31,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logsafe.install()   # client strings never start a forged log line
-    from autoscaler.fleet import make_fleet
     from autoscaler.loop import Autoscaler
     from shared.transport import Transport
     try:
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loop.run(stop)
     finally:
-        if hasattr(fleet, "stop_all"):      # local workers are ours to stop; EC2 instances stay
-            fleet.stop_all()
+        fleet.stop_all()      # local workers are ours to stop; EC2 instances stay (Fleet.stop_all)
     return 0
 
 

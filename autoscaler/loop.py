@@ -105,23 +105,21 @@ class Autoscaler:
         report = self.health.check(list(count.ids[:count.running]), hb)
         if not report.replace:
             return count
-        kill = getattr(self.fleet, "kill", None)   # a hung local process may ignore SIGTERM
-        (kill or self.fleet.terminate)(list(report.replace))
+        self.fleet.kill(list(report.replace))   # a hung local process may ignore SIGTERM
         self.metrics.record("WorkersReplaced", len(report.replace))
         gone = set(report.replace)
         running = [i for i in count.ids[:count.running] if i not in gone]
         # an Auto Scaling group launches the replacements itself: capacity already bought, so pending
-        replaced = len(report.replace) if getattr(self.fleet, "replaces_terminated", False) else 0
+        replaced = len(report.replace) if self.fleet.replaces_terminated else 0
         return type(count)(running=len(running), pending=count.pending + replaced,
                            ids=tuple(running) + count.ids[count.running:])
 
     def _note_exits(self) -> None:
         """Report local workers that keep exiting non-zero (a crash loop the fleet cannot keep running)."""
-        exited = getattr(self.fleet, "exited", None)
-        if not isinstance(exited, dict):
+        exited, killed = self.fleet.exited, self.fleet.killed
+        if not exited:   # a cloud fleet never sees an exit (Fleet.exited stays empty)
             return
         now = self.clock()
-        killed = getattr(self.fleet, "killed", set())
         for wid in [w for w in exited if w not in self._seen_exits and w not in killed]:
             self._seen_exits.add(wid)
             self._exits.append((now, exited[wid]))

@@ -35,7 +35,7 @@ from shared.notify import (
 )
 
 # the same SSRF rules as image URLs: the worker's own checks (resolve, refuse internal addresses, pin the IP)
-from worker.fetch import FetchError, OwnEndpoints, _Watchdog, parse_target
+from shared.url_safety import CA_CERTS, FetchError, OwnEndpoints, Watchdog, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -217,15 +217,14 @@ class Notifier(Outbox):
         if remaining <= 0:
             return False, f"timeout: not delivered within {self.settings.notify_timeout_s:g} s"
         if target.scheme == "https":
-            from worker.fetch import _CA_CERTS
             conn = HTTPSConnection(target.ip, target.port, timeout=remaining, server_hostname=target.host,
-                                   assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=_CA_CERTS)
+                                   assert_hostname=target.host, cert_reqs="CERT_REQUIRED", ca_certs=CA_CERTS)
         else:
             conn = HTTPConnection(target.ip, target.port, timeout=remaining)
         headers = {"Host": target.host_header, "Content-Type": "application/json",
                    "User-Agent": "ClassifyCloud-notify/1", EVENT_HEADER: event, DELIVERY_HEADER: doc["id"],
                    SIGNATURE_HEADER: sign(self.secrets.get(doc.get("owner")), body)}
-        watchdog = _Watchdog(conn, remaining)   # shuts the socket at the deadline, whatever read is blocked
+        watchdog = Watchdog(conn, remaining)   # shuts the socket at the deadline, whatever read is blocked
         try:
             conn.connect()
             watchdog.sock = conn.sock

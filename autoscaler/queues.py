@@ -6,13 +6,10 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from botocore.exceptions import ClientError
-
 from autoscaler.policy import QueueStats, ewma
-from shared import naming
 from shared.catalogue import Catalogue
 from shared.config import Settings
-from shared.messages import Heartbeat, MessageError
+from shared.heartbeats import fresh_heartbeats
 from shared.transport import QueueGone, Transport
 
 log = logging.getLogger(__name__)
@@ -84,37 +81,11 @@ class HeartbeatReader:
 
     def read(self) -> Heartbeats:
         """Idle (ready, busy == 0), busy and stopping workers among fresh heartbeats."""
-        now_ms = self.clock() * 1000
-        max_age_ms = self.settings.heartbeat_max_age_s * 1000
-        idle = busy = stopping = 0
-        ids = []
-        records = []
-        paginator = self.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.settings.bucket_name, Prefix=naming.heartbeat_prefix()):
-            for obj in page.get("Contents", []):
-                if now_ms - obj["LastModified"].timestamp() * 1000 > max_age_ms + 5000:
-                    continue                       # old object: skip the GET
-                try:
-                    body = self.s3.get_object(Bucket=self.settings.bucket_name, Key=obj["Key"])["Body"].read()
-                    hb = Heartbeat.from_json(body)
-                except ClientError as exc:
-                    if exc.response["Error"]["Code"] in ("NoSuchKey", "404"):
-                        continue                   # deleted between list and get
-                    raise
-                except MessageError as exc:
-                    log.warning("heartbeat %s is malformed (%s); ignored", obj["Key"], exc)
-                    continue
-                if not hb.is_fresh(self.settings.heartbeat_max_age_s, now_ms):
-                    continue
-                ids.append(hb.instance_id)
-                records.append(hb.to_dict())
-                if hb.state == "stopping":
-                    stopping += 1
-                elif hb.busy > 0:
-                    busy += 1
-                else:
-                    idle += 1
-        return Heartbeats(idle=idle, busy=busy, stopping=stopping, ids=tuple(ids), records=tuple(records))
+        beats = fresh_heartbeats(self.settings, self.s3, self.clock() * 1000)
+        stopping = sum(hb.state == "stopping" for hb in beats)
+        busy = sum(hb.state != "stopping" and hb.busy > 0 for hb in beats)
+        return Heartbeats(idle=len(beats) - stopping - busy, busy=busy, stopping=stopping,
+                          ids=tuple(hb.instance_id for hb in beats), records=tuple(hb.to_dict() for hb in beats))
 
 
 class ServiceTimes:

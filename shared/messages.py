@@ -1,4 +1,4 @@
-"""Message schemas (version 1): request, reply, terminate (SQS) and heartbeat (S3 record). See DESIGN.md."""
+"""Message schemas (version 1): request, reply, terminate (SQS) and heartbeat (S3 record); docs/ARCHITECTURE.md."""
 from __future__ import annotations
 
 import json
@@ -51,6 +51,14 @@ def _load(body: str | bytes | dict) -> dict:
     return data
 
 
+def _load_version(body: str | bytes | dict, what: str, default: int | None = None) -> dict:
+    """The message as a dict, refused (unsupported_version) unless it is of this VERSION (`default` if absent)."""
+    data = _load(body)
+    if data.get("v", default) != VERSION:
+        raise MessageError("unsupported_version", f"{what} version {data.get('v')!r} is not {VERSION}")
+    return data
+
+
 def _require(data: dict, key: str, kind: type | tuple, what: str) -> Any:
     if key not in data:
         raise MessageError("malformed_message", f"{what}: missing field {key!r}")
@@ -99,10 +107,8 @@ class Request:
     @classmethod
     def from_json(cls, body: str | bytes | dict) -> "Request":
         """Parse and validate; raises MessageError."""
-        data = _load(body)
         what = "request"
-        if data.get("v") != VERSION:
-            raise MessageError("unsupported_version", f"request version {data.get('v')!r} is not {VERSION}")
+        data = _load_version(body, what)
         rid = _require(data, "id", str, what)
         if not valid_id(rid):
             raise MessageError("malformed_message", "request: id must be 1-64 of [A-Za-z0-9_-]")
@@ -200,10 +206,8 @@ class Reply:
     @classmethod
     def from_json(cls, body: str | bytes | dict) -> "Reply":
         """Parse and validate; raises MessageError."""
-        data = _load(body)
         what = "reply"
-        if data.get("v") != VERSION:
-            raise MessageError("unsupported_version", f"reply version {data.get('v')!r} is not {VERSION}")
+        data = _load_version(body, what)
         rid = _require(data, "id", str, what)
         service = _require(data, "service", str, what)
         status = _require(data, "status", str, what)
@@ -306,10 +310,8 @@ class Heartbeat:
     @classmethod
     def from_json(cls, body: str | bytes | dict) -> "Heartbeat":
         """Parse and validate; raises MessageError. Records without "v" (written before it existed) are v1."""
-        data = _load(body)
         what = "heartbeat"
-        if data.get("v", VERSION) != VERSION:
-            raise MessageError("unsupported_version", f"heartbeat version {data.get('v')!r} is not {VERSION}")
+        data = _load_version(body, what, default=VERSION)
         instance_id = _require(data, "instance_id", str, what)
         if not instance_id:
             raise MessageError("malformed_message", "heartbeat: instance_id must not be empty")

@@ -18,8 +18,8 @@ def ensure_request_queue(transport: Transport, settings: Settings, service: str,
                          policy=_LOOK_UP) -> str:
     """Create a service's request queue and its DLQ with a redrive policy; return the queue URL.
 
-    Protected as Terraform protects the packaged services' queues (infra/terraform/queues.tf): encrypted,
-    the request queue under the same queue policy as theirs (only the web sends requests), the DLQ a
+    Protected as Terraform protects the packaged services' queues (infra/terraform/modules/service_queue):
+    encrypted, the request queue under the same queue policy as theirs (only the web sends requests), the DLQ a
     dead-letter target of this request queue only. A queue that exists with other attributes is left
     as it is unless `reconcile(url, attrs)` is given: only operator tools pass one (SetQueueAttributes
     could also rewrite the queue policy, so the autoscaler's role has none; infra/terraform/iam.tf).

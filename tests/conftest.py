@@ -135,7 +135,7 @@ def responses_match_the_openapi_description():
 # offline infrastructure checks (terraform, checkov, packer, shellcheck); and the tests that start whole stacks
 # of processes with models loaded, which would otherwise compete for the two cores and the memory.
 GROUPS = (
-    ("deploy", ("test_deploy.py",)),
+    ("deploy", ("test_deploy.py", "test_deploy_moved.py")),
     ("infra", ("test_infra_", "test_metrics_tf.py")),
     ("stack", ("test_e2e_", "test_local_lifeline.py", "test_local_housekeeping.py")),
 )

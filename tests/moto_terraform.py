@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import os
 
-# file name -> (why, HCL). The file starts with its reason as a comment.
+REDRIVE_ALLOW = (
+    "moto never returns RedriveAllowPolicy from GetQueueAttributes, and the provider waits for it to read back "
+    "forever: the apply hangs (at low parallelism the stuck resources hold every slot). No redrive-allow "
+    "policies in moto (request and bulk DLQs); AWS gets them (modules/service_queue).")
+REDRIVE_POLICY = (
+    "moto re-serialises RedrivePolicy (maxReceiveCount as a string, other spacing): every plan would update "
+    "the request queues, and moto's SetQueueAttributes clears a queue's Policy when the call does not carry "
+    "it, so the second apply would wipe the queue policies (only the web sends requests, only the autoscaler "
+    "sends batch items): request and bulk queues alike.")
+# file name (in the root module, or a path below it for a child module's resources: an override file
+# overrides only its own module) -> (why, HCL). The file starts with its reason as a comment.
 MOTO_OVERRIDES: dict[str, tuple[str, str]] = {
-    "moto_sqs_redrive_allow_override.tf": (
-        "moto never returns RedriveAllowPolicy from GetQueueAttributes, and the provider waits for it to read "
-        "back forever: the apply hangs (at low parallelism the stuck resources hold every slot). No "
-        "redrive-allow policies in moto (request and bulk DLQs); AWS gets them (queues.tf).",
-        'resource "aws_sqs_queue_redrive_allow_policy" "dlq" {\n  for_each = {}\n}\n\n'
-        'resource "aws_sqs_queue_redrive_allow_policy" "bulk_dlq" {\n  for_each = {}\n}\n'),
+    "modules/service_queue/moto_sqs_redrive_allow_override.tf": (
+        REDRIVE_ALLOW, 'resource "aws_sqs_queue_redrive_allow_policy" "dlq" {\n  for_each = {}\n}\n'),
     "moto_launch_template_tags_override.tf": (
         "moto echoes the provider's default tags back as a tag_specifications block of resource type "
         "\"launch-template\": every plan would write a new template version, and the groups' launch_template "
@@ -24,13 +30,9 @@ MOTO_OVERRIDES: dict[str, tuple[str, str]] = {
         'resource "aws_launch_template" "worker" {\n  lifecycle {\n    ignore_changes = [tag_specifications]\n'
         '  }\n}\n\nresource "aws_launch_template" "service" {\n  lifecycle {\n'
         '    ignore_changes = [tag_specifications]\n  }\n}\n'),
-    "moto_sqs_redrive_policy_override.tf": (
-        "moto re-serialises RedrivePolicy (maxReceiveCount as a string, other spacing): every plan would update "
-        "the request queues, and moto's SetQueueAttributes clears a queue's Policy when the call does not carry "
-        "it, so the second apply would wipe the queue policies (only the web sends requests, only the autoscaler "
-        "sends batch items): request and bulk queues alike.",
-        'resource "aws_sqs_queue" "requests" {\n  lifecycle {\n    ignore_changes = [redrive_policy]\n  }\n}\n\n'
-        'resource "aws_sqs_queue" "bulk" {\n  lifecycle {\n    ignore_changes = [redrive_policy]\n  }\n}\n'),
+    "modules/service_queue/moto_sqs_redrive_policy_override.tf": (
+        REDRIVE_POLICY, 'resource "aws_sqs_queue" "queue" {\n  lifecycle {\n    ignore_changes = [redrive_policy]\n'
+                        '  }\n}\n'),
     "moto_security_group_rule_override.tf": (
         "moto drops the description of a security group rule that references another group: every plan would "
         "update the two rules between the ALB and the web tier.",
@@ -51,9 +53,9 @@ MOTO_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
-def write_overrides(module: str) -> list[str]:
+def write_overrides(module: str, overrides: dict[str, tuple[str, str]] = MOTO_OVERRIDES) -> list[str]:
     """Write every override file, each headed by its reason, into the scratch root module; returns their names."""
-    for name, (why, hcl) in MOTO_OVERRIDES.items():
+    for name, (why, hcl) in overrides.items():
         words, lines, line = why.split(), [], "#"
         for word in words:
             if len(line) + len(word) > 100:
@@ -64,7 +66,7 @@ def write_overrides(module: str) -> list[str]:
         with open(os.path.join(module, name), "w") as fh:
             fh.write("# moto only (tests/moto_terraform.py), never in infra/terraform:\n" + "\n".join(lines) + "\n\n"
                      + hcl)
-    return sorted(MOTO_OVERRIDES)
+    return sorted(overrides)
 
 
 def empty_bucket(s3, bucket: str) -> int:

@@ -18,14 +18,14 @@ MAX_WEB_DEPTH = 8                                   # the review of 2026-12-06 c
 PLUGIN_FOLDERS = ("shared.kinds",)                  # packages that import every module of their folder themselves
 
 
-def module_files() -> dict[str, str]:
+def module_files(root: str = ROOT) -> dict[str, str]:
     """{dotted module name: path} for every module of the project's packages."""
     found = {}
     for package in PACKAGES:
-        for folder, _, names in os.walk(os.path.join(ROOT, package)):
+        for folder, _, names in os.walk(os.path.join(root, package)):
             for name in (n for n in names if n.endswith(".py")):
                 path = os.path.join(folder, name)
-                dotted = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                dotted = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
                 found[dotted.removesuffix(".__init__")] = path
     return found
 
@@ -45,6 +45,33 @@ def imported_modules(tree: ast.AST, modules: dict[str, str], module_level_only: 
                 elif node.module in modules:
                     out.add(node.module)
     return out
+
+
+def file_imports(name: str, path: str, modules: dict[str, str]) -> set[str]:
+    """The project files one file names anywhere in it: module level, in functions, under TYPE_CHECKING,
+    relative imports resolved (``from . import m``, ``from .base import X``)."""
+    with open(path, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read(), path)
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[:len(package.split(".")) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            for alias in node.names:
+                full = f"{base}.{alias.name}"
+                out.add(full if full in modules else base)
+    return (out & set(modules)) - {name}
+
+
+def file_graph(root: str = ROOT) -> dict[str, frozenset[str]]:
+    """{module: the project files it names}: the graph file-level import cycles are read from."""
+    modules = module_files(root)
+    return {name: frozenset(file_imports(name, path, modules)) for name, path in modules.items()}
 
 
 @lru_cache(maxsize=2)
@@ -153,3 +180,35 @@ def test_the_chain_measure_counts_lazy_imports_and_every_floor():
     modules = {"x": "x.py", "x.y": "x/y.py"}
     assert imported_modules(tree, modules, module_level_only=False) == {"x", "x.y"}
     assert imported_modules(tree, modules, module_level_only=True) == {"x"}
+
+
+def test_no_file_imports_one_that_imports_it_back_lazily_for_typing_or_through_its_package():
+    # every cycle of files, not only the module-level ones: a lazy or TYPE_CHECKING import is still a
+    # dependency a reader follows, and a package __init__ that imports its modules must not be imported by them
+    assert circles(file_graph()) == []
+
+
+def test_the_file_cycle_check_finds_a_typing_import_and_a_package_that_its_module_imports_back(tmp_path):
+    pkg = tmp_path / "shared" / "plug"
+    pkg.mkdir(parents=True)
+    (tmp_path / "shared" / "__init__.py").write_text("")
+    (tmp_path / "shared" / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                             "    from shared.b import B\n")
+    (tmp_path / "shared" / "b.py").write_text("def f():\n    import shared.a\n")
+    (pkg / "__init__.py").write_text("from .impl import run\n")
+    (pkg / "impl.py").write_text("from shared.plug import helper\n")
+    (pkg / "base.py").write_text("")
+    found = circles(file_graph(str(tmp_path)))
+    assert sorted(found) == [["shared.a", "shared.b"], ["shared.plug", "shared.plug.impl"]]
+    (pkg / "impl.py").write_text("from .base import helper\n")   # the cure: a base module both import
+    assert circles(file_graph(str(tmp_path))) == [["shared.a", "shared.b"]]
+
+
+def test_importing_the_web_package_loads_no_app_until_create_app_is_asked_for():
+    import subprocess
+    import sys
+    code = ("import sys, webserver; before = 'webserver.app' in sys.modules; webserver.create_app; "
+            "print(before, 'webserver.app' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]

@@ -116,15 +116,20 @@ def test_the_root_module_names_its_queues_bucket_and_grants_through_the_naming_m
                 "reply_queue_prefix", "bucket_name",
                 "pool_tag_value"):
         assert local[key] == "${module.naming.%s}" % key, key
-    queues = {n: b for e in tool.load_tf(os.path.join(TF, "queues.tf"))["resource"]
-              for t, named in e.items() for n, b in named.items() if t == "aws_sqs_queue"}
-    assert queues["requests"]["for_each"] == "${local.request_queue_names}"
-    assert queues["dlq"]["for_each"] == "${local.dlq_names}"
-    assert queues["requests"]["name"] == queues["dlq"]["name"] == "${each.value}"
+    queues_tf = tool.load_tf(os.path.join(TF, "queues.tf"))
+    queues = {n: b for e in queues_tf["resource"] for t, named in e.items() for n, b in named.items()
+              if t == "aws_sqs_queue"}
     assert queues["terminate"]["name"] == "${local.terminate_queue}"
-    assert queues["bulk"]["for_each"] == "${local.bulk_queue_names}"
-    assert queues["bulk_dlq"]["for_each"] == "${local.bulk_dlq_names}"
-    assert queues["bulk"]["name"] == queues["bulk_dlq"]["name"] == "${each.value}"
+    calls = {n: b for e in queues_tf["module"] for n, b in e.items()}
+    assert calls["request_queues"]["queue_names"] == "${local.request_queue_names}"
+    assert calls["request_queues"]["dlq_names"] == "${local.dlq_names}"
+    assert calls["bulk_queues"]["queue_names"] == "${local.bulk_queue_names}"
+    assert calls["bulk_queues"]["dlq_names"] == "${local.bulk_dlq_names}"
+    per_service = {n: b for e in tool.load_tf(os.path.join(TF, "modules", "service_queue", "main.tf"))["resource"]
+                   for t, named in e.items() for n, b in named.items() if t == "aws_sqs_queue"}
+    assert per_service["queue"]["for_each"] == "${var.queue_names}"
+    assert per_service["dlq"]["for_each"] == "${var.dlq_names}"
+    assert per_service["queue"]["name"] == per_service["dlq"]["name"] == "${each.value}"
     storage = open(os.path.join(TF, "storage.tf")).read()
     assert "bucket = local.bucket_name" in storage
     iam = _locals("iam.tf")

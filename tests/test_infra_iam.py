@@ -47,11 +47,13 @@ ROLE_OF_PATH = {
     "classifycloud/dlq.py": ("operator",),           # `classifycloud dlq list|redrive`, on an operator's machine
     "ami/scripts/classifycloud-sync-models.sh": ("worker",),
     "shared/live_catalogue.py": ALL,                 # every component reads the live catalogue (S3 entries)
+    "shared/heartbeats.py": ("web", "autoscaler"),   # the web's probes and the autoscaler read worker heartbeats
     "shared/service_queues.py": ("autoscaler", "operator"),  # creates the queue of a service added live
     "shared/transport.py": ALL,                      # every component's queue calls (checked per method: below)
     "classifycloud/publish.py": ("operator",),       # `classifycloud train` publishes with the operator's rights
     "shared/batches.py": ("web", "autoscaler"),      # the web records batches; the driver (autoscaler) runs them
-    "shared/grants.py": ("autoscaler",),               # the driver re-reads a batch key's granted locations
+    "shared/grants.py": ("autoscaler",),
+    "shared/quota.py": ("web", "autoscaler"),        # the web's quota blocks; the driver charges a batch's items               # the driver re-reads a batch key's granted locations
     "shared/notify.py": ("web", "autoscaler"),       # the web queues notices and secrets; the driver delivers
     "shared/traffic.py": ("web", "autoscaler", "operator"),  # web reads traffic.json; controller and CLI write it
     "shared/version_entries.py": ("worker", "operator"),     # workers load versions; `classifycloud versions` checks
@@ -195,15 +197,12 @@ def _tool():
 def role_statements() -> dict[str, list[dict]]:
     """{role: [Allow statements]} from iam*.tf: role policies by their role, the operator managed policy."""
     tool = _tool()
-    doc, local_values = tool.load_tf_files(TF, "iam*.tf"), tool.folder_locals(TF)
-    bodies = {name: tool.expand_dynamic(body, local_values) for entry in doc["data"]
-              for rtype, named in entry.items() if rtype == "aws_iam_policy_document"
-              for name, body in named.items()}
+    doc, bodies = tool.load_tf_files(TF, "iam*.tf"), tool.policy_documents(TF, "iam*.tf")
 
     def statements(name: str) -> list[dict]:
         """A document's statements, those of its source_policy_documents first (as Terraform merges them)."""
         body = bodies[name]
-        sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
+        sources = [re.fullmatch(tool.DOCUMENT_REFERENCE, ref).group(1)
                    for ref in body.get("source_policy_documents", [])]
         return [st for src in sources for st in statements(src)] + body.get("statement", [])
 
@@ -214,7 +213,7 @@ def role_statements() -> dict[str, list[dict]]:
             for _name, body in named.items():
                 if rtype not in ("aws_iam_role_policy", "aws_iam_policy"):
                     continue
-                policy = re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", body["policy"]).group(1)
+                policy = re.fullmatch(tool.DOCUMENT_REFERENCE, body["policy"]).group(1)
                 if rtype == "aws_iam_role_policy":
                     role = re.search(r'component\["(\w+)"\]', body["role"]).group(1)
                 else:
@@ -332,10 +331,10 @@ def test_web_reaches_dynamodb_only_for_the_key_and_usage_calls_it_makes():
                            ("${aws_dynamodb_table.usage.arn}",): {"dynamodb:BatchWriteItem"}}
 
 
-def test_the_batch_driver_reads_only_key_records_for_their_grants_and_never_writes_keys():
+def test_the_batch_driver_reads_key_records_and_charges_batch_items_and_touches_no_other_table():
     dynamo = {a for a in granted("autoscaler") if a.startswith("dynamodb:")}
-    assert dynamo == {"dynamodb:GetItem"}
-    (stmt,) = _statements("autoscaler", "dynamodb:GetItem")
+    assert dynamo == {"dynamodb:GetItem", "dynamodb:UpdateItem"}
+    (stmt,) = _statements("autoscaler", "dynamodb:UpdateItem")
     assert stmt["resources"] == ["${aws_dynamodb_table.api_keys.arn}"]
 
 
@@ -422,14 +421,14 @@ def test_web_writes_batch_records_and_notices_but_not_batch_io_results_or_delive
     # of batch-io/ the web reads output shards only (GET /batches/<id>/results/<n>), never photos
     assert {p for p in reads if p.startswith("batch-io/")} == {"batch-io/*/part-*.jsonl"}
     assert not any(p.startswith("batch-io/") for p in _s3_prefixes("web", "s3:PutObject"))
-    assert not _s3_prefixes("web", "s3:DeleteObject") - {"galleries/*"}    # never drops an active marker
+    assert not _s3_prefixes("web", "s3:DeleteObject") - {"galleries/*", "uploads/*"}   # never an active marker
 
 
 def test_the_batch_driver_reads_and_writes_exactly_the_prefixes_the_code_uses():
     puts, gets = _s3_prefixes("autoscaler", "s3:PutObject"), _s3_prefixes("autoscaler", "s3:GetObject")
     assert {"batches/*", "notify/*", "batch-io/*", "results/*"} <= puts
     assert {"batches/*", "notify/*", "batch-io/*", "results/*"} <= gets
-    assert _s3_prefixes("autoscaler", "s3:DeleteObject") == {"batches-active/*", "notify/pending/*"}
+    assert _s3_prefixes("autoscaler", "s3:DeleteObject") == {"batches-active/*", "notify/pending/*", "results/*"}
     assert {"batches-active/*", "notify/pending/*", "results/*", "batch-io/*"} <= _list_prefixes("autoscaler")
     assert not any(p.startswith(("uploads/", "galleries/")) for p in puts | gets)
 

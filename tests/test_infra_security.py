@@ -36,7 +36,6 @@ REFS = {
     '${aws_iam_role.component["web"].arn}': role("web"),
     '${aws_iam_role.component["worker"].arn}': role("worker"),
     "${aws_sqs_queue.terminate.arn}": TERMINATE,
-    "${aws_sqs_queue.requests[each.key].arn}": REQUESTS,
     "${aws_launch_template.worker.arn}": TEMPLATE,
     "${aws_security_group.worker.arn}": WORKER_SG,
     "${aws_vpc.main.arn}": VPC,
@@ -49,10 +48,9 @@ REFS = {
     "${local.ec2_arn_base}": f"arn:aws:ec2:{REGION}:{ACCOUNT}",
     "${var.ami_id}": AMI,
     "${local.request_queue_arns}": REQUESTS,
-    "${aws_sqs_queue.bulk[each.key].arn}": BULK,
     "${local.bulk_queue_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-*",
     "${local.bulk_dlq_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-bulk-*-dlq",
-    "${[for q in aws_sqs_queue.dlq : q.arn]}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-requests-imagenet-dlq",
+    "${module.request_queues.dlq_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-requests-imagenet-dlq",
     "${local.client_topic_arns}": f"arn:aws:sns:{REGION}:{ACCOUNT}:*",
     "${local.reply_queue_arns}": f"arn:aws:sqs:{REGION}:{ACCOUNT}:cc-reply-*",
     "${aws_s3_bucket.data.arn}": "arn:aws:s3:::cc-data",
@@ -90,11 +88,35 @@ def _folder_locals() -> dict:
 
 
 def policy(name: str) -> list[dict]:
-    """A policy document's statements, those of its source_policy_documents included (as Terraform merges them)."""
-    body = _tool().expand_dynamic(blocks("data")[("aws_iam_policy_document", name)], _folder_locals())
-    sources = [re.fullmatch(r"\$\{data\.aws_iam_policy_document\.(\w+)\.json\}", ref).group(1)
+    """A policy document's statements, those of its source_policy_documents included (as Terraform merges them).
+
+    `name` may pick one instance of a document with for_each: bucket_listing["web"]."""
+    base, key = re.fullmatch(r'(\w+)(?:\["(\w+)"\])?', name).groups()
+    body = _tool().document(blocks("data")[("aws_iam_policy_document", base)], _folder_locals(), key)
+    sources = [re.fullmatch(_tool().DOCUMENT_REFERENCE, ref).group(1)
                for ref in body.get("source_policy_documents", [])]
     return [st for src in sources for st in policy(src)] + body.get("statement", [])
+
+
+QUEUE_MODULE = os.path.join(TF, "modules", "service_queue", "main.tf")
+QUEUE_ARNS = {"request_queues": REQUESTS, "bulk_queues": BULK}   # one queue of each module call
+
+
+def send_policy(module: str) -> list[dict]:
+    """The queue policy modules/service_queue gives the queues of one call in queues.tf, its arguments filled in."""
+    (call,) = [body for entry in _tool().load_tf(os.path.join(TF, "queues.tf"))["module"]
+               for name, body in entry.items() if name == module]
+    data = _tool().load_tf(QUEUE_MODULE)["data"][0]["aws_iam_policy_document"]["queue"]
+    args = {"${var.sender_sid}": call["sender_sid"], "${var.sender_role_arn}": call["sender_role_arn"],
+            "${aws_sqs_queue.queue[each.key].arn}": QUEUE_ARNS[module]}
+
+    def filled(node):
+        if isinstance(node, dict):
+            return {k: filled(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [filled(v) for v in node]
+        return args.get(node, node)
+    return filled(data["statement"])
 
 
 def _condition_holds(cond: dict, context: dict) -> bool:
@@ -159,7 +181,7 @@ def test_only_the_autoscaler_role_can_send_a_terminate():
 
 
 def test_only_the_batch_driver_can_send_batch_items():
-    queue_policy = policy("bulk_queue")
+    queue_policy = send_policy("bulk_queues")
     assert decide(role("autoscaler"), "sqs:SendMessage", BULK, policy("autoscaler"), queue_policy) == "allow"
     for forger in (role("worker"), role("web"), f"arn:aws:iam::{ACCOUNT}:user/mallory",
                    f"arn:aws:iam::{ACCOUNT}:role/some-admin"):
@@ -171,8 +193,8 @@ def test_only_the_batch_driver_can_send_batch_items():
 
 def test_workers_take_batch_items_and_the_driver_settles_their_dead_letters():
     for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"):
-        assert decide(role("worker"), action, BULK, policy("worker"), policy("bulk_queue")) == "allow", action
-        assert decide(role("web"), action, BULK, policy("web"), policy("bulk_queue")) == "implicit-deny", action
+        assert decide(role("worker"), action, BULK, policy("worker"), send_policy("bulk_queues")) == "allow", action
+        assert decide(role("web"), action, BULK, policy("web"), send_policy("bulk_queues")) == "implicit-deny", action
     assert decide(role("autoscaler"), "sqs:ReceiveMessage", BULK, policy("autoscaler"), []) == "implicit-deny"
     assert decide(role("autoscaler"), "sqs:ReceiveMessage", BULK_DLQ, policy("autoscaler"), []) == "allow"
     # a service added later: its bulk queue and DLQ are created by the driver, under the bulk prefix only
@@ -208,7 +230,7 @@ def test_only_the_driver_reads_batch_io_and_the_web_cannot_rewrite_traffic():
 
 
 def test_only_the_web_role_can_send_requests():
-    queue_policy = policy("request_queue")
+    queue_policy = send_policy("request_queues")
     assert decide(role("web"), "sqs:SendMessage", REQUESTS, policy("web"), queue_policy) == "allow"
     for forger in (role("worker"), role("autoscaler"), f"arn:aws:iam::{ACCOUNT}:user/mallory"):
         assert decide(forger, "sqs:SendMessage", REQUESTS, ADMIN, queue_policy) == "deny", forger
@@ -219,10 +241,14 @@ def test_every_queue_has_its_send_policy_attached():
     res = blocks("resource")
     assert res[("aws_sqs_queue_policy", "terminate")]["queue_url"] == "${aws_sqs_queue.terminate.id}"
     assert res[("aws_sqs_queue_policy", "terminate")]["policy"] == "${data.aws_iam_policy_document.terminate_queue.json}"
-    req = res[("aws_sqs_queue_policy", "requests")]
-    assert req["for_each"] == "${local.request_queue_names}"
-    assert req["queue_url"] == "${aws_sqs_queue.requests[each.key].id}"
-    assert req["policy"] == "${data.aws_iam_policy_document.request_queue[each.key].json}"
+    module = _tool().load_tf(QUEUE_MODULE)["resource"]
+    (queue_policies,) = [named["queue"] for entry in module for t, named in entry.items() if t == "aws_sqs_queue_policy"]
+    assert queue_policies["for_each"] == "${var.queue_names}"
+    assert queue_policies["queue_url"] == "${aws_sqs_queue.queue[each.key].id}"
+    assert queue_policies["policy"] == "${data.aws_iam_policy_document.queue[each.key].json}"
+    calls = {n: b for e in _tool().load_tf(os.path.join(TF, "queues.tf"))["module"] for n, b in e.items()}
+    assert calls["request_queues"]["queue_names"] == "${local.request_queue_names}"
+    assert calls["bulk_queues"]["queue_names"] == "${local.bulk_queue_names}"
 
 
 def _run(resource: str, **context) -> str:
@@ -393,6 +419,7 @@ def test_the_web_may_erase_faces_of_every_version_but_never_read_them():
     for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
         assert decide(role("web"), action, face, web_s3, []) == "allow", action
         assert decide(role("web"), action, f"{bucket}/results/x.json", web_s3, []) == "implicit-deny"
+        assert decide(role("web"), action, f"{bucket}/uploads/rid", web_s3, []) == "allow"   # enrolment photos
     assert decide(role("web"), "s3:GetObject", face, web_s3, []) == "implicit-deny"
     assert decide(role("web"), "s3:ListBucketVersions", bucket, web_s3,
                   [], {"s3:prefix": "galleries/k0123456789ab/crew/"}) == "allow"

@@ -182,16 +182,20 @@ def test_every_launch_template_requires_imdsv2_and_encrypts_its_root_volume():
 
 
 def test_request_queues_have_dlqs_with_redrive_and_all_queues_are_encrypted():
-    res = _blocks("resource")
+    res, module = _blocks("resource"), _blocks("resource", os.path.join(TF, "modules", "service_queue"))
     queues = {n: b for (t, n), b in res.items() if t == "aws_sqs_queue"}
-    assert set(queues) == {"requests", "dlq", "terminate", "bulk", "bulk_dlq"}   # bulk: issue 23
-    assert all(q["sqs_managed_sse_enabled"] is True for q in queues.values())
-    assert "aws_sqs_queue.dlq[each.key].arn" in queues["requests"]["redrive_policy"]
-    assert "var.max_receive_count" in queues["requests"]["redrive_policy"]
-    assert "aws_sqs_queue.bulk_dlq[each.key].arn" in queues["bulk"]["redrive_policy"]
-    assert "var.max_receive_count" in queues["bulk"]["redrive_policy"]
+    assert set(queues) == {"terminate"}     # request and bulk queues (issue 23): modules/service_queue
+    per_service = {n: b for (t, n), b in module.items() if t == "aws_sqs_queue"}
+    assert set(per_service) == {"queue", "dlq"}
+    assert all(q["sqs_managed_sse_enabled"] is True for q in [*queues.values(), *per_service.values()])
+    assert "aws_sqs_queue.dlq[each.key].arn" in per_service["queue"]["redrive_policy"]
+    assert "var.max_receive_count" in per_service["queue"]["redrive_policy"]
+    calls = {n: b for e in _tool().load_tf(os.path.join(TF, "queues.tf"))["module"] for n, b in e.items()}
+    assert set(calls) == {"request_queues", "bulk_queues"}
+    assert all(c["source"] == "./modules/service_queue" for c in calls.values())
+    assert all(c["max_receive_count"] == "${var.max_receive_count}" for c in calls.values())
     # as shared/service_queues.py ensure_bulk_queue makes one for a service added later
-    assert queues["bulk"]["visibility_timeout_seconds"] == "${var.bulk_visibility_timeout_s}"
+    assert calls["bulk_queues"]["visibility_timeout_s"] == "${var.bulk_visibility_timeout_s}"
     assert _variables()["bulk_visibility_timeout_s"]["default"] == Settings().bulk_visibility_timeout_s
     assert queues["terminate"]["message_retention_seconds"] == "${var.terminate_retention_s}"
     assert _variables()["terminate_retention_s"]["default"] <= 300

@@ -8,12 +8,11 @@ import time
 
 import pytest
 import requests
-from openapi_check import CHECKED, flask_rule_to_path, operation_for, response_problems
+from openapi_check import CHECKED, flask_rule_to_path, load_spec, operation_for, response_problems
 from openapi_spec_validator import validate
 
 from classifycloud.local import free_port
 from webserver.app import create_app
-from webserver.docs import load_spec
 from webserver.serve import gunicorn_command
 
 pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)

@@ -14,8 +14,8 @@ from test_fetch import ImageServer, _png_header
 
 from shared.config import Settings
 from shared.images import ALLOWED_FORMATS, ImageRefused, open_checked
+from shared.url_safety import safe_url
 from worker.fetch import Fetcher, FetchError, check_image_header
-from worker.redact import safe_url
 
 pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 

@@ -100,3 +100,31 @@ def expand_dynamic(body, local_values, scope=None):
                 for content in contents:
                     out.setdefault(label, []).append(expand_dynamic(content, local_values, inner))
     return out
+
+
+def policy_documents(folder, pattern="*.tf"):
+    """{name: body} of every aws_iam_policy_document, dynamic blocks written out; one of a document with
+    `for_each` over a local is named name["key"] per key, as Terraform addresses it."""
+    local_values = folder_locals(folder)
+    out = {}
+    for entry in load_tf_files(folder, pattern).get("data", []):
+        for rtype, named in entry.items():
+            if rtype != "aws_iam_policy_document":
+                continue
+            for name, body in named.items():
+                each = _resolve(body.get("for_each"), {"local": local_values})
+                for key in each if isinstance(each, dict) else [None]:
+                    out[name if key is None else f'{name}["{key}"]'] = document(body, local_values, key)
+    return out
+
+
+def document(body, local_values, key=None):
+    """A policy document's body written out; `key` picks one instance of a document with `for_each`."""
+    if key is None:
+        return expand_dynamic(body, local_values)
+    each = _resolve(body["for_each"], {"local": local_values})
+    return expand_dynamic(body, local_values, {"local": local_values, "each": (key, each[key])})
+
+
+# The name of the document a `${data.aws_iam_policy_document.<name>.json}` reference reads.
+DOCUMENT_REFERENCE = r'\$\{data\.aws_iam_policy_document\.(\w+(?:\["\w+"\])?)\.json\}'

@@ -14,6 +14,7 @@ from shared.metrics import MetricsPublisher
 from shared.transport import Transport
 from webserver.auth import install_edge
 from webserver.blueprints import register_routes
+from webserver.docs import bp as docs_bp
 from webserver.errors import install_error_handlers
 from webserver.headers import install_security_headers
 from webserver.health import HeartbeatMonitor
@@ -86,7 +87,8 @@ def create_app(settings: Settings | None = None, catalogue: Catalogue | None = N
     ctx = WebContext(settings, catalogue)
     app.extensions[EXTENSION] = ctx
 
-    register_routes(app)    # every blueprint: the API, XCloud, faces, batches, probes, docs and pages
+    register_routes(app)    # every blueprint: the API, XCloud, faces, batches, probes
+    app.register_blueprint(docs_bp)   # the OpenAPI document of this app's routes, the docs and upload pages
     install_error_handlers(app)
     install_edge(app, ctx)  # API keys and the usage log, as each route declares (webserver/auth.py)
     install_body_limits(app, settings)

@@ -1,4 +1,6 @@
-"""Every blueprint of the API, registered on an app (create_app, and the OpenAPI document's route list)."""
+"""Every blueprint of the API, registered on an app (create_app, and the OpenAPI document's offline route list).
+
+The docs blueprint is not here: it describes these routes, so create_app registers it beside them."""
 from __future__ import annotations
 
 from flask import Flask
@@ -8,15 +10,14 @@ from webserver.routing import route
 
 def register_routes(app: Flask) -> Flask:
     """Register every blueprint of the API on the app, and declare Flask's static files a page."""
-    # imported here: webserver.docs lists the routes through this function, and is itself one of them
+    # imported here: the blueprints import the whole API, which only an app needs
     from webserver.bulk import bp as batches_bp
-    from webserver.docs import bp as docs_bp
     from webserver.faces import bp as faces_bp
     from webserver.health import bp as health_bp
     from webserver.oip import bp as oip_bp
     from webserver.routes import bp as api_bp
     from webserver.xcloud import bp as xcloud_bp
-    for bp in (api_bp, xcloud_bp, oip_bp, faces_bp, batches_bp, health_bp, docs_bp):
+    for bp in (api_bp, xcloud_bp, oip_bp, faces_bp, batches_bp, health_bp):
         app.register_blueprint(bp)
     static = app.view_functions.get("static")
     if static is not None:   # a bound method of the app: wrapped so it can carry its rules

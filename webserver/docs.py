@@ -1,8 +1,8 @@
 """The API description and the pages: GET /openapi.json, GET /docs (renders it, no CDN) and the upload page.
 
-The served document is webserver/openapi.yaml (shapes, bodies, descriptions) completed from the route
-declarations (webserver.routing): which operations need a key, and the error statuses each answers.
-"""
+The served document is webserver/openapi.yaml (shapes, bodies, descriptions) completed from the running
+app's URL map and its route declarations (webserver.routing): which operations need a key, and the error
+statuses each answers. """
 from __future__ import annotations
 
 import copy
@@ -11,9 +11,8 @@ import re
 from functools import lru_cache
 
 import yaml
-from flask import Blueprint, Flask, current_app, jsonify
+from flask import Blueprint, Flask, current_app, has_app_context, jsonify
 
-from webserver.blueprints import register_routes
 from webserver.errors import is_oip_path
 from webserver.inputs import IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
@@ -38,13 +37,21 @@ def _written() -> dict:
         return yaml.safe_load(fh)
 
 
-@lru_cache(maxsize=2)
-def load_spec(api_keys: bool = False) -> dict:
-    """The OpenAPI 3.1 document as served by an app with API keys on or off (built once per process)."""
+def load_spec(api_keys: bool = False, app: Flask | None = None) -> dict:
+    """The OpenAPI 3.1 document of an app's routes (`app`, else the running one) with API keys on or off
+    (built once per app and setting)."""
+    if app is None:
+        if not has_app_context():
+            raise RuntimeError("load_spec reads an app's URL map: pass the app, or call it in an app context")
+        app = current_app._get_current_object()
+    return _spec_for(app, api_keys)
+
+
+@lru_cache(maxsize=8)
+def _spec_for(routes: Flask, api_keys: bool) -> dict:
     spec = copy.deepcopy(_written())
     url = spec["components"]["schemas"]["ImageUrl"]
     url["pattern"] = r"^\s*" + IMAGE_URL_PATTERN[1:-1] + r"\s*$"   # what check_url applies (after strip)
-    routes = register_routes(Flask("webserver"))   # the routes alone, for their declarations
     for rule in routes.url_map.iter_rules():
         path = openapi_path(rule.rule)
         for method in sorted(rule.methods - IGNORED_METHODS):

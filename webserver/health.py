@@ -9,9 +9,9 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, current_app, jsonify, request
 
-from shared import naming
 from shared.config import Settings
-from shared.messages import Heartbeat, MessageError, now_ms
+from shared.heartbeats import fresh_heartbeats
+from shared.messages import now_ms
 from webserver.routing import route
 
 log = logging.getLogger(__name__)
@@ -41,34 +41,12 @@ class HeartbeatMonitor:
             return self._cached
 
     def _read(self) -> tuple[list[dict], str | None]:
-        max_age_ms = self.settings.heartbeat_max_age_s * 1000
-        now = now_ms()
-        out = []
         try:
-            pages = self._s3.get_paginator("list_objects_v2").paginate(
-                Bucket=self.settings.bucket_name, Prefix=naming.heartbeat_prefix())
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    # skip objects not rewritten lately without fetching them
-                    if now - obj["LastModified"].timestamp() * 1000 > max_age_ms + 5000:
-                        continue
-                    beat = self._get(obj["Key"])
-                    if beat is not None and beat.state == "ready" and beat.is_fresh(self.settings.heartbeat_max_age_s, now):
-                        out.append(beat.to_dict())
+            beats = fresh_heartbeats(self.settings, self._s3, now_ms())
         except (ClientError, BotoCoreError) as exc:
             log.warning("heartbeats unreadable: %s", exc)
             return [], f"cannot read worker heartbeats: {exc}"
-        return out, None
-
-    def _get(self, key: str) -> Heartbeat | None:
-        try:
-            body = self._s3.get_object(Bucket=self.settings.bucket_name, Key=key)["Body"].read()
-            return Heartbeat.from_json(body)
-        except ClientError:
-            return None  # deleted between listing and reading: a worker that just left
-        except MessageError as exc:
-            log.warning("heartbeat %s is malformed (%s); ignored", key, exc)
-            return None
+        return [beat.to_dict() for beat in beats if beat.state == "ready"], None
 
 
 @bp.route("/healthz", methods=["GET"])

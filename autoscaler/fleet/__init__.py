@@ -1,47 +1,25 @@
-"""The fleet interface: count(), launch(n), terminate(ids), maintain(); make_fleet(settings) picks one."""
+"""Fleets of workers: the interface is fleet/base.py; make_fleet(settings) builds the one Settings.fleet names."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+import importlib
+import pkgutil
 
+from autoscaler.fleet.base import FLEETS, Fleet, FleetCount
 from shared.config import Settings
 
-
-@dataclass(frozen=True)
-class FleetCount:
-    """Instances of the pool that are running and starting (ids included, for logs and tests)."""
-
-    running: int
-    pending: int
-    ids: tuple[str, ...] = field(default=())
+__all__ = ["FLEETS", "Fleet", "FleetCount", "fleet_names", "make_fleet"]
 
 
-@runtime_checkable
-class Fleet(Protocol):
-    """What the autoscaler needs from a pool of workers."""
-
-    def count(self) -> FleetCount:
-        """Running and pending workers of the pool."""
-
-    def launch(self, n: int) -> list[str]:
-        """Start n workers; returns their ids."""
-
-    def terminate(self, ids: list[str]) -> None:
-        """Stop these workers now (replacement of broken ones, shutdown) — not the scale-in path."""
-
-    def maintain(self) -> list[str]:
-        """Housekeeping once per tick (reap, replace broken ones); returns ids replaced or reaped."""
+def fleet_names() -> list[str]:
+    """Every fleet there is: this folder's modules (one per fleet, named as it) and any other one defined."""
+    return sorted({m.name for m in pkgutil.iter_modules(__path__)} - {"base"} | set(FLEETS))
 
 
 def make_fleet(settings: Settings, **kw) -> Fleet:
-    """The fleet settings.fleet names: 'local' (processes here), 'asg' (AWS) or 'ec2' (run_instances)."""
-    if settings.fleet == "local":
-        from autoscaler.fleet.local import LocalFleet
-        return LocalFleet(settings, **kw)
-    if settings.fleet == "asg":
-        from autoscaler.fleet.asg import AsgFleet
-        return AsgFleet(settings, **kw)
-    if settings.fleet == "ec2":
-        from autoscaler.fleet.ec2 import Ec2Fleet
-        return Ec2Fleet(settings, **kw)
-    raise ValueError(f"unknown fleet {settings.fleet!r}; choose 'local', 'asg' or 'ec2'")
+    """The fleet settings.fleet names, from FLEETS. A fleet of this folder is the module of its name,
+    imported on first use (boto3 or process handling load only for the fleet in use)."""
+    if settings.fleet not in FLEETS and settings.fleet in fleet_names():
+        importlib.import_module(f"{__name__}.{settings.fleet}")
+    if settings.fleet not in FLEETS:
+        raise ValueError(f"unknown fleet {settings.fleet!r}; choose one of {', '.join(fleet_names())}")
+    return FLEETS[settings.fleet](settings, **kw)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from autoscaler.fleet import FleetCount
+from autoscaler.fleet.base import Fleet, FleetCount
 from shared.aws import client
 from shared.config import Settings
 
@@ -27,9 +27,10 @@ IN_SERVICE = ("InService",)
 PENDING = ("Pending", "Pending:Wait", "Pending:Proceed")
 
 
-class AsgFleet:
+class AsgFleet(Fleet):
     """count() sums the groups; launch(n) raises desired capacity group by group; no maintain() of its own."""
 
+    name = "asg"
     replaces_terminated = True   # terminate() keeps desired capacity: the groups launch the replacements
 
     def __init__(self, settings: Settings, autoscaling=None):

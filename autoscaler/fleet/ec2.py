@@ -7,7 +7,7 @@ from datetime import datetime
 
 from botocore.exceptions import ClientError
 
-from autoscaler.fleet import FleetCount
+from autoscaler.fleet.base import Fleet, FleetCount
 from shared.aws import client
 from shared.config import Settings
 
@@ -17,8 +17,10 @@ POOL_TAG_KEY = "classifycloud:pool"      # Terraform's IAM conditions and dashbo
 ALIVE_STATES = ("pending", "running")
 
 
-class Ec2Fleet:
+class Ec2Fleet(Fleet):
     """run_instances from the launch template, count by pool tag, replace stuck or impaired instances."""
+
+    name = "ec2"
 
     def __init__(self, settings: Settings, ec2=None, clock=time.time):
         if not settings.launch_template:

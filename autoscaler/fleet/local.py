@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from autoscaler.fleet import FleetCount
+from autoscaler.fleet.base import Fleet, FleetCount
 from shared.config import Settings
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,10 @@ class LocalWorker:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class LocalFleet:
+class LocalFleet(Fleet):
     """Worker subprocesses; count() reaps exited ones; stop_all() ends them at shutdown."""
+
+    name = "local"
 
     def __init__(self, settings: Settings, env: dict | None = None, log_dir: str = "",
                  command: list[str] | None = None, boot_delay_s: float | None = None):

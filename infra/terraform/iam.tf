@@ -68,20 +68,60 @@ data "aws_iam_policy_document" "put_metrics" {
   }
 }
 
-# The live catalogue and the fleet's heartbeats: list them, read services' entries (not their weights).
-data "aws_iam_policy_document" "read_catalogue" {
-  statement {
-    sid       = "ListHeartbeatsAndModels"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
+# Listing grants: s3:ListBucket (or ListBucketVersions) on the bucket, narrowed to key prefixes. Every
+# holder's statements are in this one list and written out by one generated document per holder, which
+# the holder's own document merges in (sids stay unique across holders).
+locals {
+  bucket_listings = {
+    # the live catalogue and the fleet's heartbeats (read_catalogue: web and autoscaler)
+    read_catalogue = [
+      { sid = "ListHeartbeatsAndModels", action = "s3:ListBucket", prefixes = ["heartbeats/", "heartbeats/*", "models/", "models/*"] },
+    ]
+    worker = [
+      { sid = "ListModels", action = "s3:ListBucket", prefixes = ["models/", "models/*"] },
+      # facesearch: a search lists the gallery's faces (worker/models/gallery.py)
+      { sid = "ListFaceGalleries", action = "s3:ListBucket", prefixes = ["galleries/*"] },
+    ]
+    # DELETE /faces: every version and delete marker of a tenant's faces, and of an enrolment's photo
+    # once it is answered (webserver/faces.py, webserver/jobs.py erase_upload)
+    web = [
+      { sid = "ListFaceVersions", action = "s3:ListBucketVersions", prefixes = ["galleries/*", "uploads/*"] },
+    ]
+    autoscaler = [
+      { sid = "ListBatchWork", action = "s3:ListBucket", prefixes = ["batches-active/*", "notify/pending/*", "results/*", "batch-io/*"] },
+      { sid = "ListVersionStats", action = "s3:ListBucket", prefixes = ["version-stats/*"] },
+    ]
+    operator_review = [
+      { sid = "ListResults", action = "s3:ListBucket", prefixes = ["results/", "results/*", "shadow/", "shadow/*"] },
+    ]
+    operator_publish = [
+      { sid = "ListServices", action = "s3:ListBucket", prefixes = ["models/", "models/*"] },
+    ]
+  }
+}
 
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["heartbeats/", "heartbeats/*", "models/", "models/*"]
+data "aws_iam_policy_document" "bucket_listing" {
+  for_each = local.bucket_listings
+
+  dynamic "statement" {
+    for_each = each.value
+    content {
+      sid       = statement.value.sid
+      actions   = [statement.value.action]
+      resources = [aws_s3_bucket.data.arn]
+
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = statement.value.prefixes
+      }
     }
   }
+}
 
+# The live catalogue and the fleet's heartbeats: list them, read services' entries (not their weights).
+data "aws_iam_policy_document" "read_catalogue" {
+  source_policy_documents = [data.aws_iam_policy_document.bucket_listing["read_catalogue"].json]
   statement {
     sid       = "ReadServiceEntries"
     actions   = ["s3:GetObject"]

@@ -9,6 +9,7 @@ resource "aws_iam_role_policy" "autoscaler" {
 
 data "aws_iam_policy_document" "autoscaler" {
   source_policy_documents = [
+    data.aws_iam_policy_document.bucket_listing["autoscaler"].json,
     data.aws_iam_policy_document.read_catalogue.json,
     data.aws_iam_policy_document.put_metrics.json,
   ]
@@ -68,7 +69,7 @@ data "aws_iam_policy_document" "autoscaler" {
   statement {
     sid       = "ReadDeadLetters"
     actions   = ["sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"]
-    resources = [for q in aws_sqs_queue.dlq : q.arn]
+    resources = module.request_queues.dlq_arns
   }
 
   statement {
@@ -106,9 +107,11 @@ data "aws_iam_policy_document" "autoscaler" {
 
   # The batch locations the operator granted to a batch's key (shared/grants.py): read again by the
   # driver before it touches a customer bucket, so a withdrawn grant stops running batches too.
+  # a batch key's grants and topics (shared/grants.py); a batch's items charged to the key's monthly counter
+  # with one conditional UpdateItem (shared/quota.py)
   statement {
-    sid       = "ReadKeyGrants"
-    actions   = ["dynamodb:GetItem"]
+    sid       = "ReadKeyGrantsChargeBatchItems"
+    actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
     resources = [aws_dynamodb_table.api_keys.arn]
   }
 
@@ -118,19 +121,8 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = [
       "${aws_s3_bucket.data.arn}/batches-active/*",
       "${aws_s3_bucket.data.arn}/notify/pending/*",
+      "${aws_s3_bucket.data.arn}/results/*", # a batch item's link_expired record, answered again
     ]
-  }
-
-  statement {
-    sid       = "ListBatchWork"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["batches-active/*", "notify/pending/*", "results/*", "batch-io/*"]
-    }
   }
 
   # Notices to the SNS topics a client names (autoscaler/notify.py). Topics are the client's choice, so
@@ -147,18 +139,6 @@ data "aws_iam_policy_document" "autoscaler" {
     sid       = "ReadVersionStats"
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.data.arn}/version-stats/*"]
-  }
-
-  statement {
-    sid       = "ListVersionStats"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["version-stats/*"]
-    }
   }
 
   statement {

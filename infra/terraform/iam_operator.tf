@@ -4,6 +4,8 @@
 # `classifycloud metrics` (classifycloud/report) runs on an operator's machine: attach
 # this managed policy to the operator's user or role to review without admin rights.
 data "aws_iam_policy_document" "operator_review" {
+  source_policy_documents = [data.aws_iam_policy_document.bucket_listing["operator_review"].json]
+
   statement {
     sid       = "ReadMetrics"
     actions   = ["cloudwatch:GetMetricData", "cloudwatch:ListMetrics"]
@@ -16,18 +18,6 @@ data "aws_iam_policy_document" "operator_review" {
     actions   = ["s3:GetObject"]
     resources = ["${aws_s3_bucket.data.arn}/results/*", "${aws_s3_bucket.data.arn}/shadow/*"]
   }
-
-  statement {
-    sid       = "ListResults"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["results/", "results/*", "shadow/", "shadow/*"]
-    }
-  }
 }
 
 # `classifycloud dlq list|redrive` on an operator's machine: move dead-lettered requests back.
@@ -35,7 +25,7 @@ data "aws_iam_policy_document" "operator_dlq" {
   statement {
     sid       = "ReadAndRemoveDeadLetters"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueUrl"]
-    resources = [for q in aws_sqs_queue.dlq : q.arn]
+    resources = module.request_queues.dlq_arns
   }
 
   statement {
@@ -99,22 +89,12 @@ resource "aws_iam_policy" "operator_edge" {
 # attach this managed policy to the operator's user or role to add, replace or remove services
 # without admin rights. It writes models/ and creates request queues (by name prefix) only.
 data "aws_iam_policy_document" "operator_publish" {
+  source_policy_documents = [data.aws_iam_policy_document.bucket_listing["operator_publish"].json]
+
   statement {
     sid       = "WriteServices"
     actions   = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject"]
     resources = ["${aws_s3_bucket.data.arn}/models/*"]
-  }
-
-  statement {
-    sid       = "ListServices"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["models/", "models/*"]
-    }
   }
 
   statement {

@@ -9,6 +9,7 @@ resource "aws_iam_role_policy" "web" {
 
 data "aws_iam_policy_document" "web" {
   source_policy_documents = [
+    data.aws_iam_policy_document.bucket_listing["web"].json,
     data.aws_iam_policy_document.read_catalogue.json,
     data.aws_iam_policy_document.put_metrics.json,
     data.aws_iam_policy_document.use_table_key.json,
@@ -96,23 +97,15 @@ data "aws_iam_policy_document" "web" {
   }
 
   # DELETE /faces/<gallery>[/<name>] (webserver/faces.py): face embeddings are biometric data, so an
-  # erasure removes every version and delete marker of a tenant's faces. The web never reads them.
+  # erasure removes every version and delete marker of a tenant's faces. The web never reads them. An
+  # enrolment's photo (uploads/<id>) is erased, every version, once the enrolment is answered.
   statement {
-    sid       = "EraseFaces"
-    actions   = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
-    resources = ["${aws_s3_bucket.data.arn}/galleries/*"]
-  }
-
-  statement {
-    sid       = "ListFaceVersions"
-    actions   = ["s3:ListBucketVersions"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["galleries/*"]
-    }
+    sid     = "EraseFacesAndEnrolmentPhotos"
+    actions = ["s3:DeleteObject", "s3:DeleteObjectVersion"]
+    resources = [
+      "${aws_s3_bucket.data.arn}/galleries/*",
+      "${aws_s3_bucket.data.arn}/uploads/*",
+    ]
   }
 
   statement {

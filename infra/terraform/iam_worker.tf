@@ -8,7 +8,10 @@ resource "aws_iam_role_policy" "worker" {
 }
 
 data "aws_iam_policy_document" "worker" {
-  source_policy_documents = [data.aws_iam_policy_document.put_metrics.json]
+  source_policy_documents = [
+    data.aws_iam_policy_document.bucket_listing["worker"].json,
+    data.aws_iam_policy_document.put_metrics.json,
+  ]
 
   statement {
     sid = "ConsumeRequests"
@@ -23,7 +26,7 @@ data "aws_iam_policy_document" "worker" {
   }
 
   # Batch items (worker/bulk.py), taken only while the request queues are quiet. No SendMessage: the
-  # batch driver alone sends items (queues.tf's bulk queue policy says so too).
+  # batch driver alone sends items (the bulk queues' policy in queues.tf says so too).
   statement {
     sid = "ConsumeBatchItems"
     actions = [
@@ -92,36 +95,12 @@ data "aws_iam_policy_document" "worker" {
     resources = ["${aws_s3_bucket.data.arn}/heartbeats/*"]
   }
 
-  statement {
-    sid       = "ListModels"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["models/", "models/*"]
-    }
-  }
-
   # facesearch: galleries/<gallery>/ holds one object per enrolled face; every worker lists and reads
   # them on a search and writes one on an enrolment (worker/models/gallery.py).
   statement {
     sid       = "FaceGalleries"
     actions   = ["s3:GetObject", "s3:PutObject"]
     resources = ["${aws_s3_bucket.data.arn}/galleries/*"]
-  }
-
-  statement {
-    sid       = "ListFaceGalleries"
-    actions   = ["s3:ListBucket"]
-    resources = [aws_s3_bucket.data.arn]
-
-    condition {
-      test     = "StringLike"
-      variable = "s3:prefix"
-      values   = ["galleries/*"]
-    }
   }
 
   statement {

@@ -181,7 +181,7 @@ resource "aws_cloudwatch_metric_alarm" "dlq_not_empty" {
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
 
-  depends_on = [aws_sqs_queue.dlq]
+  depends_on = [module.request_queues]
 }
 
 resource "aws_cloudwatch_metric_alarm" "oldest_request" {
@@ -201,7 +201,7 @@ resource "aws_cloudwatch_metric_alarm" "oldest_request" {
   alarm_actions       = [aws_sns_topic.alarms.arn]
   ok_actions          = [aws_sns_topic.alarms.arn]
 
-  depends_on = [aws_sqs_queue.requests]
+  depends_on = [module.request_queues]
 }
 
 resource "aws_cloudwatch_metric_alarm" "http_5xx_rate" {

@@ -10,22 +10,22 @@ output "bucket" {
 
 output "request_queue_urls" {
   description = "Request queue URL per service."
-  value       = { for s, q in aws_sqs_queue.requests : s => q.url }
+  value       = module.request_queues.queue_urls
 }
 
 output "dead_letter_queue_urls" {
   description = "Dead-letter queue URL per service."
-  value       = { for s, q in aws_sqs_queue.dlq : s => q.url }
+  value       = module.request_queues.dlq_urls
 }
 
 output "bulk_queue_urls" {
   description = "Bulk queue (batch items) URL per packaged service; the batch driver sends to them."
-  value       = { for s, q in aws_sqs_queue.bulk : s => q.url }
+  value       = module.bulk_queues.queue_urls
 }
 
 output "bulk_dead_letter_queue_urls" {
   description = "Bulk dead-letter queue URL per packaged service."
-  value       = { for s, q in aws_sqs_queue.bulk_dlq : s => q.url }
+  value       = module.bulk_queues.dlq_urls
 }
 
 output "terminate_queue_url" {

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:  # the catalogue imports this table to check names: no import back at run time
-    from shared.catalogue import ServiceSpec
+# A kind's methods take the service's shared.catalogue.ServiceSpec (as `spec: Any`): the catalogue imports
+# this table to check kind names, so nothing here imports the catalogue back, not even for typing.
 
 
 class ParamError(ValueError):
@@ -32,11 +32,11 @@ class Kind:
     name = ""
     enrols_faces = False     # its services search galleries that POST /faces/<gallery> enrols into
 
-    def params(self, field: Callable[[str], Any], spec: "ServiceSpec", tenant: str) -> dict:
+    def params(self, field: Callable[[str], Any], spec: Any, tenant: str) -> dict:
         """The request message's params this kind needs, from the request's fields (raises ParamError)."""
         return {}
 
-    def describe(self, spec: "ServiceSpec") -> dict:
+    def describe(self, spec: Any) -> dict:
         """What GET /services shows of a service of this kind beyond the fields every service has."""
         return {}
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from openapi_check import load_spec
 from web_peer import PeerWorker
 
-from webserver.docs import KEY_SECURITY, load_spec
+from webserver.docs import KEY_SECURITY
 from webserver.routing import UPLOAD, rules_for
 
 pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)

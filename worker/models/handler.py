@@ -1,6 +1,7 @@
 """The Handler protocol: what the registry and the engine ask of every model kind (one module each in kinds/)."""
 from __future__ import annotations
 
+import importlib
 from typing import Any, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -43,10 +44,17 @@ class Handler(Protocol):
     labels: list[str]
     version: str
 
+    # a kind's variants: catalogue backend -> "module:class" that serves such entries (imported on first use)
+    variants: dict[str, str] = {}
+
     @classmethod
     def for_spec(cls, spec: ServiceSpec) -> type:
-        """The class that serves this entry (a kind may run some entries with a variant, e.g. by backend)."""
-        return cls
+        """The class that serves this entry: the variant `variants` names for its backend, else this one."""
+        ref = cls.variants.get(spec.backend)
+        if ref is None:
+            return cls
+        module, name = ref.split(":")
+        return getattr(importlib.import_module(module), name)
 
     def load(self) -> "Handler":
         """Fetch and load the model once (raises WeightsError with the reason it cannot serve)."""

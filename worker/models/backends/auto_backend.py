@@ -15,7 +15,7 @@ from PIL import Image
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
-from worker.models.backends import Backend, BackendUnavailable
+from worker.models.backends.base import Backend, BackendBase, BackendUnavailable
 from worker.models.loader import WeightsError, weights_cache_dir
 
 log = logging.getLogger(__name__)
@@ -41,19 +41,16 @@ def probe_paths(settings: Settings) -> list[str]:
     return [str(root.joinpath(f"{name}.jpg")) for name in PROBE_PHOTOS]
 
 
-class AutoBackend:
+class AutoBackend(BackendBase):
     """Loads the candidates in turn, keeps the fastest one whose answers match torch's, closes the rest."""
 
     name = "auto"
 
     def __init__(self, spec: ServiceSpec, settings: Settings, device: torch.device,
                  preprocess: Callable[[Image.Image], torch.Tensor]):
-        self.spec = spec
-        self.settings = settings
-        self.device = device
+        super().__init__(spec, settings, device)
         self.preprocess = preprocess
         self.chosen: Backend | None = None
-        self.version = ""
         self.choice: dict = {}     # {"chosen", "candidates": {name: {"ms": {...}} | {"skipped": reason}}, "load_s"}
 
     # --- Backend protocol: everything after load() is the chosen backend's --------------------

@@ -9,24 +9,21 @@ import torch
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
-from worker.models.backends import BackendUnavailable, softmax_probs
+from worker.models.backends.base import BackendBase, BackendUnavailable, softmax_probs
 from worker.models.loader import WeightsError, fetch_to_local, verify_sha256
 
 log = logging.getLogger(__name__)
 
 
-class OnnxBackend:
+class OnnxBackend(BackendBase):
     """One ONNX Runtime session per service; session.run is thread-safe, so no lock."""
 
     name = "onnx"
 
     def __init__(self, spec: ServiceSpec, settings: Settings, device: torch.device):
-        self.spec = spec
-        self.settings = settings
-        self.device = device
+        super().__init__(spec, settings, device)
         self.session = None
         self.input_name = ""
-        self.version = ""
         self.providers: list[str] = []
 
     def load(self) -> "OnnxBackend":

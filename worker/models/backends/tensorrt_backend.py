@@ -8,7 +8,7 @@ import torch
 
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
-from worker.models.backends import BackendUnavailable, softmax_probs
+from worker.models.backends.base import BackendBase, BackendUnavailable, softmax_probs
 from worker.models.loader import WeightsError, fetch_to_local, verify_sha256
 
 log = logging.getLogger(__name__)
@@ -26,16 +26,13 @@ def require_tensorrt():
     return trt
 
 
-class TensorRTBackend:
+class TensorRTBackend(BackendBase):
     """One TensorRT engine + execution context per service on one GPU; calls are serialised."""
 
     name = "tensorrt"
 
     def __init__(self, spec: ServiceSpec, settings: Settings, device: torch.device):
-        self.spec = spec
-        self.settings = settings
-        self.device = device if device.type == "cuda" else torch.device("cuda")
-        self.version = ""
+        super().__init__(spec, settings, device if device.type == "cuda" else torch.device("cuda"))
         self.engine = None
         self.context = None
         self._lock = threading.Lock()

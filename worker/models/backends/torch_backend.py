@@ -9,7 +9,7 @@ import torch
 from shared.catalogue import ServiceSpec
 from shared.config import Settings
 from worker.models import builders
-from worker.models.backends import softmax_probs
+from worker.models.backends.base import BackendBase, softmax_probs
 from worker.models.loader import WeightsError, fetch_to_local, load_strict, read_state_dict, verify_sha256
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,13 @@ def bucket_size(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-class TorchBackend:
+class TorchBackend(BackendBase):
     """One model instance on one device; forward calls are serialised (one device, one stream)."""
 
     name = "torch"
 
     def __init__(self, spec: ServiceSpec, settings: Settings, device: torch.device):
-        self.spec = spec
-        self.settings = settings
-        self.device = device
+        super().__init__(spec, settings, device)
         self.dtype = resolve_precision(settings.precision, device)
         self.channels_last = settings.channels_last
         self.compiled = bool(settings.compile_mode)

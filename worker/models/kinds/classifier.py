@@ -54,13 +54,8 @@ class ImageClassifier(Handler):
         self.version = ""
         self._interp = _interpolation(spec.preprocess)
 
-    @classmethod
-    def for_spec(cls, spec: ServiceSpec) -> type:
-        """Keras entries run by the Keras variant (its own loader, inputs and per-request metadata)."""
-        if spec.backend == "keras":
-            from worker.models.keras_classifier import KerasClassifier
-            return KerasClassifier
-        return cls
+    # Keras entries run by the Keras variant (its own loader, inputs and per-request metadata)
+    variants = {"keras": "worker.models.keras_classifier:KerasClassifier"}
 
     @property
     def model(self) -> torch.nn.Module | None:
