@@ -126,9 +126,8 @@ def services():
         entry.update(kinds.get(spec.kind).describe(spec))   # what the kind adds (score: its threshold)
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
-        versions = c.submitter.versions.describe(name) if not spec.derived_from else None
-        if versions:  # weights, live, shadow, and why a canary was rolled back (docs/VERSIONS.md)
-            entry["versions"] = versions
+        if not spec.derived_from:  # every version, weights, live, shadow, why a canary was rolled back
+            entry["versions"] = c.submitter.versions.describe(name)
         if spec.derived_from:  # what it covers: these classes of its parent's model (docs/SERVICES.md)
             entry["derived_from"] = spec.derived_from
             entry["classes"] = list(spec.classes)
