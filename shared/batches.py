@@ -255,11 +255,12 @@ class BatchStore:
         finally:
             body.close()
 
-    def presign(self, uri: str) -> str:
+    def presign(self, uri: str, expires_s: int | None = None) -> str:
         """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves)."""
         bucket, key = parse_s3_uri(uri)
+        expires_s = self.settings.batch_link_expiry_s if expires_s is None else expires_s
         return self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                              ExpiresIn=min(self.settings.batch_link_expiry_s, 7 * 86400))
+                                              ExpiresIn=min(expires_s, 7 * 86400))
 
     def shard_chunks(self, uri: str, owner: str | None):
         """The bytes of an output shard in the owner's data-bucket folder, in chunks; BatchError elsewhere."""

@@ -170,6 +170,11 @@ def _with_query(req: Request, image: ImageInput, service: object, top_k: object)
                          _merged("top_k", req.args.get("top_k"), top_k, parse_top_k))
 
 
+def classify_input_with(req: Request, image: ImageInput, service: object, top_k: object) -> ClassifyInput:
+    """A ClassifyInput for an image found elsewhere (POST /jobs's input_location), service and top_k as usual."""
+    return _with_query(req, image, service, top_k)
+
+
 def parse_json_body(req: Request) -> object:
     """The JSON body, or None when it does not parse (too deeply nested included)."""
     try:
