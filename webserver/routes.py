@@ -73,6 +73,9 @@ def submit_job():
     image = {"s3": input_location} if input_location else {"url": parsed.image.url} if parsed.image.url is not None \
         else {"sha256": hashlib.sha256(parsed.image.data).hexdigest()}   # a link is signed anew on each request
     inputs = {"image": image, "service": parsed.service, "top_k": parsed.top_k, "params": params, **options}
+    for name in ("input_location", "output_location", "invocation_timeout_s"):   # keys claimed before these
+        if inputs[name] is None or (name == "invocation_timeout_s" and inputs[name] == settings.job_invocation_timeout_s):
+            del inputs[name]                                                   # existed keep their fingerprint
     store, owner = ctx().idempotency, current_owner()
     claim, send = claim_key(store, owner, key, inputs, owned_id(owner))
     if not send:

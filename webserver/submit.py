@@ -47,14 +47,14 @@ class Submitter:
     """Sends requests to the service queues and (for synchronous calls) waits on the reply listener."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue, transport: Transport, jobs: JobStore,
-                 listener: ReplyListener, metrics: MetricsPublisher):
+                 listener: ReplyListener, metrics: MetricsPublisher, version_entries=None):
         self.settings = settings
         self.catalogue = catalogue
         self.jobs = jobs
         self.listener = listener
         self.metrics = metrics
         self.transport = transport
-        self.versions = VersionRouter(settings, catalogue, getattr(jobs, "_s3", None))
+        self.versions = VersionRouter(settings, catalogue, getattr(jobs, "_s3", None), version_entries)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
         """The catalogue entry (of 'service' or 'service@version'); UnknownService or ServiceUnavailable."""

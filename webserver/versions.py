@@ -7,7 +7,6 @@ import time
 
 from shared.config import Settings
 from shared.traffic import LiveTraffic
-from shared.version_entries import VersionEntries
 from shared.versions import BASE_VERSION, TrafficPolicy, VersionError, parse_pin
 from webserver.errors import ApiError
 
@@ -25,10 +24,10 @@ def split_service(name: str | None) -> tuple[str | None, str | None]:
 class VersionRouter:
     """Chooses (version, shadow) for a request id; None for both where a service has no traffic policy."""
 
-    def __init__(self, settings: Settings, catalogue, s3=None, clock=time.monotonic):
+    def __init__(self, settings: Settings, catalogue, s3=None, entries=None, clock=time.monotonic):
         self.catalogue = catalogue
         self.traffic = LiveTraffic(settings, s3)
-        self.entries = VersionEntries(settings, s3)
+        self.entries = entries      # a shared.version_entries.VersionEntries (None: the policy's versions only)
         self.ttl = settings.catalogue_ttl_s
         self.clock = clock
         self._known: dict = {}
@@ -40,6 +39,8 @@ class VersionRouter:
 
         One ListObjectsV2 per (non-derived) service per refresh, and only when a pin or /services asks; a
         failed read keeps the last good listing (the packaged versions at first), like the catalogue."""
+        if self.entries is None:
+            return {}
         now = self.clock()
         with self._lock:
             if self._read_at is None or now - self._read_at >= self.ttl:
