@@ -14,7 +14,7 @@ import yaml
 from flask import Blueprint, Flask, current_app, jsonify
 
 from webserver.blueprints import register_routes
-from webserver.inputs import IMAGE_URL_PATTERN
+from webserver.inputs import BASE64_PATTERN, IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
 
 bp = Blueprint("docs", __name__)
@@ -43,6 +43,7 @@ def load_spec(api_keys: bool = False) -> dict:
     spec = copy.deepcopy(_written())
     url = spec["components"]["schemas"]["ImageUrl"]
     url["pattern"] = r"^\s*" + IMAGE_URL_PATTERN[1:-1] + r"\s*$"   # what check_url applies (after strip)
+    spec["components"]["schemas"]["ImageBase64"]["pattern"] = BASE64_PATTERN   # what decode_base64 takes
     routes = register_routes(Flask("webserver"))   # the routes alone, for their declarations
     for rule in routes.url_map.iter_rules():
         path = openapi_path(rule.rule)

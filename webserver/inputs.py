@@ -22,6 +22,12 @@ IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~%!$&'()*+,;=:-]+@)
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
+# What decode_base64 takes, as the OpenAPI document states it (webserver/docs.py copies it; a test holds the
+# two together): an optional data: URI prefix, then base64 that decodes to at least one byte, whitespace
+# anywhere, padding optional (after 2 characters at most "==", after 3 at most "=", after a full group any).
+_B64 = r"[A-Za-z0-9+/]\s*"
+BASE64_PATTERN = (r"^\s*(?:[Dd][Aa][Tt][Aa]:[\w.+/-]*(?:;[\w=.+-]+)*;[Bb][Aa][Ss][Ee]64,)?\s*"
+                  rf"(?:(?:{_B64}){{4}})*(?:(?:{_B64}){{4}}(?:=\s*)*|(?:{_B64}){{2}}(?:=\s*){{0,2}}|(?:{_B64}){{3}}(?:=\s*)?)$")
 MAX_URL_LENGTH = 2048
 
 
