@@ -8,7 +8,7 @@ import tempfile
 
 log = logging.getLogger(__name__)
 FILE_NAME = "stack.json"
-# the moto server accepts any credentials; these are the ones `up` gives its children (classifycloud/local.py)
+# the moto server accepts any credentials: these dummy ones are what `up` gives its children (local.aws_env)
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
 # any of these means the user chose where AWS calls go, or with which identity: the state file stays unused
 _CHOSEN = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE",
