@@ -99,7 +99,7 @@ def parse_job_listing(args) -> tuple[str | None, int, str | None]:
     else:
         raise ApiError(400, "invalid_limit", f"limit must be an integer in 1..{LIST_LIMIT_MAX}")
     token = args.get("next_token") or None
-    if token is not None and not _TOKEN.match(token):
+    if token is not None and not _TOKEN.fullmatch(token):
         raise ApiError(400, "invalid_token", "next_token must be a value a GET /jobs answered")
     return status, limit, token
 

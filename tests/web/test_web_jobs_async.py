@@ -156,7 +156,8 @@ def test_get_jobs_lists_the_keys_own_jobs_a_page_at_a_time_and_filters_by_status
                              ("failed", [])):
         listed = alice.get("/jobs", query_string={"status": status}).json
         assert [j["id"] for j in listed["jobs"]] == expected, status
-    for bad in ({"status": "done"}, {"limit": 0}, {"limit": 101}, {"next_token": "../x"}):
+    for bad in ({"status": "done"}, {"limit": 0}, {"limit": 101}, {"next_token": "../x"},
+                {"next_token": "0000000000000_a\n"}):
         assert alice.get("/jobs", query_string=bad).status_code == 400, bad
 
 

@@ -51,8 +51,6 @@ def test_an_xcloud_form_the_document_accepts_always_carries_an_image():
     for blank in ("", " ", "\n", "="):
         assert not form.is_valid({"image": blank}), blank
     assert form.is_valid({"image": "https://example.com/lesion.jpg"})
-    files = validator("components", "requestBodies", "XCloudInput", "content", "multipart/form-data", "schema")
-    assert not files.is_valid({"image": ""})
 
 
 def test_what_the_document_refuses_the_server_refuses_too_on_the_skin_route(web):
@@ -72,4 +70,10 @@ def test_job_input_allows_exactly_one_image_source():
     assert not body.is_valid({"input_location": loc, "url": "https://example.com/a.jpg"})
     assert not body.is_valid({"input_location": loc, "image_base64": "AAAA"})
     assert not body.is_valid({"ttl_s": 60})
+    form = validator("components", "requestBodies", "JobInput", "content", "multipart/form-data", "schema")
+    assert form.is_valid({"input_location": loc, "url": ""}) and form.is_valid({"image": "x", "input_location": ""})
+    assert not form.is_valid({"input_location": loc, "image": "x"})
+    assert not form.is_valid({"input_location": loc, "url": "https://example.com/a.jpg"})
+    classify = validator("components", "requestBodies", "ClassifyInput", "content", "multipart/form-data", "schema")
+    assert not classify.is_valid({"input_location": loc})     # /classify takes no S3 location
     assert re.match(load_spec()["components"]["schemas"]["JobInputLocation"]["pattern"], loc)
