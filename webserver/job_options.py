@@ -53,8 +53,10 @@ def invocation_timeout(req: Request, settings) -> int:
     value, most = _field(req, "invocation_timeout_s"), settings.job_invocation_timeout_max_s
     if value is None:
         return settings.job_invocation_timeout_s
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)    # 60.0 is an integer in JSON (and in the document's JSON Schema)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
         raise ApiError(400, "invalid_invocation_timeout",
                        f"invocation_timeout_s must be an integer number of seconds in 1..{most}")
@@ -73,8 +75,6 @@ def job_input(req: Request, settings, s3, link_s: int) -> tuple[ClassifyInput, s
         given = [k for k in ("url", "image_base64") if req.form.get(k)] + (["image"] if "image" in req.files else [])
     if given:
         raise ApiError(400, "ambiguous_image", f"give either input_location or {given[0]}, not both")
-    if location.endswith("/"):
-        raise ApiError(400, "invalid_location", "input_location names one object, not a prefix")
     link = BatchStore(settings, s3).presign(location, link_s)   # a signature, computed here: no AWS call
     doc = parse_json_body(req) if req.is_json else req.form
     doc = doc if isinstance(doc, dict) or hasattr(doc, "get") else {}
@@ -83,22 +83,22 @@ def job_input(req: Request, settings, s3, link_s: int) -> tuple[ClassifyInput, s
 
 # GET /jobs: a page holds at most this many jobs; each costs one or two S3 reads, made this many at a time
 LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX, LIST_THREADS = 20, 100, 8
-_TOKEN = re.compile(r"^[0-9]{13}_[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[0-9]{13}_[A-Za-z0-9_-]{1,64}")
 
 
 def parse_job_listing(args) -> tuple[str | None, int, str | None]:
     """(status or None, limit, next_token or None) of GET /jobs; 400 for anything else."""
-    status = args.get("status") or None
+    status = args.get("status")          # given, even empty, a value must be valid (the document says so)
     if status is not None and status not in STATUSES:
         raise ApiError(400, "invalid_status", f"status must be one of {', '.join(STATUSES)}")
-    raw = args.get("limit", "")
-    if raw == "":
+    raw = args.get("limit")
+    if raw is None:
         limit = LIST_LIMIT_DEFAULT
-    elif raw.isdigit() and 1 <= int(raw) <= LIST_LIMIT_MAX:
+    elif raw.isascii() and raw.isdigit() and 1 <= int(raw) <= LIST_LIMIT_MAX:
         limit = int(raw)
     else:
         raise ApiError(400, "invalid_limit", f"limit must be an integer in 1..{LIST_LIMIT_MAX}")
-    token = args.get("next_token") or None
+    token = args.get("next_token")
     if token is not None and not _TOKEN.fullmatch(token):
         raise ApiError(400, "invalid_token", "next_token must be a value a GET /jobs answered")
     return status, limit, token

@@ -108,10 +108,11 @@ def test_locations_not_granted_to_the_key_are_refused_403_and_nothing_is_sent(ke
 def test_an_input_location_with_another_image_or_a_bad_timeout_is_refused_400(keyed, alice):
     r = alice.post("/jobs", json={"input_location": shared(keyed, "alice/a.jpg"), "url": "https://example.com/a.jpg"})
     assert r.status_code == 400 and r.json["error"]["code"] == "ambiguous_image"
-    for bad in (0, 3601, "soon", 1.5, True):
+    for bad in (0, 3601, "soon", 1.5, True, "²"):
         r = alice.post("/jobs", json={"url": "https://example.com/a.jpg", "invocation_timeout_s": bad})
         assert r.status_code == 400 and r.json["error"]["code"] == "invalid_invocation_timeout", bad
     assert queued(keyed) == []
+    assert alice.post("/jobs", json={"url": "https://example.com/a.jpg", "invocation_timeout_s": 60.0}).status_code == 202
 
 
 def test_a_cancelled_job_is_never_answered_as_done_even_when_a_worker_answers_it_later(keyed, alice):
@@ -157,7 +158,7 @@ def test_get_jobs_lists_the_keys_own_jobs_a_page_at_a_time_and_filters_by_status
         listed = alice.get("/jobs", query_string={"status": status}).json
         assert [j["id"] for j in listed["jobs"]] == expected, status
     for bad in ({"status": "done"}, {"limit": 0}, {"limit": 101}, {"next_token": "../x"},
-                {"next_token": "0000000000000_a\n"}):
+                {"next_token": "0000000000000_a\n"}, {"next_token": ""}, {"status": ""}, {"limit": ""}):
         assert alice.get("/jobs", query_string=bad).status_code == 400, bad
 
 

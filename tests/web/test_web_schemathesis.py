@@ -77,6 +77,7 @@ def test_schemathesis_with_every_check_finds_no_failure_against_the_served_docum
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=540, env=env, cwd=tmp_path)  # its cache too
     out = run.stdout + run.stderr
     print(out[out.find("Test cases:"):][:200])   # how many cases ran (the report's count)
-    failures = out[out.find("FAILURES"):] if "FAILURES" in out else out
+    first = min((i for i in (out.find("ERRORS"), out.find("FAILURES")) if i >= 0), default=0)
+    failures = out[first:]     # runtime errors (ERRORS) come before the failures
     assert run.returncode == 0, failures[:30000]
     assert "Test cases:" in out and "unique failures" not in out, out[-3000:]
