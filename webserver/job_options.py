@@ -66,13 +66,13 @@ def invocation_timeout(req: Request, settings) -> int:
 def job_input(req: Request, settings, s3, link_s: int) -> tuple[ClassifyInput, str | None]:
     """(the job's input, its input location or None): an image as for /classify, or input_location."""
     location = checked_location(req, "input_location", settings)
-    if location is None:
-        return parse_classify(req), None
+    if location is None or (not req.is_json and "image" in req.files):
+        return parse_classify(req), None     # a form's file wins, as over a url (the location was checked)
     if req.is_json:
         doc = parse_json_body(req)
         given = [k for k in ("url", "image_base64") if isinstance(doc, dict) and doc.get(k) is not None]
     else:
-        given = [k for k in ("url", "image_base64") if req.form.get(k)] + (["image"] if "image" in req.files else [])
+        given = [k for k in ("url", "image_base64") if req.form.get(k)]
     if given:
         raise ApiError(400, "ambiguous_image", f"give either input_location or {given[0]}, not both")
     link = BatchStore(settings, s3).presign(location, link_s)   # a signature, computed here: no AWS call

@@ -1,6 +1,7 @@
 """/jobs with SageMaker-async parity: S3 input and output locations, invocation timeout, cancel, list (issue 34)."""
 from __future__ import annotations
 
+import io
 import json
 import time
 from urllib.parse import urlsplit
@@ -108,11 +109,26 @@ def test_locations_not_granted_to_the_key_are_refused_403_and_nothing_is_sent(ke
 def test_an_input_location_with_another_image_or_a_bad_timeout_is_refused_400(keyed, alice):
     r = alice.post("/jobs", json={"input_location": shared(keyed, "alice/a.jpg"), "url": "https://example.com/a.jpg"})
     assert r.status_code == 400 and r.json["error"]["code"] == "ambiguous_image"
+    r = alice.post("/jobs", data={"input_location": shared(keyed, "alice/a.jpg"), "url": "https://example.com/a.jpg"},
+                   content_type="multipart/form-data")
+    assert r.status_code == 400 and r.json["error"]["code"] == "ambiguous_image"
     for bad in (0, 3601, "soon", 1.5, True, "²"):
         r = alice.post("/jobs", json={"url": "https://example.com/a.jpg", "invocation_timeout_s": bad})
         assert r.status_code == 400 and r.json["error"]["code"] == "invalid_invocation_timeout", bad
     assert queued(keyed) == []
     assert alice.post("/jobs", json={"url": "https://example.com/a.jpg", "invocation_timeout_s": 60.0}).status_code == 202
+
+
+def test_a_form_file_wins_over_an_input_location_which_is_checked_all_the_same(keyed, alice, sample_bytes):
+    def form(location):
+        return alice.post("/jobs", content_type="multipart/form-data",
+                          data={"image": (io.BytesIO(sample_bytes["chelsea"]), "chelsea.jpg"), "input_location": location})
+    r = form("s3://someone-elses-bucket/cat.jpg")
+    assert r.status_code == 403 and r.json["error"]["code"] == "forbidden_location"
+    r = form(shared(keyed, "alice/in/cat.jpg"))
+    assert r.status_code == 202, r.json
+    (sent,) = queued(keyed)
+    assert sent.image["s3"].endswith(f"uploads/{sent.id}")       # the file, uploaded as any other
 
 
 def test_a_cancelled_job_is_never_answered_as_done_even_when_a_worker_answers_it_later(keyed, alice):

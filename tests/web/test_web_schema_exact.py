@@ -72,7 +72,7 @@ def test_job_input_allows_exactly_one_image_source():
     assert not body.is_valid({"ttl_s": 60})
     form = validator("components", "requestBodies", "JobInput", "content", "multipart/form-data", "schema")
     assert form.is_valid({"input_location": loc, "url": ""}) and form.is_valid({"image": "x", "input_location": ""})
-    assert not form.is_valid({"input_location": loc, "image": "x"})
+    assert form.is_valid({"input_location": loc, "image": "x"})     # the file is used, the location checked
     assert not form.is_valid({"input_location": loc, "url": "https://example.com/a.jpg"})
     classify = validator("components", "requestBodies", "ClassifyInput", "content", "multipart/form-data", "schema")
     assert not classify.is_valid({"input_location": loc})     # /classify takes no S3 location
