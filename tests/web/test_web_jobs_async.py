@@ -116,7 +116,8 @@ def test_an_input_location_with_another_image_or_a_bad_timeout_is_refused_400(ke
         r = alice.post("/jobs", json={"url": "https://example.com/a.jpg", "invocation_timeout_s": bad})
         assert r.status_code == 400 and r.json["error"]["code"] == "invalid_invocation_timeout", bad
     assert queued(keyed) == []
-    assert alice.post("/jobs", json={"url": "https://example.com/a.jpg", "invocation_timeout_s": 60.0}).status_code == 202
+    for whole in ({"invocation_timeout_s": 60.0}, {"ttl_s": 90.0}):     # integers, as JSON Schema counts them
+        assert alice.post("/jobs", json={"url": "https://example.com/a.jpg", **whole}).status_code == 202, whole
 
 
 def test_a_form_file_wins_over_an_input_location_which_is_checked_all_the_same(keyed, alice, sample_bytes):
