@@ -15,7 +15,7 @@ from webserver import idempotency
 from webserver.auth import current_owner, owned_id
 from webserver.bulk import claim_key, job_notify, job_ttl
 from webserver.errors import ApiError, public_reason
-from webserver.inputs import parse_classify
+from webserver.inputs import parse_classify, parse_json_body
 from webserver.job_options import (
     LIST_THREADS,
     checked_location,
@@ -57,6 +57,8 @@ def submit_job():
     """Asynchronous classification: 202 with the id and where to poll (the same job again for a repeated
     Idempotency-Key)."""
     settings = ctx().settings
+    if request.is_json:
+        parse_json_body(request)     # a body nested too deeply is 400 here, before any option reads it
     ttl_s = job_ttl(request, settings)
     invocation_s = invocation_timeout(request, settings)
     parsed, input_location = job_input(request, settings, ctx().jobs.s3, ttl_s + invocation_s)
