@@ -17,7 +17,8 @@ from shared.config import Settings
 def main(argv: list[str] | None = None) -> int:
     """Run the autoscaler loop until SIGINT/SIGTERM (or one tick with --once)."""
     p = argparse.ArgumentParser(prog="classifycloud autoscaler", description=main.__doc__)
-    p.add_argument("--policy", choices=["backlog", "classifycloud"], default=None)
+    p.add_argument("--policy", choices=["backlog", "xcloud-baseline", "classifycloud"], default=None,
+                   help="classifycloud: the old name of xcloud-baseline")
     p.add_argument("--fleet", choices=["local", "asg", "ec2"], default=None)
     p.add_argument("--min-workers", type=int, default=None)
     p.add_argument("--max-workers", type=int, default=None)

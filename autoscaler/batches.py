@@ -34,6 +34,7 @@ from shared.catalogue import Catalogue, catalogue_for
 from shared.config import Settings
 from shared.grants import KeyGrants
 from shared.messages import Reply, Request, now_ms
+from shared.quota import QuotaExceeded
 from shared.service_queues import ensure_bulk_queue
 from shared.transport import QueueGone, Transport, TransportError
 
@@ -84,7 +85,7 @@ class BatchDriver:
             except Exception:
                 log.exception("batch %s: step failed; retried next tick", bid)
         self.dead_letters.maybe_settle()
-        self.notifier.deliver_due()
+        self.notifier.deliver_due(wait=False)   # on the notifier's pool: a slow receiver never holds this tick
 
     def run(self, stop: threading.Event) -> None:
         """Tick every batch_tick_s until stop is set."""
@@ -93,6 +94,7 @@ class BatchDriver:
             started = time.monotonic()
             self.tick()
             stop.wait(max(0.0, self.settings.batch_tick_s - (time.monotonic() - started)))
+        self.notifier.close()
 
     def start_thread(self, stop: threading.Event) -> threading.Thread:
         """Run in a daemon thread (inside the autoscaler process)."""
@@ -120,11 +122,20 @@ class BatchDriver:
             except BatchError as exc:
                 return self.fail(rec, exc.code, exc.message)
         if rec.get("state") == "accepted":
+            try:
+                self.admit(rec, inputs)
+            except BatchError as exc:
+                return self.fail(rec, exc.code, exc.message)
             rec.update(total=len(inputs), state="running", started_at=now_ms())
             self.store.save(rec)
         if rec.get("enqueued", 0) < rec["total"]:
             self.enqueue(rec, inputs)
-        self.count(rec)
+        self.count(rec, inputs)
+        if rec["done"] < rec["total"] and rec.get("enqueued", 0) >= rec["total"]:
+            if rec.get("expires_at") and self.clock() >= rec["expires_at"]:
+                self.expire(rec)
+            else:
+                self.resend_lost(rec, inputs)
         if rec["done"] >= rec["total"]:
             return self.complete(rec, inputs)
         self.store.save(rec)
@@ -149,35 +160,99 @@ class BatchDriver:
         log.info("batch %s: %d items", rec["id"], len(inputs))
         return inputs
 
+    def admit(self, rec: dict, inputs: list[str]) -> None:
+        """The key's caps and quota, where the items are used (the web checked what it could): BatchError.
+
+        Each item is a call against the key's monthly quota, charged once, here; a driver that dies before
+        saving the running state charges them again on its next tick."""
+        owner = rec.get("owner")
+        _, open_items = self.store.open_work(owner, skip=rec["id"])
+        if open_items + len(inputs) > self.settings.batch_max_open_items_per_key:
+            raise BatchError("too_many_items", f"{len(inputs)} items with the key's {open_items} still running "
+                             f"pass {self.settings.batch_max_open_items_per_key}")
+        try:
+            self.grants.charge(owner, len(inputs))
+        except QuotaExceeded:
+            raise BatchError("quota_exceeded", f"the {len(inputs)} items do not fit in what is left of this key's "
+                             "monthly quota; nothing was charged") from None
+
     def enqueue(self, rec: dict, inputs: list[str]) -> None:
         """Send items from the cursor on, checkpointing it; an input no worker can take gets its error record."""
-        try:
-            url = self.transport.url(naming.bulk_queue(self.settings.prefix, rec["service"]))
-        except QueueGone:   # a service added live (an S3 entry) has no bulk queue yet: made here, with its DLQ
-            url = ensure_bulk_queue(self.transport, self.settings, rec["service"])
-            log.info("created the bulk queue of service %s", rec["service"])
+        url = self._bulk_url(rec["service"])
         start = rec.get("enqueued", 0)
         step = max(10, self.settings.batch_checkpoint_items)
         for lo in range(start, len(inputs), step):
             hi = min(len(inputs), lo + step)
-            messages = []
-            for i in range(lo, hi):
-                item_id = naming.batch_item_id(rec["id"], i)
-                try:
-                    image = self._image(inputs[i], rec.get("owner"))
-                except BatchError as exc:
-                    self.store.put_result(item_id, Reply.failure(item_id, rec["service"], exc.code,
-                                                                 exc.message).to_json())
-                    continue
-                messages.append((i, Request(id=item_id, service=rec["service"], image=image, reply_to=None,
-                                            top_k=rec["top_k"])))
-            result = self.transport.send_batch(url, messages)
-            if result.failed:   # the cursor stays before this chunk: it is sent again next tick
-                raise TransportError(f"{len(result.failed)} of {len(messages)} items not sent: "
-                                     f"{result.failed[0].message}")
+            self._send(url, rec, inputs, range(lo, hi))
             rec["enqueued"] = hi
             self.store.save(rec)
         log.info("batch %s: items %d..%d on the bulk queue", rec["id"], start, len(inputs) - 1)
+
+    def _bulk_url(self, service: str) -> str:
+        try:
+            return self.transport.url(naming.bulk_queue(self.settings.prefix, service))
+        except QueueGone:   # a service added live (an S3 entry) has no bulk queue yet: made here, with its DLQ
+            url = ensure_bulk_queue(self.transport, self.settings, service)
+            log.info("created the bulk queue of service %s", service)
+            return url
+
+    def _send(self, url: str, rec: dict, inputs: list[str], indices) -> None:
+        """Put these items on the bulk queue; an input no worker can take gets its error record instead."""
+        messages = []
+        for i in indices:
+            item_id = naming.batch_item_id(rec["id"], i)
+            try:
+                image = self._image(inputs[i], rec.get("owner"))
+            except BatchError as exc:
+                self.store.put_result(item_id, Reply.failure(item_id, rec["service"], exc.code,
+                                                             exc.message).to_json())
+                continue
+            messages.append((i, Request(id=item_id, service=rec["service"], image=image, reply_to=None,
+                                        top_k=rec["top_k"])))
+        result = self.transport.send_batch(url, messages)
+        if result.failed:   # the caller's cursor stays before these: they are sent again next tick
+            raise TransportError(f"{len(result.failed)} of {len(messages)} items not sent: "
+                                 f"{result.failed[0].message}")
+
+    def resend_lost(self, rec: dict, inputs: list[str]) -> None:
+        """Send again the items whose message is gone: every item was sent, some lack a record, and the service's
+        bulk queue and its DLQ have held nothing (visible, in flight or delayed) for batch_lost_grace_s.
+
+        A message expires after the queue's retention or is purged, and nothing else would ever answer it; while
+        the queue holds anything, an unrecorded item may still be in it, so nothing is sent twice early.
+        """
+        try:
+            depth = self.transport.depth(self._bulk_url(rec["service"]))
+            dlq = self.dead_letters.dlq_url(rec["service"])
+            held = depth.visible + depth.in_flight + depth.delayed + (self.transport.depth(dlq).visible if dlq else 0)
+        except TransportError as exc:
+            log.warning("batch %s: bulk queue depth unreadable (%s); lost items checked next tick", rec["id"], exc)
+            return
+        now = self.clock()
+        if held:
+            rec.pop("empty_since", None)
+            return
+        rec.setdefault("empty_since", now)
+        if now - rec["empty_since"] < self.settings.batch_lost_grace_s:
+            return
+        lost = sorted(set(range(rec["total"])) - self.store.recorded(rec["id"]))
+        if lost:
+            log.warning("batch %s: %d item(s) without a record and none queued; sent again (first: %d)",
+                        rec["id"], len(lost), lost[0])
+            self._send(self._bulk_url(rec["service"]), rec, inputs, lost)
+            rec["resent"] = rec.get("resent", 0) + len(lost)
+        rec.pop("empty_since", None)
+
+    def expire(self, rec: dict) -> None:
+        """The batch's time limit passed: each item still without a record ends as failed: expired."""
+        open_items = sorted(set(range(rec["total"])) - self.store.recorded(rec["id"]))
+        for i in open_items:
+            item_id = naming.batch_item_id(rec["id"], i)
+            self.store.put_result(item_id, Reply.failure(item_id, rec["service"], "expired",
+                                                         "the batch's time limit passed before this item "
+                                                         "was answered").to_json())
+        log.warning("batch %s: time limit passed; %d open item(s) end as expired", rec["id"], len(open_items))
+        self.count(rec)
 
     def _image(self, source: str, owner: str | None) -> dict:
         error = bad_line_error(source)
@@ -185,20 +260,34 @@ class BatchDriver:
             raise error
         if source.startswith("s3://"):
             check_location(source, owner, self.settings, "item", self.grants.of(owner))
-            return {"url": self.store.presign(source)}
+            url, dies = self.store.presign(source)
+            return {"url": url, "expires_at": dies}
         if source.lower().startswith(("http://", "https://")) and len(source) <= 2048:
             return {"url": source}      # the worker resolves and checks it as it does any image URL
         raise BatchError("invalid_input", f"not a URL or s3:// URI: {source[:100]!r}")
 
-    def count(self, rec: dict) -> None:
-        """Tally new result records (each read once, for its status) and refresh done, failed, rate, ETA."""
+    def count(self, rec: dict, inputs: list[str] | None = None) -> None:
+        """Tally new result records (each read once, for its status) and refresh done, failed, rate, ETA.
+
+        With `inputs`, an item a worker answered link_expired (its presigned link died before it was taken) is
+        not counted: its record goes and the item is sent again with a fresh link."""
         bid = rec["id"]
         seen, failed = self.store.tally(bid)
         fresh = self.store.recorded(bid) - seen
+        resign = []
         for i in sorted(fresh):
             doc = self.store.result(naming.batch_item_id(bid, i)) or {}
-            if doc.get("status") != "ok":
+            if inputs is not None and (doc.get("error") or {}).get("code") == "link_expired":
+                resign.append(i)
+            elif doc.get("status") != "ok":
                 failed += 1
+        if resign:
+            for i in resign:
+                self.store.delete_result(naming.batch_item_id(bid, i))
+            self._send(self._bulk_url(rec["service"]), rec, inputs, resign)
+            fresh -= set(resign)
+            rec["resigned"] = rec.get("resigned", 0) + len(resign)
+            log.info("batch %s: %d item(s) whose link expired signed again and re-sent", bid, len(resign))
         if fresh:
             seen |= fresh
             self.store.save_tally(bid, seen, failed)

@@ -4,12 +4,19 @@ notify/pending/<id>.json holds what to send and the attempts so far; the batch d
 deliver_due() every tick. A channel that answers is not tried again; one that fails is retried after
 notify_backoff_s, doubling, up to notify_max_attempts. Then the record moves to notify/done/<id>.json
 (delivered or given up), attempts and all. A job's notice waits for its result record.
+
+Deliveries run on a pool of notify_workers threads, at most notify_per_key of them for one API key, so
+a receiver that holds its connection to the deadline delays only its own key's notices; a notice is read
+again only when its retry is due (the notifier remembers each one's next time and key).
 """
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -47,26 +54,77 @@ class Notifier(Outbox):
         self.secrets = WebhookSecrets(settings, s3)
         self.own = OwnEndpoints(settings)
         self.clock = clock
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._in_flight: set[str] = set()
+        self._per_key: Counter = Counter()              # owner -> deliveries running for it
+        self._known: dict[str, tuple[float, str | None]] = {}   # notice id -> (next try at, owner)
 
     # --- delivery ----------------------------------------------------------------------------------------
-    def deliver_due(self) -> int:
-        """Try every due notice once; returns how many were finished (delivered or given up). Never raises."""
-        finished = 0
+    def deliver_due(self, wait: bool = True) -> int:
+        """Start every due notice on the pool (at most notify_per_key per key); with wait, wait for them and
+        return how many were finished (delivered or given up). Never raises."""
         try:
             ids = self.pending_ids()
         except (ClientError, BotoCoreError) as exc:
             log.warning("notify: outbox unreadable: %s", exc)
             return 0
-        for nid in ids:
-            try:
-                finished += self._deliver(nid)
-            except Exception:
-                log.exception("notify %s: delivery step failed; retried next tick", nid)
-        return finished
+        now, started = self.clock(), []
+        with self._lock:
+            pending = set(ids)
+            self._known = {nid: v for nid, v in self._known.items() if nid in pending}
+            for nid in ids:
+                next_at, owner = self._known.get(nid, (0.0, None))
+                if nid in self._in_flight or next_at > now or self._per_key[owner] >= self._key_limit(owner):
+                    continue
+                self._in_flight.add(nid)
+                self._per_key[owner] += 1
+                started.append((nid, owner))
+        if not started:
+            return 0
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=max(1, self.settings.notify_workers),
+                                            thread_name_prefix="notify")
+        futures = [self._pool.submit(self._run, nid, owner) for nid, owner in started]
+        return sum(f.result() for f in futures) if wait else 0
 
-    def _deliver(self, nid: str) -> int:
+    def _key_limit(self, owner: str | None) -> int:
+        """Deliveries one key may have running (an unread notice's key is not known yet: its own slot)."""
+        return max(1, self.settings.notify_per_key) if owner is not None else max(1, self.settings.notify_workers)
+
+    def _run(self, nid: str, owner: str | None) -> int:
+        slot = [owner]      # the key whose slot this delivery holds (moved once the notice is read)
+        try:
+            return self._deliver(nid, slot)
+        except Exception:
+            log.exception("notify %s: delivery step failed; retried next tick", nid)
+            return 0
+        finally:
+            with self._lock:
+                self._in_flight.discard(nid)
+                self._per_key[slot[0]] -= 1
+                if self._per_key[slot[0]] <= 0:
+                    del self._per_key[slot[0]]
+
+    def close(self) -> None:
+        """Wait for the deliveries under way (each ends by its deadline)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def _deliver(self, nid: str, slot: list | None = None) -> int:
         doc = self.get(naming.notify_key("pending", nid))
-        if doc is None or doc.get("next_at", 0) > self.clock():
+        if doc is None:
+            return 0
+        owner = doc.get("owner")
+        with self._lock:
+            self._known[nid] = (doc.get("next_at", 0), owner)
+            if slot is not None and slot[0] != owner:   # first read: the slot moves to the notice's key
+                if self._per_key[owner] >= self._key_limit(owner):
+                    return 0                            # its key is at its limit: the next tick tries again
+                self._per_key[slot[0]] -= 1
+                self._per_key[owner] += 1
+                slot[0] = owner
+        if doc.get("next_at", 0) > self.clock():
             return 0
         if doc.get("withdrawn"):                 # its job was refused at the web: nothing to tell
             doc["state"], doc["finished_at"] = "withdrawn", now_ms()
@@ -89,6 +147,7 @@ class Notifier(Outbox):
             doc["payload"] = {"kind": "job", "id": job_id, "state": state, "result": answer}
         payload = dict(doc["payload"])
         payload["event"] = f"{payload.get('kind', 'job')}.{payload.get('state', 'succeeded')}"
+        payload["delivery"] = doc["id"]   # inside the signed text: a receiver's dedup key cannot be swapped
         body = json.dumps(payload, separators=(",", ":")).encode()
         channels = self.channels(doc)
         for channel in channels:
@@ -111,6 +170,8 @@ class Notifier(Outbox):
             return 1
         doc["next_at"] = self.clock() + min(MAX_BACKOFF_S, self.settings.notify_backoff_s * 2 ** (tries - 1))
         self.put(naming.notify_key("pending", nid), doc)
+        with self._lock:
+            self._known[nid] = (doc["next_at"], owner)   # not read again before then
         return 0
 
     @staticmethod

@@ -93,8 +93,8 @@ class Decision:
 Policy = Callable[[Sequence[QueueStats], FleetState, PolicyConfig, float, PolicyState], Decision]
 
 
-def classifycloud(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
-                  now: float, state: PolicyState) -> Decision:
+def xcloud_baseline(queues: Sequence[QueueStats], fleet: FleetState, cfg: PolicyConfig,
+                    now: float, state: PolicyState) -> Decision:
     """The original ClassifyCloud criterion, faithfully (visible messages, running workers).
 
     desired = ceil(messages / QOS); feasible = min(MAX, desired);
@@ -203,13 +203,14 @@ def burst_workers(burst_work_s: float, cfg: PolicyConfig) -> int:
     return max(0, required - cfg.min_workers)
 
 
-POLICIES: dict[str, Policy] = {"classifycloud": classifycloud, "backlog": backlog}
+POLICIES: dict[str, Policy] = {"xcloud-baseline": xcloud_baseline, "backlog": backlog}
+ALIASES = {"classifycloud": "xcloud-baseline"}   # the baseline's old name: settings and scripts keep working
 
 
 def get_policy(name: str) -> Policy:
     """A policy by name; ValueError names the choices."""
     try:
-        return POLICIES[name]
+        return POLICIES[ALIASES.get(name, name)]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
 

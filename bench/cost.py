@@ -11,7 +11,9 @@ and the loopback sample server. Metrics are on, as in a deployed stack.
 
 Each scenario sends `--n` requests with `--clients` clients and counts the calls made meanwhile;
 the idle rate of the same parts (measured first, `--idle` seconds) times the scenario's duration is
-subtracted. Idle worker: the calls of the worker alone, idle, per month (30 days).
+subtracted. Each scenario ends with one flush of the web's usage log (the counts since the last flush:
+one DynamoDB item per key, service and minute), as a steady stream pays one flush per
+usage_flush_interval_s. Idle worker: the calls of the worker alone, idle, per month (30 days).
 
 Prices (us-east-1 list, per million): SQS requests $0.40; S3 PUT/COPY/POST/LIST $5.00, GET and
 others $0.40, DELETE free; DynamoDB on demand, write request units $1.25 and read request units $0.25
@@ -128,13 +130,14 @@ class Bench:
         after = self.proxy.counts.snapshot()
         return diff(after[0], before[0]), diff(after[1], before[1])
 
-    def run(self, fn, n: int) -> tuple[Counter, Counter, float]:
+    def run(self, fn, n: int, app) -> tuple[Counter, Counter, float]:
         """n calls of fn(i) on the clients; the calls counted meanwhile and the seconds it took."""
         before = self.proxy.counts.snapshot()
         started = time.monotonic()
         with ThreadPoolExecutor(self.args.clients) as pool:
             results = list(pool.map(fn, range(n)))
-        time.sleep(self.settings.usage_flush_interval_s + 1.0)   # the usage log's last flush lands in this window
+        time.sleep(1.0)   # the last replies' deletes land in this window
+        flush_usage(app)
         seconds = time.monotonic() - started
         after = self.proxy.counts.snapshot()
         bad = [r for r in results if r is not True]
@@ -151,6 +154,14 @@ class Bench:
         self.samples.stop()
         self.proxy.stop()
         self.moto.stop()
+
+
+def flush_usage(app) -> None:
+    """Write the usage log's counts now: each scenario pays one flush, as a steady stream pays one per
+    usage_flush_interval_s (items per request = active (key, service) pairs / (requests/s x interval))."""
+    edge = getattr(app.extensions["classifycloud"], "edge", None)
+    if edge is not None:
+        edge.usage.flush()
 
 
 def scenarios(b: Bench, app, key: str | None) -> dict:
@@ -214,6 +225,7 @@ def batch_items(b: Bench, app, key: str | None, n: int) -> tuple[Counter, Counte
         state = web.get(f"/batches/{bid}", headers=headers).get_json().get("state", "")
     stop.set()
     thread.join(10)
+    flush_usage(app)
     seconds = time.monotonic() - started
     after = b.proxy.counts.snapshot()
     if state != "succeeded":
@@ -227,6 +239,7 @@ def main(argv=None) -> int:
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--idle", type=float, default=15.0, help="seconds of each idle measurement (a metric flush or two)")
     p.add_argument("--label", default="", help="names the run in the JSON (e.g. the commit)")
+    p.add_argument("--only", default="", help="run only this request kind (e.g. 'sync URL request')")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "cost.json"))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -247,15 +260,21 @@ def main(argv=None) -> int:
         for label, keys in (("keys_off", False), ("keys_on", True)):
             app, key = b.app(keys)
             app.test_client().get("/services", headers={"Authorization": f"Bearer {key}"} if key else {})
+            flush_usage(app)   # the warm-up call's counts are written before the idle window, not in it
             base_calls, base_units = b.measure(args.idle)   # worker + this web process, idle
             for name, fn in scenarios(b, app, key).items():
+                if args.only and name != args.only:
+                    continue
                 fn(0)   # warm: first-use lookups are not per-request costs
-                calls, units, seconds = b.run(fn, args.n)
+                flush_usage(app)
+                calls, units, seconds = b.run(fn, args.n, app)
                 out[label][name] = per_request(calls, units, base_calls, base_units, args.idle, seconds, args.n)
                 print(f"{label} {name}: {out[label][name]['calls_per_request']} calls, "
                       f"${out[label][name]['dollars_per_million']}/M", file=sys.stderr)
-            calls, units, seconds = batch_items(b, app, key, args.n)
-            out[label]["batch item"] = per_request(calls, units, base_calls, base_units, args.idle, seconds, args.n)
+            if not args.only or args.only == "batch item":
+                calls, units, seconds = batch_items(b, app, key, args.n)
+                out[label]["batch item"] = per_request(calls, units, base_calls, base_units, args.idle, seconds,
+                                                       args.n)
             app.extensions["classifycloud"].close()
             b.apps.remove(app)
     finally:

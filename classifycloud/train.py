@@ -245,9 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not 0.0 <= args.val_fraction < 1.0:
         p.error("--val-fraction must be in [0, 1)")
-    from shared.catalogue import _NAME_RE
-    if not _NAME_RE.match(args.service):
-        p.error(f"--service must match {_NAME_RE.pattern}")
+    from shared.catalogue import CatalogueError, check_name
+    try:
+        check_name(args.service, "--service")
+    except CatalogueError as exc:
+        p.error(str(exc))
     train_service(args, Settings.from_env())
     return 0
 

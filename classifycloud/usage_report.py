@@ -1,9 +1,12 @@
-"""`classifycloud usage --since 1d [--key K] [--csv FILE]`: per-key and per-service calls, errors, latency."""
+"""`classifycloud usage --since 1d [--key K] [--csv FILE]`: per-key and per-service calls, errors, latency.
+
+Read from the usage log's per-minute aggregates (webserver/usage.py); latency percentiles come from their
+histograms (webserver/usage_hist.py: nearest rank, within 5.9 % of the exact value).
+"""
 from __future__ import annotations
 
 import argparse
 import csv
-import math
 import re
 import sys
 from collections import defaultdict
@@ -12,12 +15,12 @@ from datetime import datetime, timedelta, timezone
 from shared.aws import client
 from shared.config import Settings
 from shared.messages import now_ms
-from webserver.usage import UsageRecord, table_name
+from webserver.usage import MINUTE_MS, Aggregate, table_name
 
 _SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-CSV_FIELDS = ("at", "key_id", "route", "method", "service", "status", "latency_ms", "bytes_in", "bytes_out",
-              "request_id")
+CSV_FIELDS = ("minute", "key_id", "service", "calls", "errors_4xx", "errors_5xx", "statuses", "routes",
+              "p50_ms", "p95_ms", "p99_ms", "bytes_in", "bytes_out")
 
 
 def parse_since(text: str) -> float:
@@ -29,13 +32,14 @@ def parse_since(text: str) -> float:
 
 
 def fetch(settings: Settings, since_ms: int, until_ms: int | None = None, key_id: str | None = None,
-          dynamodb=None) -> list[UsageRecord]:
-    """Every record from since_ms (to until_ms), one query per UTC day, optionally one key's only."""
+          dynamodb=None) -> list[Aggregate]:
+    """Every aggregate of a minute from since_ms's (to until_ms), one query per UTC day, optionally one key's."""
     db = dynamodb or client("dynamodb", settings)
     until_ms = until_ms or now_ms()
+    since_ms = since_ms // MINUTE_MS * MINUTE_MS    # an item's sort key starts with its minute
     day = datetime.fromtimestamp(since_ms / 1000, tz=timezone.utc).date()
     last = datetime.fromtimestamp(until_ms / 1000, tz=timezone.utc).date()
-    out: list[UsageRecord] = []
+    out: list[Aggregate] = []
     while day <= last:
         kwargs = {"TableName": table_name(settings),
                   "KeyConditionExpression": "#d = :day AND sk BETWEEN :lo AND :hi",
@@ -46,30 +50,31 @@ def fetch(settings: Settings, since_ms: int, until_ms: int | None = None, key_id
             kwargs["FilterExpression"] = "key_id = :k"
             kwargs["ExpressionAttributeValues"][":k"] = {"S": key_id}
         for page in db.get_paginator("query").paginate(**kwargs):
-            out.extend(UsageRecord.from_item(item) for item in page.get("Items", []))
+            out.extend(Aggregate.from_item(item) for item in page.get("Items", []))
         day += timedelta(days=1)
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+def merged(aggs: list[Aggregate], by_minute: bool = False) -> dict[tuple, Aggregate]:
+    """The aggregates added up per (key, service), or per (key, service, minute); minute: the first one."""
+    groups: dict[tuple, Aggregate] = {}
+    for a in aggs:
+        group = (a.key_id, a.service, a.minute) if by_minute else (a.key_id, a.service)
+        if group not in groups:
+            groups[group] = Aggregate(a.key_id, a.service, a.minute)
+        groups[group].minute = min(groups[group].minute, a.minute)
+        groups[group].merge(a)
+    return groups
 
 
-def summarize(records: list[UsageRecord]) -> list[dict]:
+def summarize(aggs: list[Aggregate]) -> list[dict]:
     """Rows per (key, service): calls, 4xx, 5xx, p50/p95/p99 latency, bytes; sorted by key then service."""
-    groups: dict[tuple[str, str], list[UsageRecord]] = defaultdict(list)
-    for r in records:
-        groups[(r.key_id, r.service)].append(r)
     rows = []
-    for (key, service), recs in sorted(groups.items()):
-        lat = [r.latency_ms for r in recs]
-        rows.append({"key_id": key, "service": service, "calls": len(recs),
-                     "errors_4xx": sum(400 <= r.status < 500 for r in recs),
-                     "errors_5xx": sum(r.status >= 500 for r in recs),
-                     "p50_ms": percentile(lat, 50), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
-                     "bytes_in": sum(r.bytes_in for r in recs), "bytes_out": sum(r.bytes_out for r in recs)})
+    for (key, service), a in sorted(merged(aggs).items()):
+        rows.append({"key_id": key, "service": service, "calls": a.calls,
+                     "errors_4xx": a.errors(400), "errors_5xx": a.errors(500),
+                     "p50_ms": a.percentile(50), "p95_ms": a.percentile(95), "p99_ms": a.percentile(99),
+                     "bytes_in": a.bytes_in, "bytes_out": a.bytes_out})
     return rows
 
 
@@ -97,13 +102,25 @@ def csv_cell(value: object) -> object:
     return value
 
 
-def write_csv(records: list[UsageRecord], path: str) -> None:
-    """Every record, one row each, oldest first; text cells escaped against formula injection."""
+def write_csv(aggs: list[Aggregate], path: str) -> list[dict]:
+    """One row per (key, service, minute), oldest first (processes and flushes added up); text cells
+    escaped against formula injection. Returns the rows."""
+    rows = []
+    for (key, service, minute), a in sorted(merged(aggs, by_minute=True).items(),
+                                                     key=lambda kv: (kv[0][2], kv[0][0], kv[0][1])):
+        rows.append({"minute": datetime.fromtimestamp(minute / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+                     "key_id": key, "service": service, "calls": a.calls,
+                     "errors_4xx": a.errors(400), "errors_5xx": a.errors(500),
+                     "statuses": "; ".join(f"{s}={n}" for s, n in sorted(a.statuses.items())),
+                     "routes": "; ".join(f"{r}={n}" for r, n in sorted(a.routes.items())),
+                     "p50_ms": round(a.percentile(50), 3), "p95_ms": round(a.percentile(95), 3),
+                     "p99_ms": round(a.percentile(99), 3), "bytes_in": a.bytes_in, "bytes_out": a.bytes_out})
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         w.writeheader()
-        for r in sorted(records, key=lambda r: r.at):
-            w.writerow({f: csv_cell(getattr(r, f)) for f in CSV_FIELDS})
+        for row in rows:
+            w.writerow({f: csv_cell(row[f]) for f in CSV_FIELDS})
+    return rows
 
 
 def main(argv: list[str]) -> int:
@@ -111,7 +128,8 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="classifycloud usage", description=__doc__)
     p.add_argument("--since", default="1d", help="how far back: 90s, 15m, 6h, 1d, 2w (default 1d)")
     p.add_argument("--key", default=None, help="one key id only")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write every record to this CSV file")
+    p.add_argument("--csv", default=None, metavar="FILE",
+                   help="also write one row per key, service and minute to this CSV file")
     args = p.parse_args(argv)
     try:
         since = parse_since(args.since)
@@ -119,12 +137,12 @@ def main(argv: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    records = fetch(settings, now_ms() - int(since * 1000), key_id=args.key)
-    if not records:
+    aggs = fetch(settings, now_ms() - int(since * 1000), key_id=args.key)
+    if not aggs:
         print(f"no calls in the last {args.since}" + (f" for key {args.key}" if args.key else ""))
     else:
-        print(render(summarize(records)))
+        print(render(summarize(aggs)))
     if args.csv:
-        write_csv(records, args.csv)
-        print(f"\n{len(records)} records written to {args.csv}")
+        rows = write_csv(aggs, args.csv)
+        print(f"\n{len(rows)} rows (one per key, service and minute) written to {args.csv}")
     return 0

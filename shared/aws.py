@@ -43,6 +43,14 @@ def session() -> boto3.session.Session:
         return s
 
 
+def credentials_expiry(s3_client) -> float | None:
+    """Epoch seconds when the credentials a client signs with expire (an instance role's or an assumed role's
+    session); None for long-term keys. A presigned link dies with them, whatever its ExpiresIn says."""
+    creds = getattr(getattr(s3_client, "_request_signer", None), "_credentials", None)   # botocore keeps them here
+    expiry = getattr(creds, "_expiry_time", None)     # RefreshableCredentials only
+    return expiry.timestamp() if expiry is not None else None
+
+
 def client(service: str, settings: Settings, **config: object):
     """A boto3 client with standard retries, shared by every caller asking for the same one."""
     sess = session()

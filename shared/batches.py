@@ -16,13 +16,14 @@ import base64
 import json
 import logging
 import re
+import time
 import uuid
 import zlib
 
 from botocore.exceptions import ClientError
 
 from shared import naming
-from shared.aws import parse_s3_uri
+from shared.aws import credentials_expiry, parse_s3_uri
 from shared.config import Settings
 from shared.grants import covers
 from shared.messages import MessageError
@@ -191,6 +192,19 @@ class BatchStore:
             out.extend(o["Key"].rsplit("/", 1)[-1] for o in page.get("Contents", []))
         return [b for b in out if valid_batch_id(b)]
 
+    def open_work(self, owner: str | None, skip: str | None = None) -> tuple[int, int]:
+        """(batches not yet final, their items not yet answered) of one key: what the per-key caps count.
+
+        One record read per active batch of any key; the caps keep that list short."""
+        batches = items = 0
+        for bid in self.active_ids():
+            rec = self.record(bid) if bid != skip else None
+            if not rec or rec.get("owner") != owner or rec.get("state") in FINAL:
+                continue
+            batches += 1
+            items += max(0, (rec.get("total") or 0) - (rec.get("done") or 0))
+        return batches, items
+
     def finish(self, batch_id: str) -> None:
         """Drop the active marker (the batch is final)."""
         self.s3.delete_object(Bucket=self.bucket, Key=naming.active_batch_prefix() + batch_id)
@@ -255,12 +269,19 @@ class BatchStore:
         finally:
             body.close()
 
-    def presign(self, uri: str, expires_s: int | None = None) -> str:
-        """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves)."""
+    def presign(self, uri: str, expires_s: int | None = None) -> tuple[str, int]:
+        """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves), and
+        when it dies (epoch ms): after batch_link_expiry_s (or expires_s: a job's link lives as long as the job
+        may run), or sooner with the signing credentials (a role's session lasts hours), so a worker that takes
+        the item later answers link_expired and the driver signs it again rather than the item failing."""
         bucket, key = parse_s3_uri(uri)
-        expires_s = self.settings.batch_link_expiry_s if expires_s is None else expires_s
-        return self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
-                                              ExpiresIn=min(expires_s, 7 * 86400))
+        life = min(self.settings.batch_link_expiry_s if expires_s is None else expires_s, 7 * 86400)
+        url = self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=life)
+        dies = time.time() + life
+        creds = credentials_expiry(self.s3)
+        if creds is not None:
+            dies = min(dies, creds)
+        return url, int(dies * 1000)
 
     def shard_chunks(self, uri: str, owner: str | None):
         """The bytes of an output shard in the owner's data-bucket folder, in chunks; BatchError elsewhere."""
@@ -285,6 +306,10 @@ class BatchStore:
         """Write an item's result record (the driver's own, for inputs no worker can take)."""
         self.s3.put_object(Bucket=self.bucket, Key=naming.result_key(item_id), Body=reply_json.encode(),
                            ContentType="application/json")
+
+    def delete_result(self, item_id: str) -> None:
+        """Drop an item's record (one the driver answers again: a dead presigned link)."""
+        self.s3.delete_object(Bucket=self.bucket, Key=naming.result_key(item_id))
 
     def recorded(self, batch_id: str) -> set[int]:
         """Indices of the items that have a result record."""
@@ -331,7 +356,7 @@ def output_line(index: int, item_id: str, source: str, record: dict | None) -> d
 def summary_of(rec: dict) -> dict:
     """The public view of a batch (GET /batches/<id> and the notification body)."""
     keys = ("id", "service", "state", "total", "done", "failed", "rate", "eta_s", "output", "shards",
-            "deadline", "created_at", "started_at", "finished_at", "error")
+            "deadline", "expires_at", "created_at", "started_at", "finished_at", "error")
     out = {k: rec.get(k) for k in keys}
     out["kind"] = "batch"
     out["done"] = out["done"] or 0

@@ -15,6 +15,7 @@ from shared.config import Settings
 from shared.versions import BASE_VERSION, VersionError, check_version
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+QUEUE_SUFFIXES = ("-dlq",)   # what shared/naming.py appends to a service's queue names
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKENDS = ("torch", "onnx", "tensorrt", "keras", "dlib", "auto")
@@ -240,10 +241,17 @@ def parse_entry(name: Any, entry: Any, where: str) -> ServiceSpec:
     return _spec(name, entry, where)
 
 
-def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
-    where = f"catalogue {path}, service {name!r}"
+def check_name(name: Any, where: str) -> None:
+    """A service name: the pattern, and never one whose queues are another service's dead-letter queues."""
     if not isinstance(name, str) or not _NAME_RE.match(name):
         raise CatalogueError(f"{where}: name must match {_NAME_RE.pattern}")
+    if name.endswith(QUEUE_SUFFIXES):   # <svc>-dlq's request queue would be <svc>'s DLQ (shared/naming.py)
+        raise CatalogueError(f"{where}: a name may not end with {' or '.join(QUEUE_SUFFIXES)} (a queue suffix)")
+
+
+def _spec(name: Any, entry: Any, path: str) -> ServiceSpec:
+    where = f"catalogue {path}, service {name!r}"
+    check_name(name, where)
     if not isinstance(entry, dict):
         raise CatalogueError(f"{where}: entry must be a mapping")
     if "derived_from" in entry:
@@ -314,8 +322,7 @@ def class_indices(value: Any, num_classes: int, where: str) -> tuple[int, ...]:
 
 def derive(name: Any, entry: dict, services: dict[str, ServiceSpec], where: str) -> ServiceSpec:
     """A label-subset service: the parent's model, weights and preprocessing, answering `classes` only."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise CatalogueError(f"{where}: name must match {_NAME_RE.pattern}")
+    check_name(name, where)
     unknown = set(entry) - DERIVED_KEYS
     if unknown:
         raise CatalogueError(f"{where}: a derived service takes only {sorted(DERIVED_KEYS)}; "

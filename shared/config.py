@@ -120,7 +120,7 @@ class Settings:
     own_hosts: tuple[str, ...] = ()           # this stack's public host names (ALB DNS, domains): never fetched
 
     # --- autoscaler ---------------------------------------------------------
-    policy: str = "backlog"                   # backlog | classifycloud
+    policy: str = "backlog"                   # backlog | xcloud-baseline (old name: classifycloud)
     tick_s: float = 5.0
     min_workers: int = 1
     max_workers: int = 10
@@ -158,6 +158,13 @@ class Settings:
     batch_max_lines: int = 100_000            # items of one manifest or prefix at most (more: input_too_large)
     batch_tick_s: float = 1.0                 # the batch driver expands, enqueues, tallies and notifies this often
     batch_checkpoint_items: int = 200         # the driver records its enqueue cursor after this many sends
+    batch_max_active_per_key: int = 4         # POST /batches: a key's batches not yet final at most (429 too_many_batches)
+    batch_max_open_items_per_key: int = 200_000  # a key's unanswered batch items at most, checked by the web (inline)
+                                              # and the driver (expanded input: the batch fails too_many_items)
+    batch_lost_grace_s: float = 120.0         # a running batch's bulk queue (and DLQ) empty this long while items lack
+                                              # records: their messages are gone (expired, purged), so they are sent again
+    batch_time_limit_max_s: int = 86400 * 14  # POST /batches time_limit_s at most; past its limit a batch's open items
+                                              # end as failed: expired
     batch_link_expiry_s: int = 86400 * 2      # presigned GET of an S3 item: outlives the bulk queue's retention
     bulk_visibility_timeout_s: int = 120      # bulk queues: a worker holds an item this long
     bulk_receive: int = 4                     # worker: bulk items taken at most per receive: one small batch, so
@@ -166,6 +173,9 @@ class Settings:
     bulk_wait_time_s: int = 2                 # worker: long poll on a bulk queue (short: it re-checks the gate)
     notify_max_attempts: int = 8              # notification deliveries tried at most (then recorded as failed)
     notify_backoff_s: float = 2.0             # first retry after this, doubling (capped at 300 s)
+    notify_workers: int = 8                   # notices delivered at once, off the batch driver's thread
+    notify_per_key: int = 2                   # of those, at most this many for one API key (a slow receiver
+                                              # holds its own key's slots, never another key's)
     notify_timeout_s: float = 10.0            # one webhook POST's whole time limit
 
     # --- metrics ------------------------------------------------------------
@@ -184,10 +194,12 @@ class Settings:
     api_key_cache_s: float = 5.0              # a key record is re-read this often (revocation takes effect within)
     quota_block_s: float = 10.0               # a web process reserves a key's quota in blocks of its calls in the
     quota_block_max: int = 1000               # last quota_block_s seconds (1..quota_block_max; webserver/keys.py)
-    usage_log: bool = True                    # one DynamoDB record per API call, written off the request path
-    usage_flush_interval_s: float = 1.0       # the background writer flushes at least this often
-    usage_buffer_max: int = 50000             # records held in memory at most (beyond: dropped and logged)
-    usage_ttl_days: int = 90                  # DynamoDB TTL of a usage record
+    usage_log: bool = True                    # count API calls per (key, service, minute) in each web process
+    usage_flush_interval_s: float = 10.0      # write the counts (one DynamoDB item per key, service and minute seen)
+                                              # this often; a crash loses at most this much of one process's usage
+    usage_buffer_max: int = 50000             # (key, service, minute) aggregates held between flushes at most
+                                              # (beyond: a call of a new one is dropped and logged)
+    usage_ttl_days: int = 90                  # DynamoDB TTL of a usage item
 
     # --- logging ------------------------------------------------------------
     log_level: str = "INFO"

@@ -19,6 +19,7 @@ import time
 
 from shared import naming
 from shared.config import Settings
+from shared.quota import QuotaExceeded, add_calls
 
 GRANTS_ATTR = "batch_grants"
 TOPICS_ATTR = "sns_topics"
@@ -80,6 +81,17 @@ class KeyGrants:
     def topics_of(self, owner: str | None) -> tuple[str, ...]:
         """The SNS topics registered to a key id (() for a key that is gone or revoked)."""
         return self._read(owner)[1]
+
+    def charge(self, owner: str | None, items: int) -> None:
+        """Count a batch's items against its key's monthly quota, all or none: QuotaExceeded when they do not
+        fit (or the key is revoked or gone). Nothing with keys off or without an owner."""
+        if owner is None or not self.settings.api_keys_enabled:
+            return
+        item = self._db.get_item(TableName=self.table, Key={"key_id": {"S": owner}}, ConsistentRead=True,
+                                 ProjectionExpression="monthly_quota, revoked_at").get("Item")
+        if item is None or "revoked_at" in item:
+            raise QuotaExceeded(owner)
+        add_calls(self._db, self.table, owner, items, int(item.get("monthly_quota", {}).get("N", "0")))
 
     def _read(self, owner: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(grants, topics) of a key, cached for api_key_cache_s; DynamoDB errors propagate."""

@@ -110,10 +110,14 @@ class Request:
         image = _require(data, "image", dict, what)
         if set(image) == {"url"} and isinstance(image["url"], str) and image["url"]:
             pass
+        elif (set(image) == {"url", "expires_at"} and isinstance(image["url"], str) and image["url"]
+              and isinstance(image["expires_at"], int) and not isinstance(image["expires_at"], bool)):
+            pass   # a presigned batch item: the link is dead after expires_at (epoch ms)
         elif set(image) == {"s3"} and isinstance(image["s3"], str) and _S3_RE.match(image["s3"]):
             pass
         else:
-            raise MessageError("malformed_message", "request: image must be {'url': str} or {'s3': 's3://bucket/key'}")
+            raise MessageError("malformed_message", "request: image must be {'url': str[, 'expires_at': epoch ms]} "
+                                                    "or {'s3': 's3://bucket/key'}")
         reply_to = data.get("reply_to")
         if reply_to is not None and not (isinstance(reply_to, str) and reply_to):
             raise MessageError("malformed_message", "request: reply_to must be a queue URL or null")

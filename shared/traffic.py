@@ -99,6 +99,9 @@ class LiveTraffic:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1], cached[2]
         with self._lock:
+            cached = self._cache.get(service)   # again: threads that found it stale together read S3 once
+            if cached is not None and now - cached[0] < self.ttl:
+                return cached[1], cached[2]
             try:
                 policy, stored = self.store.read(service)
                 error = None

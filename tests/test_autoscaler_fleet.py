@@ -15,6 +15,8 @@ from autoscaler.queues import HeartbeatReader
 from shared.aws import client
 from shared.transport import Transport
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 

@@ -16,6 +16,8 @@ from shared.aws import client
 from shared.messages import now_ms
 from shared.transport import Transport
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 HUNG = [sys.executable, "-c", "import time; time.sleep(120)"]        # runs, never beats: a hung worker
 CRASHING = [sys.executable, "-c", "import sys; sys.exit(3)"]          # exits non-zero at once, every time
 

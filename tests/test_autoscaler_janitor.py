@@ -12,6 +12,8 @@ from shared.messages import now_ms
 from shared.transport import Transport
 from webserver.replies import ReplyListener
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 def _queue(sqs, settings, suffix: str, **tags) -> str:
     return sqs.create_queue(QueueName=naming.reply_queue_prefix(settings.prefix) + suffix, tags=tags)["QueueUrl"]

@@ -21,6 +21,8 @@ from shared.transport import Transport
 from tests.conftest import free_port
 from worker.terminate import TerminateWatch
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 @pytest.fixture
 def launch_template(settings):

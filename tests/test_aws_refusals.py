@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from botocore.exceptions import ClientError
 
 # the worker groups as Terraform builds them with min_workers = 1: warm (min 0), then the base group (min 1)
@@ -23,6 +24,8 @@ from shared.service_queues import ensure_request_queue
 from shared.transport import Transport
 from worker.asg import FleetAgent
 from worker.terminate import TerminateWatch
+
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 
 MIN_SIZE_REFUSAL = ("Currently, desiredSize equals minSize ({size}). Terminating instance without replacement will "
                     "violate group's min size constraint. Either set shouldDecrementDesiredCapacity flag to false or "

@@ -13,6 +13,8 @@ from worker.models.engine import InferenceEngine, decode_image
 from worker.models.kinds.classifier import ImageClassifier
 from worker.models.registry import ModelRegistry
 
+pytestmark = pytest.mark.services("imagenet", "nsfw")   # only these queues (tests/conftest.py provisioned)
+
 
 def auto_spec(**changes):
     """The real imagenet entry with backend: auto."""

@@ -18,6 +18,8 @@ from shared.aws import client
 from shared.batches import BatchStore, io_prefix, new_batch_id
 from shared.messages import now_ms
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 @pytest.fixture
 def keyed(settings, catalogue):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from shared import naming
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix, new_batch_id
 from shared.config import Settings
-from shared.messages import Request, now_ms
+from shared.messages import Reply, Request, now_ms
 from worker.loop import Worker
 
 
@@ -198,3 +199,110 @@ def test_a_service_without_a_bulk_queue_gets_one_when_its_first_batch_is_queued(
     url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "RedrivePolicy"])
     assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == 2 and "RedrivePolicy" in attrs["Attributes"]
+
+
+def _bulk_depth(sqs, settings) -> int:
+    url = sqs.get_queue_url(QueueName=naming.bulk_queue(settings.prefix, "imagenet"))["QueueUrl"]
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                   "ApproximateNumberOfMessagesNotVisible"])
+    return sum(int(v) for v in attrs["Attributes"].values())
+
+
+def test_items_whose_messages_vanished_are_sent_again_once_the_queue_stays_empty_and_the_batch_ends(
+        bulk, catalogue, model, images):
+    s, s3, sqs = bulk
+    items = [f"{images.base}/chelsea.jpg", f"{images.base}/coffee.jpg"]
+    rec = make_batch(s, s3, {"items": 2}, items)
+    store = BatchStore(s, s3)
+    now = [time.time()]
+    driver = BatchDriver(s.replace(batch_lost_grace_s=60), catalogue, clock=lambda: now[0])
+    driver.advance(rec["id"])
+    now[0] += 3600                      # long past the grace, but both messages are still queued: nothing resent
+    assert "resent" not in driver.advance(rec["id"]) and _bulk_depth(sqs, s) == 2
+    sqs.purge_queue(QueueUrl=sqs.get_queue_url(QueueName=naming.bulk_queue(s.prefix, "imagenet"))["QueueUrl"])
+    assert _bulk_depth(sqs, s) == 0     # as when SQS drops messages older than the queue's retention
+    assert "resent" not in driver.advance(rec["id"])      # the queue is empty: the grace starts now
+    now[0] += 59
+    assert "resent" not in driver.advance(rec["id"]) and _bulk_depth(sqs, s) == 0
+    now[0] += 2
+    assert driver.advance(rec["id"])["resent"] == 2 and _bulk_depth(sqs, s) == 2
+    with driving(driver), in_thread(worker_for(s, catalogue, model)):
+        final = wait_final(store, rec["id"])
+    lines = sorted(output_lines(s3, final), key=lambda x: x["index"])
+    assert final["state"] == "succeeded" and final["done"] == 2 and final["failed"] == 0 and len(lines) == 2
+    assert lines[0]["results"][0]["index"] in CATS and lines[1]["results"][0]["index"] == ESPRESSO
+
+
+def test_a_batch_past_its_time_limit_ends_and_only_its_open_items_say_expired(bulk, catalogue, images):
+    s, s3, _ = bulk
+    items = [f"{images.base}/chelsea.jpg"] * 3
+    now = [time.time()]
+    rec = make_batch(s, s3, {"items": 3}, items, expires_at=int(now[0]) + 600)
+    store = BatchStore(s, s3)
+    driver = BatchDriver(s, catalogue, clock=lambda: now[0])
+    assert driver.advance(rec["id"])["state"] == "running"        # queued; no worker runs
+    first = naming.batch_item_id(rec["id"], 0)
+    store.put_result(first, Reply.failure(first, "imagenet", "fetch_failed", "answered before the limit").to_json())
+    now[0] += 599
+    assert driver.advance(rec["id"])["state"] == "running"
+    now[0] += 2
+    final = driver.advance(rec["id"])
+    assert final["state"] == "succeeded" and final["done"] == 3 and final["failed"] == 3
+    lines = sorted(output_lines(s3, final), key=lambda x: x["index"])
+    assert [x["error"]["code"] for x in lines] == ["fetch_failed", "expired", "expired"]
+    assert rec["id"] not in store.active_ids()
+
+
+def test_an_expanded_input_past_the_keys_open_item_cap_fails_its_batch(bulk, catalogue, images, sample_bytes):
+    s, s3, _ = bulk
+    for i in range(6):
+        s3.put_object(Bucket=s.bucket_name, Key=f"{io_prefix(None)}many/{i}.jpg", Body=sample_bytes["coffee"])
+    running = make_batch(s, s3, {"items": 2}, [f"{images.base}/chelsea.jpg"] * 2)
+    driver = BatchDriver(s.replace(batch_max_open_items_per_key=7), catalogue)
+    driver.advance(running["id"])                  # 2 items to go, no worker runs
+    rec = make_batch(s, s3, {"s3_prefix": f"s3://{s.bucket_name}/{io_prefix(None)}many/"})
+    final = driver.advance(rec["id"])              # 6 more would make 8
+    assert final["state"] == "failed" and final["error"]["code"] == "too_many_items", final
+    assert rec["id"] not in BatchStore(s, s3).active_ids()
+
+
+def test_an_item_taken_after_its_link_died_is_signed_again_and_answered(bulk, catalogue, model, sample_bytes):
+    s, s3, _ = bulk
+    key = f"{io_prefix(None)}in/cat.jpg"
+    s3.put_object(Bucket=s.bucket_name, Key=key, Body=sample_bytes["chelsea"])
+    rec = make_batch(s, s3, {"items": 1}, [f"s3://{s.bucket_name}/{key}"])
+    store, item = BatchStore(s, s3), naming.batch_item_id(rec["id"], 0)
+    BatchDriver(s.replace(batch_link_expiry_s=1), catalogue).advance(rec["id"])   # its link dies in 1 s
+    time.sleep(1.2)
+    with in_thread(worker_for(s, catalogue, model)):
+        end = time.monotonic() + 60
+        while store.result(item) is None:
+            assert time.monotonic() < end
+            time.sleep(0.1)
+    assert store.result(item)["error"]["code"] == "link_expired"     # no fetch of a dead link
+    with driving(BatchDriver(s, catalogue)), in_thread(worker_for(s, catalogue, model)):
+        final = wait_final(store, rec["id"])
+    (line,) = output_lines(s3, final)
+    assert final["state"] == "succeeded" and final["failed"] == 0 and final["resigned"] == 1
+    assert line["status"] == "ok" and line["results"][0]["index"] in CATS
+
+
+def test_a_links_life_ends_with_the_credentials_that_signed_it(bulk):
+    s, _, _ = bulk
+    from botocore.credentials import RefreshableCredentials
+    from botocore.session import get_session
+    soon = time.time() + 600
+    meta = {"access_key": "AKIDEXAMPLE", "secret_key": "secret", "token": "session-token",
+            "expiry_time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(soon))}
+    bs = get_session()
+    bs._credentials = RefreshableCredentials.create_from_metadata(meta, refresh_using=lambda: meta, method="test")
+    role_s3 = bs.create_client("s3", region_name="us-east-1", endpoint_url=s3_endpoint(s))
+    url, dies = BatchStore(s.replace(batch_link_expiry_s=86400), role_s3).presign(f"s3://{s.bucket_name}/x.jpg")
+    assert "x-amz-security-token" in url.lower() and abs(dies / 1000 - soon) < 2      # the session's end, not a day
+    _, long_lived = BatchStore(s.replace(batch_link_expiry_s=86400), client("s3", s)).presign(
+        f"s3://{s.bucket_name}/x.jpg")
+    assert abs(long_lived / 1000 - (time.time() + 86400)) < 5                 # long-term keys: the stated life
+
+
+def s3_endpoint(settings) -> str:
+    return os.environ["AWS_ENDPOINT_URL"]

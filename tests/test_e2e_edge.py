@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 
 import pytest
 import requests
@@ -85,16 +86,20 @@ def test_the_usage_report_counts_exactly_the_calls_a_key_made(stack, sample_byte
     assert statuses[:5] == [200, 200, 200, 422, 202] and statuses[-1] == 200
     out_csv = tmp_path / "usage.csv"
     deadline = time.monotonic() + 30
-    while True:  # the web process writes its records off the request path, within a flush interval
+    while True:  # the web process writes its counts off the request path, within a flush interval
         out = cli(stack, "usage", "--since", "1h", "--key", key["key_id"], "--csv", str(out_csv))
         assert out.returncode == 0, out.stderr
         rows = list(csv.DictReader(out_csv.open()))
-        if len(rows) >= len(statuses) or time.monotonic() > deadline:
+        if sum(int(r["calls"]) for r in rows) >= len(statuses) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(rows) == len(statuses)
-    assert sorted(int(r["status"]) for r in rows) == sorted(statuses)
-    assert {r["route"] for r in rows} == {"/classify", "/cv/<service>", "/jobs", "/jobs/<job_id>"}
+    assert sum(int(r["calls"]) for r in rows) == len(statuses)
+    by_status, routes = Counter(), set()
+    for r in rows:   # cells like "200=3; 422=1" and "POST /classify=2; GET /jobs/<job_id>=1"
+        by_status.update({int(p.split("=")[0]): int(p.split("=")[1]) for p in r["statuses"].split("; ")})
+        routes.update(p.rpartition("=")[0].split(" ", 1)[1] for p in r["routes"].split("; "))
+    assert by_status == Counter(statuses)
+    assert routes == {"/classify", "/cv/<service>", "/jobs", "/jobs/<job_id>"}
     total = next(line for line in out.stdout.splitlines() if line.startswith(key["key_id"]) and "(all services)" in line)
     assert int(total.split()[-1]) == len(statuses)
 
@@ -170,8 +175,8 @@ def test_uploading_a_non_image_in_chromium_shows_the_error_in_words(stack, brows
     _screenshot(browser, "upload-page-error.png", tmp_path)
 
 
-def test_gunicorn_shutdown_flushes_every_buffered_usage_record(settings, provisioned):
-    """A long flush interval keeps the records in memory; SIGTERM must still write every one."""
+def test_gunicorn_shutdown_flushes_every_counted_call(settings, provisioned):
+    """A long flush interval keeps the counts in memory; SIGTERM must still write every one."""
     from classifycloud.local import free_port
     from shared.aws import client
     from webserver.serve import gunicorn_command
@@ -194,8 +199,9 @@ def test_gunicorn_shutdown_flushes_every_buffered_usage_record(settings, provisi
                   for _ in range(4)]
         assert [r.status_code for r in calls] == [200] * 5 + [400] * 4
         db = client("dynamodb", s)
-        count = lambda: sum(len(p["Items"]) for p in db.get_paginator("scan").paginate(TableName=table_name(s)))  # noqa: E731
-        assert count() == 0, "records were written before shutdown: the flush interval did not hold them"
+        count = lambda: sum(int(i["calls"]["N"]) for p in db.get_paginator("scan").paginate(TableName=table_name(s))  # noqa: E731
+                            for i in p["Items"])
+        assert count() == 0, "counts were written before shutdown: the flush interval did not hold them"
     finally:
         proc.terminate()
         proc.wait(60)

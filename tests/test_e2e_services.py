@@ -2,15 +2,11 @@
 from __future__ import annotations
 
 import io
-import uuid
 
 import pytest
 import requests
 from PIL import Image, ImageOps
 from skimage import data
-
-from classifycloud.local import LocalStack
-from shared.config import Settings
 
 pytestmark = pytest.mark.slow
 
@@ -21,16 +17,10 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def stack(moto_endpoint):
-    """One web process and one worker hosting every available service."""
-    settings = Settings.from_env({}, prefix="s" + uuid.uuid4().hex[:8], metrics_enabled=False)
-    s = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, workers=1).start()
-    try:
-        s.wait_ready(timeout=300)
-        yield s
-    finally:
-        s.stop()
+@pytest.fixture
+def stack(full_stack):
+    """The session's stack hosting every available service (tests/conftest.py full_stack)."""
+    return full_stack
 
 
 def test_services_lists_at_least_five_available_services_with_their_kinds(stack):

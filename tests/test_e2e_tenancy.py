@@ -104,7 +104,9 @@ def test_after_delete_no_search_finds_the_face_and_no_object_or_version_is_left(
     owner = new_key(stack, "erasure")
     prefix = f"galleries/{owner['id']}/crew/"
     for _ in range(2):  # enrolled twice: the same key written twice leaves two versions in the bucket
-        assert enrol(stack, owner, "crew", "Eileen Collins", photos["astronaut"]).status_code == 201
+        r = enrol(stack, owner, "crew", "Eileen Collins", photos["astronaut"])
+        assert r.status_code == 201
+        assert gallery_versions(stack, f"uploads/{r.json()['id']}") == []   # the photo went with the answer
     assert enrol(stack, owner, "crew", "Eileen Collins", photos["variant"]).status_code == 201
     assert len(gallery_versions(stack, prefix)) == 3
     assert search(stack, owner, "crew", photos["variant"])[0]["label"] == "Eileen Collins"

@@ -7,15 +7,11 @@ import re
 import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-
-from classifycloud.local import LocalStack
-from shared.config import Settings
 
 pytestmark = pytest.mark.slow
 HELD_BACK = 30  # digits kept out of the training folder entirely, classified through the web API at the end
@@ -46,16 +42,10 @@ def digits(tmp_path_factory):
     return str(root), held
 
 
-@pytest.fixture(scope="module")
-def stack(moto_endpoint):
-    """The local stack (web + one worker) with default refresh settings."""
-    settings = Settings.from_env({}, prefix="tr" + uuid.uuid4().hex[:8], metrics_enabled=False)
-    s = LocalStack(settings, endpoint=moto_endpoint, web_processes=1, workers=1).start()
-    try:
-        s.wait_ready(timeout=240)
-        yield s
-    finally:
-        s.stop()
+@pytest.fixture
+def stack(full_stack):
+    """The session's stack with every service and default refresh settings (tests/conftest.py full_stack)."""
+    return full_stack
 
 
 def test_train_digits_then_the_running_stack_serves_them_through_the_web_api(stack, digits):

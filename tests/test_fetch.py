@@ -14,6 +14,8 @@ import pytest
 from shared.config import Settings
 from worker.fetch import Fetcher, FetchError, address_refusal, check_image_header
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "samples")
 
 

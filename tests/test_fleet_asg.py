@@ -14,6 +14,8 @@ from shared.messages import Request
 from shared.transport import Transport
 from worker.asg import FleetAgent, ScaleInProtection
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 GPU_TYPES = ("g4dn.xlarge", "g5.xlarge", "g6.xlarge")
 
 

@@ -81,12 +81,14 @@ def test_bad_s3_entries_are_reported_and_skipped_and_good_ones_read(live):
     put(s3, live, "notyaml", "entry.yaml", "architecture: [unclosed")
     put(s3, live, "nokeys", "entry.yaml", yaml.safe_dump({"architecture": "efficientnet_lite0", "colour": "red"}))
     put(s3, live, "Bad_Name", "entry.yaml", yaml.safe_dump(ENTRY))
+    put(s3, live, "imagenet-dlq", "entry.yaml", yaml.safe_dump(ENTRY))   # its queue: imagenet's DLQ
     put(s3, live, "pending", "w.safetensors", b"weights uploaded, entry not yet")
     entries, errors = S3Entries(live, s3).read()
     assert list(entries) == ["good"] and entries["good"].spec.weights.endswith("/models/good/w.safetensors")
-    assert set(errors) == {"notyaml", "nokeys", "Bad_Name"}
+    assert set(errors) == {"notyaml", "nokeys", "Bad_Name", "imagenet-dlq"}
     assert "not valid YAML" in errors["notyaml"] and "unknown keys ['colour']" in errors["nokeys"]
     assert "name must match" in errors["Bad_Name"]
+    assert "may not end with -dlq" in errors["imagenet-dlq"]
 
 
 def test_the_live_catalogue_merges_s3_over_packaged_within_its_ttl_and_survives_s3_failures(live, catalogue):

@@ -47,7 +47,10 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on `port` again: as gunicorn does, with SO_REUSEADDR, so a connection the
+    stopped server closed (TIME_WAIT) does not count, and a listener still there does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -62,6 +65,7 @@ def up(tmp_path):
     log = open(tmp_path / "up.log", "w+")
     (tmp_path / "run").mkdir()
     env = {**os.environ, "CLASSIFYCLOUD_METRICS_ENABLED": "false", "CLASSIFYCLOUD_MIN_WORKERS": "1",
+           "CLASSIFYCLOUD_SERVICES": "imagenet",   # one model loads in seconds; `up` skips the services no worker hosts
            "XDG_RUNTIME_DIR": str(tmp_path / "run")}
     for k in ("AWS_ENDPOINT_URL",):   # up starts its own AWS endpoint
         env.pop(k, None)

@@ -195,6 +195,7 @@ class TrickleReceiver:
         self.gap_s = gap_s
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.stop = threading.Event()
+        self.accepted = threading.Event()
         threading.Thread(target=self._serve, daemon=True).start()
 
     @property
@@ -203,6 +204,7 @@ class TrickleReceiver:
 
     def _serve(self) -> None:
         conn, _ = self.sock.accept()
+        self.accepted.set()
         with conn:
             conn.recv(65536)
             for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
@@ -247,3 +249,36 @@ def test_the_notifier_publishes_a_keys_notice_only_to_topics_registered_to_that_
     refused = deliver_until(notifier, "job-theirs")
     assert refused["state"] == "failed" and refused["attempts"][0]["detail"].startswith("refused: topic_not_registered")
     assert [m["id"] for m in read_queue(s, ok_q)] == ["mine"] and read_queue(s, other_q, timeout=2) == []
+
+
+def test_a_keys_stalling_receivers_hold_only_that_keys_slots_never_the_driver_or_another_key(s):
+    st = s.replace(notify_timeout_s=3.0, notify_workers=4, notify_per_key=2, notify_backoff_s=0.1)
+    s3 = client("s3", st)
+    secrets = WebhookSecrets(st, s3)
+    stalling = [TrickleReceiver(gap_s=0.5) for _ in range(3)]      # about 19 s each, cut at 3 s
+    fast = Receiver(lambda: secrets.get("kb0000000000b"))
+    try:
+        outbox = Outbox(st, s3)
+        for i, r in enumerate(stalling):
+            outbox.enqueue(f"batch-a{i}", "ka0000000000a", {"webhook": r.url}, {"kind": "batch", "id": f"a{i}"})
+        outbox.enqueue("batch-b", "kb0000000000b", {"webhook": fast.url}, {"kind": "batch", "id": "b"})
+        notifier = Notifier(st, s3)
+        assert notifier.deliver_due(wait=False) == 0      # started on the pool; the driver's tick goes on
+        end = time.monotonic() + 30
+        while not (fast.calls and sum(r.accepted.is_set() for r in stalling) == 2):
+            assert time.monotonic() < end, (len(fast.calls), [r.accepted.is_set() for r in stalling])
+            time.sleep(0.02)
+        # key b was delivered while key a's two deliveries still hang; a's third waits for a slot of a's own
+        assert all(r.stop.is_set() is False for r in stalling) and sum(r.accepted.is_set() for r in stalling) == 2
+        body = json.loads(fast.calls[0]["body"])
+        assert fast.calls[0]["valid"] and body["delivery"] == "batch-b"     # the delivery id is signed
+        third = next(r for r in stalling if not r.accepted.is_set())
+        while not third.accepted.is_set():               # later ticks give a's third notice its turn
+            assert time.monotonic() < end + 30
+            notifier.deliver_due(wait=False)
+            time.sleep(0.1)
+    finally:
+        for r in stalling:
+            r.close()
+        fast.close()
+        notifier.close()

@@ -16,6 +16,8 @@ from webserver.app import create_app
 from webserver.docs import load_spec
 from webserver.serve import gunicorn_command
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 
 

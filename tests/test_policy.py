@@ -14,8 +14,8 @@ from autoscaler.policy import (
     PolicyState,
     QueueStats,
     backlog,
-    classifycloud,
     get_policy,
+    xcloud_baseline,
 )
 
 PAPER = PolicyConfig(min_workers=1, max_workers=19, qos=0.9, scaling_factor=1.0)
@@ -51,21 +51,21 @@ def paper_formula(messages, workers, qos=0.9, sf=1.0, mx=19, mn=1):
     (5, 6, (HOLD, 0)),            # ceil(5/0.9)=6
 ])
 def test_classifycloud_reproduces_the_papers_formula_on_its_constants(messages, workers, expected):
-    d = classifycloud([q(visible=messages)], FleetState(running=workers), PAPER, 0.0, PolicyState())
+    d = xcloud_baseline([q(visible=messages)], FleetState(running=workers), PAPER, 0.0, PolicyState())
     assert (d.action, d.count) == expected == paper_formula(messages, workers)
 
 
 def test_classifycloud_counts_visible_messages_and_running_workers_only():
     # the original read ApproximateNumberOfMessages and running instances: in-flight and pending are invisible
-    d = classifycloud([q(visible=0, in_flight=30)], FleetState(running=1, pending=18), PAPER, 0.0, PolicyState())
+    d = xcloud_baseline([q(visible=0, in_flight=30)], FleetState(running=1, pending=18), PAPER, 0.0, PolicyState())
     assert (d.action, d.count) == (HOLD, 0)
-    d = classifycloud([q(visible=40)], FleetState(running=1, pending=18), PAPER, 5.0, PolicyState())
+    d = xcloud_baseline([q(visible=40)], FleetState(running=1, pending=18), PAPER, 5.0, PolicyState())
     assert (d.action, d.count) == (LAUNCH, 18)
 
 
 def test_classifycloud_scaling_factor_and_qos_are_applied():
     cfg = PolicyConfig(min_workers=1, max_workers=19, qos=2.0, scaling_factor=0.5)
-    d = classifycloud([q(visible=20)], FleetState(running=1), cfg, 0.0, PolicyState())
+    d = xcloud_baseline([q(visible=20)], FleetState(running=1), cfg, 0.0, PolicyState())
     assert (d.action, d.count) == (LAUNCH, math.ceil((10 - 1) * 0.5))
 
 
@@ -184,7 +184,8 @@ def test_backlog_counts_stopping_workers_against_max_workers(running, pending, s
 
 
 def test_policies_are_selected_by_name():
-    assert get_policy("backlog") is backlog and get_policy("classifycloud") is classifycloud
+    assert get_policy("backlog") is backlog and get_policy("xcloud-baseline") is xcloud_baseline
+    assert get_policy("classifycloud") is xcloud_baseline      # the old name stays an alias
     with pytest.raises(ValueError, match="backlog"):
         get_policy("nope")
 

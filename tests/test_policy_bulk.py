@@ -9,7 +9,7 @@ from autoscaler.policy import (
     QueueStats,
     backlog,
     bulk_workers,
-    classifycloud,
+    xcloud_baseline,
 )
 
 CFG = PolicyConfig(min_workers=0, max_workers=10, latency_budget_s=10.0, seconds_per_request={"imagenet": 0.2},
@@ -50,5 +50,5 @@ def test_a_missed_deadline_asks_for_every_worker_allowed_and_an_empty_queue_for_
 
 def test_the_original_criterion_counts_only_the_interactive_queues():
     cfg = PolicyConfig(min_workers=1, max_workers=19, qos=0.9)
-    d = classifycloud([QueueStats("imagenet", visible=2), bulk(5000)], FleetState(running=1), cfg, 0.0, PolicyState())
+    d = xcloud_baseline([QueueStats("imagenet", visible=2), bulk(5000)], FleetState(running=1), cfg, 0.0, PolicyState())
     assert d.desired == 3

@@ -17,6 +17,9 @@ from shared.images import ALLOWED_FORMATS, ImageRefused, open_checked
 from worker.fetch import Fetcher, FetchError, check_image_header
 from worker.redact import safe_url
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
+
 DEADLINE_S = 2.0
 SLACK_S = 0.6
 

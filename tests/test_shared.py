@@ -8,6 +8,8 @@ from shared.catalogue import CatalogueError, load_catalogue
 from shared.config import Settings, env_names
 from shared.messages import MessageError, Reply, Request, Terminate, now_ms
 
+pytestmark = pytest.mark.services("food", "imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 def test_settings_read_from_environment_and_round_trip():
     s = Settings.from_env({"CLASSIFYCLOUD_PREFIX": "x", "CLASSIFYCLOUD_SERVICES": "a, b",
@@ -34,6 +36,16 @@ def test_request_round_trips_and_validates():
                 json.dumps({"v": 1, "id": "a", "service": "s", "image": {"url": "u"}, "top_k": 0})]:
         with pytest.raises(MessageError):
             Request.from_json(bad)
+
+
+def test_a_presigned_items_image_carries_when_its_link_dies_and_nothing_else():
+    ok = Request(id="b-0", service="imagenet", image={"url": "https://x/y.jpg?X-Amz-Signature=1", "expires_at": 5},
+                 reply_to=None)
+    assert Request.from_json(ok.to_json()).image == {"url": "https://x/y.jpg?X-Amz-Signature=1", "expires_at": 5}
+    for image in ({"url": "https://x/y.jpg", "expires_at": True}, {"url": "https://x/y.jpg", "expires_at": "5"},
+                  {"s3": "s3://b/k", "expires_at": 5}, {"url": "https://x/y.jpg", "colour": 1}):
+        with pytest.raises(MessageError):
+            Request.from_json(Request(id="b-0", service="imagenet", image=image, reply_to=None).to_json())
 
 
 def test_a_request_says_whether_it_wants_a_result_record_and_a_plain_one_keeps_its_v1_shape():

@@ -10,6 +10,8 @@ from PIL import Image
 from classifycloud.train import Progress, fetch_dataset, split, train_service
 from shared.aws import client
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 PHOTOS = ("chelsea", "coffee", "rocket")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 
 import pytest
@@ -66,6 +67,26 @@ def test_live_traffic_keeps_the_last_good_policy_when_the_object_turns_invalid(s
     s3.put_object(Bucket=settings.bucket_name, Key="models/imagenet/traffic.json", Body=b'{"weights": {"v1": -3}}')
     clock[0] = 4.0
     assert live.get("imagenet") == (good, True) and "weight" in live.error("imagenet")
+
+
+def test_threads_that_find_the_policy_stale_together_read_it_once(settings, s3):
+    clock = [0.0]
+    live = LiveTraffic(settings.replace(catalogue_ttl_s=1.0), s3, clock=lambda: clock[0])
+    read, reads = live.store.read, []
+
+    def counted(service):
+        reads.append(service)
+        time.sleep(0.05)         # a slow S3: the other threads arrive while this read is in flight
+        return read(service)
+    live.store.read = counted
+    live.get("imagenet")
+    clock[0] = 2.0               # stale now, for every thread at once
+    threads = [threading.Thread(target=live.get, args=("imagenet",)) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert reads == ["imagenet", "imagenet"]     # the first fill, then one refresh for twelve threads
 
 
 def test_s3_versions_are_read_beside_their_entry_and_do_not_touch_the_service_entry(settings, s3, catalogue):

@@ -19,7 +19,7 @@ class BlockingEngine:
         self.entered = threading.Event()
         self.unblock = threading.Event()
 
-    def run(self, *args, **kwargs):
+    def forward(self, *args, **kwargs):
         self.entered.set()
         self.unblock.wait()
         raise RuntimeError("unblocked by the test")

@@ -434,9 +434,9 @@ class CountingEngine:
         self.engine = engine
         self.passes: list[int] = []
 
-    def run(self, service, images, *args, **kwargs):
-        self.passes.append(len(images))
-        return self.engine.run(service, images, *args, **kwargs)
+    def forward(self, prepared, *args, **kwargs):
+        self.passes.append(len(prepared.items))
+        return self.engine.forward(prepared, *args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self.engine, name)

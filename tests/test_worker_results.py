@@ -10,6 +10,8 @@ from shared.transport import Transport
 from worker.consumer import Held
 from worker.results import Outcome, ResultSink
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 @pytest.fixture
 def sink_env(settings, provisioned):

@@ -1,4 +1,4 @@
-"""The edge of the API: API keys, rate limits and quotas before a request, one usage record after it.
+"""The edge of the API: API keys, rate limits and quotas before a request, its usage counted after it.
 
 install_edge(app, ctx) registers the hooks; each route declares whether it needs a key, is logged, or
 shows a job only to its owner (webserver.routing). Keys come in
@@ -24,12 +24,12 @@ from shared.naming import DEFAULT_TENANT
 from webserver.errors import ApiError
 from webserver.keys import KeyStore, KeyStoreError, QuotaBlocks, QuotaExceeded, RateLimiter
 from webserver.routing import rules_for
-from webserver.usage import ANONYMOUS, UsageLog, UsageRecord
+from webserver.usage import ANONYMOUS, Call, UsageLog
 from webserver.usage_tags import tagged
 
 log = logging.getLogger(__name__)
 
-INVALID_SERVICE = "(invalid)"   # the usage record's service when the client named no possible service
+INVALID_SERVICE = "(invalid)"   # the usage service when the client named no possible service
 # a service name or a pin, as webserver/openapi.yaml's ServiceName says (40 + 20 characters at most)
 _SERVICE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}(@[a-z0-9][a-z0-9_-]{0,19})?")
 
@@ -130,28 +130,21 @@ class Edge:
             raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
 
     def record(self, resp) -> None:
-        """Queue the usage record of the request just answered."""
+        """Count the request just answered in this process's usage aggregates (no AWS call)."""
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = g.get("edge_started", time.perf_counter())
         key = g.get("api_key")
-        rid, service = tagged()
+        _, service = tagged()
         self.usage.start()
-        self.usage.record(UsageRecord(
+        self.usage.record(Call(
             key_id=key.key_id if key is not None else ANONYMOUS, route=rule, method=request.method,
             service=_service(service), status=resp.status_code,
             latency_ms=(time.perf_counter() - started) * 1000, bytes_in=request.content_length or 0,
-            bytes_out=resp.calculate_content_length() or 0,
-            request_id=rid or client_request_id(), at=now_ms()))
+            bytes_out=resp.calculate_content_length() or 0, at=now_ms()))
 
     def close(self) -> None:
         """Flush the usage log (process exit)."""
         self.usage.close()
-
-
-def client_request_id() -> str:
-    """The client's X-Request-Id when it is 1-64 of [A-Za-z0-9_-], else a fresh id (it becomes a key part)."""
-    value = request.headers.get("X-Request-Id", "")
-    return value if valid_id(value) else new_id()
 
 
 def _service(tagged_service: str | None) -> str:
@@ -180,7 +173,7 @@ def _bounded(value: str) -> str:
 
 
 def install_edge(app: Flask, ctx) -> Edge:
-    """Register the key check and the usage record on the app, as each route's rules say."""
+    """Register the key check and the usage count on the app, as each route's rules say."""
     settings = ctx.settings
     edge = Edge(settings)
     ctx.edge = edge
@@ -208,7 +201,7 @@ def install_edge(app: Flask, ctx) -> Edge:
             try:
                 edge.record(resp)
             except Exception:  # the usage log must never fail the call it describes
-                log.exception("usage record for %s %s not queued", request.method, request.path)
+                log.exception("usage of %s %s not counted", request.method, request.path)
         return resp
 
     return edge

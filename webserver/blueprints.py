@@ -13,9 +13,10 @@ def register_routes(app: Flask) -> Flask:
     from webserver.docs import bp as docs_bp
     from webserver.faces import bp as faces_bp
     from webserver.health import bp as health_bp
+    from webserver.oip import bp as oip_bp
     from webserver.routes import bp as api_bp
     from webserver.xcloud import bp as xcloud_bp
-    for bp in (api_bp, xcloud_bp, faces_bp, batches_bp, health_bp, docs_bp):
+    for bp in (api_bp, xcloud_bp, oip_bp, faces_bp, batches_bp, health_bp, docs_bp):
         app.register_blueprint(bp)
     static = app.view_functions.get("static")
     if static is not None:   # a bound method of the app: wrapped so it can carry its rules

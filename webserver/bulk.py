@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import datetime
 
 from flask import (
@@ -77,6 +78,26 @@ def parse_deadline(value: object) -> int | None:
     return at
 
 
+def _check_caps(owner: str | None, items: list[str] | None, settings) -> None:
+    """A key's batches not yet final, and their unanswered items with this batch's inline ones, within the caps."""
+    active, open_items = _store().open_work(owner)
+    if active >= settings.batch_max_active_per_key:
+        raise ApiError(429, "too_many_batches", f"this key has {active} batches running (at most "
+                       f"{settings.batch_max_active_per_key}); wait for one to finish or cancel one")
+    if items is not None and open_items + len(items) > settings.batch_max_open_items_per_key:
+        raise ApiError(429, "too_many_items", f"this key's running batches have {open_items} items to go; "
+                       f"{len(items)} more would pass {settings.batch_max_open_items_per_key}")
+
+
+def _parse_time_limit(value: object, most: int) -> int | None:
+    """`time_limit_s` of POST /batches: whole seconds in 1..batch_time_limit_max_s, or absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ApiError(400, "invalid_time_limit", f"time_limit_s must be an integer number of seconds in 1..{most}")
+    return value
+
+
 def parse_notify(value: object) -> dict | None:
     """The checked notify object (400 with the reason)."""
     key = g.get("api_key")
@@ -117,13 +138,13 @@ def _checked_input(spec: object, owner: str | None) -> tuple[dict, list[str] | N
 
 
 @bp.route("/batches", methods=["POST"])
-@route(body=BATCH, answers=(400, 403, 404, 409, 413, 503))
+@route(body=BATCH, answers=(400, 403, 404, 409, 413, 429, 503))
 def create_batch():
     """Accept a batch: 202 with its id and status URL; the driver runs it."""
     doc = parse_json_body(request)
     if not isinstance(doc, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
-    unknown = set(doc) - {"service", "input", "output", "top_k", "notify", "deadline"}
+    unknown = set(doc) - {"service", "input", "output", "top_k", "notify", "deadline", "time_limit_s"}
     if unknown:
         raise ApiError(400, "bad_request", f"unknown fields: {', '.join(sorted(unknown))}")
     c, owner = _ctx(), current_owner()
@@ -135,11 +156,13 @@ def create_batch():
         raise ApiError(400, exc.code, exc.message) from None
     top_k = parse_top_k(doc.get("top_k")) or spec.top_k
     notify, deadline = parse_notify(doc.get("notify")), parse_deadline(doc.get("deadline"))
+    time_limit = _parse_time_limit(doc.get("time_limit_s"), c.settings.batch_time_limit_max_s)
+    _check_caps(owner, items, c.settings)
     bid, claim, store = new_batch_id(), None, None
     key = request.headers.get(idempotency.HEADER)
     if key is not None:   # the same key and body: the same batch, never a second one
         inputs = {"service": spec.name, "input": doc.get("input"), "output": doc["output"], "top_k": top_k,
-                  "notify": notify, "deadline": doc.get("deadline")}
+                  "notify": notify, "deadline": doc.get("deadline"), "time_limit_s": time_limit}
         store = IdempotencyStore(c.settings, c.s3, area="batches")
         claim, send = claim_key(store, owner, key, inputs, bid)
         bid = claim.job_id
@@ -151,6 +174,7 @@ def create_batch():
     record = {"id": bid, "owner": owner, "service": spec.name, "top_k": top_k,
               "input": input_spec, "output": doc["output"], "notify": notify,
               "deadline": deadline, "state": "accepted", "created_at": now_ms(),
+              "expires_at": int(time.time()) + time_limit if time_limit else None,
               "total": len(items) if items is not None else None, "enqueued": 0, "done": 0, "failed": 0}
     try:
         _store().create(record, items)

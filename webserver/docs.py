@@ -14,6 +14,7 @@ import yaml
 from flask import Blueprint, Flask, current_app, jsonify
 
 from webserver.blueprints import register_routes
+from webserver.errors import is_oip_path
 from webserver.inputs import BASE64_PATTERN, IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
 
@@ -51,11 +52,18 @@ def load_spec(api_keys: bool = False) -> dict:
             op = spec["paths"].get(path, {}).get(method.lower())
             if op is None:
                 raise ValueError(f"{method} {rule.rule} is not described in {SPEC_PATH}")
-            _complete(op, rules_for(routes, rule.endpoint), api_keys, xcloud=path.startswith("/cv/"))
+            _complete(op, rules_for(routes, rule.endpoint), api_keys, error_response(path))
     return spec
 
 
-def _complete(op: dict, rules: RouteRules, api_keys: bool, xcloud: bool) -> None:
+def error_response(path: str) -> str:
+    """The error response a path's operations answer in: XCloud's envelope, the OIP's body, or ours."""
+    if path.startswith("/cv/"):
+        return "XCloudError"
+    return "OipError" if is_oip_path(path) else "Error"
+
+
+def _complete(op: dict, rules: RouteRules, api_keys: bool, error_name: str) -> None:
     """Set an operation's security and error responses from its route's rules."""
     keyed = api_keys and not rules.public
     op["security"] = KEY_SECURITY if keyed else []
@@ -64,7 +72,7 @@ def _complete(op: dict, rules: RouteRules, api_keys: bool, xcloud: bool) -> None
         statuses.update(KEY_ANSWERS)
     if rules.body in (UPLOAD, BATCH):
         statuses.update(BODY_ANSWERS)
-    error = {"$ref": "#/components/responses/XCloudError" if xcloud else "#/components/responses/Error"}
+    error = {"$ref": f"#/components/responses/{error_name}"}
     responses = op.setdefault("responses", {})
     for status in sorted(statuses):
         responses.setdefault(str(status), dict(error))

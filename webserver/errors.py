@@ -115,6 +115,14 @@ class ApiError(Exception):
         out.update(self.extra)
         return out
 
+    def oip(self) -> dict:
+        """The Open Inference Protocol's error body {"error": message}, with our code beside it."""
+        out = {"error": self.message, "code": self.code}
+        if self.request_id:
+            out["id"] = self.request_id
+        out.update((k, v) for k, v in self.extra.items() if k in ("status_url", "versions"))
+        return out
+
     def envelope(self, elapse: float = 0.0) -> dict:
         """XCloud's envelope for this failure (results null, as XCloud answered)."""
         out = {"code": xcloud_code(self.code), "msg": self.message, "results": None,
@@ -174,12 +182,22 @@ def http_error_as_api(exc: HTTPException) -> ApiError:
     return ApiError(status, code, message)
 
 
+def is_oip_path(path: str) -> bool:
+    """Whether a path is the Open Inference Protocol's (/v2, /v2/...: webserver/oip.py)."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def install_error_handlers(app: Flask, xcloud_prefix: str = "/cv/") -> None:
-    """Every error is JSON: the native {"error": ...} body, or XCloud's envelope under /cv/."""
+    """Every error is JSON: the native {"error": ...} body, XCloud's envelope under /cv/, the OIP's under /v2."""
+
+    def shaped(err: ApiError) -> dict:
+        if request.path.startswith(xcloud_prefix):
+            return err.envelope()
+        return err.oip() if is_oip_path(request.path) else err.body()
 
     def render(err: ApiError):
         tag_usage(err.request_id)
-        resp = jsonify(err.envelope() if request.path.startswith(xcloud_prefix) else err.body())
+        resp = jsonify(shaped(err))
         resp.status_code = err.status
         if err.allow:
             resp.headers["Allow"] = ", ".join(err.allow)

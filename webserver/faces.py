@@ -60,6 +60,10 @@ def enroll(gallery: str):
         entry = reply.results[0]
         return {"id": outcome.request_id, "gallery": gallery, "name": entry.get("label"), "box": entry.get("box"),
                 "faces": entry.get("faces"), "latency_ms": round(outcome.latency_ms, 1)}
+    if outcome.reply is not None and parsed.image.url is None:
+        # answered: the photo was read, and only the embedding is kept (a 504 leaves it to the worker still
+        # taking it, then to the uploads lifecycle rule)
+        c.submitter.jobs.erase_upload(outcome.request_id)
     return answer(outcome, enrolled, 201)  # else the mapped error: 504 with the job id, no_face 422 ...
 
 

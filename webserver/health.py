@@ -105,22 +105,24 @@ def livez():
 def readyz():
     """Readiness: the reply queue is polled and the queue endpoint answers, so work can be accepted; workers optional."""
     c = current_app.extensions["classifycloud"]
-    problem = None
-    try:
-        c.listener.start()
-    except Exception as exc:  # a dead queue endpoint is a readiness fact, not a crash
-        problem = f"reply queue cannot be created: {type(exc).__name__}"
-    if problem is None:
-        if c.listener.draining:
-            problem = "this process is shutting down"
-        elif not c.listener.alive:
-            problem = "reply listener is not running"
-        else:
-            problem = c.listener.reachable()
+    problem = readiness_problem(c)
     workers, _ = c.heartbeats.ready_workers()
     body = {"workers": len(workers), "listener": c.listener.alive, "reply_queue": c.listener.queue_name,
             "waiting": c.listener.waiting}
     return _probe_answer(body, problem, "not_ready")
+
+
+def readiness_problem(c) -> str | None:
+    """Why this process cannot accept work now (None when it can): its reply queue, listener and queue endpoint."""
+    try:
+        c.listener.start()
+    except Exception as exc:  # a dead queue endpoint is a readiness fact, not a crash
+        return f"reply queue cannot be created: {type(exc).__name__}"
+    if c.listener.draining:
+        return "this process is shutting down"
+    if not c.listener.alive:
+        return "reply listener is not running"
+    return c.listener.reachable()
 
 
 def _local_caller() -> bool:

@@ -75,7 +75,9 @@ def job_input(req: Request, settings, s3, link_s: int) -> tuple[ClassifyInput, s
         given = [k for k in ("url", "image_base64") if req.form.get(k)]
     if given:
         raise ApiError(400, "ambiguous_image", f"give either input_location or {given[0]}, not both")
-    link = BatchStore(settings, s3).presign(location, link_s)   # a signature, computed here: no AWS call
+    # a signature computed here (no AWS call); it dies with the web's signing credentials if they end first,
+    # and a job's link is not signed again (a batch item's is, by the driver): docs/API.md
+    link, _ = BatchStore(settings, s3).presign(location, link_s)
     doc = parse_json_body(req) if req.is_json else req.form
     doc = doc if isinstance(doc, dict) or hasattr(doc, "get") else {}
     return classify_input_with(req, ImageInput(url=link), doc.get("service"), doc.get("top_k")), location

@@ -43,6 +43,19 @@ class JobStore:
             raise StorageUnavailable("could not store the uploaded image; try again", request_id) from None
         return f"s3://{self.bucket}/{key}"
 
+    def erase_upload(self, request_id: str) -> None:
+        """Delete every version of uploads/<id> (a face enrolment's photo, once the face is enrolled); a failure
+        is logged and left to the uploads lifecycle rule."""
+        key = naming.upload_key(request_id)
+        try:
+            pages = self._s3.get_paginator("list_object_versions").paginate(Bucket=self.bucket, Prefix=key)
+            versions = [{"Key": v["Key"], "VersionId": v["VersionId"]} for page in pages
+                        for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] == key]
+            if versions:
+                self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": versions, "Quiet": True})
+        except (ClientError, BotoCoreError) as exc:
+            log.error("request %s: enrolment photo not erased (the uploads lifecycle will): %s", request_id, exc)
+
     def write_marker(self, request_id: str, service: str, submitted_at: int | None = None,
                      expires_at: int | None = None, **options) -> None:
         """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown (options: a job's

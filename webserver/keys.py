@@ -18,12 +18,12 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.config import Settings
+from shared.quota import QuotaExceeded, add_calls, month_attr  # noqa: F401  (QuotaExceeded: webserver.auth)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +50,6 @@ def key_id_of(secret: str) -> str | None:
     """The key id inside a well-formed key, else None."""
     m = _KEY.match(secret or "")
     return m.group(1) if m else None
-
-
-def month_attr(at: float | None = None) -> str:
-    """The item attribute that counts this calendar month's calls (UTC), e.g. calls_2026_11."""
-    d = datetime.fromtimestamp(time.time() if at is None else at, tz=timezone.utc)
-    return f"calls_{d.year:04d}_{d.month:02d}"
 
 
 @dataclass(frozen=True)
@@ -105,10 +99,6 @@ class KeyStoreError(Exception):
     """DynamoDB could not be read or written (the caller answers 503)."""
 
 
-class QuotaExceeded(Exception):
-    """The key has used its monthly quota."""
-
-
 class KeyStore:
     """The web's view of the key table: look a key up (cached briefly) and count a call against its quota."""
 
@@ -120,6 +110,9 @@ class KeyStore:
         self._lock = threading.Lock()
         # least recently used first: a flood of random key ids evicts other unknown ids, not the keys in use
         self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
+        # one lookup per key id at a time (striped: bounded however many ids clients make up), so the
+        # threads that find an expired entry together make one GetItem, not one each
+        self._lookups = [threading.Lock() for _ in range(64)]
 
     def verify(self, secret: str) -> ApiKey | None:
         """The key record matching this key string (revoked ones too: check .active), or None."""
@@ -133,13 +126,26 @@ class KeyStore:
 
     def get(self, key_id: str) -> ApiKey | None:
         """The record of a key id (None when unknown), from a cache no older than api_key_cache_s."""
-        now = time.monotonic()
+        hit = self._fresh(key_id)
+        if hit is not None:
+            return hit[1]
+        with self._lookups[hash(key_id) % len(self._lookups)]:
+            hit = self._fresh(key_id)   # another thread may have looked it up while this one waited
+            if hit is not None:
+                return hit[1]
+            return self._lookup(key_id)
+
+    def _fresh(self, key_id: str) -> tuple[float, ApiKey | None] | None:
+        """The cache entry when younger than api_key_cache_s, else None."""
         with self._lock:
             hit = self._cache.get(key_id)
             if hit is not None:
                 self._cache.move_to_end(key_id)
-        if hit is not None and now - hit[0] < self.cache_s:
-            return hit[1]
+        return hit if hit is not None and time.monotonic() - hit[0] < self.cache_s else None
+
+    def _lookup(self, key_id: str) -> ApiKey | None:
+        """Read the key's record (a consistent read) and cache it."""
+        now = time.monotonic()
         try:
             item = self._db.get_item(TableName=self.table, Key={"key_id": {"S": key_id}},
                                      ConsistentRead=True).get("Item")
@@ -156,25 +162,11 @@ class KeyStore:
 
     def count_call(self, key: ApiKey, calls: int = 1, attr: str | None = None) -> int:
         """Add `calls` to this month's counter only if they fit under the quota (atomic); returns the new count."""
-        attr = attr or month_attr()
         try:
-            out = self._db.update_item(
-                TableName=self.table, Key={"key_id": {"S": key.key_id}},
-                UpdateExpression="SET #m = if_not_exists(#m, :zero) + :n",
-                ConditionExpression="attribute_exists(key_id) AND (attribute_not_exists(#m) OR #m <= :room)",
-                ExpressionAttributeNames={"#m": attr},
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":n": {"N": str(calls)},
-                                           ":room": {"N": str(key.monthly_quota - calls)}},
-                ReturnValues="UPDATED_NEW")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                raise QuotaExceeded(key.key_id) from None
+            return add_calls(self._db, self.table, key.key_id, calls, key.monthly_quota, attr)
+        except (ClientError, BotoCoreError) as exc:   # QuotaExceeded passes through
             log.error("api key %s: counting calls failed: %s", key.key_id, exc)
             raise KeyStoreError(str(exc)) from None
-        except BotoCoreError as exc:
-            log.error("api key %s: counting calls failed: %s", key.key_id, exc)
-            raise KeyStoreError(str(exc)) from None
-        return int(out["Attributes"][attr]["N"])
 
     def used(self, key_id: str, attr: str) -> int:
         """This month's counter as stored now (a consistent read)."""

@@ -5,6 +5,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from shared.config import Settings
 from shared.messages import MessageError, Reply, Request, now_ms, readable_reply_to
@@ -32,6 +33,19 @@ class _Item:
     fetch_ms: float = 0.0
     reply: Reply | None = None
     timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class Staged:
+    """A prepared part of a batch: parsed, checked, fetched and decoded, waiting for its forward passes."""
+
+    held: list[Held]                        # every message this part answers or releases (buffer.done on these)
+    outcomes: list[Outcome] = field(default_factory=list)    # answered already (malformed messages)
+    unreadable: list[Held] = field(default_factory=list)
+    items: list[_Item] = field(default_factory=list)         # requests (answered or to be answered)
+    groups: list = field(default_factory=list)               # (service key, items, engine Prepared) per model
+    release: list[Held] = field(default_factory=list)        # not to be answered here (the model is broken)
+    prepared_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -71,9 +85,30 @@ class BatchProcessor:
             self.versions.start()
 
     def process(self, batch: list[Held]) -> BatchOutcome:
-        """Replies for every readable message of the batch (none once the model is found broken)."""
+        """Replies for every readable message of the batch, in series (the worker pipelines prepare and finish)."""
+        parts = list(self.prepare(batch))
+        out = BatchOutcome([], [])
+        for i, part in enumerate(parts):
+            done = self.finish(part)
+            out.unreadable += done.unreadable
+            out.release += done.release
+            if i < len(parts) - 1:   # an early part: answered now, not after the stragglers
+                out.early_delivered += self.sink.deliver(done.outcomes)
+            else:
+                out.outcomes = done.outcomes
+        return out
+
+    def prepare(self, batch: list[Held]) -> Iterator[Staged]:
+        """Parse, check, fetch and decode a batch: one Staged part, or two when some images are slow.
+
+        Fetches run in parallel; what arrived within fetch_batch_wait_s is decoded and yielded at once,
+        so a slow image (a drip-feeding server) delays only itself: the rest is answered, recorded and
+        deleted while it finishes or hits fetch_deadline_s, which closes its socket; the batch never
+        waits past that deadline. The worker runs this while the model runs the part before.
+        """
         if self.health.broken:
-            return BatchOutcome([], [], release=list(batch))
+            yield Staged(list(batch), release=list(batch))
+            return
         outcomes: list[Outcome] = []
         unreadable: list[Held] = []
         items: list[_Item] = []
@@ -106,57 +141,66 @@ class BatchProcessor:
                 if item.reply is not None:
                     log.info("request %s: redelivered, resending the stored result", item.request.id)
         todo = [i for i in items if i.reply is None]
-        early = self._fetch_and_infer(todo)
-        handed = {id(i) for i in early}
-        unanswered = []
-        for item in items:
-            if id(item) in handed:
-                continue
+        started = time.monotonic()
+        futures = {self.pool.submit(self._fetch, item.request): item for item in todo}
+        done, pending = wait(futures, timeout=self.settings.fetch_batch_wait_s)
+        for f in done:
+            self._take(futures[f], f)
+        slow = {id(futures[f]) for f in pending}
+        first = [i for i in items if id(i) not in slow]
+        yield Staged([o.held for o in outcomes] + unreadable + [i.held for i in first], outcomes, unreadable,
+                     first, groups=self._decode(first))
+        if not pending:
+            return
+        log.info("batch: %d image(s) still downloading; the rest is answered first", len(pending))
+        late = [futures[f] for f in pending]
+        self.keep_visible([i.held for i in late])
+        # the fetcher's own deadline closes the socket; the slack covers DNS and the header check
+        limit = self.settings.fetch_deadline_s + _DEADLINE_SLACK_S - (time.monotonic() - started)
+        done_late, still = wait(pending, timeout=max(0.0, limit))
+        for f in done_late:
+            self._take(futures[f], f)
+        for f in still:  # abandoned: its thread ends at the fetcher's deadline; its result is ignored
+            item = futures[f]
+            item.fetch_ms = (time.monotonic() - started) * 1000
+            self._fail(item, "fetch_timeout", f"the image was not fetched within {self.settings.fetch_deadline_s:g} s")
+        yield Staged([i.held for i in late], items=late, groups=self._decode(late))
+
+    def finish(self, part: Staged) -> BatchOutcome:
+        """The forward passes of a prepared part, then what to deliver: replies, and messages to release."""
+        if self.health.broken:   # found broken while this part waited: for a worker whose model works
+            return BatchOutcome(list(part.outcomes), list(part.unreadable),
+                                release=list(part.release) + [i.held for i in part.items])
+        half_s = self.settings.visibility_timeout_s / 2
+        if time.monotonic() - part.prepared_at > half_s:   # waited long for the model: keep it covered
+            self.keep_visible([i.held for i in part.items])
+        for key, members, prepared in part.groups:
+            self._infer(key, members, prepared)
+        outcomes, unanswered = list(part.outcomes), list(part.release)
+        for item in part.items:
             if item.reply is None:   # its model broke under it: no error reply, another worker answers it
                 unanswered.append(item.held)
                 continue
             outcomes.append(_outcome(item))
             self._log(item)
-        return BatchOutcome(outcomes, unreadable, early_delivered=[i.held for i in early], release=unanswered)
+        return BatchOutcome(outcomes, list(part.unreadable), release=unanswered)
 
-    def _fetch_and_infer(self, todo: list[_Item]) -> list[_Item]:
-        """Fetch in parallel; infer what arrived within fetch_batch_wait_s and deliver it at once.
-
-        A slow image (a drip-feeding server) then delays only itself: the rest of the batch is
-        answered, recorded and deleted while it finishes or hits fetch_deadline_s, which closes
-        its socket; the batch never waits past that deadline. Returns the items delivered early.
-        """
-        started = time.monotonic()
-        futures = {self.pool.submit(self._fetch, item.request): item for item in todo}
-        done, pending = wait(futures, timeout=self.settings.fetch_batch_wait_s)
-        early: list[_Item] = []
-        if pending:
-            early = [futures[f] for f in done]
-            for f in done:
-                self._take(futures[f], f)
-            self._infer_ready(early)
-            early = [i for i in early if i.reply is not None]   # a broken model leaves its items unanswered
-            if early:  # answered, recorded and deleted now, like any batch (sink.deliver's rules)
-                self.sink.deliver([_outcome(i) for i in early])
-                for item in early:
-                    self._log(item)
-                log.info("batch: %d answered, %d image(s) still downloading", len(early), len(pending))
-            self.keep_visible([futures[f].held for f in pending])
-            # the fetcher's own deadline closes the socket; the slack covers DNS and the header check
-            limit = self.settings.fetch_deadline_s + _DEADLINE_SLACK_S - (time.monotonic() - started)
-            done_late, still = wait(pending, timeout=max(0.0, limit))
-            for f in done_late:
-                self._take(futures[f], f)
-            for f in still:  # abandoned: its thread ends at the fetcher's deadline; its result is ignored
-                item = futures[f]
-                item.fetch_ms = (time.monotonic() - started) * 1000
-                self._fail(item, "fetch_timeout", f"the image was not fetched within {self.settings.fetch_deadline_s:g} s")
-            self._infer_ready([futures[f] for f in pending])
-        else:
-            for f in done:
-                self._take(futures[f], f)
-            self._infer_ready(todo)
-        return early
+    def _decode(self, group: list[_Item]) -> list[tuple[str, list[_Item], object]]:
+        """Decode per model (a service derived from another shares its parent's pass): (key, items, Prepared)."""
+        by_model: dict[int, list[_Item]] = {}
+        for item in group:
+            if item.reply is None:
+                handler = self.registry.get(self._key(item.request))
+                by_model.setdefault(id(getattr(handler, "forward_owner", handler)), []).append(item)
+        out = []
+        for members in by_model.values():
+            key = self._key(members[0].request)
+            try:
+                prepared = self.engine.prepare(key, [i.image for i in members])
+            except Exception as exc:  # e.g. the service left the registry: the forward pass fails the group
+                prepared = exc
+            out.append((key, members, prepared))
+        return out
 
     def _take(self, item: _Item, future) -> None:
         image, error, fetch_ms = future.result()
@@ -165,16 +209,6 @@ class BatchProcessor:
             self._fail(item, error.code, error.message)
         else:
             item.image = image
-
-    def _infer_ready(self, group: list[_Item]) -> None:
-        # one forward pass per model: a service derived from another shares its parent's pass
-        by_model: dict[int, list[_Item]] = {}
-        for item in group:
-            if item.reply is None:
-                handler = self.registry.get(self._key(item.request))
-                by_model.setdefault(id(getattr(handler, "forward_owner", handler)), []).append(item)
-        for members in by_model.values():
-            self._infer(self._key(members[0].request), members)
 
     def _key(self, request: Request) -> str:
         """The registry name of the handler that answers this request (its version's)."""
@@ -220,12 +254,14 @@ class BatchProcessor:
         finally:
             self.metrics.record("FetchTime", (time.perf_counter() - t0) * 1000, Service=request.service)
 
-    def _infer(self, service: str, group: list[_Item]) -> None:
+    def _infer(self, service: str, group: list[_Item], prepared) -> None:
         services = [self._key(i.request) for i in group]
         mixed = any(s != service for s in services)
         try:
-            result = self.engine.run(service, [i.image for i in group], [i.request.top_k for i in group],
-                                     [i.request.params for i in group], answer_as=services if mixed else None)
+            if isinstance(prepared, Exception):
+                raise prepared
+            result = self.engine.forward(prepared, [i.request.top_k for i in group],
+                                         [i.request.params for i in group], answer_as=services if mixed else None)
         except Exception:  # the model failed: every item gets a clear error, the worker goes on
             log.exception("inference failed for a batch of %d %s requests", len(group), service)
             if self.health.failed(service):   # ... unless the self-check says the model is broken

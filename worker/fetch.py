@@ -92,13 +92,21 @@ def address_refusal(address: str, allow_loopback: bool = False) -> str | None:
 _LOOKUP_SLOTS = threading.BoundedSemaphore(16)
 
 
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
+
+
 class LookupTimeout(Exception):
     """The host name did not resolve within the time left."""
 
 
 def getaddrinfo_within(host: str, port: int, timeout_s: float | None) -> list:
     """socket.getaddrinfo, given up (LookupTimeout) after timeout_s; None waits as long as the resolver does."""
-    if timeout_s is None:
+    if timeout_s is None or _is_ip_literal(host):   # an address needs no lookup: no thread for it
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     started = time.monotonic()
     if not _LOOKUP_SLOTS.acquire(timeout=max(0.0, timeout_s)):
@@ -209,6 +217,9 @@ class Fetcher:
         """The bytes of a request's image ({"url": ...} or {"s3": uploads/<request_id>}), checked to be an image
         (a shared.images.CheckedImage: its header travels with it to the decoder)."""
         if "url" in image:
+            if image.get("expires_at") is not None and time.time() * 1000 >= image["expires_at"]:
+                # a batch item taken after its presigned link died: the driver signs it again and re-sends it
+                raise FetchError("link_expired", "the item's presigned link expired before a worker took it")
             data = self.fetch_url(image["url"])
         elif "s3" in image:
             data = self.fetch_s3(image["s3"], request_id)

@@ -1,4 +1,4 @@
-"""The worker: start up, loop (take a batch -> handle -> reply -> delete), tear down. Like rq's Worker.work()."""
+"""The worker: start up, loop (forward passes of prefetched batches; worker/pipeline.py), tear down. Like rq's Worker.work()."""
 from __future__ import annotations
 
 import logging
@@ -23,6 +23,7 @@ from worker.heartbeat import Heartbeat
 from worker.identity import instance_id
 from worker.live import LiveServices
 from worker.liveness import Progress, Watchdog
+from worker.pipeline import Pipeline
 from worker.results import ResultSink
 from worker.selfcheck import EXIT_BROKEN
 from worker.terminate import TerminateWatch
@@ -62,14 +63,19 @@ class Worker:
         self.live: LiveServices | None = None   # S3 services, picked up without a restart
         self.fleet_agent: FleetAgent | None = None   # scale-in protection, spot notices, self-removal
         self.queue_urls: dict[str, str] = {}
+        self.pipeline: Pipeline | None = None   # prefetch and completion threads around the forward passes
         self.stop_reason: str | None = None
-        self.handled = 0
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._saved_handlers: dict[int, object] = {}
         self._signals = 0
 
     # --- public ------------------------------------------------------------------
+    @property
+    def handled(self) -> int:
+        """Messages answered or released so far."""
+        return self.pipeline.handled if self.pipeline is not None else 0
+
     def work(self, burst: bool = False, install_signals: bool | None = None) -> int:
         """Run until stopped (SIGTERM, a terminate message, stop()) or, with burst, until the queues are empty."""
         if install_signals is None:
@@ -87,14 +93,13 @@ class Worker:
                      " (burst)" if burst else "")
             while not self._stop.is_set():
                 self.progress.step()
-                batch = self.buffer.take_batch(self.settings.max_batch_size,
-                                               self.settings.max_batch_wait_ms / 1000, timeout=0.5)
-                if batch:
-                    self.handle(batch)
+                part = self.pipeline.next(timeout=0.5)   # prefetched: received, fetched and decoded meanwhile
+                if part is not None:
+                    self.pipeline.run(part)              # forward passes; delivery goes on in its own thread
                     if self.processor.health.broken:
                         self._retire_broken(self.processor.health.broken)
                         break
-                idle = not batch and self.buffer.held() == 0   # nothing held, nothing in flight
+                idle = part is None and self.buffer.held() == 0   # nothing held, nothing in flight
                 if self.terminate.due(idle) and self.terminate.check():
                     if self.buffer.held():      # a consumer received meanwhile: busy again, not ours to take
                         self.terminate.give_back()
@@ -104,6 +109,7 @@ class Worker:
                         self.stop("terminate message")
                 if burst and self.buffer.quiescent():
                     self.stop("burst: queues empty")
+            self.pipeline.drain(answer=True)   # prefetched parts are answered, not dropped
             return EXIT_BROKEN if self.processor is not None and self.processor.health.broken else EXIT_OK
         finally:
             self.teardown()
@@ -203,6 +209,7 @@ class Worker:
         self.sink = ResultSink(s, self.transport, self.s3)
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
                                         self.metrics, self.instance_id)
+        self.pipeline = Pipeline(s, self.buffer, self.processor, self.sink, self.transport, self.metrics).start()
         self.fleet_agent = FleetAgent.start(s, self.instance_id, self.buffer.held, self.stop)
         self.consumers = [Consumer(s, svc, url, self.buffer, self.transport) for svc, url in self.queue_urls.items()]
         for c in self.consumers:
@@ -220,32 +227,6 @@ class Worker:
         self.watchdog.start()
         self.live = LiveServices(self).start()
 
-    def handle(self, batch: list) -> None:
-        """Answer one batch: replies, records, deletes; unreadable messages are released toward the DLQ."""
-        started = time.perf_counter()
-        requeued = False
-        try:
-            result = self.processor.process(batch)
-            deleted = self.sink.deliver(result.outcomes)
-            if result.unreadable:  # visible again now, so maxReceiveCount moves it to the DLQ soon
-                release(self.transport, result.unreadable)
-                requeued = True
-            if result.release:     # the model broke under them: visible again now, for a worker that works
-                release(self.transport, result.release)
-                requeued = True
-            self.handled += len(batch)
-            # what one request really costs this worker (fetch, decode, inference, reply, record, delete):
-            # the autoscaler sizes the fleet by it (autoscaler.queues.ServiceTimes)
-            per_request = (time.perf_counter() - started) * 1000 / len(batch)
-            for service in dict.fromkeys(h.service for h in batch):   # a batch may hold services of one model
-                self.metrics.record("WorkTime", per_request, Service=service)
-            log.debug("batch of %d: %d deleted, %d unreadable", len(batch), len(deleted), len(result.unreadable))
-        except Exception as exc:  # never die on one batch: its messages come back after the visibility timeout
-            log.exception("batch of %d failed; its messages will be redelivered", len(batch))
-            self.sink.note_failure(batch, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.buffer.done(batch, requeued)
-
     def _model_of(self, service: str) -> object:
         """The batch group of a request queue's service: its model's identity (a derived service: its parent's)."""
         handler = self.registry.get(service) if self.registry is not None else None
@@ -254,14 +235,20 @@ class Worker:
         return id(getattr(handler, "forward_owner", handler))
 
     def _progress(self) -> tuple[int, int]:
-        """(loop's last step, oldest held message's receive time), epoch ms: the heartbeat's liveness fields."""
-        return self.progress.step_at, self.buffer.oldest_received_at() or 0
+        """(loop's last step, oldest held message's receive time), epoch ms: the heartbeat's liveness fields.
+
+        A pipeline stage working on one batch since before the loop's last step counts as that old a step:
+        a prefetch or delivery that hangs is a wedge too.
+        """
+        stalled = self.pipeline.stalled_since() if self.pipeline is not None else None
+        step_at = self.progress.step_at if stalled is None else min(self.progress.step_at, stalled)
+        return step_at, self.buffer.oldest_received_at() or 0
 
     def _retire_broken(self, reason: str) -> None:
         """The model is broken: take no more work, give back what is held, and leave to be replaced."""
         self.stop(f"broken: {reason}")
-        held = self.buffer.holding()
-        self.buffer.close()
+        self.pipeline.drain(answer=False)   # prepared parts released; answered ones still delivered
+        held = self.buffer.close()           # what is left waits in the buffer
         for c in self.consumers:
             c.stop()
         if held:
@@ -281,6 +268,8 @@ class Worker:
         """Release what is held, stop threads, delete the heartbeat."""
         if self.watchdog is not None:
             self.watchdog.stop()
+        if self.pipeline is not None:   # after an error in the loop: what was prepared is released
+            self.pipeline.drain(answer=False)
         if self.live is not None:
             self.live.stop()
         if self.heartbeat is not None:

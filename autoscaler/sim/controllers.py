@@ -48,9 +48,9 @@ class PolicyController:
             self.decisions.append((now, d.action, d.count))
 
 
-def classifycloud_controller() -> PolicyController:
+def xcloud_baseline_controller() -> PolicyController:
     """The original policy with its published constants (QOS 0.9, SF 1.0, MIN 1, MAX 19, expiry 4 s)."""
-    return PolicyController("classifycloud", terminate_expiry_s=4.0, qos=0.9, scaling_factor=1.0,
+    return PolicyController("xcloud-baseline", terminate_expiry_s=4.0, qos=0.9, scaling_factor=1.0,
                             min_workers=1, max_workers=19)
 
 
@@ -188,7 +188,8 @@ class Oracle:
 
 
 CONTROLLERS = {
-    "classifycloud": classifycloud_controller,
+    "xcloud-baseline": xcloud_baseline_controller,
+    "classifycloud": xcloud_baseline_controller,   # its old name
     "target-tracking": TargetTracking,
     "backlog": lambda: PolicyController("backlog"),
     "oracle": Oracle,

@@ -241,13 +241,13 @@ variable "max_workers" {
 }
 
 variable "scaling_policy" {
-  description = "Autoscaler policy: backlog (default) or classifycloud (the original, as a baseline) (Settings.policy)."
+  description = "Autoscaler policy: backlog (default) or xcloud-baseline (the original, as a baseline; classifycloud is its old name) (Settings.policy)."
   type        = string
   default     = "backlog"
 
   validation {
-    condition     = contains(["backlog", "classifycloud"], var.scaling_policy)
-    error_message = "The scaling_policy must be backlog or classifycloud."
+    condition     = contains(["backlog", "xcloud-baseline", "classifycloud"], var.scaling_policy)
+    error_message = "The scaling_policy must be backlog or xcloud-baseline (classifycloud, its old name)."
   }
 }
 

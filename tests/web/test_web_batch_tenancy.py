@@ -14,6 +14,8 @@ from shared.aws import client
 from shared.batches import io_prefix
 from shared.grants import GrantError
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 @pytest.fixture
 def keyed(settings, provisioned):

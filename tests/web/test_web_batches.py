@@ -1,6 +1,8 @@
 """POST/GET/DELETE /batches, the webhook secret and `notify` on jobs: the Flask app against moto, keys on."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from openapi_check import check_flask_response
 from test_edge_keys import app  # noqa: F401  (the keyed app fixture, with this module's `keyed`)
@@ -10,11 +12,16 @@ from classifycloud.keyadmin import create_key, register_topic
 from shared.aws import client
 from shared.batches import BatchStore, io_prefix
 from shared.notify import Outbox
+from shared.quota import month_attr
+from webserver.keys import table_name
+
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 
 
 @pytest.fixture
 def keyed(settings, provisioned):
-    return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_log=False, batch_max_items=5)
+    return settings.replace(api_keys="on", api_key_cache_s=0.0, usage_log=False, batch_max_items=5,
+                            batch_max_active_per_key=3, batch_max_open_items_per_key=6)
 
 
 class Client:
@@ -40,7 +47,10 @@ def alice(app, keyed):
 
 @pytest.fixture
 def bob(app, keyed):
-    return Client(app, create_key(keyed, "bob")[0])
+    key, record = create_key(keyed, "bob")
+    c = Client(app, key)
+    c.key_id = record.key_id
+    return c
 
 
 def body(keyed, key_id, **over):
@@ -77,6 +87,9 @@ def test_a_batch_is_accepted_with_its_status_url_and_reports_progress_as_the_dri
     ({"notify": {"email": "a@b.c"}}, "invalid_notify"),
     ({"deadline": "2001-01-01T00:00:00Z"}, "invalid_deadline"),
     ({"deadline": "tomorrow"}, "invalid_deadline"),
+    ({"time_limit_s": 0}, "invalid_time_limit"),
+    ({"time_limit_s": "1h"}, "invalid_time_limit"),
+    ({"time_limit_s": 86400 * 14 + 1}, "invalid_time_limit"),
     ({"colour": "red"}, "bad_request"),
     ({"service": "no-such-service"}, "unknown_service"),
 ])
@@ -84,6 +97,55 @@ def test_a_batch_that_cannot_run_is_refused_with_a_json_error(keyed, alice, chan
     r = alice.open("POST", "/batches", json=body(keyed, alice.key_id, **change))
     assert 400 <= r.status_code < 500 and r.json["error"]["code"] == code, r.json
     assert BatchStore(keyed, client("s3", keyed)).active_ids() == []
+
+
+def test_a_batch_time_limit_is_shown_as_its_expiry(keyed, alice):
+    before = int(time.time())
+    r = alice.open("POST", "/batches", json=body(keyed, alice.key_id, time_limit_s=3600))
+    assert r.status_code == 202, r.json
+    got = alice.open("GET", f"/batches/{r.json['id']}").json
+    assert before + 3600 <= got["expires_at"] <= int(time.time()) + 3600
+    plain = alice.open("POST", "/batches", json=body(keyed, alice.key_id)).json["id"]
+    assert alice.open("GET", f"/batches/{plain}").json["expires_at"] is None
+
+
+def test_a_key_past_its_batch_caps_gets_a_429_and_another_key_is_not_held_back(keyed, alice, bob):
+    def post(client, n):
+        return client.open("POST", "/batches", json=body(keyed, client.key_id, input={
+            "items": [f"https://example.com/{i}.jpg" for i in range(n)]}))
+    assert [post(alice, 1).status_code for _ in range(3)] == [202, 202, 202]
+    r = post(alice, 1)
+    assert r.status_code == 429 and r.json["error"]["code"] == "too_many_batches", r.json
+    assert post(bob, 5).status_code == 202
+    r = post(bob, 2)                               # 5 to go + 2 > 6
+    assert r.status_code == 429 and r.json["error"]["code"] == "too_many_items", r.json
+    assert post(bob, 1).status_code == 202
+    owners = [BatchStore(keyed, client("s3", keyed)).record(b)["owner"]
+              for b in BatchStore(keyed, client("s3", keyed)).active_ids()]
+    assert sorted(owners) == sorted([alice.key_id] * 3 + [bob.key_id] * 2)
+
+
+def test_batch_items_count_against_the_keys_monthly_quota_and_a_batch_past_it_fails(keyed, app, catalogue):
+    key, record = create_key(keyed, "carol", monthly_quota=7)
+    carol = Client(app, key)
+    carol.key_id = record.key_id
+    driver = BatchDriver(keyed, catalogue)
+
+    def run(n):
+        r = carol.open("POST", "/batches", json=body(keyed, carol.key_id, input={
+            "items": [f"https://example.com/{i}.jpg" for i in range(n)]}))
+        assert r.status_code == 202, r.json
+        return driver.advance(r.json["id"])
+
+    assert run(3)["state"] == "running"             # 1 call + 3 items (the module caps open items at 6)
+    failed = run(3)                                 # 4 + 1 call + 3 items: 8 > 7
+    assert failed["state"] == "failed" and failed["error"]["code"] == "quota_exceeded", failed
+    month = month_attr()
+    used = client("dynamodb", keyed).get_item(TableName=table_name(keyed), Key={"key_id": {"S": carol.key_id}},
+                                              ConsistentRead=True)["Item"][month]["N"]
+    assert 5 <= int(used) <= 7                      # calls (reserved in blocks) and the first 3 items; never the next 3
+    r = carol.open("POST", "/batches", json=body(keyed, carol.key_id))
+    assert r.status_code in (202, 403)              # what is left of the quota is still the key's to use
 
 
 def test_another_keys_data_bucket_folder_is_refused(keyed, alice, bob):

@@ -18,6 +18,8 @@ from shared import naming
 from shared.aws import client
 from webserver.serve import gunicorn_command
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 
 def reply_queues(settings) -> list[str]:
     resp = client("sqs", settings).list_queues(QueueNamePrefix=naming.reply_queue_prefix(settings.prefix))

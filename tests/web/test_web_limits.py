@@ -13,6 +13,8 @@ import requests
 
 from classifycloud.local import free_port
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 SERVER = ("import sys; from werkzeug.serving import make_server; from webserver.app import create_app; "
           "srv = make_server('127.0.0.1', int(sys.argv[1]), create_app(), threaded=True); srv.serve_forever()")
 

@@ -1,12 +1,19 @@
 """Route rules declared on the views: the edge hooks, the body limits and the OpenAPI document read them."""
 from __future__ import annotations
 
+import pytest
 from web_peer import PeerWorker
 
 from webserver.docs import KEY_SECURITY, load_spec
 from webserver.routing import UPLOAD, rules_for
 
+pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
+
 PUBLIC_PATHS = {"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services", "/static/<path:filename>"}
+# the Open Inference Protocol's probes (unlogged) and metadata (logged, as /services); only infer needs a key
+OIP_CATALOGUE = {"/v2", "/v2/models/<service>", "/v2/models/<service>/versions/<version>"}
+OIP_PUBLIC = OIP_CATALOGUE | {"/v2/health/live", "/v2/health/ready", "/v2/models/<service>/ready",
+                              "/v2/models/<service>/versions/<version>/ready"}
 
 
 class CountingCatalogue:
@@ -27,10 +34,12 @@ class CountingCatalogue:
 
 def test_each_route_declares_on_its_view_whether_it_is_public_logged_an_upload_or_owner_checked(app):
     by_rule = [(rule.rule, rules_for(app, rule.endpoint)) for rule in app.url_map.iter_rules()]
-    assert {path for path, rules in by_rule if rules.public} == PUBLIC_PATHS
-    assert {path for path, rules in by_rule if rules.unlogged} == PUBLIC_PATHS - {"/services"}
+    assert {path for path, rules in by_rule if rules.public} == PUBLIC_PATHS | OIP_PUBLIC
+    assert {path for path, rules in by_rule if rules.unlogged} == (PUBLIC_PATHS | OIP_PUBLIC) - {"/services"} \
+        - OIP_CATALOGUE
     uploads = {path for path, rules in by_rule if rules.body == UPLOAD}
-    assert uploads == {"/classify", "/jobs", "/cv/<service>", "/cv/mcloud/skin", "/faces/<gallery>"}
+    assert uploads == {"/classify", "/jobs", "/cv/<service>", "/cv/mcloud/skin", "/faces/<gallery>",
+                       "/v2/models/<service>/infer", "/v2/models/<service>/versions/<version>/infer"}
     # GET and DELETE /jobs/<job_id> are two views, each checked: only the job's key reads or cancels it
     assert [path for path, rules in by_rule if rules.owner_checked] == ["/jobs/<job_id>", "/jobs/<job_id>"]
     assert all(rules.owner_checked for path, rules in by_rule if path == "/jobs/<job_id>")
@@ -48,7 +57,9 @@ def test_a_classification_reads_the_catalogue_once(make_app, web_settings, provi
     app = make_app(web_settings, catalogue=counting)
     peer = PeerWorker(web_settings).start()
     try:
+        oip = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["iVBORw0KGgo="]}]}
         for path, kw in [("/classify", {"json": {"url": "https://example.com/a.jpg"}}),
+                         ("/v2/models/imagenet/infer", {"json": oip}),
                          ("/cv/imagenet", {"data": {"image": "https://example.com/a.jpg"}}),
                          ("/jobs", {"json": {"url": "https://example.com/a.jpg"}})]:
             before = counting.reads
@@ -67,7 +78,8 @@ def test_the_served_document_asks_for_a_key_exactly_where_the_server_checks_one(
                        if isinstance(op, dict) and "responses" in op]
     assert all(op["security"] == [] and "401" not in op["responses"] for _, _, op in ops(off))
     for path, method, op in ops(on):
-        public = path in {"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services", "/static/{filename}"}
+        public = path in {"/", "/livez", "/readyz", "/healthz", "/openapi.json", "/docs", "/services",
+                          "/static/{filename}"} or (path.startswith("/v2") and not path.endswith("/infer"))
         assert op["security"] == ([] if public else KEY_SECURITY), (method, path)
         assert ("401" in op["responses"]) is not public, (method, path)
     assert off == load_spec(False) and on == load_spec(True)

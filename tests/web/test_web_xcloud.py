@@ -4,9 +4,12 @@ from __future__ import annotations
 import base64
 import io
 
+import pytest
 from web_peer import sha_label
 
 from webserver.xcloud import xcloud_results
+
+pytestmark = pytest.mark.services("imagenet", "skin")   # only these queues (tests/conftest.py provisioned)
 
 ENVELOPE = {"code", "msg", "results", "elapse"}
 
