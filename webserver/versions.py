@@ -14,9 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def split_service(name: str | None) -> tuple[str | None, str | None]:
-    """'imagenet@v2' -> ('imagenet', 'v2'); a malformed pin is 400 invalid_version."""
+    """'imagenet@v2' -> ('imagenet', 'v2'); a malformed pin is 400 invalid_version. Surrounding whitespace is
+    not part of either (the document's ServiceName allows it, as /classify's parse_service strips it)."""
     try:
-        return parse_pin(name)
+        return parse_pin(name.strip() if isinstance(name, str) else name)
     except VersionError as exc:
         raise ApiError(400, exc.code, exc.message) from None
 

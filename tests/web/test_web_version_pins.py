@@ -95,3 +95,12 @@ def test_a_pin_of_a_packaged_version_behaves_as_the_policy_says(make_app, web_se
     assert r.status_code == 403 and r.json["error"]["code"] == "version_not_serving", r.json
     store.write(TrafficPolicy("imagenet", weights={"v1": 1}, pinning=True, pin_idle=True))
     assert classify(web, "imagenet@v2").status_code == 504     # accepted and sent (no worker here answers it)
+
+
+def test_whitespace_around_a_pinned_service_name_is_not_part_of_its_version(make_app, web_settings):
+    s = web_settings.replace(catalogue_ttl_s=0.0, reply_timeout_s=1.0)
+    web = make_app(s).test_client()
+    r = web.post("/batches", json={"service": " imagenet@v2\u000b ", "input": {"items": ["https://example.com/a.jpg"]},
+                                   "output": f"s3://{s.bucket_name}/batch-io/anonymous/out/"})
+    check_flask_response("POST", "/batches", r)
+    assert r.status_code == 202 and r.json["service"] == "imagenet", r.json   # not 400 invalid_version
