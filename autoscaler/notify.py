@@ -22,8 +22,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from shared import naming
 from shared.aws import client
+from shared.batches import BatchError, check_location
 from shared.config import Settings
 from shared.grants import KeyGrants
+from shared.job_state import CANCELLED, PENDING, SUCCEEDED, job_state
 from shared.messages import now_ms
 from shared.notify import (
     DELIVERY_HEADER,
@@ -130,13 +132,19 @@ class Notifier(Outbox):
             self.s3.delete_object(Bucket=self.settings.bucket_name, Key=naming.notify_key("pending", nid))
             return 1
         if doc.get("payload") is None:           # a job: notify once its result record exists
-            record = self.get(naming.result_key(doc["job_id"]))
-            if record is None:
+            job_id = doc["job_id"]
+            record = self.get(naming.result_key(job_id))
+            marker = self.get(naming.job_key(job_id)) if record is not None else None   # cancelled? timed out?
+            state, answer = job_state(job_id, marker, record, now_ms())
+            if state == PENDING:
                 return 0
-            doc["ok"] = record.get("status") == "ok"
-            code = (record.get("error") or {}).get("code") if isinstance(record.get("error"), dict) else None
-            state = "succeeded" if doc["ok"] else "expired" if code == "expired" else "failed"
-            doc["payload"] = {"kind": "job", "id": doc["job_id"], "state": state, "result": record}
+            if state == CANCELLED:               # cancelled before its answer: nothing is told or written
+                doc["state"], doc["finished_at"] = "cancelled", now_ms()
+                self.put(naming.notify_key("done", nid), doc)
+                self.s3.delete_object(Bucket=self.settings.bucket_name, Key=naming.notify_key("pending", nid))
+                return 1
+            doc["ok"] = state == SUCCEEDED
+            doc["payload"] = {"kind": "job", "id": job_id, "state": state, "result": answer}
         payload = dict(doc["payload"])
         payload["event"] = f"{payload.get('kind', 'job')}.{payload.get('state', 'succeeded')}"
         payload["delivery"] = doc["id"]   # inside the signed text: a receiver's dedup key cannot be swapped
@@ -176,11 +184,15 @@ class Notifier(Outbox):
             out.append(topic)
         if notify.get("webhook"):
             out.append("webhook")
+        if doc.get("output"):
+            out.append("output")
         return out
 
     def _send(self, channel: str, doc: dict, event: str, body: bytes) -> tuple[bool, str]:
         if channel == "webhook":
             return self.post_webhook(doc["notify"]["webhook"], doc, event, body)
+        if channel == "output":
+            return self.write_output(doc)
         topic, owner = doc["notify"][channel], doc.get("owner")
         if owner is not None:   # keys on: only a topic the operator registered to the notice's key
             if self.grants is None:
@@ -188,6 +200,24 @@ class Notifier(Outbox):
             if topic not in self.grants.topics_of(owner):
                 return False, "refused: topic_not_registered: the topic is not registered to the notice's key"
         return self.publish(topic, event, body)
+
+    def write_output(self, doc: dict) -> tuple[bool, str]:
+        """A job's answer to <output prefix><job id>.json, the location checked again against the key's grants."""
+        owner = doc.get("owner")
+        if owner is not None and self.grants is None:
+            self.grants = KeyGrants(self.settings, client("dynamodb", self.settings))
+        try:
+            bucket, prefix = check_location(doc["output"], owner, self.settings, "output",
+                                            self.grants.of(owner) if owner is not None else ())
+        except BatchError as exc:   # a grant withdrawn after the job was accepted: written nowhere
+            return False, f"refused: {exc.code}: {exc.message}"
+        key = f"{prefix.rstrip('/')}/{doc['job_id']}.json" if prefix else f"{doc['job_id']}.json"
+        body = json.dumps(doc["payload"]["result"], separators=(",", ":")).encode()
+        try:
+            self.s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+        except (ClientError, BotoCoreError) as exc:
+            return False, f"s3: {type(exc).__name__}: {exc}"[:300]
+        return True, f"written to s3://{bucket}/{key}"
 
     def publish(self, topic_arn: str, event: str, body: bytes) -> tuple[bool, str]:
         """Publish to an SNS topic; (ok, what happened)."""

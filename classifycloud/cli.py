@@ -12,6 +12,7 @@ import time
 
 import requests
 
+from classifycloud import stackfile
 from shared import kinds, logsafe
 from shared.config import Settings
 
@@ -202,7 +203,10 @@ def cmd_up(argv: list[str]) -> int:
              else f"{stack.workers} worker(s)"), flush=True)
     try:
         stack.start()
-        print(f"logs: {stack.log_dir}", flush=True)
+        from shared.aws import region as aws_region
+        state = stackfile.write_state(stack.endpoint, stack.base_url, settings.prefix, stack.settings.bucket_name,
+                                      aws_region(stack.settings))
+        print(f"logs: {stack.log_dir}\nstate: {state} (other terminals' commands find the stack by it)", flush=True)
         stack.wait_ready(progress=lambda m: print("  " + m, flush=True))
         print(f"\nClassifyCloud is up at {stack.base_url}   (AWS endpoint {stack.endpoint})")
         print("try:\n  curl '%s/classify?url=%s'" % (stack.base_url, stack.sample_url("chelsea")))
@@ -220,6 +224,7 @@ def cmd_up(argv: list[str]) -> int:
         return 1
     finally:
         print("stopping ...", flush=True)
+        stackfile.remove_state()
         stack.stop()
         print("stopped.", flush=True)
 
@@ -278,7 +283,65 @@ def main(argv: list[str] | None = None) -> int:
     # the embedded moto server logs every AWS call through werkzeug; keep the terminal for the user
     for noisy in ("werkzeug", "botocore.credentials", "botocore.configprovider"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return COMMANDS[argv[0]](argv[1:])
+    return _run(argv[0], argv[1:])
+
+
+# commands that need no AWS (up starts its own endpoint), and the one that talks to the web API only
+NO_AWS = {"up", "simulate", "convert"}
+WEB_ONLY = {"batch"}
+HOW_TO_SET = {"aws": "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for a "
+                      "local endpoint)",
+              "web": "pass --url or set CLASSIFYCLOUD_URL"}
+
+_UNREACHABLE = {"EndpointConnectionError", "ConnectTimeoutError", "NoCredentialsError", "PartialCredentialsError"}
+_REFUSED_IDENTITY = {"UnrecognizedClientException", "InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException",
+                     "InvalidAccessKeyId", "SignatureDoesNotMatch", "AuthFailure"}
+
+
+def _missing(command: str, what: str, how: str = "aws") -> int:
+    """The one line a command prints when the stack or credentials are missing; exit status 2."""
+    print(f"classifycloud {command}: {what}; start `classifycloud up` in another terminal (it writes "
+          f"{stackfile.state_path()}), or {HOW_TO_SET[how]}", file=sys.stderr)
+    return 2
+
+
+def _run(command: str, argv: list[str]) -> int:
+    """Find the local stack when nothing else is set, then run the command; AWS and connection failures: one line."""
+    import botocore.exceptions as bx
+
+    from shared.transport import TransportError
+    if command in NO_AWS or any(a in ("-h", "--help") for a in argv):
+        return COMMANDS[command](argv)
+    stackfile.apply_state()
+    if command in WEB_ONLY:
+        if not os.environ.get("CLASSIFYCLOUD_URL") and not any(a.startswith("--url") for a in argv):
+            return _missing(command, "no local stack found and neither --url nor CLASSIFYCLOUD_URL is set", "web")
+    else:
+        from shared.aws import session
+        try:
+            if session().get_credentials() is None:
+                return _missing(command, "no AWS credentials found")
+        except bx.BotoCoreError as exc:   # a broken profile or credentials file
+            return _missing(command, f"the AWS credentials cannot be read ({exc})")
+    try:
+        return COMMANDS[command](argv)
+    except (bx.NoCredentialsError, bx.PartialCredentialsError, bx.CredentialRetrievalError) as exc:
+        return _missing(command, f"no usable AWS credentials ({exc})")
+    except (bx.EndpointConnectionError, bx.ConnectTimeoutError) as exc:
+        return _missing(command, f"the AWS endpoint does not answer ({exc})")
+    except TransportError as exc:   # SQS calls arrive wrapped (shared/transport.py); their code names the cause
+        if exc.code not in _UNREACHABLE:
+            raise
+        return _missing(command, f"the AWS endpoint does not answer ({exc})")
+    except bx.ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in _REFUSED_IDENTITY:
+            raise
+        return _missing(command, f"AWS refused the credentials ({exc})")
+    except bx.NoRegionError:
+        return _missing(command, "no AWS region is set (AWS_REGION)")
+    except requests.ConnectionError as exc:
+        return _missing(command, f"the ClassifyCloud web does not answer ({exc.request.url if exc.request else exc})",
+                        "web")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from importlib import resources
 import requests
 
 from classifycloud.provision import ensure_all
+from classifycloud.stackfile import LOCAL_CREDENTIALS
 from shared.catalogue import catalogue_for
 from shared.config import Settings
 from shared.transport import Transport
@@ -76,7 +77,7 @@ def start_moto() -> tuple[object, str]:
 
 def aws_env(endpoint: str) -> dict[str, str]:
     """Variables that send every AWS SDK call of this process tree to a local endpoint."""
-    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+    return {"AWS_ENDPOINT_URL": endpoint, **LOCAL_CREDENTIALS,
             "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1"),
             "AWS_DEFAULT_REGION": os.environ.get("AWS_REGION", "us-east-1")}
 

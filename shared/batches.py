@@ -269,13 +269,13 @@ class BatchStore:
         finally:
             body.close()
 
-    def presign(self, uri: str) -> tuple[str, int]:
+    def presign(self, uri: str, expires_s: int | None = None) -> tuple[str, int]:
         """A GET link for an S3 item, so workers fetch it as a URL (they read no customer bucket themselves), and
-        when it dies (epoch ms): after batch_link_expiry_s, or sooner with the signing credentials (a role's
-        session lasts hours), so a worker that takes the item later answers link_expired and the driver signs
-        it again rather than the item failing."""
+        when it dies (epoch ms): after batch_link_expiry_s (or expires_s: a job's link lives as long as the job
+        may run), or sooner with the signing credentials (a role's session lasts hours), so a worker that takes
+        the item later answers link_expired and the driver signs it again rather than the item failing."""
         bucket, key = parse_s3_uri(uri)
-        life = min(self.settings.batch_link_expiry_s, 7 * 86400)
+        life = min(self.settings.batch_link_expiry_s if expires_s is None else expires_s, 7 * 86400)
         url = self.s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=life)
         dies = time.time() + life
         creds = credentials_expiry(self.s3)

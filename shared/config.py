@@ -60,6 +60,10 @@ class Settings:
                                               # a job ends `expired` (the worker answers that instead of running it)
     job_ttl_max_s: int = 23 * 3600            # the largest ttl_s taken: under message_retention_s, so a job's
                                               # deadline always comes before SQS could drop its message
+    job_invocation_timeout_s: int = 900       # POST /jobs without invocation_timeout_s: the worker's time on a job
+                                              # (fetch + inference) past this, or no answer by expiry + this, fails
+                                              # it as invocation_timeout (SageMaker async's InvocationTimeoutSeconds)
+    job_invocation_timeout_max_s: int = 3600  # the largest invocation_timeout_s taken
     idempotency_window_s: int = 86400         # POST /jobs: an Idempotency-Key names one job this long
     idempotency_claim_s: float = 60.0         # a key claimed but never marked sent (its web process died) is
                                               # taken over after this, with the same job id

@@ -166,15 +166,15 @@ class Outbox:
                            ContentType="application/json")
 
     def enqueue(self, notice_id: str, owner: str | None, notify: dict, payload: dict | None,
-                ok: bool = True, job_id: str | None = None) -> None:
+                ok: bool = True, job_id: str | None = None, output: str | None = None) -> None:
         """Queue a notice once (a driver that finishes a batch twice queues it once); a job's notice
-        (payload None) waits for the job's result record."""
+        (payload None) waits for the job's result record; output: an s3:// prefix the answer is copied to."""
         pending, done = naming.notify_key("pending", notice_id), naming.notify_key("done", notice_id)
         if self.get(pending) is not None or self.get(done) is not None:
             return
         self.put(pending, {"id": notice_id, "owner": owner, "notify": notify, "payload": payload, "ok": ok,
                            "job_id": job_id, "created_at": int(time.time() * 1000), "next_at": 0,
-                           "delivered": [], "attempts": []})
+                           "delivered": [], "attempts": [], **({"output": output} if output else {})})
 
     def withdraw(self, notice_id: str) -> None:
         """Mark a pending notice withdrawn (its job was refused): the driver files it as such, sending nothing."""

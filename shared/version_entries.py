@@ -84,16 +84,23 @@ class VersionEntries:
     def read(self, catalogue: Catalogue, service: str | None = None) -> dict[str, dict[str, VersionEntry]]:
         """{service: {version: VersionEntry}} for the catalogue's services (or one); S3 errors propagate."""
         names = [service] if service else catalogue.names()
+        out = self.packaged(catalogue, names)
+        for (name, version), entry in self._s3_entries(names).items():
+            if name in out:
+                out[name][version] = entry  # an S3 version replaces a packaged one of the same name
+        return out
+
+    @staticmethod
+    def packaged(catalogue: Catalogue, names: list[str]) -> dict[str, dict[str, VersionEntry]]:
+        """v1 and the packaged versions of the named services (no S3 call); a live catalogue's from its packaged part."""
+        versions = getattr(getattr(catalogue, "packaged", catalogue), "versions", {})
         out: dict[str, dict[str, VersionEntry]] = {}
         for name in names:
             if name not in catalogue or catalogue[name].derived_from:
                 continue  # a derived service answers from its parent's model: its versions are its parent's
             out[name] = {BASE_VERSION: VersionEntry(name, BASE_VERSION, catalogue[name], "catalogue")}
-            for v, spec in getattr(catalogue, "versions", {}).get(name, {}).items():
+            for v, spec in versions.get(name, {}).items():
                 out[name][v] = VersionEntry(name, v, spec, "packaged")
-        for (name, version), entry in self._s3_entries(names).items():
-            if name in out:
-                out[name][version] = entry  # an S3 version replaces a packaged one of the same name
         return out
 
     def _s3_entries(self, names: list[str]) -> dict[tuple[str, str], VersionEntry]:

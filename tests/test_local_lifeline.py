@@ -1,6 +1,7 @@
 """`classifycloud up` takes its children with it: SIGKILL of up, or Ctrl-C, leaves no process and a free port."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -62,8 +63,10 @@ def up(tmp_path):
     """`classifycloud up` (autoscaled, min 1 worker) on a free port, started and waited for; killed afterwards."""
     port = free_port()
     log = open(tmp_path / "up.log", "w+")
+    (tmp_path / "run").mkdir()
     env = {**os.environ, "CLASSIFYCLOUD_METRICS_ENABLED": "false", "CLASSIFYCLOUD_MIN_WORKERS": "1",
-           "CLASSIFYCLOUD_SERVICES": "imagenet"}   # one model loads in seconds; `up` skips the services no worker hosts
+           "CLASSIFYCLOUD_SERVICES": "imagenet",   # one model loads in seconds; `up` skips the services no worker hosts
+           "XDG_RUNTIME_DIR": str(tmp_path / "run")}
     for k in ("AWS_ENDPOINT_URL",):   # up starts its own AWS endpoint
         env.pop(k, None)
     proc = subprocess.Popen([sys.executable, "-m", "classifycloud", "up", "--port", str(port), "--web-processes", "2"],
@@ -114,9 +117,18 @@ def test_sigkill_of_up_takes_every_child_with_it_and_frees_the_port(up):
 @pytest.mark.timing
 def test_ctrl_c_stops_everything_within_a_few_seconds(up):
     proc, port, kids, log = up
+    state = log.parent / "run" / "classifycloud" / "stack.json"
+    assert json.loads(state.read_text())["web_url"] == f"http://127.0.0.1:{port}"
+    # a second terminal, with no AWS variables, finds the stack by the state file
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CLASSIFYCLOUD_"))}
+    second = subprocess.run([sys.executable, "-m", "classifycloud", "versions", "list", "imagenet"],
+                            env={**env, "XDG_RUNTIME_DIR": str(state.parent.parent), "HOME": str(log.parent)},
+                            capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and "imagenet: live v1" in second.stdout, second.stderr[-2000:]
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(15) == 0, log.read_text()[-2000:]
+    assert not state.exists()
     took = _gone_within(kids, port, 3.0) + (time.monotonic() - t0)
     print(f"everything stopped {took:.1f}s after Ctrl-C")
     assert "stopped." in log.read_text()

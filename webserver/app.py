@@ -12,6 +12,7 @@ from shared.config import Settings, get_settings
 from shared.live_catalogue import LiveCatalogue
 from shared.metrics import MetricsPublisher
 from shared.transport import Transport
+from shared.version_entries import VersionEntries
 from webserver.auth import install_edge
 from webserver.blueprints import register_routes
 from webserver.docs import bp as docs_bp
@@ -45,7 +46,9 @@ class WebContext:
                                       records=self.jobs.reply)
         self.heartbeats = HeartbeatMonitor(settings, self.s3)
         self.idempotency = IdempotencyStore(settings, self.s3)
-        self.submitter = Submitter(settings, catalogue, self.transport, self.jobs, self.listener, self.metrics)
+        # every version (packaged and S3) of every service: pins and /services check against them
+        self.submitter = Submitter(settings, catalogue, self.transport, self.jobs, self.listener, self.metrics,
+                                   VersionEntries(settings, self.s3))
         self._metrics_started = False
 
     def start(self) -> None:

@@ -324,8 +324,10 @@ def job_ttl(req, settings) -> int:
 def _parse_ttl(value: object, most: int) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)    # 90.0 is an integer in JSON (and in the document's JSON Schema)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
         raise ApiError(400, "invalid_ttl", f"ttl_s must be an integer number of seconds in 1..{most}")
     return value

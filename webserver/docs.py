@@ -14,7 +14,7 @@ import yaml
 from flask import Blueprint, Flask, current_app, has_app_context, jsonify
 
 from webserver.errors import is_oip_path
-from webserver.inputs import IMAGE_URL_PATTERN
+from webserver.inputs import BASE64_PATTERN, IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
 
 bp = Blueprint("docs", __name__)
@@ -52,6 +52,7 @@ def _spec_for(routes: Flask, api_keys: bool) -> dict:
     spec = copy.deepcopy(_written())
     url = spec["components"]["schemas"]["ImageUrl"]
     url["pattern"] = r"^\s*" + IMAGE_URL_PATTERN[1:-1] + r"\s*$"   # what check_url applies (after strip)
+    spec["components"]["schemas"]["ImageBase64"]["pattern"] = BASE64_PATTERN   # what decode_base64 takes
     for rule in routes.url_map.iter_rules():
         path = openapi_path(rule.rule)
         for method in sorted(rule.methods - IGNORED_METHODS):

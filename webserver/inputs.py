@@ -22,6 +22,12 @@ IMAGE_URL_PATTERN = (r"^[Hh][Tt][Tt][Pp][Ss]?://([A-Za-z0-9._~%!$&'()*+,;=:-]+@)
 _IMAGE_URL = re.compile(IMAGE_URL_PATTERN)
 _DATA_URI = re.compile(r"^data:[\w.+/-]*(;[\w=.+-]+)*;base64,", re.IGNORECASE)
 _WS = re.compile(r"\s+")
+# What decode_base64 takes, as the OpenAPI document states it (webserver/docs.py copies it; a test holds the
+# two together): an optional data: URI prefix, then base64 that decodes to at least one byte, whitespace
+# anywhere, padding optional (after 2 characters at most "==", after 3 at most "=", after a full group any).
+_B64 = r"[A-Za-z0-9+/]\s*"
+BASE64_PATTERN = (r"^\s*(?:[Dd][Aa][Tt][Aa]:[\w.+/-]*(?:;[\w=.+-]+)*;[Bb][Aa][Ss][Ee]64,)?\s*"
+                  rf"(?:(?:{_B64}){{4}})*(?:(?:{_B64}){{4}}(?:=\s*)*|(?:{_B64}){{2}}(?:=\s*){{0,2}}|(?:{_B64}){{3}}(?:=\s*)?)$")
 MAX_URL_LENGTH = 2048
 
 
@@ -168,6 +174,11 @@ def _with_query(req: Request, image: ImageInput, service: object, top_k: object)
     """service and top_k from the body, or from the query string on any method (a conflict is refused)."""
     return ClassifyInput(image, _merged("service", req.args.get("service"), service, parse_service),
                          _merged("top_k", req.args.get("top_k"), top_k, parse_top_k))
+
+
+def classify_input_with(req: Request, image: ImageInput, service: object, top_k: object) -> ClassifyInput:
+    """A ClassifyInput for an image found elsewhere (POST /jobs's input_location), service and top_k as usual."""
+    return _with_query(req, image, service, top_k)
 
 
 def parse_json_body(req: Request) -> object:

@@ -15,6 +15,12 @@ from webserver.failures import CorruptRecord, StorageUnavailable
 log = logging.getLogger(__name__)
 
 _MISSING = ("NoSuchKey", "404", "NotFound")
+INDEX = "jobs/index/"   # under jobs/: the web already writes there (infra/terraform/iam_web.tf)
+
+
+def index_prefix(owner: str | None) -> str:
+    """Where a key's job index lives (keys off: one tenant, 'anonymous')."""
+    return f"{INDEX}{owner or 'anonymous'}/"
 
 
 
@@ -51,17 +57,46 @@ class JobStore:
             log.error("request %s: enrolment photo not erased (the uploads lifecycle will): %s", request_id, exc)
 
     def write_marker(self, request_id: str, service: str, submitted_at: int | None = None,
-                     expires_at: int | None = None) -> None:
-        """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown."""
+                     expires_at: int | None = None, **options) -> None:
+        """jobs/<id>.json: lets GET /jobs/<id> say pending rather than unknown (options: a job's
+        invocation_timeout_s, input_location, output_location)."""
         body = {"id": request_id, "service": service, "submitted_at": submitted_at or now_ms(),
                 "owner": current_owner(),  # the submitting API key: GET /jobs/<id> answers only to it
-                "expires_at": expires_at}
+                "expires_at": expires_at, **{k: v for k, v in options.items() if v is not None}}
+        self.put_marker(request_id, body)
+
+    def put_marker(self, request_id: str, body: dict) -> None:
+        """Write a job marker; StorageUnavailable on failure."""
         try:
             self._s3.put_object(Bucket=self.bucket, Key=naming.job_key(request_id),
                                 Body=json.dumps(body).encode(), ContentType="application/json")
         except (ClientError, BotoCoreError) as exc:
             log.error("request %s: job marker not written: %s", request_id, exc)
             raise StorageUnavailable("could not record the job; try again", request_id) from None
+
+    def index(self, request_id: str, submitted_at: int) -> None:
+        """jobs/index/<owner>/<submitted ms>_<id>: GET /jobs lists a key's own jobs, oldest first, from it."""
+        key = f"{index_prefix(current_owner())}{submitted_at:013d}_{request_id}"
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=key, Body=b"")
+        except (ClientError, BotoCoreError) as exc:
+            log.error("job %s: not indexed: %s", request_id, exc)
+            raise StorageUnavailable("could not record the job; try again", request_id) from None
+
+    def list_page(self, owner: str | None, after: str | None, limit: int) -> tuple[list[str], str | None]:
+        """(job ids, next token) of one page of the owner's index, after the token (one ListObjectsV2)."""
+        prefix = index_prefix(owner)
+        args = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": limit}
+        if after:
+            args["StartAfter"] = prefix + after
+        try:
+            page = self._s3.list_objects_v2(**args)
+        except (ClientError, BotoCoreError) as exc:
+            log.error("job index of %s unreadable: %s", owner, exc)
+            raise StorageUnavailable("could not list the jobs; try again") from None
+        names = [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+        ids = [n.partition("_")[2] for n in names]
+        return ids, (names[-1] if page.get("IsTruncated") and names else None)
 
     def record_result(self, reply: Reply) -> None:
         """results/<id>.json from a late reply (its client stopped waiting); StorageUnavailable on failure."""

@@ -3,17 +3,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from flask import Blueprint, current_app, jsonify, request
 
 from shared import kinds
-from shared.messages import valid_id
+from shared.job_state import CANCELLED, PENDING, job_state
+from shared.messages import now_ms, valid_id
 from shared.versions import versioned_name
 from webserver import idempotency
 from webserver.auth import current_owner, owned_id
 from webserver.bulk import claim_key, job_notify, job_ttl
 from webserver.errors import ApiError, public_reason
-from webserver.inputs import parse_classify
+from webserver.inputs import parse_classify, parse_json_body
+from webserver.job_options import (
+    LIST_THREADS,
+    checked_location,
+    invocation_timeout,
+    job_input,
+    job_summary,
+    parse_job_listing,
+)
 from webserver.outcomes import SUBMIT_ANSWERS, SYNC_ANSWERS, answer
 from webserver.params import request_params
 from webserver.proxy import status_url
@@ -46,20 +56,28 @@ def classify():
 def submit_job():
     """Asynchronous classification: 202 with the id and where to poll (the same job again for a repeated
     Idempotency-Key)."""
-    parsed = parse_classify(request)
+    settings = ctx().settings
+    if request.is_json:
+        parse_json_body(request)     # a body nested too deeply is 400 here, before any option reads it
+    ttl_s = job_ttl(request, settings)
+    invocation_s = invocation_timeout(request, settings)
+    parsed, input_location = job_input(request, settings, ctx().jobs.s3, ttl_s + invocation_s)
+    output_location = checked_location(request, "output_location", settings)
     spec = ctx().submitter.resolve_service(parsed.service)
     params = request_params(request, spec)
     notify = job_notify(request)    # checked before the job is sent: a bad notify sends nothing
-    ttl_s = job_ttl(request, ctx().settings)
+    options = {"ttl_s": ttl_s, "notify": notify, "invocation_timeout_s": invocation_s,
+               "input_location": input_location, "output_location": output_location}
     key = request.headers.get(idempotency.HEADER)
     if key is None:
-        job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec,
-                                         ttl_s=ttl_s, notify=notify)
+        job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec, **options)
         return _accepted(job.id, job.service, job.expires_at)
-    image = {"url": parsed.image.url} if parsed.image.url is not None else {
-        "sha256": hashlib.sha256(parsed.image.data).hexdigest()}
-    inputs = {"image": image, "service": parsed.service, "top_k": parsed.top_k, "params": params,
-              "notify": notify, "ttl_s": ttl_s}
+    image = {"s3": input_location} if input_location else {"url": parsed.image.url} if parsed.image.url is not None \
+        else {"sha256": hashlib.sha256(parsed.image.data).hexdigest()}   # a link is signed anew on each request
+    inputs = {"image": image, "service": parsed.service, "top_k": parsed.top_k, "params": params, **options}
+    for name in ("input_location", "output_location", "invocation_timeout_s"):   # keys claimed before these
+        if inputs[name] is None or (name == "invocation_timeout_s" and inputs[name] == settings.job_invocation_timeout_s):
+            del inputs[name]                                                   # existed keep their fingerprint
     store, owner = ctx().idempotency, current_owner()
     claim, send = claim_key(store, owner, key, inputs, owned_id(owner))
     if not send:
@@ -69,7 +87,7 @@ def submit_job():
         return resp
     try:
         job = ctx().submitter.submit_job(parsed.image, parsed.service, parsed.top_k, params, spec=spec,
-                                         ttl_s=ttl_s, notify=notify, rid=claim.job_id)
+                                         rid=claim.job_id, **options)
     except Exception:
         store.refused(owner, key, claim)    # a retry with the key sends at once, with the same job id
         raise
@@ -94,19 +112,66 @@ def get_job(job_id: str):
     if not valid_id(job_id):
         raise ApiError(400, "invalid_id", "job id must be 1-64 characters of [A-Za-z0-9_-]")
     jobs = ctx().jobs
-    record = jobs.result(job_id)
+    # the marker first: a cancel (or an invocation timeout) outranks a result a worker wrote later
+    marker = jobs.marker(job_id)
+    if marker is not None and marker.get("cancelled_at"):
+        tag_usage(job_id, marker.get("service"))
+        return jsonify(job_summary(job_id, marker, CANCELLED))
+    state, record = job_state(job_id, marker, jobs.result(job_id), now_ms())
     if record is not None:
         version = record.get("version") if isinstance(record.get("version"), str) else None
-        tag_usage(record.get("id"), versioned_name(record.get("service"), version) if record.get("service") else None)
+        tag_usage(job_id, versioned_name(record.get("service"), version) if record.get("service") else None)
         return jsonify(record)
-    marker = jobs.marker(job_id)
     if marker is None:
         raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
     tag_usage(job_id, marker.get("service"))
-    resp = jsonify({"id": job_id, "status": "pending", "service": marker.get("service"),
-                    "submitted_at": marker.get("submitted_at"), "expires_at": marker.get("expires_at")})
+    resp = jsonify(job_summary(job_id, marker, state))
     resp.status_code = 202
     return resp
+
+
+@bp.route("/jobs/<job_id>", methods=["DELETE"])
+@route(owner_checked=True, answers=(400, 404, 409, 502, 503))
+def cancel_job(job_id: str):
+    """Cancel a pending job: 200 cancelled (again for a cancelled one), 409 when it has its answer already."""
+    if not valid_id(job_id):
+        raise ApiError(400, "invalid_id", "job id must be 1-64 characters of [A-Za-z0-9_-]")
+    jobs = ctx().jobs
+    marker = jobs.marker(job_id)
+    if marker is None:      # a /classify request's id, or another key's job (the edge answered that already)
+        raise ApiError(404, "unknown_job", f"no job with id {job_id!r}", job_id)
+    tag_usage(job_id, marker.get("service"))
+    if not marker.get("cancelled_at"):
+        state, _ = job_state(job_id, marker, jobs.result(job_id), now_ms())
+        if state != PENDING:
+            raise ApiError(409, "job_finished", f"job {job_id!r} has its answer ({state}); it cannot be cancelled",
+                           job_id)
+        marker = {**marker, "cancelled_at": now_ms()}
+        jobs.put_marker(job_id, marker)
+        log.info("job %s: cancelled", job_id)
+    return jsonify(job_summary(job_id, marker, CANCELLED))
+
+
+@bp.route("/jobs", methods=["GET"])
+@route(answers=(400, 502, 503))
+def list_jobs():
+    """This key's own jobs, oldest first, a page at a time; ?status= keeps those in one state."""
+    status, limit, token = parse_job_listing(request.args)
+    jobs = ctx().jobs
+    ids, next_token = jobs.list_page(current_owner(), token, limit)
+    now = now_ms()
+
+    def state_of(job_id: str) -> dict | None:
+        marker = jobs.marker(job_id)
+        if marker is None:
+            return None
+        if marker.get("cancelled_at"):
+            return job_summary(job_id, marker, CANCELLED)
+        return job_summary(job_id, marker, job_state(job_id, marker, jobs.result(job_id), now)[0])
+
+    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:   # 1-2 S3 reads per job, side by side
+        listed = [j for j in pool.map(state_of, ids) if j is not None and (status is None or j["status"] == status)]
+    return jsonify({"jobs": listed, "next_token": next_token})
 
 
 @bp.route("/services", methods=["GET"])
@@ -126,9 +191,8 @@ def services():
         entry.update(kinds.get(spec.kind).describe(spec))   # what the kind adds (score: its threshold)
         if spec.labels_note:
             entry["labels_note"] = spec.labels_note
-        versions = c.submitter.versions.describe(name) if not spec.derived_from else None
-        if versions:  # weights, live, shadow, and why a canary was rolled back (docs/VERSIONS.md)
-            entry["versions"] = versions
+        if not spec.derived_from:  # every version, weights, live, shadow, why a canary was rolled back
+            entry["versions"] = c.submitter.versions.describe(name)
         if spec.derived_from:  # what it covers: these classes of its parent's model (docs/SERVICES.md)
             entry["derived_from"] = spec.derived_from
             entry["classes"] = list(spec.classes)

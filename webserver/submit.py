@@ -47,14 +47,14 @@ class Submitter:
     """Sends requests to the service queues and (for synchronous calls) waits on the reply listener."""
 
     def __init__(self, settings: Settings, catalogue: Catalogue, transport: Transport, jobs: JobStore,
-                 listener: ReplyListener, metrics: MetricsPublisher):
+                 listener: ReplyListener, metrics: MetricsPublisher, version_entries=None):
         self.settings = settings
         self.catalogue = catalogue
         self.jobs = jobs
         self.listener = listener
         self.metrics = metrics
         self.transport = transport
-        self.versions = VersionRouter(settings, catalogue, getattr(jobs, "_s3", None))
+        self.versions = VersionRouter(settings, catalogue, getattr(jobs, "_s3", None), version_entries)
 
     def resolve_service(self, name: str | None) -> ServiceSpec:
         """The catalogue entry (of 'service' or 'service@version'); UnknownService or ServiceUnavailable."""
@@ -143,7 +143,8 @@ class Submitter:
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
                    params: dict | None = None, spec: ServiceSpec | None = None, ttl_s: int | None = None,
-                   notify: dict | None = None, rid: str | None = None) -> SubmittedJob:
+                   notify: dict | None = None, rid: str | None = None, invocation_timeout_s: int | None = None,
+                   input_location: str | None = None, output_location: str | None = None) -> SubmittedJob:
         """Asynchronous: queue its notice, send with reply_to = null and a deadline, write the job marker.
 
         The notice goes in the outbox before the send: a job that is queued always has its notice, and an
@@ -155,19 +156,21 @@ class Submitter:
         ref = self._image_ref(rid, image)
         submitted = now_ms()
         expires_at = submitted + int((ttl_s or self.settings.job_ttl_s) * 1000)
-        if notify:
-            self._queue_notice(rid, notify)
+        if notify or output_location:    # the driver copies the answer to the output location, like a notice
+            self._queue_notice(rid, notify or {}, output_location)
         # send before the marker: a refused send must not leave a marker that says pending forever
         try:
             self._send(Request(id=rid, service=spec.name, image=ref, reply_to=None, top_k=top_k or spec.top_k,
                                submitted_at=submitted, params=params, version=version, shadow=shadow,
                                expires_at=expires_at))
         except QueueUnavailable:
-            if notify:
+            if notify or output_location:
                 self._withdraw_notice(rid)
             raise
         try:
-            self.jobs.write_marker(rid, spec.name, submitted, expires_at)
+            self.jobs.write_marker(rid, spec.name, submitted, expires_at, invocation_timeout_s=invocation_timeout_s,
+                                   input_location=input_location, output_location=output_location)
+            self.jobs.index(rid, submitted)
         except StorageUnavailable:  # accepted all the same: its result record will answer GET /jobs/<id>
             log.warning("job %s: accepted without a pending marker; /jobs/<id> says unknown until it is done "
                         "(its id names its owner, so the result answers the owner)", rid)
@@ -175,10 +178,11 @@ class Submitter:
                  (expires_at - submitted) // 1000)
         return SubmittedJob(rid, spec.name, expires_at)
 
-    def _queue_notice(self, rid: str, notify: dict) -> None:
-        """The job's notice in the outbox (the driver sends it once the result record exists)."""
+    def _queue_notice(self, rid: str, notify: dict, output: str | None = None) -> None:
+        """The job's notice in the outbox (the driver sends it, and writes its output, once the result exists)."""
         try:
-            Outbox(self.settings, self.jobs.s3).enqueue(f"job-{rid}", current_owner(), notify, None, job_id=rid)
+            Outbox(self.settings, self.jobs.s3).enqueue(f"job-{rid}", current_owner(), notify, None, job_id=rid,
+                                                        output=output)
         except (ClientError, BotoCoreError) as exc:
             log.error("job %s: notice not queued (%s); nothing sent", rid, exc)
             raise StorageUnavailable("could not record the job's notification; try again", rid) from None

@@ -226,6 +226,8 @@ def test_services_lists_an_unconfigured_service_as_unavailable_and_it_answers_50
     web = make_app(settings).test_client()
     services = {s["name"]: s for s in web.get("/services").get_json()["services"]}
     assert services["imagenet"]["available"] is True and services["imagenet"]["reason"] is None
+    versions = services["plant"].pop("versions")   # one version, no policy: v1, live, every request
+    assert [(v["version"], v["origin"], v["state"]) for v in versions["list"]] == [("v1", "catalogue", "live")]
     assert services["plant"] == {"name": "plant", "kind": "classifier", "description": "plants",
                                  "architecture": "torchvision:resnet50", "backend": "torch",
                                  "num_classes": 998, "top_k": 5, "available": False,

@@ -39,7 +39,7 @@ BAD = [
                                                  "content_type": "multipart/form-data"}, 400, "missing_image"),
     ("jobs-bad-url", "POST", "/jobs", {"json": {"url": "gopher://x/y"}}, 400, "unsupported_scheme"),
     ("wrong-method-classify", "PUT", "/classify", {}, 405, "method_not_allowed"),
-    ("wrong-method-jobs", "GET", "/jobs", {}, 405, "method_not_allowed"),
+    ("wrong-method-jobs", "PUT", "/jobs", {}, 405, "method_not_allowed"),
     ("wrong-method-services", "DELETE", "/services", {}, 405, "method_not_allowed"),
     ("no-such-route", "GET", "/nope", {}, 404, "not_found"),
 ]

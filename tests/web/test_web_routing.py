@@ -41,7 +41,9 @@ def test_each_route_declares_on_its_view_whether_it_is_public_logged_an_upload_o
     uploads = {path for path, rules in by_rule if rules.body == UPLOAD}
     assert uploads == {"/classify", "/jobs", "/cv/<service>", "/cv/mcloud/skin", "/faces/<gallery>",
                        "/v2/models/<service>/infer", "/v2/models/<service>/versions/<version>/infer"}
-    assert [path for path, rules in by_rule if rules.owner_checked] == ["/jobs/<job_id>"]
+    # GET and DELETE /jobs/<job_id> are two views, each checked: only the job's key reads or cancels it
+    assert [path for path, rules in by_rule if rules.owner_checked] == ["/jobs/<job_id>", "/jobs/<job_id>"]
+    assert all(rules.owner_checked for path, rules in by_rule if path == "/jobs/<job_id>")
 
 
 def test_the_probes_live_in_the_health_module_and_the_docs_blueprint_is_registered_by_create_app(app):
