@@ -31,7 +31,7 @@ import requests
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from chaos_check import check  # noqa: E402
+from chaos_check import REFUSED, TERMINAL_BATCH, check  # noqa: E402
 from chaos_faults import FAULTS, SKIPPED, Injector  # noqa: E402
 from chaos_parts import Receiver, S3Proxy  # noqa: E402
 from faults import RESULTS, Moto, wait_workers  # noqa: E402
@@ -168,44 +168,55 @@ def submit_batch(stack: LocalStack, receiver: Receiver, rng: random.Random, n: i
     raise RuntimeError("the batch was never accepted")
 
 
+def _batch_lines(base: str, batch: dict) -> list[dict]:
+    """The batch's output, one entry per line (index, status, top class)."""
+    lines = []
+    for shard in requests.get(f"{base}/batches/{batch['id']}/results", timeout=30).json().get("shards", []):
+        url = base + shard["url"] if shard["url"].startswith("/") else shard["url"]
+        for line in requests.get(url, timeout=60).text.splitlines():
+            x = json.loads(line)
+            lines.append({"index": x["index"], "status": x["status"],
+                          "label_index": ((x.get("results") or [{}])[0]).get("index")})
+    return lines
+
+
+def _final(base: str, rid: str) -> dict | None:
+    """The job's result record, once it has one."""
+    try:
+        r = requests.get(f"{base}/jobs/{rid}", timeout=10)
+        body = r.json()
+    except (requests.RequestException, ValueError):
+        return None
+    return body if r.status_code == 200 and body.get("status") in ("ok", "error") else None
+
+
 def settle(stack: LocalStack, inj: Injector, load: Load, batch: dict, deadline_s: float) -> dict:
-    """Poll every open id, the batch and the notices until each has an end or the deadline passes."""
+    """Poll every open id, the batch and the notices side by side until each has an end or the deadline passes."""
     base, deadline = stack.base_url, time.monotonic() + deadline_s
-    open_ids = {r["id"]: r for r in load.sync if r.get("status") not in (200, None) and r.get("id")}
+    open_ids = {r["id"]: r for r in load.sync if r.get("status") not in (200, None) and r.get("id")
+                and r.get("code") not in REFUSED}
     open_ids.update({j["id"]: j for j in load.jobs if j.get("status") == 202})
-    while open_ids and time.monotonic() < deadline:
+    wanted = [j["id"] for j in load.jobs if j.get("status") == 202] + [batch["id"]]
+    notices: dict = {}
+    while time.monotonic() < deadline:
         for rid, rec in list(open_ids.items()):
+            rec["final"] = _final(base, rid)
+            if rec["final"] is not None:
+                del open_ids[rid]
+        if batch.get("state") not in TERMINAL_BATCH:
             try:
-                r = requests.get(f"{base}/jobs/{rid}", timeout=10)
-                if r.status_code == 200 and r.json().get("status") in ("ok", "error"):
-                    rec["final"] = r.json()
-                    del open_ids[rid]
+                batch["state"] = requests.get(f"{base}/batches/{batch['id']}", timeout=10).json().get("state")
             except (requests.RequestException, ValueError):
                 pass
-        time.sleep(1)
-    while time.monotonic() < deadline:
-        try:
-            batch["state"] = requests.get(f"{base}/batches/{batch['id']}", timeout=10).json().get("state")
-        except (requests.RequestException, ValueError):
-            pass
-        if batch.get("state") in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(2)
-    batch["lines"] = []
-    if batch.get("state") == "succeeded":
-        for shard in requests.get(f"{base}/batches/{batch['id']}/results", timeout=30).json().get("shards", []):
-            text = requests.get(base + shard["url"] if shard["url"].startswith("/") else shard["url"], timeout=60).text
-            for line in text.splitlines():
-                x = json.loads(line)
-                batch["lines"].append({"index": x["index"], "status": x["status"],
-                                       "label_index": ((x.get("results") or [{}])[0]).get("index")})
-    wanted = [j["id"] for j in load.jobs if j.get("status") == 202] + [batch["id"]]
-    notices = {}
-    while time.monotonic() < deadline:
-        notices = {nid: inj.notice(nid) for nid in wanted}
-        if all(d and d.get("state") in ("delivered", "failed") for d in notices.values()):
+        notices.update({nid: inj.notice(nid) for nid in wanted if (notices.get(nid) or {}).get("state")
+                        not in ("delivered", "failed")})
+        undelivered = [n for n in wanted if (notices.get(n) or {}).get("state") not in ("delivered", "failed")]
+        log.info("settling: %d ids open, batch %s, %d notices open", len(open_ids), batch.get("state"),
+                 len(undelivered))
+        if not open_ids and batch.get("state") in TERMINAL_BATCH and not undelivered:
             break
         time.sleep(3)
+    batch["lines"] = _batch_lines(base, batch) if batch.get("state") == "succeeded" else []
     return notices
 
 
@@ -276,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         run_log = {"sync": load.sync, "jobs": load.jobs, "batches": [batch], "notices": notices,
                    "received": receiver.got}
         verdict = check(run_log)
+        with open(os.path.join(stack.log_dir, "chaos-log.json"), "w") as fh:   # for the investigation
+            json.dump(run_log, fh, indent=1)
     finally:
         stack.stop()
         proxy.stop()

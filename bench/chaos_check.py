@@ -68,6 +68,8 @@ def check(log: dict) -> dict:
                 other["sync cut by a web SIGKILL"] += 1
             else:
                 tally("sync_answered", False, f"{key}: no answer ({err[:80]})")
+        elif r.get("code") in REFUSED:
+            other["sync refused (503, nothing accepted)"] += 1
         elif r.get("id"):
             final = r.get("final")
             tally("sync_answered", _terminal(final), f"{key}: {r['status']} {r.get('code')} id {r['id']} never resolved")
@@ -77,8 +79,6 @@ def check(log: dict) -> dict:
                     top = (final.get("results") or [{}])[0]
                     tally("right_client", label_ok(r["photo"], top.get("index"), top.get("label")),
                           f"{key}: {r['photo']} resolved to {top.get('label')!r}")
-        elif r.get("code") in REFUSED:
-            other["sync refused (503, nothing accepted)"] += 1
         else:
             tally("sync_answered", False, f"{key}: {r['status']} {r.get('code')} without a job id")
 
