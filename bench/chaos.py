@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from chaos_check import REFUSED, TERMINAL_BATCH, check  # noqa: E402
 from chaos_faults import FAULTS, SKIPPED, Injector  # noqa: E402
 from chaos_parts import Receiver, S3Proxy  # noqa: E402
-from faults import RESULTS, Moto, wait_workers  # noqa: E402
+from faults import RESULTS, Moto, SlowPhotos, wait_workers  # noqa: E402
 
 from classifycloud.local import LocalStack, samples_dir  # noqa: E402
 from shared.config import Settings  # noqa: E402
@@ -149,10 +149,12 @@ class Load:
             pool.submit(self.send, f"{kind[:4]}{i}", kind, photo)
 
 
-def submit_batch(stack: LocalStack, receiver: Receiver, rng: random.Random, n: int) -> dict:
-    """One batch of n URL items (photos drawn by the seed); retried with one Idempotency-Key until accepted."""
+def submit_batch(stack: LocalStack, receiver: Receiver, rng: random.Random, n: int, item_ms: int) -> dict:
+    """One batch of n URL items (photos drawn by the seed, each sent over item_ms so the batch lasts through
+    several faults); retried with one Idempotency-Key until accepted."""
     photos = {str(i): rng.choice(PHOTOS) for i in range(n)}
-    items = [f"{stack.sample_url(photos[str(i)])}?i={i}" for i in range(n)]
+    slow = SlowPhotos()
+    items = [slow.url(photos[str(i)], item_ms) for i in range(n)]
     body = {"service": "imagenet", "input": {"items": items}, "notify": {"webhook": receiver.url("batch")},
             "output": f"s3://{stack.settings.bucket_name}/batch-io/anonymous/chaos/"}
     idem = uuid.uuid4().hex
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=1200.0, help="seconds of load and faults")
     p.add_argument("--min-faults", type=int, default=40)
     p.add_argument("--batch-items", type=int, default=300)
+    p.add_argument("--batch-item-ms", type=int, default=2000, help="each batch photo is sent over this long")
     p.add_argument("--settle", type=float, default=420.0, help="seconds to wait for every end after the load")
     p.add_argument("--out", default=os.path.join(RESULTS, "chaos.json"))
     args = p.parse_args(argv)
@@ -275,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         loader = threading.Thread(target=load.run, args=(load_plan, stop, pool), name="load")
         loader.start()
         time.sleep(10)
-        batch = submit_batch(stack, receiver, rng, args.batch_items)
+        batch = submit_batch(stack, receiver, rng, args.batch_items, args.batch_item_ms)
         inj.run(fault_plan, stop)             # blocks until the last fault of the plan was injected and restored
         stop.set()
         loader.join()
@@ -300,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
            "versions": versions(), "duration_s": load_s, "wall_s": round(time.monotonic() - started, 1),
            "load": {"sync": len(load.sync), "jobs": len(load.jobs), "batch_items": args.batch_items,
                     "webhook_posts": len(receiver.got), "s3_503s": proxy.refused, "dropped_calls": proxy.dropped},
-           "faults": inj.faults, "fault_kinds": sorted({f["kind"] for f in inj.faults}), "skipped_kinds": SKIPPED,
+           "faults": inj.faults, "events": inj.events, "fault_kinds": sorted({f["kind"] for f in inj.faults}), "skipped_kinds": SKIPPED,
            "violations": verdict["violations"], "invariants": verdict["invariants"], "other": verdict["other"],
            "batch": {k: batch.get(k) for k in ("id", "total", "state")} | {"lines": len(batch["lines"])},
            "log_dir": stack.log_dir}

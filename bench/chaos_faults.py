@@ -39,6 +39,7 @@ class Injector:
     def __init__(self, stack: LocalStack, moto, proxy, receiver, clock):
         self.stack, self.moto, self.proxy, self.receiver, self.clock = stack, moto, proxy, receiver, clock
         self.faults: list[dict] = []
+        self.events: list[dict] = []             # what followed a fault (a black-hole worker's exit)
         self.web_kills: list[float] = []
         self.blackholes: list[subprocess.Popen] = []
         self.stopped: set[int] = set()          # SIGSTOPped pids: alive, not to be replaced
@@ -162,7 +163,7 @@ class Injector:
             code = proc.wait(timeout=600)
         except subprocess.TimeoutExpired:
             code = None
-        self.faults.append({"t": round(self.clock(), 1), "kind": "blackhole_exit", "target": wid, "exit_code": code})
+        self.events.append({"t": round(self.clock(), 1), "kind": "blackhole_exit", "target": wid, "exit_code": code})
 
     def trickling_webhook(self, pick):
         self.receiver.trickling = True

@@ -34,6 +34,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         pass
 
     def _forward(self):
+        try:
+            self._relay()
+        except OSError:   # the client hung up (its own deadline): nothing to answer
+            self.close_connection = True
+
+    def _relay(self):
         proxy: S3Proxy = self.server.proxy   # type: ignore[attr-defined]
         n = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(n) if n else b""
