@@ -210,8 +210,8 @@ def settle(stack: LocalStack, inj: Injector, load: Load, batch: dict, deadline_s
                 batch["state"] = requests.get(f"{base}/batches/{batch['id']}", timeout=10).json().get("state")
             except (requests.RequestException, ValueError):
                 pass
-        notices.update({nid: inj.notice(nid) for nid in wanted if (notices.get(nid) or {}).get("state")
-                        not in ("delivered", "failed")})
+        notices.update({nid: inj.notice(("batch-" if nid == batch["id"] else "job-") + nid) for nid in wanted
+                        if (notices.get(nid) or {}).get("state") not in ("delivered", "failed")})
         undelivered = [n for n in wanted if (notices.get(n) or {}).get("state") not in ("delivered", "failed")]
         log.info("settling: %d ids open, batch %s, %d notices open", len(open_ids), batch.get("state"),
                  len(undelivered))

@@ -192,7 +192,7 @@ class Injector:
         return {"target": url.rsplit("/", 1)[-1], "messages": int(held["Attributes"]["ApproximateNumberOfMessages"])}
 
     def notice(self, nid: str) -> dict | None:
-        """The notice's notify/done record, read straight from moto."""
+        """The notify/done record of a notice (job-<id>, batch-<id>: webserver/submit.py, autoscaler/batches.py), from moto."""
         try:
             body = self.s3.get_object(Bucket=self.stack.settings.bucket_name, Key=naming.notify_key("done", nid))
             return json.loads(body["Body"].read())
