@@ -31,7 +31,7 @@ import requests
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from chaos_check import REFUSED, TERMINAL_BATCH, check  # noqa: E402
+from chaos_check import PENDING, TERMINAL_BATCH, check  # noqa: E402
 from chaos_faults import FAULTS, SKIPPED, Injector  # noqa: E402
 from chaos_parts import Receiver, S3Proxy  # noqa: E402
 from faults import RESULTS, Moto, SlowPhotos, wait_workers  # noqa: E402
@@ -195,8 +195,7 @@ def _final(base: str, rid: str) -> dict | None:
 def settle(stack: LocalStack, inj: Injector, load: Load, batch: dict, deadline_s: float) -> dict:
     """Poll every open id, the batch and the notices side by side until each has an end or the deadline passes."""
     base, deadline = stack.base_url, time.monotonic() + deadline_s
-    open_ids = {r["id"]: r for r in load.sync if r.get("status") not in (200, None) and r.get("id")
-                and r.get("code") not in REFUSED}
+    open_ids = {r["id"]: r for r in load.sync if r.get("code") in PENDING and r.get("id")}
     open_ids.update({j["id"]: j for j in load.jobs if j.get("status") == 202})
     wanted = [j["id"] for j in load.jobs if j.get("status") == 202] + [batch["id"]]
     notices: dict = {}

@@ -10,8 +10,11 @@ The log (bench/chaos.py writes it):
 from __future__ import annotations
 
 import collections
+import json
+import sys
 
 REFUSED = ("queue_unavailable", "storage_unavailable")   # clean 503s at submit: nothing accepted, the client retries
+PENDING = ("timeout", "shutting_down")   # the web gave up waiting (504) or stopped (503): the id must resolve later
 TERMINAL_BATCH = ("succeeded", "failed", "cancelled")
 FACE = "Eileen Collins"
 
@@ -70,6 +73,9 @@ def check(log: dict) -> dict:
                 tally("sync_answered", False, f"{key}: no answer ({err[:80]})")
         elif r.get("code") in REFUSED:
             other["sync refused (503, nothing accepted)"] += 1
+        elif r.get("id") and r.get("code") not in PENDING:   # a worker's error reply (inference_failed, fetch_...)
+            tally("sync_answered", True, key)
+            other[f"sync answered with an error reply: {r['status']} {r.get('code')}"] += 1
         elif r.get("id"):
             final = r.get("final")
             tally("sync_answered", _terminal(final), f"{key}: {r['status']} {r.get('code')} id {r['id']} never resolved")
@@ -132,3 +138,7 @@ def check(log: dict) -> dict:
         tally("right_client", owners.get(g.get("key")) == g.get("id"),
               f"webhook {g.get('key')} got a notice for {g.get('id')}")
     return {"violations": sum(v["violations"] for v in inv.values()), "invariants": inv, "other": dict(other)}
+
+
+if __name__ == "__main__":   # re-judge a run's chaos-log.json: python bench/chaos_check.py <log>
+    print(json.dumps(check(json.load(open(sys.argv[1]))), indent=1))

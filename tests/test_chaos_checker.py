@@ -45,9 +45,19 @@ def test_a_lost_synchronous_request_is_a_violation():
     log = clean_log()
     log["sync"].append({"key": "s9", "photo": "chelsea", "status": None, "err": "ReadTimeout: read timed out"})
     log["sync"].append({"key": "s10", "photo": "chelsea", "status": 504, "code": "timeout", "id": "r10", "final": None})
+    log["sync"].append({"key": "s11", "photo": "coffee", "status": 503, "code": "internal", "id": None})
     verdict = check(log)
-    assert verdict["invariants"]["sync_answered"]["violations"] == 2
-    assert verdict["violations"] == 2
+    assert verdict["invariants"]["sync_answered"]["violations"] == 3
+    assert verdict["violations"] == 3
+
+
+def test_a_workers_error_reply_is_an_answer_but_a_504_must_resolve():
+    log = clean_log()
+    log["sync"].append({"key": "s12", "photo": "chelsea", "status": 500, "code": "inference_failed", "id": "r12"})
+    assert check(log)["violations"] == 0
+    assert check(log)["other"]["sync answered with an error reply: 500 inference_failed"] == 1
+    log["sync"].append({"key": "s13", "photo": "chelsea", "status": 503, "code": "shutting_down", "id": "r13"})
+    assert check(log)["invariants"]["sync_answered"]["violations"] == 1
 
 
 def test_a_job_or_batch_that_never_ends_is_a_violation():
