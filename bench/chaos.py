@@ -225,7 +225,7 @@ def versions() -> dict:
     """The commit and the versions that matter to the numbers."""
     from importlib import metadata
     out = {}
-    for dist in ("torch", "moto", "boto3", "gunicorn", "dlib"):
+    for dist in ("torch", "moto", "boto3", "gunicorn", "dlib-bin"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
