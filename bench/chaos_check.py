@@ -52,6 +52,14 @@ def check(log: dict) -> dict:
             if len(inv[name]["examples"]) < 10:
                 inv[name]["examples"].append(what)
 
+    def polled(who: str, rid: str, photo: str, final: dict) -> None:
+        """A record read from GET /jobs/<rid>: it must be rid's, and its top answer must fit the photo."""
+        tally("right_client", final.get("id") == rid, f"{who}: polled {rid}, got {final.get('id')}")
+        if final.get("status") == "ok":
+            top = (final.get("results") or [{}])[0]
+            tally("right_client", label_ok(photo, top.get("index"), top.get("label")),
+                  f"{who}: {photo} answered {top.get('label')!r}")
+
     answer_owner: dict[str, str] = {}
     for r in log.get("sync", []):
         key = r["key"]
@@ -80,11 +88,7 @@ def check(log: dict) -> dict:
             final = r.get("final")
             tally("sync_answered", _terminal(final), f"{key}: {r['status']} {r.get('code')} id {r['id']} never resolved")
             if _terminal(final):
-                tally("right_client", final.get("id") == r["id"], f"{key}: polled {r['id']}, got {final.get('id')}")
-                if final.get("status") == "ok":
-                    top = (final.get("results") or [{}])[0]
-                    tally("right_client", label_ok(r["photo"], top.get("index"), top.get("label")),
-                          f"{key}: {r['photo']} resolved to {top.get('label')!r}")
+                polled(key, r["id"], r["photo"], final)
         else:
             tally("sync_answered", False, f"{key}: {r['status']} {r.get('code')} without a job id")
 
@@ -98,11 +102,7 @@ def check(log: dict) -> dict:
         final = j.get("final")
         tally("terminal", _terminal(final), f"job {j['id']} ({j['key']}) not terminal")
         if _terminal(final):
-            tally("right_client", final.get("id") == j["id"], f"job {j['id']}: record says {final.get('id')}")
-            if final.get("status") == "ok":
-                top = (final.get("results") or [{}])[0]
-                tally("right_client", label_ok(j["photo"], top.get("index"), top.get("label")),
-                      f"job {j['id']}: {j['photo']} answered {top.get('label')!r}")
+            polled(j["key"], j["id"], j["photo"], final)
 
     for b in log.get("batches", []):
         tally("terminal", b.get("state") in TERMINAL_BATCH, f"batch {b['id']} ended {b.get('state')}")
