@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import sys
 import threading
 import time
 import urllib.parse
@@ -76,6 +77,15 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward  # noqa: N815
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        """A client that hung up mid-request (its own deadline, a killed process) is no news in a chaos run."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class S3Proxy:
     """Forwards every AWS call to the backend port; while s3_failing, S3 calls get a 503 instead."""
 
@@ -84,8 +94,7 @@ class S3Proxy:
         self.s3_failing = False
         self.refused = 0
         self.dropped = 0
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), _ProxyHandler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", port), _ProxyHandler)
         self.httpd.proxy = self   # type: ignore[attr-defined]
         threading.Thread(target=self.httpd.serve_forever, name="s3proxy", daemon=True).start()
 
@@ -134,8 +143,7 @@ class Receiver:
         self.lock = threading.Lock()
         self.got: list[dict] = []
         self.trickling = False
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HookHandler)
-        self.httpd.daemon_threads = True
+        self.httpd = _QuietServer(("127.0.0.1", 0), _HookHandler)
         self.httpd.receiver = self   # type: ignore[attr-defined]
         threading.Thread(target=self.httpd.serve_forever, name="hooks", daemon=True).start()
 
