@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("werkzeug", "botocore", "urllib3", "classifycloud", "autoscaler", "shared"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     fault_plan, load_plan, rng = schedules(args.seed, args.duration, args.min_faults)
+    at_start = versions()                     # the commit that runs, not the one checked out at the end
     os.environ.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
                        "AWS_REGION": os.environ.get("AWS_REGION", "us-east-1")})
     moto = Moto().start()
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seed": args.seed,
            "host": {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "python": platform.python_version(), "loadavg": os.getloadavg()},
-           "versions": versions(), "duration_s": load_s, "wall_s": round(time.monotonic() - started, 1),
+           "versions": at_start, "duration_s": load_s, "wall_s": round(time.monotonic() - started, 1),
            "load": {"sync": len(load.sync), "jobs": len(load.jobs), "batch_items": args.batch_items,
                     "webhook_posts": len(receiver.got), "s3_503s": proxy.refused, "dropped_calls": proxy.dropped},
            "faults": inj.faults, "events": inj.events, "fault_kinds": sorted({f["kind"] for f in inj.faults}), "skipped_kinds": SKIPPED,
