@@ -17,7 +17,8 @@ def split_service(name: str | None) -> tuple[str | None, str | None]:
     """'imagenet@v2' -> ('imagenet', 'v2'); a malformed pin is 400 invalid_version. Surrounding whitespace is
     not part of either (the document's ServiceName allows it, as /classify's parse_service strips it)."""
     try:
-        return parse_pin(name.strip() if isinstance(name, str) else name)
+        # only a pin is stripped: a bare name stays as given (whitespace alone must not become the default service)
+        return parse_pin(name.strip() if isinstance(name, str) and "@" in name else name)
     except VersionError as exc:
         raise ApiError(400, exc.code, exc.message) from None
 
