@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 TOOLS  := .venv-tools
+KSERVE := .venv-kserve
 
 .PHONY: install run test test-fast lint lint-infra bench bench-load bench-e2e browser clean system-tools
 
@@ -12,6 +13,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml requirements-nodeps.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev,local]'
 	$(PIP) install -q --no-deps -r requirements-nodeps.txt
+	touch $@
+
+# KServe's Python client (tests/test_e2e_oip.py) pins protobuf<7, which our venv does not take: a venv of its own.
+$(KSERVE)/.installed:
+	$(PYTHON) -m venv $(KSERVE)
+	$(KSERVE)/bin/pip install -q --upgrade pip
+	$(KSERVE)/bin/pip install -q 'kserve==0.21.0'
 	touch $@
 
 # checkov pins many packages of its own: it lives in a separate venv.
@@ -44,7 +52,7 @@ browser:
 # then the tests marked `timing` alone on the machine. Per-test times: out/durations*.tsv and out/junit*.xml.
 JOBS    ?= 2
 TESTENV := PATH="$(CURDIR)/$(VENV)/bin:$(CURDIR)/$(TOOLS)/bin:$$PATH"
-test: install $(TOOLS)/.installed system-tools browser lint
+test: install $(TOOLS)/.installed $(KSERVE)/.installed system-tools browser lint
 	$(TESTENV) $(PY) -m pytest -q -ra -n $(JOBS) --dist loadgroup -m "not timing" --junitxml=out/junit.xml
 	$(TESTENV) DURATIONS_FILE=durations-timing.tsv $(PY) -m pytest -q -ra -p no:xdist -m timing \
 	  --junitxml=out/junit-timing.xml
@@ -74,4 +82,4 @@ bench-e2e: install
 	$(PY) bench/e2e.py --label $(or $(LABEL),run) $(ARGS)   # ARGS="--pinned --profile 20": see docs/BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) $(TOOLS) *.egg-info
+	rm -rf $(VENV) $(TOOLS) $(KSERVE) *.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -171,3 +172,23 @@ def test_curl_style_json_and_errors_match_the_described_shapes(stack, key, sampl
     r = requests.post(stack.base_url + "/v2/models/imagenet/versions/v1/infer", json=doc, headers=key["auth"],
                       timeout=60)
     assert r.status_code == 403 and r.json()["code"] == "pinning_not_allowed"
+
+
+KSERVE_PYTHON = os.environ.get("CLASSIFYCLOUD_KSERVE_PYTHON") or os.path.join(
+    os.path.dirname(__file__), "..", ".venv-kserve", "bin", "python")
+
+
+def test_kserves_own_client_classifies_chelsea_with_the_labels_and_scores_of_classify(stack, key, tmp_path,
+                                                                                      sample_bytes):
+    assert os.path.exists(KSERVE_PYTHON), "make test builds .venv-kserve (KServe's client, in a venv of its own)"
+    photo = tmp_path / "chelsea.jpg"
+    photo.write_bytes(sample_bytes["chelsea"])
+    out = subprocess.run([KSERVE_PYTHON, os.path.join(os.path.dirname(__file__), "kserve_client.py"),
+                          stack.base_url, "imagenet", str(photo), json.dumps(auth(key))],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    outputs = json.loads(out.stdout)
+    native = classify(stack, key, sample_bytes["chelsea"])
+    assert outputs["labels"][0] == "Egyptian cat" == native[0]["label"]
+    assert outputs["indices"][:5] == [r["index"] for r in native]
+    assert outputs["scores"][:5] == pytest.approx([r["score"] for r in native], abs=1e-5)
