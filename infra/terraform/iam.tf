@@ -86,6 +86,8 @@ locals {
     # once it is answered (webserver/faces.py, webserver/jobs.py erase_upload)
     web = [
       { sid = "ListFaceVersions", action = "s3:ListBucketVersions", prefixes = ["galleries/*", "uploads/*"] },
+      # GET /jobs: a key's own jobs, from its index (webserver/job_options.py)
+      { sid = "ListJobIndex", action = "s3:ListBucket", prefixes = ["jobs/index/*"] },
     ]
     autoscaler = [
       { sid = "ListBatchWork", action = "s3:ListBucket", prefixes = ["batches-active/*", "notify/pending/*", "results/*", "batch-io/*"] },

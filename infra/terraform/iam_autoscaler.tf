@@ -78,10 +78,11 @@ data "aws_iam_policy_document" "autoscaler" {
     resources = [local.reply_queue_arns]
   }
 
+  # results and failures; a job's marker (jobs/<id>.json): the notifier ends a cancelled or timed-out job
   statement {
-    sid       = "ReadResultsAndFailures"
+    sid       = "ReadResultsFailuresAndJobs"
     actions   = ["s3:GetObject"]
-    resources = ["${aws_s3_bucket.data.arn}/results/*", "${aws_s3_bucket.data.arn}/failures/*"]
+    resources = ["${aws_s3_bucket.data.arn}/results/*", "${aws_s3_bucket.data.arn}/failures/*", "${aws_s3_bucket.data.arn}/jobs/*"]
   }
 
   statement {
@@ -105,10 +106,9 @@ data "aws_iam_policy_document" "autoscaler" {
     ]
   }
 
-  # The batch locations the operator granted to a batch's key (shared/grants.py): read again by the
-  # driver before it touches a customer bucket, so a withdrawn grant stops running batches too.
-  # a batch key's grants and topics (shared/grants.py); a batch's items charged to the key's monthly counter
-  # with one conditional UpdateItem (shared/quota.py)
+  # The batch locations and topics the operator granted to a batch's key (shared/grants.py): read again
+  # by the driver before it touches a customer bucket, so a withdrawn grant stops running batches too;
+  # and a batch's items charged to the key's monthly counter with one conditional UpdateItem (shared/quota.py).
   statement {
     sid       = "ReadKeyGrantsChargeBatchItems"
     actions   = ["dynamodb:GetItem", "dynamodb:UpdateItem"]
