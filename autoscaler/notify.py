@@ -37,7 +37,7 @@ from shared.notify import (
 )
 
 # the same SSRF rules as image URLs: the worker's own checks (resolve, refuse internal addresses, pin the IP)
-from shared.url_safety import CA_CERTS, FetchError, OwnEndpoints, Watchdog, parse_target
+from shared.url_safety import CA_CERTS, FetchError, OwnEndpoints, SocketDeadline, parse_target
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ class Notifier(Outbox):
         headers = {"Host": target.host_header, "Content-Type": "application/json",
                    "User-Agent": "ClassifyCloud-notify/1", EVENT_HEADER: event, DELIVERY_HEADER: doc["id"],
                    SIGNATURE_HEADER: sign(self.secrets.get(doc.get("owner")), body)}
-        watchdog = Watchdog(conn, remaining)   # shuts the socket at the deadline, whatever read is blocked
+        watchdog = SocketDeadline(conn, remaining)   # shuts the socket at the deadline, whatever read is blocked
         try:
             conn.connect()
             watchdog.sock = conn.sock

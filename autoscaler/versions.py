@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from shared.config import Settings
 from shared.metrics import MetricsPublisher
 from shared.traffic import STATS_PREFIX, TrafficStore
-from shared.versions import Outcome, TrafficPolicy, rollback_decision, seconds_per_request, stats_since
+from shared.versions import TrafficPolicy, VersionOutcome, rollback_decision, seconds_per_request, stats_since
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ class ControllerResult:
     rolled_back: dict[str, dict[str, str]] = field(default_factory=dict)   # service -> {version: reason}
 
 
-def read_outcomes(settings: Settings, s3, now: float) -> dict[str, list[Outcome]]:
+def read_outcomes(settings: Settings, s3, now: float) -> dict[str, list[VersionOutcome]]:
     """Every fresh worker outcome log, merged per service."""
-    out: dict[str, list[Outcome]] = {}
+    out: dict[str, list[VersionOutcome]] = {}
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket_name, Prefix=STATS_PREFIX)
     for page in pages:
         for obj in page.get("Contents", []):
@@ -43,7 +43,7 @@ def read_outcomes(settings: Settings, s3, now: float) -> dict[str, list[Outcome]
                 doc = json.loads(s3.get_object(Bucket=settings.bucket_name, Key=obj["Key"])["Body"].read())
                 for service, rows in (doc.get("services") or {}).items():
                     out.setdefault(service, []).extend(
-                        Outcome(int(r[0]), str(r[1]), bool(r[2]), float(r[3]), float(r[4])) for r in rows)
+                        VersionOutcome(int(r[0]), str(r[1]), bool(r[2]), float(r[3]), float(r[4])) for r in rows)
             except ClientError:
                 continue                      # deleted between list and get
             except (ValueError, TypeError, IndexError, AttributeError) as exc:
@@ -60,7 +60,7 @@ class VersionController:
         self.store = TrafficStore(settings, s3)
         self.metrics = metrics
         self.clock = clock
-        self.outcomes: dict[str, list[Outcome]] = {}
+        self.outcomes: dict[str, list[VersionOutcome]] = {}
         self.policies: dict[str, TrafficPolicy] = {}
 
     def check(self) -> ControllerResult:
@@ -116,7 +116,7 @@ def declared_times(catalogue) -> dict[str, dict[str, float]]:
     return out
 
 
-def _measured(outcomes: list[Outcome], last: int = 200) -> dict[str, float]:
+def _measured(outcomes: list[VersionOutcome], last: int = 200) -> dict[str, float]:
     """Seconds per request of each version: the mean cost of its last answered requests."""
     by: dict[str, list[float]] = {}
     for o in sorted(outcomes, key=lambda o: o.at):

@@ -11,7 +11,7 @@ import requests
 FINAL = ("succeeded", "failed", "cancelled")
 
 
-class ApiError(Exception):
+class ApiCallError(Exception):
     """The web answered an error (its code and message) or could not be reached."""
 
 
@@ -28,10 +28,10 @@ class BatchClient:
             r = requests.request(method, self.base + path, headers=self.headers, timeout=self.timeout_s, **kw)
             body = r.json()
         except (requests.RequestException, ValueError) as exc:
-            raise ApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
+            raise ApiCallError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         if r.status_code >= 400:
             err = body.get("error", {}) if isinstance(body, dict) else {}
-            raise ApiError(f"HTTP {r.status_code} {err.get('code', '')}: {err.get('message', r.text[:200])}")
+            raise ApiCallError(f"HTTP {r.status_code} {err.get('code', '')}: {err.get('message', r.text[:200])}")
         return body
 
     def submit(self, doc: dict) -> dict:
@@ -66,7 +66,7 @@ def follow(client: BatchClient, batch_id: str, interval_s: float = 1.0, out=sys.
     while True:
         try:
             b = client.status(batch_id)
-        except ApiError as exc:      # a web restart: keep following
+        except ApiCallError as exc:      # a web restart: keep following
             print(f"\n(status unavailable: {exc}; retrying)", file=out, flush=True)
             time.sleep(interval_s)
             continue
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.no_wait:
                 return 0
         final = follow(client, batch_id, args.interval)
-    except ApiError as exc:
+    except ApiCallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for shard in final.get("shards", []):

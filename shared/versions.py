@@ -224,7 +224,7 @@ def _weight(value: object, version: str) -> float:
 # --- the rollback rule ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Outcome:
+class VersionOutcome:
     """One answered request of one version (what workers record for the controller)."""
 
     at: int          # epoch ms
@@ -257,9 +257,9 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-def stats_since(outcomes: Iterable[Outcome], since_ms: int) -> dict[str, VersionStats]:
+def stats_since(outcomes: Iterable[VersionOutcome], since_ms: int) -> dict[str, VersionStats]:
     """Per version: requests, errors and p95 model time of the outcomes at or after since_ms."""
-    by: dict[str, list[Outcome]] = {}
+    by: dict[str, list[VersionOutcome]] = {}
     for o in outcomes:
         if o.at >= since_ms:
             by.setdefault(o.version, []).append(o)

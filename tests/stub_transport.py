@@ -21,7 +21,7 @@ from shared.config import Settings
 from shared.messages import now_ms
 from shared.transport import (
     MAX_BATCH,
-    BatchResult,
+    EntriesResult,
     Failure,
     QueueConsumer,
     QueueDepth,
@@ -158,10 +158,10 @@ class StubTransport(Transport):
             raise TransportError(result.failed[0].message, result.failed[0].code)
         return self._last_id
 
-    def send_batch(self, url: str, messages: Iterable[tuple[Hashable, Any]]) -> BatchResult:
+    def send_batch(self, url: str, messages: Iterable[tuple[Hashable, Any]]) -> EntriesResult:
         """Send (key, message) pairs; QueueGone when the queue does not exist."""
         entries = [(key, _body(msg)) for key, msg in messages]
-        result = BatchResult()
+        result = EntriesResult()
         with self._cond:
             q = self._queue(url)
             for i in range(0, len(entries), MAX_BATCH):
@@ -173,20 +173,20 @@ class StubTransport(Transport):
             self._cond.notify_all()
         return result
 
-    def delete_batch(self, url: str, handles: Iterable[tuple[Hashable, str]]) -> BatchResult:
+    def delete_batch(self, url: str, handles: Iterable[tuple[Hashable, str]]) -> EntriesResult:
         """Delete (key, receipt handle) pairs; an unknown handle fails its entry."""
         return self._by_handle("DeleteMessageBatch", url, handles, lambda q, m: q.messages.pop(m.id))
 
     def change_visibility_batch(self, url: str, handles: Iterable[tuple[Hashable, str]],
-                                timeout_s: int) -> BatchResult:
+                                timeout_s: int) -> EntriesResult:
         """Visible again after timeout_s (0: now)."""
         def change(q: _Queue, m: _Message) -> None:
             m.visible_at = time.monotonic() + timeout_s
         return self._by_handle("ChangeMessageVisibilityBatch", url, handles, change)
 
-    def _by_handle(self, action: str, url: str, handles, op) -> BatchResult:
+    def _by_handle(self, action: str, url: str, handles, op) -> EntriesResult:
         handles = list(handles)
-        result = BatchResult()
+        result = EntriesResult()
         with self._cond:
             q = self._queue(url)
             for i in range(0, len(handles), MAX_BATCH):

@@ -7,7 +7,7 @@ import pytest
 
 from shared.catalogue import load_catalogue
 from shared.config import Settings
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import HeartbeatThread
 from worker.models.cpu_clock import ModelClock, read_stats
 from worker.models.engine import InferenceEngine, decode_image
 from worker.models.kinds.classifier import ImageClassifier
@@ -109,7 +109,7 @@ def test_the_model_clock_counts_forward_cpu_in_its_file(auto_handler, tmp_path, 
 def test_services_reports_the_backend_auto_chose_from_the_worker_heartbeat(auto_handler, settings, provisioned):
     from shared.aws import client
     from webserver.app import create_app
-    beat = Heartbeat(settings, client("s3", settings), "auto-1", ["imagenet"], {}, lambda: 0,
+    beat = HeartbeatThread(settings, client("s3", settings), "auto-1", ["imagenet"], {}, lambda: 0,
                      backends={"imagenet": auto_handler.backend_choice})
     assert beat.beat()
     app = create_app(settings.replace(wait_time_s=1))

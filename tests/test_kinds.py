@@ -132,7 +132,7 @@ def test_an_unknown_kind_is_refused_with_the_kinds_there_are(tmp_path):
         kinds.get("toy")
     spec = load_catalogue()["imagenet"]
     odd = dataclasses.replace(spec, kind="toy")   # past the catalogue's check (say, a newer catalogue)
-    with pytest.raises(worker_kinds.UnknownKind, match=r"kind 'toy' has no handler on this worker"):
+    with pytest.raises(worker_kinds.NoKindHandler, match=r"kind 'toy' has no handler on this worker"):
         worker_kinds.handler_class(odd)
 
 

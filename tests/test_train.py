@@ -7,7 +7,7 @@ import types
 import pytest
 from PIL import Image
 
-from classifycloud.train import Progress, fetch_dataset, split, train_service
+from classifycloud.train import TrainProgress, fetch_dataset, split, train_service
 from shared.aws import client
 
 pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
@@ -26,7 +26,7 @@ def test_split_holds_out_the_same_share_of_every_class():
 
 def test_progress_without_a_terminal_prints_every_tenth():
     out = io.StringIO()
-    bar = Progress("features", 100, stream=out)
+    bar = TrainProgress("features", 100, stream=out)
     for _ in range(100):
         bar.update(1, "loss 0.1")
     bar.close()

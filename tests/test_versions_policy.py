@@ -10,9 +10,9 @@ from shared.catalogue import CatalogueError, load_catalogue, split_versions
 from shared.messages import MessageError, Reply, Request
 from shared.versions import (
     Bounds,
-    Outcome,
     TrafficPolicy,
     VersionError,
+    VersionOutcome,
     VersionStats,
     parse_pin,
     percentile,
@@ -106,8 +106,8 @@ def test_rollback_with_a_canary_takes_only_the_canary_s_traffic():
     assert p.with_weights({"v2": 5}, 8).rolled_back == {}   # traffic again: no longer rolled back
 
 
-def _outcomes(version: str, n: int, errors: int, ms: float, at: int = 1000) -> list[Outcome]:
-    return [Outcome(at + i, version, i >= errors, ms, ms) for i in range(n)]
+def _outcomes(version: str, n: int, errors: int, ms: float, at: int = 1000) -> list[VersionOutcome]:
+    return [VersionOutcome(at + i, version, i >= errors, ms, ms) for i in range(n)]
 
 
 def test_rollback_decision_needs_min_requests_then_trips_on_error_rate():

@@ -8,7 +8,7 @@ from shared.aws import client
 from shared.messages import Reply, now_ms
 from shared.transport import Transport
 from worker.consumer import Held
-from worker.results import Outcome, ResultSink
+from worker.results import DeliveryOutcome, ResultSink
 
 pytestmark = pytest.mark.services("imagenet")   # only these queues (tests/conftest.py provisioned)
 
@@ -48,9 +48,9 @@ def _hold(env, rid: str) -> Held:
     raise AssertionError("request not received")
 
 
-def _outcome(env, rid: str, reply_to: str | None) -> Outcome:
+def _outcome(env, rid: str, reply_to: str | None) -> DeliveryOutcome:
     reply = Reply.ok(rid, "imagenet", [{"label": "tabby", "index": 281, "score": 0.5}], worker="t")
-    return Outcome(_hold(env, rid), reply, reply_to)
+    return DeliveryOutcome(_hold(env, rid), reply, reply_to)
 
 
 def _left(env) -> int:
@@ -93,7 +93,7 @@ def test_a_partial_batch_failure_deletes_exactly_the_answered_and_recorded(sink_
     bad_reply = [_outcome(sink_env, f"noreply-{i}", sink_env["fifo"]) for i in range(2)]
     job = _outcome(sink_env, "job-ok", None)
     # an id that cannot be an S3 key (a lone surrogate does not encode): its record alone fails
-    bad_record = Outcome(_hold(sink_env, "bad-record"), Reply.ok("bad-\ud800", "imagenet", [], worker="t"),
+    bad_record = DeliveryOutcome(_hold(sink_env, "bad-record"), Reply.ok("bad-\ud800", "imagenet", [], worker="t"),
                          sink_env["reply"])
     batch = [*good[:6], *bad_reply, bad_record, job, *good[6:]]
     deleted = sink.deliver(batch)

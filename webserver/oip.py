@@ -21,7 +21,7 @@ from webserver.inputs import ImageInput
 from webserver.keys import KeyStoreError, QuotaExceeded
 from webserver.oip_pixels import pixel_size, pixels_to_png
 from webserver.oip_tensors import HEADER, IMAGE_INPUT, OUTPUTS, PIXELS_INPUT, infer_response, parse_infer
-from webserver.outcomes import SYNC_ANSWERS, Outcome, ok_reply
+from webserver.outcomes import SYNC_ANSWERS, RequestOutcome, ok_reply
 from webserver.routing import UPLOAD, route
 from webserver.usage_tags import tag_usage
 
@@ -241,14 +241,14 @@ def charge_images(count: int) -> None:
         raise ApiError(503, "auth_unavailable", "API keys cannot be checked right now; try again") from None
 
 
-def classify_all(images: list[ImageInput], name: str, top_k: int, spec: ServiceSpec) -> list[Outcome]:
+def classify_all(images: list[ImageInput], name: str, top_k: int, spec: ServiceSpec) -> list[RequestOutcome]:
     """Each image through Submitter.classify (one queued request each), several at once for a batch."""
     submit = ctx().submitter.classify
     if len(images) == 1:
         return [submit(images[0], name, top_k, None, spec=spec)]
     key = g.get("api_key")
 
-    def one(image: ImageInput) -> Outcome:
+    def one(image: ImageInput) -> RequestOutcome:
         g.api_key = key   # this thread's app context: the ids name the caller's key (webserver.auth.owned_id)
         return submit(image, name, top_k, None, spec=spec)
 

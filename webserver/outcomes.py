@@ -1,4 +1,4 @@
-"""What a synchronous request came to (Outcome), and the one outcome->response function of every synchronous route."""
+"""What a synchronous request came to (RequestOutcome), and the one outcome->response function of every synchronous route."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ SYNC_ANSWERS = SUBMIT_ANSWERS + (409, 500, 504)
 
 
 @dataclass(frozen=True)
-class Outcome:
+class RequestOutcome:
     """What a synchronous request came to: a reply, or None when it timed out."""
 
     request_id: str
@@ -30,7 +30,7 @@ class Outcome:
     version: str | None = None  # the version the request was routed to (None: the service has one)
 
 
-def ok_reply(outcome: Outcome) -> Reply:
+def ok_reply(outcome: RequestOutcome) -> Reply:
     """The ok reply of an outcome; every other outcome raises its error, the same for every route:
     shutdown 503 and timeout 504 (both with the job id), an error reply as its mapped 4xx/5xx."""
     rid, reply = outcome.request_id, outcome.reply
@@ -47,14 +47,14 @@ def ok_reply(outcome: Outcome) -> Reply:
     return reply
 
 
-def native_body(reply: Reply, outcome: Outcome) -> dict:
+def native_body(reply: Reply, outcome: RequestOutcome) -> dict:
     """The native JSON body: the reply and the web-side latency."""
     body = reply.to_dict()
     body["latency_ms"] = round(outcome.latency_ms, 1)
     return body
 
 
-def answer(outcome: Outcome, render: Callable[[Reply, Outcome], dict] = native_body, status: int = 200):
+def answer(outcome: RequestOutcome, render: Callable[[Reply, RequestOutcome], dict] = native_body, status: int = 200):
     """The response of a synchronous outcome: render(reply) with `status`, or the error ok_reply raises
     (each route's error handler writes it in that route's shape: native JSON or XCloud's envelope)."""
     reply = ok_reply(outcome)

@@ -25,7 +25,7 @@ from webserver.failures import (
 from webserver.inputs import ImageInput
 from webserver.jobs import JobStore
 from webserver.limits import release_request_body
-from webserver.outcomes import Outcome
+from webserver.outcomes import RequestOutcome
 from webserver.replies import ReplyListener
 from webserver.versions import VersionRouter, split_service
 
@@ -99,7 +99,7 @@ class Submitter:
             raise QueueUnavailable("could not enqueue the request; try again", req.id) from None
 
     def classify(self, image: ImageInput, service: str | None, top_k: int | None,
-                 params: dict | None = None, spec: ServiceSpec | None = None) -> Outcome:
+                 params: dict | None = None, spec: ServiceSpec | None = None) -> RequestOutcome:
         """Send a request with reply_to = this process's queue and wait up to reply_timeout_s.
 
         spec: the entry the route already resolved for `service` (one catalogue read per request)."""
@@ -131,7 +131,7 @@ class Submitter:
         if reply is None and waiter.shutdown:
             log.warning("request %s: web process stopping before its reply; 503 with the job id", rid)
             self.jobs.write_marker(rid, spec.name, req.submitted_at)
-            return Outcome(rid, spec.name, None, latency_ms, shutdown=True, version=version)
+            return RequestOutcome(rid, spec.name, None, latency_ms, shutdown=True, version=version)
         if reply is None:
             log.warning("request %s: no reply within %.1f s", rid, self.settings.reply_timeout_s)
             self.metrics.record("Timeouts", 1, Service=spec.name)
@@ -139,7 +139,7 @@ class Submitter:
         else:
             self.metrics.record("Latency", latency_ms, Service=spec.name)
             log.info("request %s: %s reply after %.0f ms", rid, reply.status, latency_ms)
-        return Outcome(rid, spec.name, reply, latency_ms, version=version)
+        return RequestOutcome(rid, spec.name, reply, latency_ms, version=version)
 
     def submit_job(self, image: ImageInput, service: str | None, top_k: int | None,
                    params: dict | None = None, spec: ServiceSpec | None = None, ttl_s: int | None = None,

@@ -14,7 +14,7 @@ from worker.consumer import Held, extend_visibility
 from worker.fetch import Fetcher, FetchError
 from worker.models.engine import ImageDecodeError, InferenceEngine
 from worker.models.registry import ModelRegistry
-from worker.results import Outcome, ResultSink
+from worker.results import DeliveryOutcome, ResultSink
 from worker.selfcheck import ModelHealth
 from worker.shadow import ShadowRunner
 from worker.versions import WorkerVersions
@@ -40,7 +40,7 @@ class Staged:
     """A prepared part of a batch: parsed, checked, fetched and decoded, waiting for its forward passes."""
 
     held: list[Held]                        # every message this part answers or releases (buffer.done on these)
-    outcomes: list[Outcome] = field(default_factory=list)    # answered already (malformed messages)
+    outcomes: list[DeliveryOutcome] = field(default_factory=list)    # answered already (malformed messages)
     unreadable: list[Held] = field(default_factory=list)
     items: list[_Item] = field(default_factory=list)         # requests (answered or to be answered)
     groups: list = field(default_factory=list)               # (service key, items, engine Prepared) per model
@@ -52,15 +52,15 @@ class Staged:
 class BatchOutcome:
     """What became of a batch: replies to deliver, and unreadable messages to leave for the DLQ."""
 
-    outcomes: list[Outcome]
+    outcomes: list[DeliveryOutcome]
     unreadable: list[Held]
     early_delivered: list[Held] = field(default_factory=list)  # answered and deleted inside process()
     release: list[Held] = field(default_factory=list)  # not answered (the model is broken): for another worker
 
 
-def _outcome(item: _Item) -> Outcome:
+def _outcome(item: _Item) -> DeliveryOutcome:
     """What to deliver for one answered request: its reply, and a record only where one is read."""
-    return Outcome(item.held, item.reply, item.request.reply_to, record=item.request.wants_record)
+    return DeliveryOutcome(item.held, item.reply, item.request.reply_to, record=item.request.wants_record)
 
 
 class BatchProcessor:
@@ -109,7 +109,7 @@ class BatchProcessor:
         if self.health.broken:
             yield Staged(list(batch), release=list(batch))
             return
-        outcomes: list[Outcome] = []
+        outcomes: list[DeliveryOutcome] = []
         unreadable: list[Held] = []
         items: list[_Item] = []
         # messages that waited in the buffer get a fresh visibility timeout before the work starts
@@ -130,7 +130,7 @@ class BatchProcessor:
                 reply = Reply.failure(rid, held.service, exc.code, exc.message, worker=self.worker_id,
                                       timings_ms=self._timings(held, None, 0.0, 0.0))
                 self.metrics.record("Errors", 1, Service=held.service, Code=exc.code)
-                outcomes.append(Outcome(held, reply, reply_to, record=False))  # no request: the reply answers it
+                outcomes.append(DeliveryOutcome(held, reply, reply_to, record=False))  # no request: the reply answers it
         for item in items:
             if item.request.expired():
                 self._expire(item)

@@ -26,7 +26,7 @@ from shared.url_safety import (  # noqa: F401  (re-exported: the fetch's errors 
     parse_target,
     safe_url,
 )
-from shared.url_safety import Watchdog as _Watchdog
+from shared.url_safety import SocketDeadline as _Watchdog
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Heartbeat: heartbeats/<instance_id>.json in the bucket, rewritten on an interval, deleted on exit."""
+"""HeartbeatThread: heartbeats/<instance_id>.json in the bucket, rewritten on an interval, deleted on exit."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ from shared.messages import now_ms
 log = logging.getLogger(__name__)
 
 
-class Heartbeat(threading.Thread):
+class HeartbeatThread(threading.Thread):
     """Writes {instance_id, services, unavailable, state, busy, backends, started_at, at, step_at, oldest_held_at}."""
 
     def __init__(self, settings: Settings, s3, instance_id: str, services: list[str],

@@ -19,7 +19,7 @@ from worker.batch import BatchProcessor
 from worker.bulk import start_bulk_consumers
 from worker.consumer import Consumer, MessageBuffer, release
 from worker.fetch import Fetcher
-from worker.heartbeat import Heartbeat
+from worker.heartbeat import HeartbeatThread
 from worker.identity import instance_id
 from worker.live import LiveServices
 from worker.liveness import Progress, Watchdog
@@ -52,7 +52,7 @@ class Worker:
         self.s3 = None
         self.buffer = MessageBuffer(settings.buffer_size)
         self.consumers: list[Consumer] = []
-        self.heartbeat: Heartbeat | None = None
+        self.heartbeat: HeartbeatThread | None = None
         self.progress = Progress()
         self.watchdog: Watchdog | None = None
         self.wedged_exit = os._exit   # what the watchdog calls once it released a wedged worker's messages
@@ -217,7 +217,7 @@ class Worker:
         # batch items: taken only while the interactive queues above are quiet (worker/bulk.py)
         self.consumers += start_bulk_consumers(s, self.transport, list(self.queue_urls), self.buffer,
                                                list(self.consumers))
-        self.heartbeat = Heartbeat(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
+        self.heartbeat = HeartbeatThread(s, self.s3, self.instance_id, hosted, self.registry.unavailable,
                                    self.buffer.held, self._progress, self.registry.backend_choices())
         self.heartbeat.beat()
         self.heartbeat.start()

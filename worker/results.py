@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Outcome:
+class DeliveryOutcome:
     """A held message and the reply it gets; reply_to None means an async job (record only)."""
 
     held: Held
@@ -68,7 +68,7 @@ class ResultSink:
             log.warning("request %s: stored result record unreadable (%s); recomputing", request_id, exc)
             return None
 
-    def deliver(self, outcomes: list[Outcome]) -> list[Held]:
+    def deliver(self, outcomes: list[DeliveryOutcome]) -> list[Held]:
         """Reply, record, delete; returns the held messages that were deleted."""
         if not outcomes:
             return []
@@ -84,7 +84,7 @@ class ResultSink:
                 log.warning("request %s: replied but result record missing; not deleting", outcome.reply.id)
         return self.delete(done)
 
-    def _record(self, outcome: Outcome) -> bool:
+    def _record(self, outcome: DeliveryOutcome) -> bool:
         try:
             self.s3.put_object(Bucket=self.settings.bucket_name, Key=naming.result_key(outcome.reply.id),
                                Body=outcome.reply.to_json().encode(), ContentType="application/json")
@@ -93,7 +93,7 @@ class ResultSink:
             log.error("request %s: result record not written: %s", outcome.reply.id, exc)
             return False
 
-    def _send_replies(self, outcomes: list[Outcome]) -> tuple[list[bool], set[int]]:
+    def _send_replies(self, outcomes: list[DeliveryOutcome]) -> tuple[list[bool], set[int]]:
         """Send the replies, batched per reply queue.
 
         Returns True per outcome that was answered (or needs no answer), and the positions whose reply

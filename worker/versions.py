@@ -18,7 +18,7 @@ from shared.config import Settings
 from shared.messages import now_ms
 from shared.traffic import stats_key
 from shared.version_entries import VersionEntries, VersionEntry
-from shared.versions import BASE_VERSION, Outcome, versioned_name
+from shared.versions import BASE_VERSION, VersionOutcome, versioned_name
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class WorkerVersions:
         """Note one answer of a version (the controller's error rate and p95, the autoscaler's cost)."""
         with self._lock:
             log_ = self.outcomes.setdefault(service, deque(maxlen=MAX_OUTCOMES))
-            log_.append(Outcome(now_ms(), version, ok, round(ms, 2), round(cost_ms, 2)))
+            log_.append(VersionOutcome(now_ms(), version, ok, round(ms, 2), round(cost_ms, 2)))
             self._dirty = True
 
     def flush(self) -> bool:

@@ -58,7 +58,7 @@ class SimConfig:
 
 
 @dataclass
-class Worker:
+class SimWorker:
     """One simulated instance + worker process."""
 
     id: int
@@ -94,8 +94,8 @@ class Simulation:
         self.arrival = [t for t, _ in trace.arrivals]
         self.service_of = [s for _, s in trace.arrivals]
         self.finish = [math.nan] * len(trace.arrivals)
-        self.workers: list[Worker] = []
-        self.idle: list[Worker] = []
+        self.workers: list[SimWorker] = []
+        self.idle: list[SimWorker] = []
         self.terminates: deque = deque()              # issued_at of terminate messages in the queue
         self.snapshot: list[QueueStats] = [QueueStats(s) for s in self.services]
         self.samples: list[tuple] = []                # (t, visible, in_flight, running, pending)
@@ -175,7 +175,7 @@ class Simulation:
         self.terminates.extend([self.now] * n)
         self.terminates_sent += n
 
-    def kill(self, w: Worker) -> None:
+    def kill(self, w: SimWorker) -> None:
         """Terminate an instance now (EC2 scale-in); what it held reappears after the visibility timeout."""
         if w.state == "gone":
             return
@@ -190,14 +190,14 @@ class Simulation:
         """True while any request waits in a queue."""
         return any(self.queue.values())
 
-    def alive(self) -> list[Worker]:
+    def alive(self) -> list[SimWorker]:
         """Workers not gone."""
         return [w for w in self.workers if w.state != "gone"]
 
     # --- handlers --------------------------------------------------------------------------
     def _new_worker(self, ready_at: float, initial: bool = False, kind: str = "on-demand",
-                    slot: int | None = None) -> Worker:
-        w = Worker(id=len(self.workers), launched_at=self.now, ready_at=ready_at, initial=initial, kind=kind,
+                    slot: int | None = None) -> SimWorker:
+        w = SimWorker(id=len(self.workers), launched_at=self.now, ready_at=ready_at, initial=initial, kind=kind,
                    slot=slot)
         self.workers.append(w)
         rate = self.fleet_model.spot_interrupt_per_h
@@ -216,7 +216,7 @@ class Simulation:
         if w.gen == gen and w.state == "pending":
             w.state = "booting"
 
-    def _ready(self, w: Worker) -> None:
+    def _ready(self, w: SimWorker) -> None:
         if w.state == "gone":
             return
         w.state, w.last_check, w.idle_since = "idle", self.now, self.now
@@ -284,7 +284,7 @@ class Simulation:
     def _check_interval_s(self) -> float:
         return Terminate.check_interval_s(self.cfg.terminate_check_interval_s, self._expiry_s())
 
-    def _schedule_check(self, w: Worker) -> None:
+    def _schedule_check(self, w: SimWorker) -> None:
         """The idle worker's next look: once its interval is over and it has waited for work once, at the
         first of its loop's waits after that (uniform within one wait)."""
         due = max(w.last_check + self._check_interval_s(), w.idle_since + self.cfg.idle_wait_s)
@@ -297,7 +297,7 @@ class Simulation:
         if Terminate.check_due(True, self.now - w.last_check, self._check_interval_s()):
             self._check_terminate(w)          # taken: _end() removed it from the idle list
 
-    def _check_terminate(self, w: Worker) -> bool:
+    def _check_terminate(self, w: SimWorker) -> bool:
         """The worker's terminate check: drop stale messages, take one fresh one (then exit)."""
         w.last_check = self.now
         expiry = self._expiry_s()
@@ -324,7 +324,7 @@ class Simulation:
             self._end(w)
         self.launch(1, cold=True)             # desired capacity is unchanged: the spot group replaces it
 
-    def _end(self, w: Worker) -> None:
+    def _end(self, w: SimWorker) -> None:
         if w.slot is not None:                # back to the warm pool once stopped (reuse on scale-in)
             self.warm_free_at[w.slot] = self.now + self.fleet_model.refill_s
             w.slot = None

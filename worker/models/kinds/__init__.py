@@ -8,7 +8,7 @@ from shared.catalogue import ServiceSpec
 from worker.models.handler import Handler
 
 
-class UnknownKind(ValueError):
+class NoKindHandler(ValueError):
     """A service names a kind this worker has no handler for."""
 
 
@@ -30,6 +30,6 @@ def handler_class(spec: ServiceSpec) -> type[Handler]:
     """The class that serves a service: its kind's handler (or the variant the kind picks for the entry)."""
     cls = HANDLERS.get(spec.kind)
     if cls is None:
-        raise UnknownKind(f"service {spec.name!r}: kind {spec.kind!r} has no handler on this worker "
+        raise NoKindHandler(f"service {spec.name!r}: kind {spec.kind!r} has no handler on this worker "
                           f"(kinds: {', '.join(sorted(HANDLERS))})")
     return cls.for_spec(spec)
