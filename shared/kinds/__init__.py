@@ -31,6 +31,9 @@ class Kind:
 
     name = ""
     enrols_faces = False     # its services search galleries that POST /faces/<gallery> enrols into
+    # options of an entry that name a file to load: an S3 entry's are confined to models/<service>/ like its
+    # weights (shared/live_catalogue.py reads this, so a kind that forgets one cannot point outside)
+    file_options: tuple[str, ...] = ()
 
     def params(self, field: Callable[[str], Any], spec: Any, tenant: str) -> dict:
         """The request message's params this kind needs, from the request's fields (raises ParamError)."""
@@ -65,6 +68,15 @@ KINDS: dict[str, Kind] = _discover()
 def names() -> tuple[str, ...]:
     """Every kind's name (what a catalogue entry's `kind:` may say)."""
     return tuple(KINDS)
+
+
+def file_options(name: object) -> tuple[str, ...]:
+    """The options naming files for an entry of kind `name`; every kind's for a name that is none of them
+    (the entry is refused later, but nothing in it is left unconfined meanwhile)."""
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is not None:
+        return tuple(kind.file_options)
+    return tuple(sorted({o for k in KINDS.values() for o in k.file_options}))
 
 
 def get(name: str) -> Kind:

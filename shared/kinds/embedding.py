@@ -10,6 +10,7 @@ class Embedding(Kind):
 
     name = "embedding"
     enrols_faces = True
+    file_options = ("shape_predictor",)   # dlib's 5-point model, loaded beside the encoder
 
     def params(self, field, spec, tenant: str) -> dict:
         """{op: search, gallery, tenant}: the gallery is the client's, the tenant the server's (its key)."""

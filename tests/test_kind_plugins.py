@@ -1,0 +1,47 @@
+"""A kind is one plug-in: its declarations (file options, parameters, result shape) are read from the kinds table."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from shared import kinds
+from shared.catalogue import CatalogueError
+from shared.live_catalogue import parse_s3_entry
+
+ENTRY = {"architecture": "resnet18", "num_classes": 2, "weights": "w.safetensors"}
+
+
+class Calibrated(kinds.Kind):
+    """A kind whose entries name a calibration table to load (a file option it declares)."""
+
+    name = "calibrated"
+    file_options = ("calibration",)
+
+    def xcloud(self, results):
+        return results
+
+    def summary(self, results):
+        return "calibrated"
+
+
+def test_a_kinds_declared_file_option_in_an_s3_entry_must_stay_in_its_service_folder(monkeypatch):
+    monkeypatch.setitem(kinds.KINDS, "calibrated", Calibrated())
+    entry = {**ENTRY, "kind": "calibrated", "options": {"calibration": "table.json", "note": "../free text"}}
+    ok = parse_s3_entry("cal", yaml.safe_dump(entry), "b")
+    assert ok.options == {"calibration": "s3://b/models/cal/table.json", "note": "../free text"}
+    for bad in ("/etc/passwd", "../imagenet/table.json", "s3://b/elsewhere/table.json",
+                "s3://other/table.json", "builtin:../../x"):
+        doc = {**entry, "options": {"calibration": bad}}
+        with pytest.raises(CatalogueError, match=r"options\.calibration .* must"):
+            parse_s3_entry("cal", yaml.safe_dump(doc), "b")
+
+
+def test_the_confinement_follows_the_declaration_not_a_list_of_option_names(monkeypatch):
+    undeclared = Calibrated()
+    undeclared.file_options = ()
+    monkeypatch.setitem(kinds.KINDS, "calibrated", undeclared)
+    doc = {**ENTRY, "kind": "calibrated", "options": {"calibration": "table.json"}}
+    assert parse_s3_entry("cal", yaml.safe_dump(doc), "b").options["calibration"] == "table.json"
+    # the embedding kind declares its dlib shape model: confined with no list elsewhere naming it
+    assert kinds.get("embedding").file_options == ("shape_predictor",)
+    assert kinds.file_options("no-such-kind") == ("shape_predictor",)   # unknown: every kind's, until refused
