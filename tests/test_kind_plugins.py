@@ -45,3 +45,18 @@ def test_the_confinement_follows_the_declaration_not_a_list_of_option_names(monk
     # the embedding kind declares its dlib shape model: confined with no list elsewhere naming it
     assert kinds.get("embedding").file_options == ("shape_predictor",)
     assert kinds.file_options("no-such-kind") == ("shape_predictor",)   # unknown: every kind's, until refused
+
+
+def test_the_served_document_takes_each_kinds_parameters_and_result_shape_from_the_table():
+    from openapi_check import load_spec
+    spec = load_spec()
+    schemas = spec["components"]["schemas"]
+    assert schemas["Result"]["anyOf"] == [{"$ref": f"#/components/schemas/Result_{n}"} for n in kinds.KINDS]
+    for name, kind in kinds.KINDS.items():
+        assert schemas[f"Result_{name}"] == kind.result_schema
+    query = {p["name"]: p for p in spec["paths"]["/classify"]["get"]["parameters"] if "name" in p}
+    assert query["gallery"]["schema"] == kinds.get("embedding").request_params["gallery"]["schema"]
+    assert "kind embedding" in query["gallery"]["description"]
+    for body in ("ClassifyInput", "JobInput"):
+        for content in spec["components"]["requestBodies"][body]["content"].values():
+            assert content["schema"]["properties"]["gallery"]["pattern"] == "^[A-Za-z0-9_-]{1,64}$"

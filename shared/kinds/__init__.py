@@ -34,6 +34,11 @@ class Kind:
     # options of an entry that name a file to load: an S3 entry's are confined to models/<service>/ like its
     # weights (shared/live_catalogue.py reads this, so a kind that forgets one cannot point outside)
     file_options: tuple[str, ...] = ()
+    # the request fields params() reads: name -> {"schema": JSON schema, "description"}; the served OpenAPI
+    # document lists them on /classify and /jobs (webserver/docs.py), so nothing is hand-written per kind
+    request_params: dict[str, dict] = {}
+    # one result's JSON schema: the items of a reply's `results` for this kind's services (the document's Result)
+    result_schema: dict = {"type": "object"}
 
     def params(self, field: Callable[[str], Any], spec: Any, tenant: str) -> dict:
         """The request message's params this kind needs, from the request's fields (raises ParamError)."""
