@@ -1,12 +1,22 @@
 """A kind is one plug-in: its declarations (file options, parameters, result shape) are read from the kinds table."""
 from __future__ import annotations
 
+import inspect
+
 import pytest
+import torch
 import yaml
+from conftest import only_services
+from PIL import ImageStat
 
 from shared import kinds
 from shared.catalogue import CatalogueError
+from shared.config import Settings
 from shared.live_catalogue import parse_s3_entry
+from worker.models import kinds as worker_kinds
+from worker.models.engine import decode_image
+from worker.models.handler import Handler
+from worker.models.registry import ModelRegistry
 
 ENTRY = {"architecture": "resnet18", "num_classes": 2, "weights": "w.safetensors"}
 
@@ -60,3 +70,50 @@ def test_the_served_document_takes_each_kinds_parameters_and_result_shape_from_t
     for body in ("ClassifyInput", "JobInput"):
         for content in spec["components"]["requestBodies"][body]["content"].values():
             assert content["schema"]["properties"]["gallery"]["pattern"] == "^[A-Za-z0-9_-]{1,64}$"
+
+
+class Recorded(Handler):
+    """A real handler whose steps note themselves: mean brightness, answered as one result."""
+
+    kind = "recorded"
+
+    def __init__(self, spec, steps: list):
+        self.spec, self.steps, self.labels = spec, steps, ["mean"]
+
+    def load(self):
+        self.steps.append("load")
+        self.version = "1"
+        return self
+
+    def preprocess(self, image):
+        self.steps.append("preprocess")
+        return torch.tensor(float(ImageStat.Stat(image.convert("L")).mean[0]) / 255)
+
+    def infer(self, batch):
+        self.steps.append(f"infer {tuple(batch.shape)}")
+        return batch
+
+    def postprocess(self, output, top_ks, params):
+        self.steps.append("postprocess")
+        return [[{"label": "mean", "index": 0, "score": round(float(m), 4)}] for m in output]
+
+
+def test_handle_runs_load_preprocess_infer_postprocess_in_order_and_loads_once(catalogue, sample_bytes):
+    steps: list = []
+    handler = Recorded(catalogue["imagenet"], steps)
+    photos = [decode_image(sample_bytes[p]) for p in ("chelsea", "rocket")]
+    first = handler.handle(photos)
+    assert steps == ["load", "preprocess", "preprocess", "infer (2,)", "postprocess"]
+    assert handler.handle(photos[:1]) == first[:1] and steps[5:] == ["preprocess", "infer (1,)", "postprocess"]
+
+
+def test_every_handler_postprocesses_with_one_signature_and_derived_services_wrap_their_parent(catalogue):
+    from worker.models.derived import DerivedHandler
+    from worker.models.keras_classifier import KerasClassifier
+    for cls in [*worker_kinds.HANDLERS.values(), KerasClassifier, DerivedHandler]:
+        assert issubclass(cls, Handler)
+        assert list(inspect.signature(cls.postprocess).parameters)[2:] == ["top_ks", "params"]
+    registry = ModelRegistry(only_services(catalogue, ("imagenet", "food")),
+                             Settings(device="cpu", metrics_enabled=False)).load()
+    food, imagenet = registry.get("food"), registry.get("imagenet")
+    assert isinstance(food, DerivedHandler) and food.base is imagenet and food.forward_owner is imagenet
