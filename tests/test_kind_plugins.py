@@ -1,20 +1,28 @@
 """A kind is one plug-in: its declarations (file options, parameters, result shape) are read from the kinds table."""
 from __future__ import annotations
 
+import base64
 import inspect
+import json
+import sys
 
 import pytest
 import torch
 import yaml
 from conftest import only_services
 from PIL import ImageStat
+from test_worker_loop import in_thread
 
+from classifycloud.cli import main as cli_main
+from classifycloud.provision import ensure_all
 from shared import kinds
-from shared.catalogue import CatalogueError
+from shared.catalogue import Catalogue, CatalogueError, load_catalogue
 from shared.config import Settings
 from shared.live_catalogue import parse_s3_entry
+from webserver.app import create_app
+from worker.loop import Worker
 from worker.models import kinds as worker_kinds
-from worker.models.engine import decode_image
+from worker.models.engine import InferenceEngine, decode_image
 from worker.models.handler import Handler
 from worker.models.registry import ModelRegistry
 
@@ -117,3 +125,154 @@ def test_every_handler_postprocesses_with_one_signature_and_derived_services_wra
                              Settings(device="cpu", metrics_enabled=False)).load()
     food, imagenet = registry.get("food"), registry.get("imagenet")
     assert isinstance(food, DerivedHandler) and food.base is imagenet and food.forward_owner is imagenet
+
+
+# --- a kind added as exactly its two files, registered through CLASSIFYCLOUD_KINDS -------------------------
+
+GLOW_CONTRACT = '''
+from shared.kinds import Kind, ParamError
+
+
+class Glow(Kind):
+    name = "glow"
+    handler = "glowkinds.glow_handler:GlowHandler"
+    file_options = ("palette",)
+    request_params = {"level": {"schema": {"type": "number", "minimum": 0, "maximum": 1},
+                                "description": "the brightness that counts as bright (default 0.5)"}}
+    result_schema = {"type": "object", "required": ["label", "index", "score", "level"],
+                     "properties": {"label": {"type": "string"}, "index": {"type": "integer"},
+                                    "score": {"type": "number"}, "level": {"type": "number"}}}
+
+    def params(self, field, spec, tenant):
+        level = field("level")
+        if level is None:
+            return {}
+        try:
+            return {"level": float(level)}
+        except (TypeError, ValueError):
+            raise ParamError("invalid_level", "level must be a number") from None
+
+    def xcloud(self, results):
+        return [{"name": r["label"], "brightness": r["score"]} for r in results]
+
+    def summary(self, results):
+        return f"{results[0]['label']} at {results[0]['score']:.2f}"
+
+
+KIND = Glow()
+'''
+
+GLOW_HANDLER = '''
+import json
+
+import torch
+import torchvision.transforms.functional as TF
+
+from worker.models.handler import Handler
+from worker.models.loader import fetch_to_local, sha256_of
+
+
+class GlowHandler(Handler):
+    kind = "glow"
+
+    def __init__(self, spec, settings, device=None):
+        self.spec, self.settings, self.device, self.labels = spec, settings, device, []
+
+    def load(self):
+        path = fetch_to_local(self.spec.options["palette"], self.settings)   # the kind's file option
+        with open(path, encoding="utf-8") as fh:
+            self.labels = json.load(fh)
+        self.version = sha256_of(path)[:12]
+        return self
+
+    def preprocess(self, image):
+        return TF.to_tensor(image.convert("L")).mean()
+
+    def infer(self, batch):
+        return batch
+
+    def postprocess(self, output, top_ks, params):
+        out = []
+        for m, p in zip(output.tolist(), params):
+            level = (p or {}).get("level", 0.5)
+            out.append([{"label": self.labels[m >= level], "index": int(m >= level), "score": round(m, 6),
+                         "level": level}])
+        return out
+'''
+
+
+@pytest.fixture
+def glow_kind(tmp_path, monkeypatch):
+    """The glow kind's two files in a package on sys.path, named in CLASSIFYCLOUD_KINDS; gone afterwards."""
+    package = tmp_path / "plugins" / "glowkinds"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "glow.py").write_text(GLOW_CONTRACT)
+    (package / "glow_handler.py").write_text(GLOW_HANDLER)
+    monkeypatch.syspath_prepend(str(tmp_path / "plugins"))
+    monkeypatch.setenv(kinds.PLUGINS_VARIABLE, "glowkinds.glow")
+    kinds.reload()
+    yield "glow"
+    kinds.reload({})
+    for name in [m for m in sys.modules if m.startswith("glowkinds")]:
+        sys.modules.pop(name)
+
+
+def _glow_catalogue(tmp_path) -> Catalogue:
+    (tmp_path / "palette.json").write_text(json.dumps(["dark", "bright"]))
+    (tmp_path / "w.bin").write_bytes(b"\0")
+    path = tmp_path / "services.yaml"
+    path.write_text(yaml.safe_dump({"services": {"glow": {
+        "architecture": "mean_luminance", "num_classes": 2, "kind": "glow", "weights": str(tmp_path / "w.bin"),
+        "options": {"palette": str(tmp_path / "palette.json")}}}}))
+    return load_catalogue(str(path))
+
+
+def test_a_plugin_kind_of_two_files_is_served_end_to_end(glow_kind, tmp_path, settings, sample_bytes, capsys,
+                                                          monkeypatch):
+    # the catalogue and the worker's table take it; its file option is confined in an S3 entry
+    catalogue = _glow_catalogue(tmp_path)
+    assert worker_kinds.handler_class(catalogue["glow"]).__name__ == "GlowHandler"
+    entry = {"architecture": "mean_luminance", "num_classes": 2, "kind": "glow", "weights": "w.bin"}
+    ok = parse_s3_entry("glow", yaml.safe_dump({**entry, "options": {"palette": "palette.json"}}), "b")
+    assert ok.options["palette"] == "s3://b/models/glow/palette.json"
+    with pytest.raises(CatalogueError, match=r"options\.palette '\.\./imagenet/labels\.json' must"):
+        parse_s3_entry("glow", yaml.safe_dump({**entry, "options": {"palette": "../imagenet/labels.json"}}), "b")
+
+    # the served document: its parameter and its result shape
+    s = settings.replace(wait_time_s=1, heartbeat_interval_s=0.5, max_batch_wait_ms=50, reply_timeout_s=60,
+                         catalogue=str(tmp_path / "services.yaml"))
+    ensure_all(s, catalogue)
+    app = create_app(s, catalogue)
+    try:
+        web = app.test_client()
+        doc = web.get("/openapi.json").get_json()
+        assert doc["components"]["schemas"]["Result_glow"]["required"] == ["label", "index", "score", "level"]
+        level = [p for p in doc["paths"]["/classify"]["get"]["parameters"] if p.get("name") == "level"]
+        assert level and level[0]["schema"]["maximum"] == 1 and "kind glow" in level[0]["description"]
+
+        # a request through the web, answered by a real worker thread with its result shape
+        registry = ModelRegistry(catalogue, s.replace(device="cpu")).load()
+        assert registry.unavailable == {}
+        engine = InferenceEngine(registry, 1)
+        worker = Worker(s, catalogue, registry=registry, engine=engine)
+        photo = base64.b64encode(sample_bytes["chelsea"]).decode()
+        with in_thread(worker):
+            dark = web.post("/classify", json={"image_base64": photo, "service": "glow", "level": 0.99})
+            bright = web.post("/classify?service=glow&level=0.01", json={"image_base64": photo})
+            refused = web.post("/classify", json={"image_base64": photo, "service": "glow", "level": "high"})
+        engine.close()
+    finally:
+        app.extensions["classifycloud"].close()
+    assert dark.status_code == 200, dark.get_json()
+    result = dark.get_json()["results"][0]
+    assert result["label"] == "dark" and result["level"] == 0.99 and 0 < result["score"] < 0.99
+    assert bright.get_json()["results"] == [{**result, "label": "bright", "index": 1, "level": 0.01}]
+    assert refused.status_code == 400 and refused.get_json()["error"]["code"] == "invalid_level"
+
+    # the CLI reads the same catalogue: the service of the plug-in kind is listed, not refused
+    monkeypatch.setenv("CLASSIFYCLOUD_CATALOGUE", str(tmp_path / "services.yaml"))
+    for key, value in s.to_env().items():
+        monkeypatch.setenv(key, value)
+    assert cli_main(["versions", "list", "glow"]) == 0
+    assert "mean_luminance" in capsys.readouterr().out
