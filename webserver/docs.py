@@ -87,15 +87,19 @@ def add_kinds(spec: dict, table: dict[str, kinds.Kind]) -> None:
         text = "for services of kind " + "; ".join(entry["kinds"])
         schema = entry["schema"]
         # the query string and forms carry text: a structured value comes as JSON text there
-        flat = schema if schema.get("type") in SCALARS else {"type": "string", "description": "as JSON text"}
+        flat = schema if schema.get("type") in SCALARS else {"type": "string"}
+        flat_text = text if flat is schema else text + " (as JSON text)"
         for path, method in KIND_QUERY_OPERATIONS:
             op = spec["paths"][path][method]
+            if any(p.get("name") == field for p in op.get("parameters", [])):
+                # a kind may not redefine a field every request has (service, top_k, url)
+                raise ValueError(f"kind parameter {field!r} is already a parameter of {method.upper()} {path}")
             op.setdefault("parameters", []).append({"name": field, "in": "query", "required": False,
-                                                     "schema": copy.deepcopy(flat), "description": text})
+                                                     "schema": copy.deepcopy(flat), "description": flat_text})
         for body in KIND_BODIES:
             for mime, content in spec["components"]["requestBodies"][body]["content"].items():
-                shown = schema if mime == "application/json" else flat
-                content["schema"].setdefault("properties", {})[field] = {**copy.deepcopy(shown), "description": text}
+                shown, said = (schema, text) if mime == "application/json" else (flat, flat_text)
+                content["schema"].setdefault("properties", {})[field] = {**copy.deepcopy(shown), "description": said}
 
 
 def error_response(path: str) -> str:
