@@ -33,6 +33,8 @@ class Settings:
     catalogue_ttl_s: float = 10.0             # web, autoscaler: cache the packaged + S3 catalogue this long
     catalogue_s3_replaces_packaged: bool = False  # an S3 entry may replace a packaged service of its name
                                               # (off: such an entry is refused and listed with its reason)
+    kinds: tuple[str, ...] = ()               # plug-in kinds: modules like shared/kinds/<kind>.py whose KIND names
+                                              # its worker handler ("module:Class"); read at import by shared.kinds
 
     # --- queues -------------------------------------------------------------
     visibility_timeout_s: int = 60            # request queues: time a worker holds a message

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from shared import naming
+from shared import kinds, naming
 from shared.catalogue import Catalogue, CatalogueError, ServiceLookup, ServiceSpec, catalogue_for, parse_entry
 from shared.config import Settings
 from shared.traffic import is_version_file
@@ -18,7 +18,6 @@ log = logging.getLogger(__name__)
 
 MAX_ENTRY_BYTES = 64 * 1024
 _SOURCE_KEYS = ("weights", "labels", "artefact")
-_OPTION_SOURCES = ("shape_predictor",)          # options that name a file to load (facesearch)
 _PASS_THROUGH = ("package:", "builtin:", "torchvision:")
 # Backends whose model files can carry code (Keras' legacy H5 path ignores safe_mode: CVE-2025-9905):
 # served only from the packaged catalogue, which ships with the AMI.
@@ -76,10 +75,10 @@ def entry_doc(text: str | bytes, where: str) -> dict:
 
 
 def confine_options(doc: dict, service: str, bucket: str, where: str) -> None:
-    """Options that name files (shape_predictor) follow the same confinement as the source fields."""
+    """Options that name files (the kind's file_options, shared/kinds/) follow the source fields' confinement."""
     if isinstance(doc.get("options"), dict):
         doc["options"] = dict(doc["options"])
-        for key in _OPTION_SOURCES:
+        for key in kinds.file_options(doc.get("kind", "classifier")):
             if doc["options"].get(key) is not None:
                 doc["options"][key] = _source(doc["options"][key], f"options.{key}", service, bucket, where)
 

@@ -18,6 +18,7 @@ from webserver.params import request_params
 from webserver.xcloud import xcloud_results
 from worker.models import kinds as worker_kinds
 from worker.models.engine import InferenceEngine, decode_image
+from worker.models.handler import Handler
 from worker.models.registry import ModelRegistry
 
 # A toy kind, exactly as a new kind is added: its contract in shared/kinds/<name>.py and its handler in
@@ -72,16 +73,10 @@ class Brightness(Handler):
     def infer(self, batch):
         return torch.stack(list(batch))
 
-    def postprocess(self, output, top_k=None, levels=None):
-        levels = levels or [0.5] * len(output)
+    def postprocess(self, output, top_ks, params):
+        levels = [(p or {}).get("level", 0.5) for p in params]
         return [[{"label": self.labels[m >= lv], "index": int(m >= lv), "score": round(m, 6)}]
                 for m, lv in zip(output.tolist(), levels)]
-
-    def run_batch(self, items, top_ks, params):
-        return self.postprocess(self.infer(items), None, [(p or {}).get("level", 0.5) for p in params])
-
-    def close(self):
-        pass
 
 
 HANDLER = Brightness
@@ -122,7 +117,8 @@ def test_the_two_tables_name_the_same_kinds_and_every_handler_follows_the_protoc
     for name, cls in worker_kinds.HANDLERS.items():
         assert cls.kind == name
         assert all(callable(getattr(cls, m, None))
-                   for m in ("for_spec", "load", "preprocess", "infer", "postprocess", "run_batch", "close"))
+                   for m in ("for_spec", "load", "preprocess", "infer", "postprocess", "run_batch", "handle", "close"))
+        assert issubclass(cls, Handler) and "run_batch" not in vars(cls)   # the base's: collate, infer, postprocess
 
 
 def test_an_unknown_kind_is_refused_with_the_kinds_there_are(tmp_path):

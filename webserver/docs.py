@@ -2,7 +2,8 @@
 
 The served document is webserver/openapi.yaml (shapes, bodies, descriptions) completed from the running
 app's URL map and its route declarations (webserver.routing): which operations need a key, and the error
-statuses each answers. """
+statuses each answers; and from the kinds table (shared/kinds/): each kind's request parameters and result
+shape. """
 from __future__ import annotations
 
 import copy
@@ -13,6 +14,7 @@ from functools import lru_cache
 import yaml
 from flask import Blueprint, Flask, current_app, has_app_context, jsonify
 
+from shared import kinds
 from webserver.errors import is_oip_path
 from webserver.inputs import BASE64_PATTERN, IMAGE_URL_PATTERN
 from webserver.routing import BATCH, UPLOAD, RouteRules, route, rules_for
@@ -53,6 +55,7 @@ def _spec_for(routes: Flask, api_keys: bool) -> dict:
     url = spec["components"]["schemas"]["ImageUrl"]
     url["pattern"] = r"^\s*" + IMAGE_URL_PATTERN[1:-1] + r"\s*$"   # what check_url applies (after strip)
     spec["components"]["schemas"]["ImageBase64"]["pattern"] = BASE64_PATTERN   # what decode_base64 takes
+    add_kinds(spec, kinds.KINDS)
     for rule in routes.url_map.iter_rules():
         path = openapi_path(rule.rule)
         for method in sorted(rule.methods - IGNORED_METHODS):
@@ -61,6 +64,43 @@ def _spec_for(routes: Flask, api_keys: bool) -> dict:
                 raise ValueError(f"{method} {rule.rule} is not described in {SPEC_PATH}")
             _complete(op, rules_for(routes, rule.endpoint), api_keys, error_response(path))
     return spec
+
+
+# the operations whose requests carry a kind's parameters (webserver.params reads them from any of these)
+KIND_QUERY_OPERATIONS = (("/classify", "get"),)
+KIND_BODIES = ("ClassifyInput", "JobInput")
+SCALARS = ("string", "number", "integer", "boolean")
+
+
+def add_kinds(spec: dict, table: dict[str, kinds.Kind]) -> None:
+    """Each kind's result schema (Result_<kind>, Result is any of them) and request parameters, from the table."""
+    schemas = spec["components"]["schemas"]
+    for name, kind in table.items():
+        schemas[f"Result_{name}"] = copy.deepcopy(kind.result_schema)
+    schemas["Result"] = {"description": schemas.get("Result", {}).get("description", ""),
+                         "anyOf": [{"$ref": f"#/components/schemas/Result_{n}"} for n in table]}
+    params: dict[str, dict] = {}   # one entry per name, whichever kinds read it
+    for name, kind in table.items():
+        for field, decl in kind.request_params.items():
+            entry = params.setdefault(field, {"schema": copy.deepcopy(decl["schema"]), "kinds": []})
+            entry["kinds"].append(f"{name}: {decl.get('description', '')}".strip())
+    for field, entry in params.items():
+        text = "for services of kind " + "; ".join(entry["kinds"])
+        schema = entry["schema"]
+        # the query string and forms carry text: a structured value comes as JSON text there
+        flat = schema if schema.get("type") in SCALARS else {"type": "string"}
+        flat_text = text if flat is schema else text + " (as JSON text)"
+        for path, method in KIND_QUERY_OPERATIONS:
+            op = spec["paths"][path][method]
+            if any(p.get("name") == field for p in op.get("parameters", [])):
+                # a kind may not redefine a field every request has (service, top_k, url)
+                raise ValueError(f"kind parameter {field!r} is already a parameter of {method.upper()} {path}")
+            op.setdefault("parameters", []).append({"name": field, "in": "query", "required": False,
+                                                     "schema": copy.deepcopy(flat), "description": flat_text})
+        for body in KIND_BODIES:
+            for mime, content in spec["components"]["requestBodies"][body]["content"].items():
+                shown, said = (schema, text) if mime == "application/json" else (flat, flat_text)
+                content["schema"].setdefault("properties", {})[field] = {**copy.deepcopy(shown), "description": said}
 
 
 def error_response(path: str) -> str:

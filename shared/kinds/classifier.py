@@ -8,6 +8,10 @@ class Classifier(Kind):
     """No parameters of its own; XCloud's [{name, category_id, prob}] with 1-based ids (Unknown: -1)."""
 
     name = "classifier"
+    result_schema = {"type": "object", "required": ["label", "index", "score"],
+                     "description": "classifier: top-k; a single Unknown (index -1) below the threshold",
+                     "properties": {"label": {"type": "string"}, "index": {"type": "integer", "minimum": -1},
+                                    "score": {"type": "number"}}}
 
     def xcloud(self, results: list[dict]) -> list[dict]:
         """[{name, category_id, prob}] (XCloud numbers categories from 1)."""

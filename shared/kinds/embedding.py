@@ -10,6 +10,19 @@ class Embedding(Kind):
 
     name = "embedding"
     enrols_faces = True
+    file_options = ("shape_predictor",)   # dlib's 5-point model, loaded beside the encoder
+    request_params = {"gallery": {"schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                                  "description": "the gallery to search (required; POST /faces/{gallery} enrols)"}}
+    _box = {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}
+    result_schema = {"type": "object", "required": ["label", "box"],
+                     "description": "embedding: per face found, its nearest enrolled names (enrolment: the face kept)",
+                     "properties": {"face": {"type": "integer"}, "box": _box, "label": {"type": "string"},
+                                    "distance": {"type": ["number", "null"]},
+                                    "matches": {"type": "array", "items": {
+                                        "type": "object", "required": ["name", "distance"],
+                                        "properties": {"name": {"type": "string"}, "distance": {"type": "number"}}}},
+                                    "gallery": {"type": "string"}, "faces": {"type": "integer"},
+                                    "key": {"type": "string"}}}
 
     def params(self, field, spec, tenant: str) -> dict:
         """{op: search, gallery, tenant}: the gallery is the client's, the tenant the server's (its key)."""

@@ -8,6 +8,10 @@ class Score(Classifier):
     """XCloud's classifier shape plus {verdict, threshold}; a regression answers [{name, score}]."""
 
     name = "score"
+    result_schema = {**Classifier.result_schema,
+                     "description": "score: one result with its verdict (a regression: label, index, score only)",
+                     "properties": {**Classifier.result_schema["properties"], "verdict": {"type": "string"},
+                                    "threshold": {"type": "number"}}}
 
     def describe(self, spec) -> dict:
         """Its verdict's threshold."""

@@ -176,7 +176,7 @@ class InferenceEngine:
     def prepare(self, service: str, images: Sequence[bytes]) -> Prepared:
         """Decode and preprocess a batch in the decode pool (the worker does this while the model runs)."""
         handler = self._handler(service)
-        owner = getattr(handler, "forward_owner", handler)
+        owner = handler.forward_owner
         t0 = time.perf_counter()
         if self.threads == 1:   # one core: decode in the calling thread, without a hand-off per image
             prepared = [self._prepare(owner, b) for b in images]
@@ -194,24 +194,21 @@ class InferenceEngine:
             raise ValueError(f"{len(images)} images but {len(top_ks)} top_k values")
         params = list(params) if params is not None else [None] * len(images)
         answerers = [self._handler(s) for s in answer_as] if answer_as else [handler] * len(images)
-        owner = getattr(handler, "forward_owner", handler)
-        if any(getattr(a, "forward_owner", a) is not owner for a in answerers):
+        owner = handler.forward_owner
+        if any(a.forward_owner is not owner for a in answerers):
             raise ValueError("answer_as mixes services that do not share one model")
         results: list = list(images)  # errors stay in place
         good = [i for i, d in enumerate(prepared.decoders) if d != "error"]
         t1 = time.perf_counter()
-        # every kind's batch under inference_mode (the Handler protocol's promise): no autograd bookkeeping
-        if good and all(a is handler for a in answerers):
+        if good:
+            # one forward pass (the model's owner), each item answered by its service: a derived service is
+            # a handler wrapping its parent's. Every kind's batch runs under inference_mode (Handler's promise).
+            mixed = any(a is not owner for a in answerers)
             with self.clock.measure(len(good)), torch.inference_mode():
-                answers = handler.run_batch([results[i] for i in good], [top_ks[i] for i in good],
-                                            [params[i] for i in good])
+                answers = owner.run_batch([results[i] for i in good], [top_ks[i] for i in good],
+                                          [params[i] for i in good], [answerers[i] for i in good] if mixed else None)
             for j, i in enumerate(good):
                 results[i] = answers[j]
-        elif good:  # a model service and its derived services: one forward pass, answered per item
-            with self.clock.measure(len(good)), torch.inference_mode():
-                probs = owner.infer(torch.stack([results[i] for i in good]))
-            for j, i in enumerate(good):
-                results[i] = answerers[i].postprocess(probs[j:j + 1], top_ks[i])[0][: max(1, top_ks[i])]
         return BatchResult(results=results, inference_ms=(time.perf_counter() - t1) * 1000,
                            preprocess_ms=prepared.preprocess_ms, decoders=list(prepared.decoders))
 

@@ -76,6 +76,11 @@ class KerasClassifier(ImageClassifier):
         """The Keras model (it has no torch backend object)."""
         return self.keras_model
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the Keras model is loaded."""
+        return self.keras_model is not None
+
     def load(self) -> "KerasClassifier":
         """Labels, then the .keras file with safe_mode (no lambdas: loading runs no code), then a warm-up."""
         spec = self.spec
@@ -128,8 +133,9 @@ class KerasClassifier(ImageClassifier):
         return probs
 
     def run_batch(self, items: Sequence[torch.Tensor], top_ks: Sequence[int],
-                  params: Sequence[dict | None]) -> list:
-        """One forward pass; an item with invalid metadata fails alone."""
+                  params: Sequence[dict | None], answerers=None) -> list:
+        """One forward pass with each item's metadata (infer takes both: the base's collate cannot);
+        an item with invalid metadata fails alone."""
         results: list = [None] * len(items)
         good, metas = [], []
         for i, p in enumerate(params):
@@ -143,9 +149,10 @@ class KerasClassifier(ImageClassifier):
             metas.append(meta)
         if good:
             probs = self.infer(torch.stack([items[i] for i in good]), metas)
-            ranked = self.postprocess(probs, max(top_ks[i] for i in good))
+            answers = self.answer(probs, [top_ks[i] for i in good], [params[i] for i in good],
+                                  [answerers[i] for i in good] if answerers is not None else None)
             for j, i in enumerate(good):
-                results[i] = ranked[j][: max(1, top_ks[i])]
+                results[i] = answers[j]
         return results
 
     def close(self) -> None:

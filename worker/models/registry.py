@@ -63,8 +63,8 @@ class ModelRegistry:
 
     def _build(self, spec: ServiceSpec):
         if spec.derived_from:
-            from worker.models.derived import DerivedClassifier
-            return DerivedClassifier(spec, self.settings, self._base(spec.derived_from))
+            from worker.models.derived import DerivedHandler
+            return DerivedHandler(spec, self.settings, self._base(spec.derived_from))
         return handler_class(spec)(spec, self.settings, self.device).load()
 
     def _base(self, parent: str):

@@ -62,6 +62,11 @@ class ImageClassifier(Handler):
         """The torch module (torch backend only)."""
         return getattr(self.backend, "model", None)
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the backend is loaded."""
+        return self.backend is not None
+
     def load(self) -> "ImageClassifier":
         """Labels first (cheap to get wrong), then the backend: strict weights, device, warm-up."""
         spec = self.spec
@@ -112,29 +117,23 @@ class ImageClassifier(Handler):
         assert self.backend is not None, "load() first"
         return self.backend.forward(batch)
 
-    def postprocess(self, probs: torch.Tensor, top_k: int | None = None) -> list[list[dict]]:
-        """Top-k [{label, index, score}] per image, or a single Unknown below the threshold."""
-        k = max(1, min(top_k or self.spec.top_k, probs.shape[-1]))
+    def postprocess(self, probs: torch.Tensor, top_ks: Sequence[int],
+                    params: Sequence[dict | None]) -> list[list[dict]]:
+        """Per image its top-k [{label, index, score}], or a single Unknown below the threshold."""
+        k = max(1, min(max(top_ks, default=1), probs.shape[-1]))
         scores, indices = probs.topk(k, dim=-1)
         out = []
-        for s_row, i_row in zip(scores.tolist(), indices.tolist()):
+        for s_row, i_row, want in zip(scores.tolist(), indices.tolist(), top_ks):
             if s_row[0] < self.spec.unknown_threshold:
                 out.append([{"label": "Unknown", "index": -1, "score": round(s_row[0], 6)}])
                 continue
             out.append([{"label": self.labels[i], "index": i, "score": round(s, 6)}
-                        for s, i in zip(s_row, i_row)])
+                        for s, i in zip(s_row[: max(1, want)], i_row)])
         return out
 
-    def run_batch(self, items: Sequence[torch.Tensor], top_ks: Sequence[int],
-                  params: Sequence[dict | None]) -> list:
-        """One forward pass for preprocessed items; per item its results (or an ItemError)."""
-        ranked = self.postprocess(self.infer(torch.stack(list(items))), max(top_ks))
-        return [r[: max(1, k)] for r, k in zip(ranked, top_ks)]
-
     def classify(self, images: Sequence[Image.Image], top_k: int | None = None) -> list[list[dict]]:
-        """Convenience: preprocess, infer as one batch, postprocess."""
-        batch = torch.stack([self.preprocess(im) for im in images])
-        return self.postprocess(self.infer(batch), top_k)
+        """Convenience: the loaded model's top-k for decoded images (handle: preprocess, infer, postprocess)."""
+        return self.handle(images, [top_k or self.spec.top_k] * len(images))
 
     def close(self) -> None:
         """Release the backend."""

@@ -97,25 +97,18 @@ class FaceSearch(Handler):
         """Every face of each image, detected and embedded (see faces)."""
         return [self.faces(pixels, scale) for pixels, scale in batch]
 
-    def postprocess(self, output: list[list[dict]], top_k: int | Sequence[int] | None = None,
-                    params: Sequence[dict | None] | None = None) -> list:
-        """Per image its answer to its request's params (search by default), or the ItemError that fails it.
-
-        top_k: one for every image, or one per image (run_batch's)."""
-        ks = list(top_k) if isinstance(top_k, (list, tuple)) else [top_k or self.spec.top_k] * len(output)
+    def postprocess(self, output: list[list[dict]], top_ks: Sequence[int],
+                    params: Sequence[dict | None]) -> list:
+        """Per image its answer to its request's params (search by default: every face against the gallery;
+        enroll: the most confident face), or the ItemError that fails it."""
         galleries: dict[tuple[str, str], list] = {}   # (tenant, gallery) -> entries, read once per batch
         out: list = []
-        for faces, k, p in zip(output, ks, params or [None] * len(output)):
+        for faces, k, p in zip(output, top_ks, params):
             try:
-                out.append(self._one(faces, k, p or {}, galleries))
+                out.append(self._one(faces, k or self.spec.top_k, p or {}, galleries))
             except ItemError as exc:
                 out.append(exc)
         return out
-
-    def run_batch(self, items: Sequence[tuple[np.ndarray, float]], top_ks: Sequence[int],
-                  params: Sequence[dict | None]) -> list:
-        """infer, then per request: enrol (the most confident face) or search (every face against the gallery)."""
-        return self.postprocess(self.infer(items), list(top_ks), params)
 
     def _one(self, faces: list[dict], top_k: int, p: dict, galleries: dict) -> list[dict]:
         op = p.get("op", "search")

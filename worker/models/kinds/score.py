@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -50,8 +51,10 @@ class ScoreHandler(ImageClassifier):
             return torch.from_numpy(open_nsfw_array(image))
         return super().preprocess(image)
 
-    def postprocess(self, out: torch.Tensor, top_k: int | None = None) -> list[list[dict]]:
-        """[{label, index, score, verdict, threshold}] per image (regression: [{label, index, score}])."""
+    def postprocess(self, out: torch.Tensor, top_ks: Sequence[int],
+                    params: Sequence[dict | None]) -> list[list[dict]]:
+        """[{label, index, score, verdict, threshold}] per image (regression: [{label, index, score}]); one
+        result whatever the top_k."""
         spec = self.spec
         if spec.outputs == "regression":
             label = spec.options.get("label", "score")
