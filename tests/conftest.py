@@ -9,9 +9,10 @@ import urllib.request
 import uuid
 
 import pytest
+from catalogue_subset import only_services
 
 from classifycloud.local import aws_env, free_port  # noqa: F401  (tests import free_port from here)
-from shared.catalogue import Catalogue, load_catalogue
+from shared.catalogue import load_catalogue
 from shared.config import Settings
 
 SAMPLES = os.path.join(os.path.dirname(__file__), "..", "classifycloud", "samples")
@@ -64,14 +65,6 @@ def settings(moto_endpoint) -> Settings:
 def catalogue():
     """The packaged catalogue."""
     return load_catalogue()
-
-
-def only_services(catalogue: Catalogue, names: tuple[str, ...]) -> Catalogue:
-    """The catalogue cut down to `names` (and their versions), in the catalogue's order."""
-    unknown = set(names) - set(catalogue.names())
-    assert not unknown, f"@pytest.mark.services names services the catalogue lacks: {sorted(unknown)}"
-    return Catalogue(services={n: s for n, s in catalogue.services.items() if n in names}, source=catalogue.source,
-                     versions={n: v for n, v in catalogue.versions.items() if n in names})
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import only_services
+from catalogue_subset import only_services
 from PIL import ImageStat
 from test_worker_loop import in_thread
 

@@ -6,9 +6,8 @@ import random
 import re
 
 from jsonschema import Draft202012Validator
-from openapi_check import check_flask_response
+from openapi_check import check_flask_response, load_spec
 
-from webserver.docs import load_spec
 from webserver.errors import ApiError
 from webserver.inputs import decode_base64
 
