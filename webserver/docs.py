@@ -89,7 +89,8 @@ def add_kinds(spec: dict, table: dict[str, kinds.Kind]) -> None:
         schema = entry["schema"]
         # the query string and forms carry text: a structured value comes as JSON text there
         flat = schema if schema.get("type") in SCALARS else {"type": "string"}
-        flat_text = text if flat is schema else text + " (as JSON text)"
+        flat_text = (text if flat is schema else text + " (as JSON text)") + "; an empty field is the same as none"
+        flat = {"anyOf": [{"const": ""}, flat]}     # as the server reads a query or form field (webserver/params)
         for path, method in KIND_QUERY_OPERATIONS:
             op = spec["paths"][path][method]
             if any(p.get("name") == field for p in op.get("parameters", [])):

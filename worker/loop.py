@@ -69,6 +69,7 @@ class Worker:
         self._stop = threading.Event()
         self._saved_handlers: dict[int, object] = {}
         self._signals = 0
+        self._signals_wanted = False   # work() in the main thread: startup() installs the handlers
 
     # --- public ------------------------------------------------------------------
     @property
@@ -80,14 +81,13 @@ class Worker:
         """Run until stopped (SIGTERM, a terminate message, stop()) or, with burst, until the queues are empty."""
         if install_signals is None:
             install_signals = threading.current_thread() is threading.main_thread()
+        self._signals_wanted = install_signals   # installed by startup() just before any message is taken
         try:
             try:
                 self.startup()
             except StartupError as exc:
                 log.error("worker cannot start: %s", exc)
                 return EXIT_CANNOT_START
-            if install_signals:
-                self._install_signals()
             self.ready.set()
             log.info("worker %s ready: services %s%s", self.instance_id, self.registry.hosted(),
                      " (burst)" if burst else "")
@@ -209,6 +209,10 @@ class Worker:
         self.sink = ResultSink(s, self.transport, self.s3)
         self.processor = BatchProcessor(s, self.registry, self.engine, Fetcher(s, self.s3), self.sink,
                                         self.metrics, self.instance_id)
+        if self._signals_wanted:
+            # from here on the worker holds messages: SIGTERM must release them, never kill it outright (while
+            # the models load, the default action stops it at once, with nothing held)
+            self._install_signals()
         self.pipeline = Pipeline(s, self.buffer, self.processor, self.sink, self.transport, self.metrics).start()
         self.fleet_agent = FleetAgent.start(s, self.instance_id, self.buffer.held, self.stop)
         self.consumers = [Consumer(s, svc, url, self.buffer, self.transport) for svc, url in self.queue_urls.items()]
