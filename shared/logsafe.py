@@ -29,6 +29,17 @@ def _clean(value: object) -> object:
     return escape(text) if _CONTROL.search(text) else value
 
 
+def _clean_mapping(args: dict) -> dict:
+    """args with escaped values, of the same class: a subclass keeps its own lookups (gunicorn's access-log
+    atoms answer '-' for a header the request lacks; a plain dict raised KeyError on every such line)."""
+    cleaned = {k: _clean(v) for k, v in args.items()}
+    if type(args) is dict:
+        return cleaned
+    out = type(args).__new__(type(args))   # not __init__: a subclass's may transform the values again
+    dict.update(out, cleaned)
+    return out
+
+
 def install() -> None:
     """Escape control characters in every log record's arguments, from now on, in this process (idempotent)."""
     global _installed
@@ -41,7 +52,7 @@ def install() -> None:
         if isinstance(record.args, tuple):
             record.args = tuple(_clean(a) for a in record.args)
         elif isinstance(record.args, dict):
-            record.args = {k: _clean(v) for k, v in record.args.items()}
+            record.args = _clean_mapping(record.args)
         return record
     logging.setLogRecordFactory(factory)
     _installed = True
