@@ -69,7 +69,6 @@ def _spec_for(routes: Flask, api_keys: bool) -> dict:
 # the operations whose requests carry a kind's parameters (webserver.params reads them from any of these)
 KIND_QUERY_OPERATIONS = (("/classify", "get"),)
 KIND_BODIES = ("ClassifyInput", "JobInput")
-SCALARS = ("string", "number", "integer", "boolean")
 
 
 def add_kinds(spec: dict, table: dict[str, kinds.Kind]) -> None:
@@ -85,23 +84,25 @@ def add_kinds(spec: dict, table: dict[str, kinds.Kind]) -> None:
             entry = params.setdefault(field, {"schema": copy.deepcopy(decl["schema"]), "kinds": []})
             entry["kinds"].append(f"{name}: {decl.get('description', '')}".strip())
     for field, entry in params.items():
-        text = "for services of kind " + "; ".join(entry["kinds"])
-        schema = entry["schema"]
-        # the query string and forms carry text: a structured value comes as JSON text there
-        flat = schema if schema.get("type") in SCALARS else {"type": "string"}
-        flat_text = (text if flat is schema else text + " (as JSON text)") + "; an empty field is the same as none"
-        flat = {"anyOf": [{"const": ""}, flat]}     # as the server reads a query or form field (webserver/params)
+        # A kind's parameter is checked only by that kind: a service of another kind ignores it, whatever its
+        # value. So the document declares the kind's schema as x-kind-schema and takes any value in the
+        # parameter's own schema; a value a schema refused but the server accepts would make it untrue.
+        text = ("for services of kind " + "; ".join(entry["kinds"]) + " (x-kind-schema; services of other kinds "
+                "ignore it)")
+        declared = entry["schema"]
         for path, method in KIND_QUERY_OPERATIONS:
             op = spec["paths"][path][method]
             if any(p.get("name") == field for p in op.get("parameters", [])):
                 # a kind may not redefine a field every request has (service, top_k, url)
                 raise ValueError(f"kind parameter {field!r} is already a parameter of {method.upper()} {path}")
             op.setdefault("parameters", []).append({"name": field, "in": "query", "required": False,
-                                                     "schema": copy.deepcopy(flat), "description": flat_text})
+                                                     "schema": {"type": "string"}, "description": text,
+                                                     "x-kind-schema": copy.deepcopy(declared)})
         for body in KIND_BODIES:
             for mime, content in spec["components"]["requestBodies"][body]["content"].items():
-                shown, said = (schema, text) if mime == "application/json" else (flat, flat_text)
-                content["schema"].setdefault("properties", {})[field] = {**copy.deepcopy(shown), "description": said}
+                shown = {} if mime == "application/json" else {"type": "string"}   # forms carry text
+                content["schema"].setdefault("properties", {})[field] = {
+                    **shown, "description": text, "x-kind-schema": copy.deepcopy(declared)}
 
 
 def error_response(path: str) -> str:
